@@ -1,0 +1,19 @@
+//! Types and encodings every Cartable part shares. No IO, no async.
+//!
+//! - [`id`]: [`BlobHash`] and [`BundleId`], the BLAKE3 names of blobs and bundles,
+//!   with their hex (URLs, CLI) and base32 (one DNS label) text forms.
+//! - [`path`]: the path rules every file of a bundle obeys ([`BundlePath`]).
+//! - [`manifest`]: the bundle manifest and its one canonical, versioned binary encoding.
+//! - [`content_type`]: the `Content-Type` a file gets from its extension.
+//! - [`decode`]: the bounded reader every decoder is built on, and [`DecodeError`].
+
+pub mod content_type;
+pub mod decode;
+pub mod id;
+pub mod manifest;
+pub mod path;
+
+pub use decode::DecodeError;
+pub use id::{BlobHash, BundleId, IdParseError};
+pub use manifest::{Manifest, ManifestEntry, ManifestError};
+pub use path::{BundlePath, PathError};
