@@ -98,6 +98,17 @@ ensure_tools() {
 ensure_tools
 
 if [[ $SKIP_NODE != 1 ]]; then
+    # A bare name is looked up on PATH; a relative path is taken from the cwd if
+    # it exists there, else from the repo root.
+    if [[ $CARTABLE_NODE != */* ]]; then
+        CARTABLE_NODE=$(command -v "$CARTABLE_NODE" || echo "$CARTABLE_NODE")
+    elif [[ $CARTABLE_NODE != /* ]]; then
+        if [[ -e $CARTABLE_NODE ]]; then
+            CARTABLE_NODE=$PWD/$CARTABLE_NODE
+        else
+            CARTABLE_NODE=$ROOT/$CARTABLE_NODE
+        fi
+    fi
     [[ -x $CARTABLE_NODE ]] || die "no executable node at '$CARTABLE_NODE' (build it: cargo build --release -p cartable-node, or set CARTABLE_NODE, or SKIP_NODE=1 for an nginx-only dry run)"
 fi
 
@@ -155,6 +166,8 @@ if [[ $SKIP_NODE == 1 ]]; then
     BUNDLE=$(cat "$WORK/lesson/small.bin" "$WORK/lesson/large.bin" | sha256sum | cut -c1-64)
 else
     log "starting node: $CARTABLE_NODE"
+    : >"$WORK/node.out"
+    : >"$WORK/node.err"
     "$CARTABLE_NODE" serve --data-dir "$WORK/node" --https 127.0.0.1:0 \
         >"$WORK/node.out" 2>"$WORK/node.err" &
     NODE_PID=$!
@@ -416,12 +429,16 @@ ratio() { # numerator denominator
     awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.3f\n", a / b }'
 }
 
+flag_mark() { # file server -> "*" when one of its runs was flagged
+    awk -F'\t' -v f="$1" -v s="$2" '$2 == f && $3 == s && $9 != "" { m = "*" } END { print m }' "$RUNS"
+}
+
 row() { # label file column higher_is_better(1|0)
     local n c q
     n=$(median "$2" nginx "$3")
     c=$(median "$2" cartable "$3")
     if (($4)); then q=$(ratio "$c" "$n"); else q=$(ratio "$n" "$c"); fi
-    printf '%-16s %14s %14s %10s\n' "$1" "$n" "$c" "$q"
+    printf '%-16s %14s %14s %10s\n' "$1" "$n$(flag_mark "$2" nginx)" "$c$(flag_mark "$2" cartable)" "$q"
 }
 
 cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -454,7 +471,8 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
     row "8 MiB MB/s" large 5 1
     if ((FLAGGED)); then
         echo
-        echo "WARNING: $FLAGGED run(s) had socket errors, non-2xx/3xx responses or no requests (marked FLAGGED above)"
+        echo "WARNING: $FLAGGED run(s) had socket errors, non-2xx/3xx responses or no requests"
+        echo "         (FLAGGED in the runs above; * marks a median that includes one)"
     fi
     echo "(MB = 2^20 bytes, as wrk prints it)"
 } >"$WORK/summary.txt"

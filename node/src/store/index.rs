@@ -1,0 +1,199 @@
+//! The sled index of a data folder: which bundles are held, which blobs each
+//! references, blob sizes and blobs found damaged. Everything here can be rebuilt
+//! from the files (see `layout`), so sled's lack of a stable on-disk format costs
+//! no lesson. Keeping sled behind this type lets the engine change later.
+
+use std::path::Path;
+
+use cartable_proto::{BlobHash, BundleId, Manifest};
+
+/// What the index records of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BundleSummary {
+    /// The bundle.
+    #[serde(serialize_with = "as_hex")]
+    pub id: BundleId,
+    /// Number of files.
+    pub files: u64,
+    /// Sum of the files' sizes.
+    pub bytes: u64,
+    /// When it was added, in seconds since the Unix epoch (its manifest file's mtime).
+    pub added_unix: u64,
+}
+
+fn as_hex<S: serde::Serializer>(id: &BundleId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+impl BundleSummary {
+    fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.files.to_le_bytes());
+        out[8..16].copy_from_slice(&self.bytes.to_le_bytes());
+        out[16..].copy_from_slice(&self.added_unix.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(id: BundleId, bytes: &[u8]) -> Option<Self> {
+        let field = |i: usize| Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+        Some(Self {
+            id,
+            files: field(0)?,
+            bytes: field(8)?,
+            added_unix: field(16)?,
+        })
+    }
+}
+
+/// The sled database and its trees.
+#[derive(Debug)]
+pub struct Index {
+    db: sled::Db,
+    /// bundle id → [`BundleSummary`]
+    bundles: sled::Tree,
+    /// blob hash ‖ bundle id → (): who references a blob
+    refs: sled::Tree,
+    /// blob hash → size (u64 LE)
+    blobs: sled::Tree,
+    /// blob hash → why it was found damaged (UTF-8)
+    damaged: sled::Tree,
+}
+
+fn ref_key(blob: &BlobHash, bundle: &BundleId) -> [u8; 64] {
+    let mut key = [0u8; 64];
+    key[..32].copy_from_slice(blob.as_bytes());
+    key[32..].copy_from_slice(bundle.hash().as_bytes());
+    key
+}
+
+fn hash_of(key: &[u8]) -> Option<BlobHash> {
+    Some(BlobHash::from_bytes(key.get(..32)?.try_into().ok()?))
+}
+
+impl Index {
+    /// Opens or creates the index at `dir`.
+    pub fn open(dir: &Path) -> sled::Result<Self> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            bundles: db.open_tree("bundles")?,
+            refs: db.open_tree("refs")?,
+            blobs: db.open_tree("blobs")?,
+            damaged: db.open_tree("damaged")?,
+            db,
+        })
+    }
+
+    /// Records a bundle and its blobs. Idempotent.
+    pub fn insert_bundle(&self, manifest: &Manifest, summary: BundleSummary) -> sled::Result<()> {
+        let mut refs = sled::Batch::default();
+        let mut blobs = sled::Batch::default();
+        for e in manifest.entries() {
+            refs.insert(&ref_key(&e.hash, &summary.id)[..], &[][..]);
+            blobs.insert(&e.hash.as_bytes()[..], &e.size.to_le_bytes()[..]);
+        }
+        self.refs.apply_batch(refs)?;
+        self.blobs.apply_batch(blobs)?;
+        // Last: a bundle is listed only once its blobs are recorded.
+        self.bundles
+            .insert(summary.id.hash().as_bytes(), &summary.to_bytes()[..])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Forgets a bundle; returns the blobs no other bundle references, which the
+    /// caller deletes and then passes to [`Index::forget_blobs`].
+    pub fn remove_bundle(&self, id: &BundleId, manifest: &Manifest) -> sled::Result<Vec<BlobHash>> {
+        self.bundles.remove(id.hash().as_bytes())?;
+        let mut freed = Vec::new();
+        for e in manifest.entries() {
+            self.refs.remove(&ref_key(&e.hash, id)[..])?;
+            if self.refs.scan_prefix(e.hash.as_bytes()).next().is_none() {
+                freed.push(e.hash);
+            }
+        }
+        freed.sort();
+        freed.dedup();
+        self.db.flush()?;
+        Ok(freed)
+    }
+
+    /// Forgets blobs whose files were deleted.
+    pub fn forget_blobs(&self, hashes: &[BlobHash]) -> sled::Result<()> {
+        for h in hashes {
+            self.blobs.remove(h.as_bytes())?;
+            self.damaged.remove(h.as_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Drops every reference to a bundle the index lists but whose manifest is
+    /// gone (a crash during removal); returns the blobs left unreferenced.
+    pub fn purge_bundle(&self, id: &BundleId) -> sled::Result<Vec<BlobHash>> {
+        self.bundles.remove(id.hash().as_bytes())?;
+        let mut freed = Vec::new();
+        for key in self.refs.iter().keys() {
+            let key = key?;
+            if key.get(32..) == Some(&id.hash().as_bytes()[..]) {
+                self.refs.remove(&key)?;
+                freed.extend(hash_of(&key));
+            }
+        }
+        freed.retain(|h| self.refs.scan_prefix(h.as_bytes()).next().is_none());
+        freed.dedup();
+        self.db.flush()?;
+        Ok(freed)
+    }
+
+    /// Every bundle, by id.
+    pub fn bundles(&self) -> sled::Result<Vec<BundleSummary>> {
+        let mut out = Vec::new();
+        for item in self.bundles.iter() {
+            let (k, v) = item?;
+            if let Some(id) = hash_of(&k).map(BundleId::from_hash) {
+                out.extend(BundleSummary::from_bytes(id, &v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a bundle is recorded.
+    pub fn has_bundle(&self, id: &BundleId) -> sled::Result<bool> {
+        self.bundles.contains_key(id.hash().as_bytes())
+    }
+
+    /// Every recorded blob with its size.
+    pub fn blobs(&self) -> sled::Result<Vec<(BlobHash, u64)>> {
+        let mut out = Vec::new();
+        for item in self.blobs.iter() {
+            let (k, v) = item?;
+            let size = v.as_ref().try_into().map(u64::from_le_bytes);
+            if let (Some(h), Ok(size)) = (hash_of(&k), size) {
+                out.push((h, size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any bundle references the blob.
+    pub fn is_referenced(&self, hash: &BlobHash) -> bool {
+        self.refs.scan_prefix(hash.as_bytes()).next().is_some()
+    }
+
+    /// Marks a blob damaged, for repair.
+    pub fn mark_damaged(&self, hash: &BlobHash, why: &str) -> sled::Result<()> {
+        self.damaged.insert(hash.as_bytes(), why.as_bytes())?;
+        Ok(())
+    }
+
+    /// Clears the damaged mark of a blob found whole again.
+    pub fn clear_damaged(&self, hash: &BlobHash) -> sled::Result<()> {
+        self.damaged.remove(hash.as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether a blob is marked damaged.
+    pub fn is_damaged(&self, hash: &BlobHash) -> bool {
+        matches!(self.damaged.contains_key(hash.as_bytes()), Ok(true))
+    }
+}

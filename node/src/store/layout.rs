@@ -1,0 +1,147 @@
+//! Where a node's files live under its data folder, and the one way they are
+//! written: to a temporary name in `tmp/`, synced, then renamed, so a crash leaves
+//! either nothing or a complete file under its final name.
+//!
+//! ```text
+//! DATA/blobs/<hex>        blob bytes, named by their BLAKE3 hash
+//! DATA/blobs/<hex>.obao   its post-order outboard, for blobs over one chunk group
+//! DATA/bundles/<hex>      a bundle's encoded manifest, named by the bundle id
+//! DATA/tmp/               files being written; emptied when the store opens
+//! DATA/index/             sled: an index of the above, rebuilt from them when lost
+//! ```
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cartable_proto::{BlobHash, BundleId};
+
+const OUTBOARD_SUFFIX: &str = ".obao";
+
+/// The paths of one data folder.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `root`; nothing is created.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Creates the folders and empties `tmp/` of what a crash left there.
+    pub fn prepare(&self) -> io::Result<()> {
+        for dir in [self.blobs_dir(), self.bundles_dir(), self.tmp_dir()] {
+            fs::create_dir_all(&dir)?;
+        }
+        for entry in fs::read_dir(self.tmp_dir())? {
+            fs::remove_file(entry?.path())?;
+        }
+        Ok(())
+    }
+
+    /// The data folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    pub(crate) fn bundles_dir(&self) -> PathBuf {
+        self.root.join("bundles")
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    pub(crate) fn blob(&self, hash: &BlobHash) -> PathBuf {
+        self.blobs_dir().join(hash.to_hex())
+    }
+
+    pub(crate) fn outboard(&self, hash: &BlobHash) -> PathBuf {
+        self.blobs_dir()
+            .join(format!("{}{OUTBOARD_SUFFIX}", hash.to_hex()))
+    }
+
+    pub(crate) fn bundle(&self, id: &BundleId) -> PathBuf {
+        self.bundles_dir().join(id.to_hex())
+    }
+
+    /// A fresh name in `tmp/`, unique within this process and across processes.
+    pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{}-{n}.{what}", std::process::id()))
+    }
+
+    /// The ids of the manifests in `bundles/`; other names are skipped.
+    pub(crate) fn bundle_files(&self) -> io::Result<Vec<BundleId>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(self.bundles_dir())? {
+            if let Some(id) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The hashes of the blob files in `blobs/`.
+    pub(crate) fn blob_files(&self) -> io::Result<Vec<BlobHash>> {
+        let mut hashes = Vec::new();
+        for entry in fs::read_dir(self.blobs_dir())? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let name = name.strip_suffix(OUTBOARD_SUFFIX).unwrap_or(name);
+            if let Ok(hash) = name.parse() {
+                hashes.push(hash);
+            }
+        }
+        hashes.sort();
+        hashes.dedup();
+        Ok(hashes)
+    }
+}
+
+/// Syncs `file`, then renames it from `temp` to `dest`.
+pub(crate) fn commit(file: &File, temp: &Path, dest: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    fs::rename(temp, dest)
+}
+
+/// Syncs a folder, so that the renames into it survive a power cut.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `dest` through a synced temporary file.
+pub(crate) fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = layout.temp_path("write");
+    let result = (|| {
+        let file = File::create(&temp)?;
+        io::Write::write_all(&mut &file, bytes)?;
+        commit(&file, &temp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Removes `path`; a file already gone is not an error.
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,135 @@
+//! Keeping the index true to the files: reconciling at open, `check` (re-verify
+//! every blob, drop orphans) and `rebuild-index` (a new index from the files alone).
+
+use std::fs;
+
+use cartable_proto::{BlobHash, BundleId};
+
+use super::{Store, StoreError, io_at, layout};
+
+/// One thing `check` found wrong.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// The blob or bundle, in hex.
+    pub id: String,
+    /// What is wrong with it.
+    pub what: String,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Bundles whose manifest matched its id.
+    pub bundles_ok: u64,
+    /// Blobs whose every byte matched their hash.
+    pub blobs_ok: u64,
+    /// Bytes verified.
+    pub bytes_verified: u64,
+    /// Unreferenced blobs deleted.
+    pub orphans_removed: u64,
+    /// Damaged or missing bundles and blobs; each damaged blob is marked for repair.
+    pub problems: Vec<Problem>,
+}
+
+impl Store {
+    /// Brings the index in line with the manifests on disk: indexes bundles whose
+    /// manifest was written but not indexed, and finishes interrupted removals.
+    pub(super) fn reconcile(&self) -> Result<(), StoreError> {
+        let dir = self.layout.bundles_dir();
+        let on_disk = self.layout.bundle_files().map_err(io_at(&dir))?;
+        let indexed: Vec<BundleId> = self.bundles()?.into_iter().map(|b| b.id).collect();
+        for id in on_disk.iter().filter(|id| !indexed.contains(id)) {
+            match self.read_manifest(id) {
+                Ok(manifest) => {
+                    self.index_bundle(*id, &manifest)?;
+                    tracing::info!(bundle = %id, "indexed bundle found on disk");
+                }
+                Err(e) => tracing::error!(bundle = %id, error = %e, "unreadable manifest, skipped"),
+            }
+        }
+        for id in indexed.iter().filter(|id| !on_disk.contains(id)) {
+            let freed = self.index.purge_bundle(id).map_err(|e| self.index_err(e))?;
+            self.delete_blobs(&freed)?;
+            tracing::info!(bundle = %id, "finished removing bundle");
+        }
+        Ok(())
+    }
+
+    /// Re-verifies every bundle manifest and every blob against its hash, marks
+    /// damaged blobs for repair, and deletes blobs no bundle references.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = CheckReport::default();
+        for b in self.bundles()? {
+            match self.read_manifest(&b.id) {
+                Ok(_) => report.bundles_ok += 1,
+                Err(e) => report.problems.push(Problem {
+                    id: b.id.to_hex(),
+                    what: e.to_string(),
+                }),
+            }
+        }
+        let indexed = self.index.blobs().map_err(|e| self.index_err(e))?;
+        let mut orphans = Vec::new();
+        for (hash, size) in &indexed {
+            if !self.index.is_referenced(hash) {
+                orphans.push(*hash);
+                continue;
+            }
+            match self.verify_blob(hash, *size) {
+                Ok(()) => {
+                    report.blobs_ok += 1;
+                    report.bytes_verified += size;
+                    self.index
+                        .clear_damaged(hash)
+                        .map_err(|e| self.index_err(e))?;
+                }
+                Err(what) => {
+                    self.mark_damaged(hash, &what);
+                    report.problems.push(Problem {
+                        id: hash.to_hex(),
+                        what,
+                    });
+                }
+            }
+        }
+        // Blob files the index does not know: left by a crash before indexing.
+        let blobs_dir = self.layout.blobs_dir();
+        for hash in self.layout.blob_files().map_err(io_at(&blobs_dir))? {
+            if indexed.binary_search_by(|(h, _)| h.cmp(&hash)).is_err() {
+                orphans.push(hash);
+            }
+        }
+        report.orphans_removed = orphans.len() as u64;
+        self.delete_blobs(&orphans)?;
+        Ok(report)
+    }
+
+    fn verify_blob(&self, hash: &BlobHash, size: u64) -> Result<(), String> {
+        let files = self
+            .open_blob(hash, size)
+            .map_err(|e| format!("missing: {e}"))?;
+        files
+            .read_verified(0..size, |_| true)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Deletes the index of the store in `dir` and builds a new one from the
+    /// manifests and blob files alone. Refuses while a daemon holds the store.
+    pub fn rebuild_index(dir: impl Into<std::path::PathBuf>) -> Result<Self, StoreError> {
+        let layout = layout::Layout::new(dir);
+        let index_dir = layout.index_dir();
+        // Opening first takes sled's lock: fail here, not after deleting, if the
+        // store is in use.
+        drop(
+            super::index::Index::open(&index_dir).map_err(|source| StoreError::Index {
+                path: index_dir.clone(),
+                source,
+            })?,
+        );
+        if index_dir.exists() {
+            fs::remove_dir_all(&index_dir).map_err(io_at(&index_dir))?;
+        }
+        Self::open(layout.root())
+    }
+}

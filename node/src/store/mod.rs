@@ -1,0 +1,283 @@
+//! The blob store of a node: blob files and their outboards named by hash, bundle
+//! manifests named by id, and a sled index over them (see [`layout`]).
+//!
+//! The files are the truth: opening the store reconciles the index with the
+//! bundle manifests on disk, so a crash between writing files and indexing them,
+//! or a lost index folder, loses nothing. Writes (add, remove, check) are
+//! serialised by one lock; reads go on beside them.
+
+mod import;
+mod index;
+pub mod layout;
+mod maintenance;
+pub mod verify;
+pub mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::UNIX_EPOCH;
+
+use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, ManifestError};
+
+pub use index::BundleSummary;
+pub use layout::Layout;
+pub use maintenance::{CheckReport, Problem};
+pub use verify::{BlobFiles, VerifyError};
+pub use walk::WalkError;
+
+use index::Index;
+
+/// What went wrong in a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The folder to add breaks a rule; nothing was imported.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The files cannot form a manifest.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No such bundle here.
+    #[error("no bundle {0} here")]
+    UnknownBundle(BundleId),
+    /// A file of the data folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The index failed; a second process holding the data folder shows up here.
+    #[error("index at {path}: {source} (is another cartable-node using this data folder?)")]
+    Index {
+        /// The index folder.
+        path: PathBuf,
+        /// The failure.
+        source: sled::Error,
+    },
+}
+
+/// The result of adding a folder.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct AddReport {
+    /// What the index now records.
+    #[serde(flatten)]
+    pub summary: BundleSummary,
+    /// Bytes written to the store (the rest was already there).
+    pub new_bytes: u64,
+}
+
+/// A node's blob store.
+#[derive(Debug)]
+pub struct Store {
+    layout: Layout,
+    index: Index,
+    writes: Mutex<()>,
+    manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if needed, and reconciles the index
+    /// with the manifests on disk.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let layout = Layout::new(dir);
+        layout.prepare().map_err(io_at(layout.root()))?;
+        let index_dir = layout.index_dir();
+        let index = Index::open(&index_dir).map_err(|source| StoreError::Index {
+            path: index_dir,
+            source,
+        })?;
+        let store = Self {
+            layout,
+            index,
+            writes: Mutex::new(()),
+            manifests: RwLock::new(HashMap::new()),
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    /// The data folder.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Imports every file of `dir` as one bundle. Refuses the whole folder, before
+    /// importing anything, if one entry breaks the rules. Adding a folder twice
+    /// gives the same id and writes nothing new.
+    pub fn add_folder(&self, dir: &Path) -> Result<AddReport, StoreError> {
+        let files = walk::walk(dir)?;
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = Vec::with_capacity(files.len());
+        let mut new_bytes = 0;
+        for f in files {
+            let imported =
+                import::import_file(&self.layout, &f.source, f.size).map_err(io_at(&f.source))?;
+            if imported.new {
+                new_bytes += imported.size;
+            }
+            entries.push(ManifestEntry {
+                content_type: cartable_proto::content_type::for_path(f.path.as_str()).to_owned(),
+                path: f.path,
+                hash: imported.hash,
+                size: imported.size,
+            });
+        }
+        layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
+        let manifest = Manifest::new(entries)?;
+        let id = manifest.id();
+        let path = self.layout.bundle(&id);
+        if !path.exists() {
+            layout::write_atomic(&self.layout, &path, &manifest.encode()).map_err(io_at(&path))?;
+            layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
+        }
+        let summary = self.index_bundle(id, &manifest)?;
+        self.manifests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::new(manifest));
+        Ok(AddReport { summary, new_bytes })
+    }
+
+    /// Every bundle held, by id.
+    pub fn bundles(&self) -> Result<Vec<BundleSummary>, StoreError> {
+        self.index.bundles().map_err(|e| self.index_err(e))
+    }
+
+    /// Removes a bundle and frees the blobs no other bundle uses.
+    pub fn remove(&self, id: &BundleId) -> Result<BundleSummary, StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let summary = self
+            .bundles()?
+            .into_iter()
+            .find(|b| b.id == *id)
+            .ok_or(StoreError::UnknownBundle(*id))?;
+        let manifest = self.manifest(id)?.ok_or(StoreError::UnknownBundle(*id))?;
+        // Deleting the manifest commits the removal; the rest is cleanup that
+        // `reconcile` finishes if a crash interrupts it.
+        let path = self.layout.bundle(id);
+        layout::remove_if_present(&path).map_err(io_at(&path))?;
+        layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
+        self.manifests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let freed = self
+            .index
+            .remove_bundle(id, &manifest)
+            .map_err(|e| self.index_err(e))?;
+        self.delete_blobs(&freed)?;
+        Ok(summary)
+    }
+
+    /// The manifest of a bundle held here, verified against its id when loaded.
+    pub fn manifest(&self, id: &BundleId) -> Result<Option<Arc<Manifest>>, StoreError> {
+        if let Some(m) = self
+            .manifests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(Some(m.clone()));
+        }
+        if !self.index.has_bundle(id).map_err(|e| self.index_err(e))? {
+            return Ok(None);
+        }
+        let manifest = Arc::new(self.read_manifest(id)?);
+        self.manifests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id, manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    /// Opens a stored blob for a verified read.
+    pub fn open_blob(&self, hash: &BlobHash, size: u64) -> io::Result<BlobFiles> {
+        let data = File::open(self.layout.blob(hash))?;
+        let outboard = if size > verify::GROUP_BYTES {
+            Some(File::open(self.layout.outboard(hash))?)
+        } else {
+            None
+        };
+        Ok(BlobFiles {
+            hash: *hash,
+            size,
+            data,
+            outboard,
+        })
+    }
+
+    /// Records that a blob failed verification, so it is not trusted until repaired.
+    pub fn mark_damaged(&self, hash: &BlobHash, why: &str) {
+        tracing::error!(blob = %hash, reason = why, "blob damaged on disk, marked for repair");
+        if let Err(e) = self.index.mark_damaged(hash, why) {
+            tracing::error!(blob = %hash, error = %e, "could not record damaged blob");
+        }
+    }
+
+    /// Whether a blob is marked damaged.
+    pub fn is_damaged(&self, hash: &BlobHash) -> bool {
+        self.index.is_damaged(hash)
+    }
+
+    fn read_manifest(&self, id: &BundleId) -> Result<Manifest, StoreError> {
+        let path = self.layout.bundle(id);
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        let invalid = |why: String| StoreError::Io {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, why),
+        };
+        if BundleId::of_manifest(&bytes) != *id {
+            return Err(invalid("manifest does not match its bundle id".into()));
+        }
+        Manifest::decode(&bytes).map_err(|e| invalid(format!("manifest: {e}")))
+    }
+
+    fn index_bundle(&self, id: BundleId, manifest: &Manifest) -> Result<BundleSummary, StoreError> {
+        let path = self.layout.bundle(&id);
+        let mtime = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(io_at(&path))?;
+        let summary = BundleSummary {
+            id,
+            files: manifest.entries().len() as u64,
+            bytes: manifest.total_size(),
+            added_unix: mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        self.index
+            .insert_bundle(manifest, summary)
+            .map_err(|e| self.index_err(e))?;
+        Ok(summary)
+    }
+
+    fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<(), StoreError> {
+        for h in hashes {
+            for path in [self.layout.blob(h), self.layout.outboard(h)] {
+                layout::remove_if_present(&path).map_err(io_at(&path))?;
+            }
+        }
+        self.index
+            .forget_blobs(hashes)
+            .map_err(|e| self.index_err(e))
+    }
+
+    fn index_err(&self, source: sled::Error) -> StoreError {
+        StoreError::Index {
+            path: self.layout.index_dir(),
+            source,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,267 @@
+//! Store behaviour on a real data folder: dedupe, idempotence, removal, rebuild,
+//! corruption caught, verified ranges.
+
+use std::fs;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn lesson(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    for (path, data) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn read_all(
+    store: &Store,
+    hash: &BlobHash,
+    size: u64,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, VerifyError> {
+    let mut out = Vec::new();
+    store.open_blob(hash, size)?.read_verified(range, |b| {
+        out.extend_from_slice(&b);
+        true
+    })?;
+    Ok(out)
+}
+
+fn blob_bytes_on_disk(store: &Store) -> u64 {
+    fs::read_dir(store.layout().blobs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn identical_files_are_stored_once_across_bundles() -> anyhow::Result<()> {
+    let (data, a, b) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let video = pattern(100_000, 1);
+    lesson(
+        a.path(),
+        &[("index.html", b"a".to_vec()), ("v.mp4", video.clone())],
+    );
+    lesson(
+        b.path(),
+        &[("index.html", b"b".to_vec()), ("media/v.mp4", video)],
+    );
+    let store = Store::open(data.path())?;
+    let first = store.add_folder(a.path())?;
+    let second = store.add_folder(b.path())?;
+    assert_eq!(first.new_bytes, 100_001);
+    assert_eq!(second.new_bytes, 1, "only the new index.html is written");
+    assert_ne!(first.summary.id, second.summary.id);
+    Ok(())
+}
+
+#[test]
+fn adding_a_folder_twice_is_idempotent() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[
+            ("index.html", b"hi".to_vec()),
+            ("big.bin", pattern(70_000, 2)),
+        ],
+    );
+    let store = Store::open(data.path())?;
+    let first = store.add_folder(a.path())?;
+    let before = blob_bytes_on_disk(&store);
+    let again = store.add_folder(a.path())?;
+    assert_eq!(first.summary, again.summary);
+    assert_eq!(again.new_bytes, 0);
+    assert_eq!(blob_bytes_on_disk(&store), before);
+    assert_eq!(store.bundles()?.len(), 1);
+    assert_eq!(
+        fs::read_dir(store.layout().tmp_dir())?.count(),
+        0,
+        "no temp file left"
+    );
+    Ok(())
+}
+
+#[test]
+fn removing_a_bundle_frees_only_its_own_blobs() -> anyhow::Result<()> {
+    let (data, a, b) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let shared = pattern(50_000, 3);
+    lesson(
+        a.path(),
+        &[
+            ("shared.bin", shared.clone()),
+            ("own.bin", pattern(40_000, 4)),
+        ],
+    );
+    lesson(b.path(), &[("shared.bin", shared.clone())]);
+    let store = Store::open(data.path())?;
+    let a_id = store.add_folder(a.path())?.summary.id;
+    let b_id = store.add_folder(b.path())?.summary.id;
+    let before = blob_bytes_on_disk(&store);
+    store.remove(&a_id)?;
+    assert!(
+        blob_bytes_on_disk(&store) <= before - 40_000,
+        "own.bin freed"
+    );
+    assert!(matches!(
+        store.remove(&a_id),
+        Err(StoreError::UnknownBundle(_))
+    ));
+    let m = store.manifest(&b_id)?.unwrap();
+    let e = &m.entries()[0];
+    assert_eq!(
+        read_all(&store, &e.hash, e.size, 0..e.size)?,
+        shared,
+        "shared blob kept"
+    );
+    store.remove(&b_id)?;
+    assert_eq!(blob_bytes_on_disk(&store), 0);
+    Ok(())
+}
+
+#[test]
+fn a_refused_folder_imports_nothing() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[("a.bin", pattern(30_000, 5)), ("z\\bad", b"x".to_vec())],
+    );
+    let store = Store::open(data.path())?;
+    let err = store.add_folder(a.path()).unwrap_err();
+    assert!(err.to_string().contains("z\\bad"), "{err}");
+    assert_eq!(blob_bytes_on_disk(&store), 0);
+    assert!(store.bundles()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn losing_the_index_loses_no_lesson() -> anyhow::Result<()> {
+    let (data, a, b) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    lesson(
+        a.path(),
+        &[
+            ("index.html", b"a".to_vec()),
+            ("v.bin", pattern(200_000, 6)),
+        ],
+    );
+    lesson(b.path(), &[("x/y.txt", b"b".to_vec())]);
+    let listing = {
+        let store = Store::open(data.path())?;
+        store.add_folder(a.path())?;
+        store.add_folder(b.path())?;
+        store.bundles()?
+    };
+    fs::remove_dir_all(data.path().join("index"))?;
+    let rebuilt = Store::rebuild_index(data.path())?;
+    assert_eq!(rebuilt.bundles()?, listing);
+    let report = rebuilt.check()?;
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.blobs_ok, 3);
+    Ok(())
+}
+
+#[test]
+fn a_flipped_byte_is_caught_and_never_served() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let big = pattern(300_000, 7);
+    lesson(
+        a.path(),
+        &[
+            ("big.bin", big.clone()),
+            ("small.txt", b"small file".to_vec()),
+        ],
+    );
+    let store = Store::open(data.path())?;
+    let id = store.add_folder(a.path())?.summary.id;
+    let m = store.manifest(&id)?.unwrap();
+    for e in m.entries() {
+        let path = store.layout().blob(&e.hash);
+        let mut bytes = fs::read(&path)?;
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x20;
+        fs::write(&path, &bytes)?;
+        let mut served = Vec::new();
+        let err = store
+            .open_blob(&e.hash, e.size)?
+            .read_verified(0..e.size, |b| {
+                served.extend_from_slice(&b);
+                true
+            })
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
+        let first_bad = at as usize;
+        assert!(
+            served.len() <= first_bad,
+            "nothing from the bad group was emitted"
+        );
+        assert_eq!(served[..], big[..served.len()]);
+        // The untouched start of the big file is still served.
+        if e.size > 100_000 {
+            assert_eq!(read_all(&store, &e.hash, e.size, 0..50_000)?, big[..50_000]);
+        }
+    }
+    let report = store.check()?;
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(m.entries().iter().all(|e| store.is_damaged(&e.hash)));
+    Ok(())
+}
+
+#[test]
+fn a_truncated_blob_is_caught() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(a.path(), &[("big.bin", pattern(100_000, 8))]);
+    let store = Store::open(data.path())?;
+    let id = store.add_folder(a.path())?.summary.id;
+    let e = store.manifest(&id)?.unwrap().entries()[0].clone();
+    fs::File::options()
+        .write(true)
+        .open(store.layout().blob(&e.hash))?
+        .set_len(99_999)?;
+    assert!(matches!(
+        read_all(&store, &e.hash, e.size, 0..10),
+        Err(VerifyError::WrongLength { actual: 99_999, .. })
+    ));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn verified_ranges_equal_the_source(
+        len in prop::sample::select(vec![0usize, 1, 1023, 1024, 16_383, 16_384, 16_385, 32_768, 100_000, 1 << 20]),
+        a in any::<prop::sample::Index>(),
+        b in any::<prop::sample::Index>(),
+    ) {
+        let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let bytes = pattern(len, 9);
+        lesson(dir.path(), &[("f", bytes.clone())]);
+        let store = Store::open(data.path()).unwrap();
+        let id = store.add_folder(dir.path()).unwrap().summary.id;
+        let e = store.manifest(&id).unwrap().unwrap().entries()[0].clone();
+        prop_assert_eq!(e.hash, BlobHash::of(&bytes));
+        let (x, y) = (a.index(len + 1) as u64, b.index(len + 1) as u64);
+        let (start, end) = (x.min(y), x.max(y));
+        let got = read_all(&store, &e.hash, e.size, start..end).unwrap();
+        prop_assert_eq!(&got[..], &bytes[start as usize..end as usize]);
+    }
+}

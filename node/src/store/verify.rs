@@ -1,0 +1,234 @@
+//! Reading a byte range of a stored blob while checking it against the blob's
+//! hash, so that no corrupt byte leaves the node.
+//!
+//! Blobs up to one chunk group (16 KiB) are hashed whole. Larger ones are read
+//! chunk group by chunk group and each group is checked against the post-order
+//! outboard, whose hash pairs are checked in turn up to the root: the cost is one
+//! BLAKE3 pass over the groups the range touches, and nothing is emitted before the
+//! group that holds it has been verified.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::{Outboard, ReadAt};
+use bao_tree::iter::BaoChunk;
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
+use bytes::{Bytes, BytesMut};
+use cartable_proto::BlobHash;
+
+/// 16 KiB chunk groups: the granularity of verification, and of resuming later.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
+/// Bytes in one chunk group.
+pub const GROUP_BYTES: u64 = 16 * 1024;
+/// Outboards up to this size are read into memory whole rather than pair by pair.
+const OUTBOARD_IN_MEMORY: u64 = 1 << 20;
+/// Verified bytes are handed out in pieces of about this size.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// Why a verified read stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The bytes or the outboard do not match the blob's hash.
+    #[error("blob {hash} is corrupt near byte {offset}")]
+    Corrupt {
+        /// The blob.
+        hash: BlobHash,
+        /// Start of the first chunk group or subtree that failed.
+        offset: u64,
+    },
+    /// The data file's length is not the blob's size.
+    #[error("blob {hash} is {actual} bytes on disk, {expected} expected")]
+    WrongLength {
+        /// The blob.
+        hash: BlobHash,
+        /// The size it should have.
+        expected: u64,
+        /// The size on disk.
+        actual: u64,
+    },
+    /// Reading failed.
+    #[error("reading blob: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The open files of one stored blob.
+#[derive(Debug)]
+pub struct BlobFiles {
+    /// The blob's hash.
+    pub hash: BlobHash,
+    /// Its size.
+    pub size: u64,
+    /// Its bytes.
+    pub data: File,
+    /// Its outboard; `None` for blobs of one chunk group or less.
+    pub outboard: Option<File>,
+}
+
+impl BlobFiles {
+    fn tree(&self) -> BaoTree {
+        BaoTree::new(self.size, BLOCK_SIZE)
+    }
+
+    /// Checks the data file's length against the blob's size.
+    pub fn check_length(&self) -> Result<(), VerifyError> {
+        let actual = self.data.metadata()?.len();
+        if actual == self.size {
+            Ok(())
+        } else {
+            Err(VerifyError::WrongLength {
+                hash: self.hash,
+                expected: self.size,
+                actual,
+            })
+        }
+    }
+
+    /// Reads `range` (clamped to the blob), verifying it, and hands the bytes to
+    /// `emit` in order. `emit` returns `false` to stop early (the reader went away).
+    pub fn read_verified(
+        &self,
+        range: Range<u64>,
+        mut emit: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), VerifyError> {
+        let range = range.start.min(self.size)..range.end.min(self.size);
+        self.check_length()?;
+        match &self.outboard {
+            _ if self.size <= GROUP_BYTES => self.read_small(range, emit),
+            None => Err(VerifyError::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                "outboard missing",
+            ))),
+            Some(file) if self.tree().outboard_size() <= OUTBOARD_IN_MEMORY => {
+                let mut pairs = vec![0u8; self.tree().outboard_size() as usize];
+                file.read_exact_at(0, &mut pairs)?;
+                self.read_tree(self.outboard_over(pairs), range, &mut emit)
+            }
+            Some(file) => self.read_tree(self.outboard_over(file), range, &mut emit),
+        }
+    }
+
+    fn outboard_over<D: ReadAt>(&self, data: D) -> PostOrderOutboard<D> {
+        PostOrderOutboard {
+            root: self.hash.into(),
+            tree: self.tree(),
+            data,
+        }
+    }
+
+    fn read_small(
+        &self,
+        range: Range<u64>,
+        mut emit: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), VerifyError> {
+        let mut buf = vec![0u8; self.size as usize];
+        self.data.read_exact_at(0, &mut buf)?;
+        if BlobHash::of(&buf) != self.hash {
+            return Err(VerifyError::Corrupt {
+                hash: self.hash,
+                offset: 0,
+            });
+        }
+        let bytes = Bytes::from(buf).slice(range.start as usize..range.end as usize);
+        if !bytes.is_empty() {
+            emit(bytes);
+        }
+        Ok(())
+    }
+
+    fn read_tree(
+        &self,
+        outboard: impl Outboard,
+        range: Range<u64>,
+        emit: &mut impl FnMut(Bytes) -> bool,
+    ) -> Result<(), VerifyError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let tree = outboard.tree();
+        let chunks =
+            ChunkRanges::from(ChunkNum(range.start / 1024)..ChunkNum(range.end.div_ceil(1024)));
+        let corrupt = |offset| VerifyError::Corrupt {
+            hash: self.hash,
+            offset,
+        };
+        // Hashes still to be matched, the next one on top; starts with the root.
+        let mut expected: Vec<blake3::Hash> = vec![outboard.root()];
+        let mut piece = BytesMut::with_capacity(PIECE_BYTES);
+        let mut group = vec![0u8; GROUP_BYTES as usize];
+        for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
+            match item {
+                BaoChunk::Parent {
+                    is_root,
+                    left,
+                    right,
+                    node,
+                    ..
+                } => {
+                    let offset = node.chunk_range().start.to_bytes();
+                    let (l, r) = outboard.load(node)?.ok_or_else(|| corrupt(offset))?;
+                    if expected.pop() != Some(parent_cv(&l, &r, is_root)) {
+                        return Err(corrupt(offset));
+                    }
+                    if right {
+                        expected.push(r);
+                    }
+                    if left {
+                        expected.push(l);
+                    }
+                }
+                BaoChunk::Leaf {
+                    start_chunk,
+                    size,
+                    is_root,
+                    ..
+                } => {
+                    let start = start_chunk.to_bytes();
+                    let group = &mut group[..size];
+                    self.data.read_exact_at(start, group)?;
+                    if expected.pop() != Some(hash_group(start_chunk, group, is_root)) {
+                        return Err(corrupt(start));
+                    }
+                    // Keep only the part of the group inside the range.
+                    let keep_from = range.start.saturating_sub(start) as usize;
+                    let keep_to = (range.end - start).min(size as u64) as usize;
+                    piece.extend_from_slice(&group[keep_from..keep_to]);
+                    if piece.len() >= PIECE_BYTES - GROUP_BYTES as usize
+                        && !emit(piece.split().freeze())
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !piece.is_empty() {
+            emit(piece.freeze());
+        }
+        Ok(())
+    }
+}
+
+/// The BLAKE3 chaining value of one chunk group starting at `start_chunk`.
+pub(crate) fn hash_group(start_chunk: ChunkNum, data: &[u8], is_root: bool) -> blake3::Hash {
+    if is_root {
+        return blake3::hash(data);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(start_chunk.0 * 1024);
+    hasher.update(data);
+    let cv: ChainingValue = hasher.finalize_non_root();
+    blake3::Hash::from(cv)
+}
+
+fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3::Hash {
+    let (l, r): (ChainingValue, ChainingValue) = (*left.as_bytes(), *right.as_bytes());
+    if is_root {
+        merge_subtrees_root(&l, &r, Mode::Hash)
+    } else {
+        blake3::Hash::from(merge_subtrees_non_root(&l, &r, Mode::Hash))
+    }
+}
