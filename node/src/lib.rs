@@ -2,9 +2,18 @@
 //!
 //! - [`store`]: blob files and outboards named by hash, bundle manifests, a sled index.
 //! - [`serve`]: HTTPS for browsers (hyper 1 over rustls), every byte verified as it streams.
-//! - [`admin`]: the local admin socket through which the CLI talks to a running daemon.
+//! - [`admin`]: the local socket through which the CLI talks to a running daemon.
+//! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
 //! - [`config`]: the TOML configuration and its defaults.
-//! - [`tls`]: the HTTPS certificate, made on first run when none is configured.
+//! - [`tls`], [`identity`], [`secret_file`]: the HTTPS certificate, the node key.
 //! - [`cli`]: the `cartable-node` commands.
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod secret_file;
+pub mod serve;
 pub mod store;
+pub mod tls;

@@ -61,12 +61,7 @@ impl BlobHash {
 
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(HEX_LEN);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 15)] as char);
-        }
-        s
+        encode_hex(&self.0)
     }
 
     /// Lowercase base32 without padding, 52 characters.
@@ -88,13 +83,7 @@ impl BlobHash {
 
     /// Parses the hex form (either case).
     pub fn from_hex(text: &str) -> Result<Self, IdParseError> {
-        check_len(text, HEX_LEN)?;
-        let mut out = [0u8; 32];
-        for (pos, ch) in text.chars().enumerate() {
-            let v = ch.to_digit(16).ok_or(IdParseError::BadChar { pos, ch })? as u8;
-            out[pos / 2] |= if pos % 2 == 0 { v << 4 } else { v };
-        }
-        Ok(Self(out))
+        decode_hex(text).map(Self)
     }
 
     /// Parses the base32 form (either case).
@@ -122,6 +111,25 @@ impl BlobHash {
         }
         Ok(Self(out))
     }
+}
+
+fn encode_hex(bytes: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(HEX_LEN);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+fn decode_hex(text: &str) -> Result<[u8; 32], IdParseError> {
+    check_len(text, HEX_LEN)?;
+    let mut out = [0u8; 32];
+    for (pos, ch) in text.chars().enumerate() {
+        let v = ch.to_digit(16).ok_or(IdParseError::BadChar { pos, ch })? as u8;
+        out[pos / 2] |= if pos % 2 == 0 { v << 4 } else { v };
+    }
+    Ok(out)
 }
 
 fn check_len(text: &str, expected: usize) -> Result<(), IdParseError> {
@@ -214,6 +222,61 @@ impl fmt::Debug for BundleId {
         write!(f, "BundleId({})", self.0.to_hex())
     }
 }
+
+/// A node's id: its ed25519 public key, which its certificates are made from.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId([u8; 32]);
+
+impl NodeId {
+    /// The id from the raw 32-byte public key.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw public key.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = IdParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        decode_hex(s).map(Self)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&encode_hex(&self.0))
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+/// Ids travel in JSON (admin socket, admin API) in their hex text form.
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_as_text!(BlobHash, BundleId, NodeId);
 
 #[cfg(test)]
 mod tests {

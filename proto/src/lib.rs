@@ -1,7 +1,7 @@
 //! Types and encodings every Cartable part shares. No IO, no async.
 //!
 //! - [`id`]: [`BlobHash`] and [`BundleId`], the BLAKE3 names of blobs and bundles,
-//!   with their hex (URLs, CLI) and base32 (one DNS label) text forms.
+//!   with their hex (URLs, CLI) and base32 (one DNS label) text forms; [`NodeId`].
 //! - [`path`]: the path rules every file of a bundle obeys ([`BundlePath`]).
 //! - [`manifest`]: the bundle manifest and its one canonical, versioned binary encoding.
 //! - [`content_type`]: the `Content-Type` a file gets from its extension.
@@ -14,6 +14,6 @@ pub mod manifest;
 pub mod path;
 
 pub use decode::DecodeError;
-pub use id::{BlobHash, BundleId, IdParseError};
+pub use id::{BlobHash, BundleId, IdParseError, NodeId};
 pub use manifest::{Manifest, ManifestEntry, ManifestError};
 pub use path::{BundlePath, PathError};

@@ -1,1 +1,26 @@
-//! placeholder
+//! The integration harness: real `cartable-node` processes on loopback, a real
+//! HTTPS client that trusts exactly the node's certificate, raw TLS requests that
+//! no client normalizes, and a headless Chromium.
+//!
+//! Every node binds port 0 and lives in a temporary folder; dropping a [`Node`]
+//! stops its process.
+
+pub mod browser;
+pub mod client;
+pub mod node;
+
+pub use client::{HttpsClient, Reply};
+pub use node::{Node, cli, node_binary};
+
+/// The sample lesson shipped in `examples/lessons/fractions`.
+pub fn sample_lesson() -> std::path::PathBuf {
+    workspace_root().join("examples/lessons/fractions")
+}
+
+/// The workspace's top folder.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}

@@ -8,10 +8,9 @@ use std::path::Path;
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
 /// What the index records of a bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BundleSummary {
     /// The bundle.
-    #[serde(serialize_with = "as_hex")]
     pub id: BundleId,
     /// Number of files.
     pub files: u64,
@@ -19,10 +18,6 @@ pub struct BundleSummary {
     pub bytes: u64,
     /// When it was added, in seconds since the Unix epoch (its manifest file's mtime).
     pub added_unix: u64,
-}
-
-fn as_hex<S: serde::Serializer>(id: &BundleId, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&id.to_hex())
 }
 
 impl BundleSummary {

@@ -8,7 +8,7 @@ use cartable_proto::{BlobHash, BundleId};
 use super::{Store, StoreError, io_at, layout};
 
 /// One thing `check` found wrong.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// The blob or bundle, in hex.
     pub id: String,
@@ -17,7 +17,7 @@ pub struct Problem {
 }
 
 /// What `check` found.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CheckReport {
     /// Bundles whose manifest matched its id.
     pub bundles_ok: u64,

@@ -64,7 +64,7 @@ pub enum StoreError {
 }
 
 /// The result of adding a folder.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct AddReport {
     /// What the index now records.
     #[serde(flatten)]

@@ -1,0 +1,241 @@
+//! The `cartable-node` commands. `add`, `bundles`, `rm` and `check` go through
+//! the running daemon's admin socket when there is one, and open the store
+//! directly when there is not.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cartable_proto::BundleId;
+use clap::{Parser, Subcommand};
+
+use crate::admin::{self, AdminClient, Info, Request};
+use crate::config::{NodeConfig, Overrides};
+use crate::identity::Identity;
+use crate::store::{AddReport, BundleSummary, CheckReport, Store};
+
+/// A Cartable node: keeps lesson bundles and serves them to browsers over HTTPS.
+#[derive(Debug, Parser)]
+#[command(name = "cartable-node", version)]
+pub struct Cli {
+    /// TOML configuration file; flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data folder [default: ./cartable-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node: serve bundles over HTTPS until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8443]; port 0 picks a free port.
+        #[arg(long, value_name = "ADDR")]
+        https: Option<SocketAddr>,
+        /// PEM certificate chain [default: a self-signed one made in DATA/tls/].
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of the certificate.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Add a lesson folder as a bundle; prints its id and URL.
+    Add {
+        /// The folder.
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the bundles held.
+    Bundles {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a bundle and free the space only it used.
+    Rm {
+        /// The bundle id (64 hex characters).
+        bundle: BundleId,
+    },
+    /// Re-verify every stored blob against its hash.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the data files (the daemon must be stopped).
+    RebuildIndex,
+    /// Print this node's id.
+    Id,
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        let mut overrides = Overrides {
+            data_dir: self.data_dir,
+            ..Overrides::default()
+        };
+        if let Command::Serve {
+            https,
+            tls_cert,
+            tls_key,
+        } = &self.command
+        {
+            overrides.https = *https;
+            overrides.tls_cert = tls_cert.clone();
+            overrides.tls_key = tls_key.clone();
+        }
+        let config = NodeConfig::load(self.config.as_deref(), overrides)?;
+        match self.command {
+            Command::Serve { .. } => {
+                tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))
+            }
+            Command::Add { dir, json } => add(&config, dir, json),
+            Command::Bundles { json } => {
+                let list: Vec<BundleSummary> = call(&config, Request::Bundles)?;
+                print_bundles(&list, json)
+            }
+            Command::Rm { bundle } => {
+                let removed: BundleSummary = call(&config, Request::Rm { bundle })?;
+                println!("removed {}", removed.id);
+                Ok(())
+            }
+            Command::Check { json } => check(&config, json),
+            Command::RebuildIndex => rebuild_index(&config),
+            Command::Id => {
+                println!("{}", Identity::load_or_create(&config.data_dir)?.id());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends a request to the daemon, or runs it on the store when none is running.
+fn call<T: serde::de::DeserializeOwned>(
+    config: &NodeConfig,
+    request: Request,
+) -> anyhow::Result<T> {
+    let value = match AdminClient::connect(&config.data_dir) {
+        Some(daemon) => daemon.call(&request)?,
+        None => {
+            let store = Store::open(&config.data_dir)
+                .with_context(|| format!("opening store in {}", config.data_dir.display()))?;
+            admin::execute(&store, None, request)?
+        }
+    };
+    serde_json::from_value(value).context("unexpected answer")
+}
+
+fn add(config: &NodeConfig, dir: PathBuf, json: bool) -> anyhow::Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot open folder", dir.display()))?;
+    let report: AddReport = call(config, Request::Add { dir })?;
+    let id = report.summary.id;
+    let base = match AdminClient::connect(&config.data_dir) {
+        Some(daemon) => daemon
+            .call(&Request::Info)
+            .ok()
+            .and_then(|v| serde_json::from_value::<Info>(v).ok())
+            .map(|i| i.https),
+        None if config.https.listen.port() != 0 => Some(format!("https://{}", config.https.listen)),
+        None => None,
+    };
+    let url = format!("{}/b/{id}/", base.as_deref().unwrap_or(""));
+    if json {
+        let mut value = serde_json::to_value(report)?;
+        value["url"] = url.into();
+        println!("{value}");
+    } else {
+        println!("{id}");
+        println!("{url}");
+        eprintln!(
+            "added {} files, {} ({} new)",
+            report.summary.files,
+            human_bytes(report.summary.bytes),
+            human_bytes(report.new_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn print_bundles(list: &[BundleSummary], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no bundles");
+        return Ok(());
+    }
+    println!(
+        "{:<64}  {:>7}  {:>10}  ADDED (unix)",
+        "BUNDLE", "FILES", "SIZE"
+    );
+    for b in list {
+        println!(
+            "{:<64}  {:>7}  {:>10}  {}",
+            b.id,
+            b.files,
+            human_bytes(b.bytes),
+            b.added_unix
+        );
+    }
+    Ok(())
+}
+
+fn check(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
+    let report: CheckReport = call(config, Request::Check)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} bundles, {} blobs ({}) verified, {} orphans removed, {} problems",
+            report.bundles_ok,
+            report.blobs_ok,
+            human_bytes(report.bytes_verified),
+            report.orphans_removed,
+            report.problems.len()
+        );
+        for p in &report.problems {
+            println!("PROBLEM {}: {}", p.id, p.what);
+        }
+    }
+    anyhow::ensure!(
+        report.problems.is_empty(),
+        "check found {} problems",
+        report.problems.len()
+    );
+    Ok(())
+}
+
+fn rebuild_index(config: &NodeConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        AdminClient::connect(&config.data_dir).is_none(),
+        "a cartable-node daemon is using {}: stop it first",
+        config.data_dir.display()
+    );
+    let store = Store::rebuild_index(&config.data_dir)?;
+    println!("index rebuilt: {} bundles", store.bundles()?.len());
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,215 @@
+//! The node's configuration: a TOML file (`--config`), overridden by flags, with
+//! defaults that suit a first run on loopback. Unknown keys are refused, and
+//! values are checked when loaded, not when first used.
+//!
+//! ```toml
+//! # Where blobs, manifests, keys and the index live. Default: ./cartable-data
+//! data_dir = "/var/lib/cartable"
+//!
+//! [https]
+//! # Address browsers connect to. Default: 127.0.0.1:8443; port 0 picks a free port.
+//! listen = "0.0.0.0:443"
+//! # PEM certificate chain and key. Default: a self-signed pair made in DATA/tls/.
+//! tls_cert = "/etc/cartable/cert.pem"
+//! tls_key = "/etc/cartable/key.pem"
+//! # Open connections at most; more are closed at once. Default: 4096.
+//! max_connections = 4096
+//! # Largest request head, in bytes (431 beyond it). Default: 16384; at least 8192.
+//! max_header_bytes = 16384
+//! # Seconds a client has to finish the TLS handshake. Default: 10.
+//! handshake_timeout_secs = 10
+//! # Seconds a client has to send a request head once it started one. Default: 10.
+//! header_read_timeout_secs = 10
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::tls::TlsFiles;
+
+const DEFAULT_DATA_DIR: &str = "./cartable-data";
+const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
+/// hyper will not read request heads into a smaller buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    https: FileHttps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttps {
+    listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    handshake_timeout_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+}
+
+/// Settings given on the command line; each overrides the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--https`
+    pub https: Option<SocketAddr>,
+    /// `--tls-cert`
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The checked configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// The HTTPS server.
+    pub https: HttpsConfig,
+}
+
+/// The checked HTTPS settings.
+#[derive(Debug, Clone)]
+pub struct HttpsConfig {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Configured certificate; `None` means self-signed in the data folder.
+    pub tls: Option<TlsFiles>,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to send a request head.
+    pub header_read_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Reads the file at `path` (if given) and applies the overrides.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
+        let h = file.https;
+        let tls = match (o.tls_cert.or(h.tls_cert), o.tls_key.or(h.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        let max_header_bytes = h.max_header_bytes.unwrap_or(16 * 1024);
+        anyhow::ensure!(
+            max_header_bytes >= MIN_HEADER_BYTES,
+            "https.max_header_bytes must be at least {MIN_HEADER_BYTES}"
+        );
+        let max_connections = h.max_connections.unwrap_or(4096);
+        anyhow::ensure!(
+            max_connections > 0,
+            "https.max_connections must be positive"
+        );
+        Ok(Self {
+            data_dir: o
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            https: HttpsConfig {
+                listen: o
+                    .https
+                    .or(h.listen)
+                    .unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default")),
+                tls,
+                max_connections,
+                max_header_bytes,
+                handshake_timeout: seconds(
+                    "https.handshake_timeout_secs",
+                    h.handshake_timeout_secs,
+                )?,
+                header_read_timeout: seconds(
+                    "https.header_read_timeout_secs",
+                    h.header_read_timeout_secs,
+                )?,
+            },
+        })
+    }
+
+    /// The certificate to serve with: the configured one, or the self-signed one.
+    pub fn tls_files(&self) -> TlsFiles {
+        self.https
+            .tls
+            .clone()
+            .unwrap_or_else(|| TlsFiles::self_signed_in(&self.data_dir))
+    }
+}
+
+fn seconds(name: &str, value: Option<u64>) -> anyhow::Result<Duration> {
+    let secs = value.unwrap_or(10);
+    anyhow::ensure!(secs > 0, "{name} must be positive");
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<NodeConfig> {
+        NodeConfig::resolve(toml::from_str(text)?, Overrides::default())
+    }
+
+    #[test]
+    fn defaults_suit_a_first_run() -> anyhow::Result<()> {
+        let c = parse("")?;
+        assert_eq!(c.data_dir, PathBuf::from("./cartable-data"));
+        assert_eq!(c.https.listen.to_string(), "127.0.0.1:8443");
+        assert!(c.https.tls.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn flags_override_the_file() -> anyhow::Result<()> {
+        let file = toml::from_str("data_dir = \"/a\"\n[https]\nlisten = \"127.0.0.1:1\"")?;
+        let c = NodeConfig::resolve(
+            file,
+            Overrides {
+                data_dir: Some("/b".into()),
+                https: Some("127.0.0.1:2".parse()?),
+                ..Overrides::default()
+            },
+        )?;
+        assert_eq!(c.data_dir, PathBuf::from("/b"));
+        assert_eq!(c.https.listen.port(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let unknown = parse("[https]\nlisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(
+            format!("{unknown:#}").contains("unknown field `lisen`"),
+            "{unknown:#}"
+        );
+        let half = parse("[https]\ntls_cert = \"/c.pem\"").unwrap_err();
+        assert!(half.to_string().contains("go together"));
+        let small = parse("[https]\nmax_header_bytes = 10").unwrap_err();
+        assert!(small.to_string().contains("at least 8192"));
+        assert!(parse("[https]\nlisten = \"nowhere\"").is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! `cartable-node serve`: opens the store, starts HTTPS and the admin socket,
+//! prints the line scripts wait for, and stops cleanly on Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::admin::{AdminServer, Info};
+use crate::config::NodeConfig;
+use crate::identity::Identity;
+use crate::serve::HttpsServer;
+use crate::store::Store;
+
+/// Runs the node until a stop signal.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let identity = Identity::load_or_create(&data_dir)?;
+    let store = Arc::new(
+        Store::open(&data_dir)
+            .with_context(|| format!("opening store in {}", data_dir.display()))?,
+    );
+    let tls = config.tls_files();
+    if config.https.tls.is_none() {
+        tls.create_self_signed_if_missing()?;
+    }
+    let server = HttpsServer::bind(config.https.clone(), tls.server_config()?)
+        .await
+        .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
+    let info = Info {
+        https: format!("https://{}", server.local_addr()?),
+        id: identity.id(),
+    };
+    let admin = AdminServer::bind(&data_dir)?;
+    let admin_task = tokio::spawn(admin.run(store.clone(), info.clone()));
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "cartable-node listening https={} id={}",
+        info.https, info.id
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+    tracing::info!(https = %info.https, node = %info.id, "serving");
+    server.run(store, stop_signal()).await;
+    admin_task.abort();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

@@ -1,0 +1,80 @@
+//! The one place where failures become HTTP statuses. Reasons are short, fixed
+//! texts: internal error details go to the log, never to a browser.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::Body;
+
+/// A request that cannot be answered with content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// Malformed id, path, or header: 400.
+    BadRequest(&'static str),
+    /// No such bundle, file or route: 404.
+    NotFound(&'static str),
+    /// A method other than GET or HEAD: 405.
+    MethodNotAllowed,
+    /// A range outside the file: 416.
+    RangeNotSatisfiable {
+        /// The file's length, for `Content-Range: bytes */len`.
+        len: u64,
+    },
+    /// The content is here but cannot be served now (damaged, pending repair): 503.
+    Unavailable(&'static str),
+    /// Something failed on our side: 500.
+    Internal,
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(r) | Self::NotFound(r) | Self::Unavailable(r) => r,
+            Self::MethodNotAllowed => "only GET and HEAD are allowed",
+            Self::RangeNotSatisfiable { .. } => "range not satisfiable",
+            Self::Internal => "internal error",
+        }
+    }
+
+    /// The response: the status and its reason as a one-line text body.
+    pub fn into_response(self) -> Response<Body> {
+        let text = format!("{}\n", self.reason());
+        let mut response = Response::new(Body::full(text));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Self::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            Self::RangeNotSatisfiable { len } => {
+                let value = HeaderValue::from_str(&format!("bytes */{len}"))
+                    .expect("digits are a valid header value");
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

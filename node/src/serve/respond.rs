@@ -1,0 +1,249 @@
+//! Answering one request: route it, apply the conditional headers, and stream
+//! the file verified. Errors are values here and become responses in `error`.
+
+use std::sync::Arc;
+
+use cartable_proto::{BundleId, Manifest, ManifestEntry};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use tokio::sync::mpsc;
+
+use super::body::Body;
+use super::conditional::{self, RangeRequest};
+use super::error::HttpError;
+use super::listing;
+use super::target::{self, Target};
+use crate::store::{BlobFiles, Store, verify::GROUP_BYTES};
+
+/// Browsers may cache bundle content forever: it never changes under its URL.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Verified pieces buffered between the disk reader and the connection.
+const PIECES_IN_FLIGHT: usize = 4;
+
+/// Answers a request; never fails (failures are error responses).
+pub async fn respond<B>(store: Arc<Store>, req: Request<B>) -> Response<Body> {
+    match route(&store, &req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route<B>(store: &Arc<Store>, req: &Request<B>) -> Result<Response<Body>, HttpError> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => return Err(HttpError::MethodNotAllowed),
+    };
+    let (id, manifest, path) = match target::parse(req.uri().path())? {
+        Target::Health => return Ok(text(StatusCode::OK, "ok\n")),
+        Target::BundleRoot(id) => return Ok(redirect(&format!("/b/{id}/"))),
+        Target::Folder(id, folder) => {
+            let manifest = manifest(store, &id)?;
+            let index = if folder.is_empty() {
+                "index.html".to_owned()
+            } else {
+                format!("{folder}/index.html")
+            };
+            if manifest.entry(&index).is_none() {
+                if !folder.is_empty() && !manifest.is_folder(&folder) {
+                    return Err(HttpError::NotFound("no such folder in this bundle"));
+                }
+                return Ok(listing_page(&manifest, &folder, head));
+            }
+            (id, manifest, index)
+        }
+        Target::File(id, path) => (id, manifest(store, &id)?, path.to_string()),
+    };
+    let Some(entry) = manifest.entry(&path) else {
+        if manifest.is_folder(&path) {
+            return Ok(redirect(&format!("{}/", req.uri().path())));
+        }
+        return Err(HttpError::NotFound("no such file in this bundle"));
+    };
+    tracing::trace!(bundle = %id, path, "serving");
+    serve_file(store, entry, req.headers(), head).await
+}
+
+fn manifest(store: &Store, id: &BundleId) -> Result<Arc<Manifest>, HttpError> {
+    match store.manifest(id) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(HttpError::NotFound("no such bundle here")),
+        Err(e) => {
+            tracing::error!(bundle = %id, error = %e, "reading manifest");
+            Err(HttpError::Internal)
+        }
+    }
+}
+
+async fn serve_file(
+    store: &Arc<Store>,
+    entry: &ManifestEntry,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, HttpError> {
+    let etag = format!("\"{}\"", entry.hash);
+    let len = entry.size;
+    let mut response = Response::new(Body::empty());
+    let h = response.headers_mut();
+    h.insert(header::ETAG, value(&etag));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if header_str(headers, header::IF_NONE_MATCH).is_some_and(|v| conditional::none_match(v, &etag))
+    {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(response);
+    }
+    let wanted = match header_str(headers, header::RANGE) {
+        Some(_)
+            if header_str(headers, header::IF_RANGE)
+                .is_some_and(|v| !conditional::if_range_holds(v, &etag)) =>
+        {
+            RangeRequest::Full
+        }
+        Some(v) => conditional::parse_range(v, len)
+            .map_err(|_| HttpError::BadRequest("malformed Range header"))?,
+        None => RangeRequest::Full,
+    };
+    let range = match wanted {
+        RangeRequest::Full => 0..len,
+        RangeRequest::Unsatisfiable => return Err(HttpError::RangeNotSatisfiable { len }),
+        RangeRequest::Partial(r) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let content_range = format!("bytes {}-{}/{len}", r.start, r.end - 1);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_RANGE, value(&content_range));
+            r
+        }
+    };
+    if store.is_damaged(&entry.hash) {
+        return Err(HttpError::Unavailable(
+            "file damaged on this node, repair pending",
+        ));
+    }
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, value(&entry.content_type));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_LENGTH,
+        value(&(range.end - range.start).to_string()),
+    );
+    if !head && !range.is_empty() {
+        *response.body_mut() = verified_body(store, entry, range).await?;
+    }
+    Ok(response)
+}
+
+/// Starts a verified read and waits for its first piece, so a file found corrupt
+/// at its start gets a 503 rather than a cut 200.
+async fn verified_body(
+    store: &Arc<Store>,
+    entry: &ManifestEntry,
+    range: std::ops::Range<u64>,
+) -> Result<Body, HttpError> {
+    let files = store.open_blob(&entry.hash, entry.size).map_err(|e| {
+        store.mark_damaged(&entry.hash, &format!("cannot open: {e}"));
+        HttpError::Unavailable("file missing on this node, repair pending")
+    })?;
+    let len = range.end - range.start;
+    if entry.size <= GROUP_BYTES {
+        // One chunk group: cheaper to verify in place than to hand to a thread.
+        let mut bytes = bytes::Bytes::new();
+        read(store, &files, range, |b| {
+            bytes = b;
+            true
+        })
+        .map_err(|()| HttpError::Unavailable("file damaged on this node, repair pending"))?;
+        return Ok(Body::full(bytes));
+    }
+    let (tx, mut rx) = mpsc::channel(PIECES_IN_FLIGHT);
+    let reader_store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let sent = read(&reader_store, &files, range, |b| {
+            tx.blocking_send(Ok(b)).is_ok()
+        });
+        if sent.is_err() {
+            let cut = std::io::Error::other("blob failed verification");
+            let _ = tx.blocking_send(Err(cut));
+        }
+    });
+    match rx.recv().await {
+        Some(Ok(first)) => Ok(Body::Stream {
+            remaining: len,
+            first: Some(first),
+            pieces: rx,
+        }),
+        _ => Err(HttpError::Unavailable(
+            "file damaged on this node, repair pending",
+        )),
+    }
+}
+
+/// A verified read that marks the blob damaged when it fails.
+fn read(
+    store: &Store,
+    files: &BlobFiles,
+    range: std::ops::Range<u64>,
+    emit: impl FnMut(bytes::Bytes) -> bool,
+) -> Result<(), ()> {
+    files.read_verified(range, emit).map_err(|e| {
+        store.mark_damaged(&files.hash, &e.to_string());
+    })
+}
+
+fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body> {
+    let html = listing::render(manifest, folder);
+    let len = html.len();
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::full(html)
+    });
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, value(&len.to_string()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut response = text(StatusCode::MOVED_PERMANENTLY, "moved\n");
+    response
+        .headers_mut()
+        .insert(header::LOCATION, value(location));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header value from text already known to be visible ASCII (ids, digits,
+/// content types checked when the manifest was decoded, request paths).
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}

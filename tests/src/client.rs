@@ -1,0 +1,216 @@
+//! A real HTTPS client for tests: trusts exactly one certificate (the node's
+//! self-signed one), speaks HTTP/2 or HTTP/1.1 as ALPN decides, and can send raw
+//! request bytes that no client library would normalize.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+    /// HTTP version spoken.
+    pub version: Version,
+}
+
+impl Reply {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// An HTTPS client bound to one server.
+#[derive(Debug, Clone)]
+pub struct HttpsClient {
+    config: Arc<ClientConfig>,
+    addr: String,
+}
+
+impl HttpsClient {
+    /// A client of `addr` (host:port) trusting only the PEM certificate given,
+    /// offering the ALPN protocols given in order.
+    pub fn new(addr: &str, cert_pem: &[u8], alpn: &[&[u8]]) -> anyhow::Result<Self> {
+        let cert = CertificateDer::from_pem_slice(cert_pem).context("parsing certificate")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert { cert, provider }))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Self {
+            config: Arc::new(config),
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// A client of a running node, offering h2 then HTTP/1.1 like a browser.
+    pub fn for_node(node: &crate::Node) -> anyhow::Result<Self> {
+        Self::new(node.addr(), &node.cert_pem()?, &[b"h2", b"http/1.1"])
+    }
+
+    /// The same client offering only HTTP/1.1.
+    pub fn http1_only(&self) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            config: Arc::new(config),
+            addr: self.addr.clone(),
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(&self.addr).await?;
+        let name = ServerName::try_from("localhost")?;
+        Ok(TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await?)
+    }
+
+    /// `GET path` with extra headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        self.request("GET", path, headers).await
+    }
+
+    /// One request on a fresh connection.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let tls = self.connect().await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        let mut builder = Request::builder().method(method);
+        builder = if h2 {
+            builder.uri(format!("https://{}{path}", self.addr))
+        } else {
+            builder.uri(path).header("host", &self.addr)
+        };
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Empty::<Bytes>::new())?;
+        // Each request owns its connection, closed once the body is read, so a
+        // stopping node never waits on an idle test connection.
+        let (response, conn) = if h2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            let conn = tokio::spawn(conn);
+            (send.send_request(request).await?, conn)
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            let conn = tokio::spawn(conn);
+            (send.send_request(request).await?, conn)
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .context("reading body")?
+            .to_bytes()
+            .to_vec();
+        // The sender is gone and the body read: the connection closes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        })
+    }
+
+    /// Sends `bytes` as they are over TLS (HTTP/1.1) and returns all the server
+    /// sent back until it closed the connection or `limit` passed.
+    pub async fn raw(&self, bytes: &[u8], limit: std::time::Duration) -> anyhow::Result<String> {
+        let mut tls = self.http1_only().connect().await?;
+        tls.write_all(bytes).await?;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(limit, tls.read_to_end(&mut out)).await;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Trusts exactly one certificate, still checking the handshake signatures.
+#[derive(Debug)]
+struct PinnedCert {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,200 @@
+//! Starting and stopping `cartable-node` processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The `cartable-node` binary, built once per test process with the same profile.
+pub fn node_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let root = crate::workspace_root();
+        let release = !cfg!(debug_assertions);
+        let mut build = Command::new(env!("CARGO"));
+        build.current_dir(&root).args([
+            "build",
+            "-q",
+            "-p",
+            "cartable-node",
+            "--bin",
+            "cartable-node",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building cartable-node failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target
+            .join(if release { "release" } else { "debug" })
+            .join("cartable-node")
+    })
+}
+
+/// Runs `cartable-node ARGS` to completion.
+pub fn cli(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(node_binary())
+        .args(args)
+        .env("CARTABLE_LOG", "warn")
+        .output()
+        .context("running cartable-node")
+}
+
+/// A running `cartable-node serve`.
+#[derive(Debug)]
+pub struct Node {
+    child: Child,
+    data_dir: PathBuf,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// The node id it printed.
+    pub id: String,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Starts a node on a fresh data folder.
+    pub fn start() -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let mut node = Self::start_in(temp.path(), &[])?;
+        node._temp = Some(temp);
+        Ok(node)
+    }
+
+    /// Starts a node on `data_dir` with extra `serve` arguments, and waits for
+    /// its listening line.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(node_binary())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--https", "127.0.0.1:0"])
+            .args(extra)
+            .env("CARTABLE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting cartable-node")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = read_line_within(stdout, Duration::from_secs(30));
+        let Some(line) = line else {
+            let _ = child.kill();
+            bail!("cartable-node printed no listening line");
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        match (field("https="), field("id=")) {
+            (Some(url), Some(id)) if line.starts_with("cartable-node listening ") => Ok(Self {
+                child,
+                data_dir: data_dir.to_owned(),
+                url,
+                id,
+                _temp: None,
+            }),
+            _ => {
+                let _ = child.kill();
+                bail!("unexpected listening line: {line:?}")
+            }
+        }
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `host:port` of the HTTPS server.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("https://")
+    }
+
+    /// The node's self-signed certificate (PEM).
+    pub fn cert_pem(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(std::fs::read(self.data_dir.join("tls/cert.pem"))?)
+    }
+
+    /// Runs a CLI command against this node's data folder.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let dir = self.data_dir.to_str().context("data dir not UTF-8")?;
+        let mut all = vec!["--data-dir", dir];
+        all.extend_from_slice(args);
+        cli(&all)
+    }
+
+    /// Adds a folder through the CLI (so through the daemon) and returns the id.
+    pub fn add(&self, folder: &Path) -> anyhow::Result<String> {
+        let out = self.cli(&["add", folder.to_str().context("path not UTF-8")?])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout)?;
+        Ok(stdout
+            .lines()
+            .next()
+            .context("add printed nothing")?
+            .to_owned())
+    }
+
+    /// Stops the node with SIGTERM and waits for it.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SIGTERM lets the node drain and release its store; kill() would not.
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            send_sigterm(pid);
+        }
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+#[allow(unsafe_code)]
+fn send_sigterm(pid: libc::pid_t) {
+    // SAFETY: kill has no memory effects; pid is our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+/// The first line of `stream`, or `None` if none arrives within `limit`.
+fn read_line_within(
+    stream: impl std::io::Read + Send + 'static,
+    limit: Duration,
+) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the node never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    rx.recv_timeout(limit)
+        .ok()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.trim_end().to_owned())
+}
