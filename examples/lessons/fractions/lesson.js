@@ -35,6 +35,22 @@
     report("video", "failed");
   }
 
+  // With #seek-test in the URL, jump near the end once the video loaded, and
+  // report when the seek completed: the node must answer the Range request.
+  if (location.hash === "#seek-test") {
+    var seek = document.getElementById("seek-status");
+    seek.hidden = false;
+    video.addEventListener("seeked", function () {
+      seek.textContent = "seek: done at " + Math.round(video.currentTime) + "s";
+    });
+    var jump = function () { video.currentTime = Math.max(0, video.duration - 1); };
+    if (video.readyState >= 1) {
+      jump();
+    } else {
+      video.addEventListener("loadedmetadata", jump);
+    }
+  }
+
   var proto = document.getElementById("protocol");
   var nav = (performance.getEntriesByType && performance.getEntriesByType("navigation")[0]) || null;
   proto.textContent = nav && nav.nextHopProtocol ? nav.nextHopProtocol : "unknown";
