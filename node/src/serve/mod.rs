@@ -140,6 +140,9 @@ impl HttpsServer {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
+            // Pings find peers that vanished without closing the connection.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
             .max_header_list_size(self.config.max_header_bytes as u32);
         builder
     }

@@ -140,6 +140,9 @@ impl BlobFiles {
         Ok(())
     }
 
+    /// Reads the groups the range touches in blocks of [`PIECE_BYTES`], checks each
+    /// group in place, and emits a block (trimmed to the range) only once every
+    /// group in it has been verified: one read and no copy per block.
     fn read_tree(
         &self,
         outboard: impl Outboard,
@@ -156,10 +159,11 @@ impl BlobFiles {
             hash: self.hash,
             offset,
         };
+        // Reads never go past the last group the range touches.
+        let read_limit = (range.end.div_ceil(GROUP_BYTES) * GROUP_BYTES).min(self.size);
         // Hashes still to be matched, the next one on top; starts with the root.
         let mut expected: Vec<blake3::Hash> = vec![outboard.root()];
-        let mut piece = BytesMut::with_capacity(PIECE_BYTES);
-        let mut group = vec![0u8; GROUP_BYTES as usize];
+        let mut block = Block::default();
         for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
             match item {
                 BaoChunk::Parent {
@@ -188,27 +192,64 @@ impl BlobFiles {
                     ..
                 } => {
                     let start = start_chunk.to_bytes();
-                    let group = &mut group[..size];
-                    self.data.read_exact_at(start, group)?;
+                    if !block.covers(start + size as u64) {
+                        if !block.emit(&range, emit) {
+                            return Ok(());
+                        }
+                        let len = (read_limit - start).min(PIECE_BYTES as u64) as usize;
+                        block.read(&self.data, start, len)?;
+                    }
+                    let group = block.group(start, size);
                     if expected.pop() != Some(hash_group(start_chunk, group, is_root)) {
                         return Err(corrupt(start));
-                    }
-                    // Keep only the part of the group inside the range.
-                    let keep_from = range.start.saturating_sub(start) as usize;
-                    let keep_to = (range.end - start).min(size as u64) as usize;
-                    piece.extend_from_slice(&group[keep_from..keep_to]);
-                    if piece.len() >= PIECE_BYTES - GROUP_BYTES as usize
-                        && !emit(piece.split().freeze())
-                    {
-                        return Ok(());
                     }
                 }
             }
         }
-        if !piece.is_empty() {
-            emit(piece.freeze());
-        }
+        block.emit(&range, emit);
         Ok(())
+    }
+}
+
+/// Consecutive chunk groups read from the data file in one call.
+#[derive(Debug, Default)]
+struct Block {
+    bytes: BytesMut,
+    /// File offset of `bytes[0]`.
+    start: u64,
+}
+
+impl Block {
+    fn covers(&self, end: u64) -> bool {
+        end <= self.start + self.bytes.len() as u64
+    }
+
+    fn read(&mut self, data: &File, start: u64, len: usize) -> io::Result<()> {
+        self.start = start;
+        self.bytes.clear();
+        self.bytes.resize(len, 0);
+        data.read_exact_at(start, &mut self.bytes)
+    }
+
+    fn group(&self, start: u64, size: usize) -> &[u8] {
+        let from = (start - self.start) as usize;
+        &self.bytes[from..from + size]
+    }
+
+    /// Hands the verified block, trimmed to `range`, to `emit`; false to stop.
+    fn emit(&mut self, range: &Range<u64>, emit: &mut impl FnMut(Bytes) -> bool) -> bool {
+        if self.bytes.is_empty() {
+            return true;
+        }
+        let end = self.start + self.bytes.len() as u64;
+        let from = range.start.max(self.start) - self.start;
+        let to = range.end.min(end) - self.start;
+        let bytes = self
+            .bytes
+            .split()
+            .freeze()
+            .slice(from as usize..to as usize);
+        bytes.is_empty() || emit(bytes)
     }
 }
 
