@@ -174,7 +174,7 @@ fn print_bundles(list: &[BundleSummary], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<64}  {:>7}  {:>10}  ADDED (unix)",
+        "{:<64}  {:>7}  {:>10}  ADDED (UTC)",
         "BUNDLE", "FILES", "SIZE"
     );
     for b in list {
@@ -183,7 +183,7 @@ fn print_bundles(list: &[BundleSummary], json: bool) -> anyhow::Result<()> {
             b.id,
             b.files,
             human_bytes(b.bytes),
-            b.added_unix
+            utc_minute(b.added_unix)
         );
     }
     Ok(())
