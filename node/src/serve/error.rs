@@ -48,18 +48,8 @@ impl HttpError {
 
     /// The response: the status and its reason as a one-line text body.
     pub fn into_response(self) -> Response<Body> {
-        let text = format!("{}\n", self.reason());
-        let mut response = Response::new(Body::full(text));
-        *response.status_mut() = self.status();
+        let mut response = text(self.status(), format!("{}\n", self.reason()));
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             Self::MethodNotAllowed => {
@@ -77,4 +67,20 @@ impl HttpError {
         }
         response
     }
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }

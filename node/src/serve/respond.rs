@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::body::Body;
 use super::conditional::{self, RangeRequest};
-use super::error::HttpError;
+use super::error::{HttpError, text};
 use super::listing;
 use super::target::{self, Target};
 use crate::store::{BlobFiles, Store, verify::GROUP_BYTES};
@@ -220,21 +220,6 @@ fn redirect(location: &str) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::LOCATION, value(location));
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::full(body));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
     response
 }
 
