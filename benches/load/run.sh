@@ -190,9 +190,9 @@ else
     NODE_URL=${NODE_URL%/}
     log "node listening at $NODE_URL (pid $NODE_PID)"
 
-    if ! "$CARTABLE_NODE" add --data-dir "$WORK/node" "$WORK/lesson" >"$WORK/add.out" 2>"$WORK/add.err"; then
+    if ! timeout 300 "$CARTABLE_NODE" add --data-dir "$WORK/node" "$WORK/lesson" >"$WORK/add.out" 2>"$WORK/add.err"; then
         cat "$WORK/add.out" "$WORK/add.err" >&2 || true
-        die "'cartable-node add' failed"
+        die "'cartable-node add --data-dir $WORK/node $WORK/lesson' failed or took over 300 s (it runs while 'serve' is up on the same data dir)"
     fi
     BUNDLE=$(head -n 1 "$WORK/add.out" | tr -d '[:space:]')
     [[ $BUNDLE =~ ^[0-9a-f]{64}$ ]] ||
@@ -404,6 +404,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
             ok=1
             run_wrk "$label" "$DURATION" "${BASE[$s]}/b/$BUNDLE/$f.bin" || ok=0
             read -r rps mbs p99 sock non2xx reqs < <(parse_wrk "$WORK/wrk/$label.txt")
+            if [[ $s == cartable ]] && ! node_alive; then
+                cat "$WORK/wrk/$label.txt" >&2 || true
+                node_died
+            fi
             flag=
             if ((!ok || sock > 0 || non2xx > 0 || reqs == 0)); then
                 flag=FLAGGED

@@ -1,14 +1,16 @@
 //! Importing one file as a blob: a single streaming pass that copies the bytes to
 //! a temporary file while computing the BLAKE3 hash and the outboard, so a 5 GiB
-//! video never sits in memory. The temporary files are synced and renamed into
+//! video never sits in memory (at most [`BLOCKS_IN_FLIGHT`] 1 MiB blocks do). The temporary files are synced and renamed into
 //! place only when complete; a blob already stored is not written twice.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
+use std::sync::mpsc;
 
 use bao_tree::BaoTree;
 use bao_tree::io::sync::outboard_post_order;
+use bytes::{Bytes, BytesMut};
 use cartable_proto::BlobHash;
 
 use super::layout::{self, Layout};
@@ -16,6 +18,10 @@ use super::verify::{BLOCK_SIZE, GROUP_BYTES};
 
 /// Bytes read from the source per system call.
 const READ_BUFFER: usize = 1 << 20;
+/// Blocks queued between the reading-hashing thread and the writer thread.
+const BLOCKS_IN_FLIGHT: usize = 8;
+/// The writer syncs to disk after this many bytes.
+const SYNC_EVERY: usize = 64 << 20;
 
 /// The outcome of importing one file.
 #[derive(Debug, Clone, Copy)]
@@ -41,38 +47,60 @@ pub fn import_file(layout: &Layout, source: &Path, size: u64) -> io::Result<Impo
     result
 }
 
-/// Writes the temporary data and outboard files and returns the hash.
+/// Writes the temporary data and outboard files and returns the hash. This
+/// thread reads the source and hashes it; a second thread writes the copy and
+/// flushes it to disk as it goes, so hashing, copying and the disk overlap.
 fn copy_and_hash(
     source: &Path,
     size: u64,
     temp_data: &Path,
     temp_outboard: &Path,
 ) -> io::Result<BlobHash> {
-    let mut input = io::BufReader::with_capacity(READ_BUFFER, File::open(source)?);
+    let mut input = File::open(source)?;
     let data = File::create(temp_data)?;
+    let (blocks, to_writer) = mpsc::sync_channel::<Bytes>(BLOCKS_IN_FLIGHT);
+    let writer = std::thread::spawn(move || write_blocks(&data, to_writer));
     let mut tee = Tee {
         input: &mut input,
-        copy: BufWriter::with_capacity(READ_BUFFER, &data),
+        block: Bytes::new(),
+        copy: blocks,
     };
     let tree = BaoTree::new(size, BLOCK_SIZE);
     let outboard = File::create(temp_outboard)?;
     let mut outboard_writer = BufWriter::new(&outboard);
-    let hash = outboard_post_order(&mut tee, tree, &mut outboard_writer).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            changed(source)
-        } else {
-            e
-        }
-    })?;
-    tee.copy.flush()?;
-    outboard_writer.flush()?;
+    let hashed = outboard_post_order(&mut tee, tree, &mut outboard_writer);
+    let leftover = tee.block.len() + tee.input.read(&mut [0u8; 1])?;
     drop(tee);
-    if input.read(&mut [0u8; 1])? != 0 {
+    let written = writer
+        .join()
+        .map_err(|_| io::Error::other("writer thread panicked"))?;
+    written?;
+    let hash = hashed.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => changed(source),
+        _ => e,
+    })?;
+    if leftover != 0 {
         return Err(changed(source));
     }
-    data.sync_all()?;
+    outboard_writer.flush()?;
+    drop(outboard_writer);
     outboard.sync_all()?;
     Ok(hash.into())
+}
+
+/// The writer thread: appends blocks, syncing every [`SYNC_EVERY`] bytes so the
+/// final sync has little left to do.
+fn write_blocks(mut file: &File, blocks: mpsc::Receiver<Bytes>) -> io::Result<()> {
+    let mut unsynced = 0;
+    for block in blocks {
+        file.write_all(&block)?;
+        unsynced += block.len();
+        if unsynced >= SYNC_EVERY {
+            file.sync_data()?;
+            unsynced = 0;
+        }
+    }
+    file.sync_all()
 }
 
 fn changed(source: &Path) -> io::Error {
@@ -111,16 +139,27 @@ fn place(
     })
 }
 
-/// A reader that writes a copy of everything read through it.
-struct Tee<'a, R, W: Write> {
-    input: &'a mut R,
-    copy: W,
+/// A reader over the source that hands every block it reads to the writer thread.
+struct Tee<'a> {
+    input: &'a mut File,
+    /// The part of the last block not yet read through.
+    block: Bytes,
+    copy: mpsc::SyncSender<Bytes>,
 }
 
-impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+impl Read for Tee<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.input.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
+        if self.block.is_empty() {
+            let mut next = BytesMut::zeroed(READ_BUFFER);
+            let n = self.input.read(&mut next)?;
+            next.truncate(n);
+            self.block = next.freeze();
+            if n > 0 && self.copy.send(self.block.clone()).is_err() {
+                return Err(io::Error::other("writer thread stopped"));
+            }
+        }
+        let n = buf.len().min(self.block.len());
+        buf[..n].copy_from_slice(&self.block.split_to(n));
         Ok(n)
     }
 }

@@ -1,0 +1,183 @@
+//! `import-vs-b3sum`: import throughput of the node's store against `b3sum` on the
+//! same large file, as a ratio measured in one run (goal: at least 0.7).
+//!
+//! The file sits in a temporary folder on the same filesystem as the stores. After
+//! one read to warm the page cache, each round times, in an order that reverses
+//! from round to round: `b3sum` (its default: mmap and one thread per core),
+//! `b3sum --num-threads 1`, a single-threaded in-process `blake3` pass, and
+//! `Store::open` + `add_folder` into a fresh store (copy, hash, outboard, fsync).
+//! One untimed import comes first. All four must agree on the hash. Results go
+//! to stdout.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cartable_benches::{BigFile, FileArgs, median, mib_per_s, only_blob};
+use cartable_node::store::Store;
+use tempfile::TempDir;
+
+/// One thing timed on the file; each returns the hash it computed, in hex.
+#[derive(Debug, Clone, Copy)]
+enum Tool {
+    B3sum,
+    B3sumOneThread,
+    Blake3Reader,
+    CartableImport,
+}
+
+const TOOLS: [Tool; 4] = [
+    Tool::B3sum,
+    Tool::B3sumOneThread,
+    Tool::Blake3Reader,
+    Tool::CartableImport,
+];
+
+impl Tool {
+    fn label(self, cores: usize) -> String {
+        match self {
+            Tool::B3sum => format!("b3sum (mmap, {cores} threads)"),
+            Tool::B3sumOneThread => "b3sum --num-threads 1".into(),
+            Tool::Blake3Reader => "blake3 update_reader, 1 thread".into(),
+            Tool::CartableImport => "cartable open+add_folder+fsync".into(),
+        }
+    }
+
+    fn run(self, big: &BigFile, last_store: &mut Option<TempDir>) -> Result<(Duration, String)> {
+        let file = &big.path;
+        match self {
+            Tool::B3sum => time_b3sum(file, &[]),
+            Tool::B3sumOneThread => time_b3sum(file, &["--num-threads", "1"]),
+            Tool::Blake3Reader => {
+                let start = Instant::now();
+                let mut hasher = blake3::Hasher::new();
+                hasher.update_reader(fs::File::open(file)?)?;
+                let hash = hasher.finalize();
+                Ok((start.elapsed(), hash.to_hex().to_string()))
+            }
+            Tool::CartableImport => time_import(big, last_store),
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = FileArgs::parse("import-vs-b3sum")?;
+    let version = b3sum_version()?;
+    let big = BigFile::prepare(&args)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (file, size) = (&big.path, big.size);
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "import-vs-b3sum: {} ({size} bytes), {cores} cores, {version}, load {}",
+        file.display(),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    );
+    let times = measure(args.rounds, cores, &big)?;
+    report(&times, size, cores);
+    Ok(())
+}
+
+/// Runs every tool once per round; the order reverses on odd rounds.
+fn measure(rounds: usize, cores: usize, big: &BigFile) -> Result<Vec<Vec<Duration>>> {
+    let mut times = vec![Vec::new(); TOOLS.len()];
+    let mut last_store = None;
+    // Warm-up, untimed: also gives the first timed import memory to reuse.
+    let (_, hash) = Tool::CartableImport.run(big, &mut last_store)?;
+    let mut expected = Some(hash);
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..TOOLS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (time, hash) = TOOLS[i].run(big, &mut last_store)?;
+            let expected = expected.get_or_insert_with(|| hash.clone());
+            ensure!(
+                *expected == hash,
+                "{:?} computed {hash}, not {expected}",
+                TOOLS[i]
+            );
+            println!(
+                "round {round}: {:<32} {:>8.3} s",
+                TOOLS[i].label(cores),
+                time.as_secs_f64()
+            );
+            times[i].push(time);
+        }
+    }
+    Ok(times)
+}
+
+fn time_b3sum(file: &Path, extra: &[&str]) -> Result<(Duration, String)> {
+    let start = Instant::now();
+    let out = Command::new("b3sum")
+        .args(extra)
+        .arg("--no-names")
+        .arg(file)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running b3sum")?;
+    let elapsed = start.elapsed();
+    ensure!(out.status.success(), "b3sum failed: {}", out.status);
+    let hash = String::from_utf8(out.stdout)?.trim().to_owned();
+    Ok((elapsed, hash))
+}
+
+/// Opens a fresh store beside the file and adds the folder. The previous store is
+/// removed, untimed, just before: the page cache it frees is what the new copy
+/// reuses, as on a machine whose free memory stays RAM. (A VM with free page
+/// reporting hands memory freed for a few seconds back to its host, and writing
+/// 1 GiB into the page cache then costs several times more; see the README.)
+fn time_import(big: &BigFile, last_store: &mut Option<TempDir>) -> Result<(Duration, String)> {
+    drop(last_store.take());
+    let store_dir = tempfile::Builder::new()
+        .prefix("store-")
+        .tempdir_in(big.work.path())?;
+    let start = Instant::now();
+    let store = Store::open(store_dir.path())?;
+    let added = store.add_folder(&big.lesson)?;
+    let elapsed = start.elapsed();
+    let (hash, _) = only_blob(&store, &added)?;
+    *last_store = Some(store_dir);
+    Ok((elapsed, hash.to_hex()))
+}
+
+fn b3sum_version() -> Result<String> {
+    match Command::new("b3sum").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8(out.stdout)?.trim().to_owned()),
+        Ok(out) => bail!("`b3sum --version` failed: {}", out.status),
+        Err(e) => bail!("cannot run b3sum ({e}); install it with `apt-get install -y b3sum`"),
+    }
+}
+
+fn report(times: &[Vec<Duration>], size: u64, cores: usize) {
+    let medians: Vec<Duration> = times.iter().map(|t| median(t)).collect();
+    let speed = |i: usize| mib_per_s(size, medians[i]);
+    println!();
+    println!(
+        "{:<32} {:>15} {:>7} {:>7} {:>9} {:>9}",
+        "tool", "s (min-max)", "median", "MiB/s", "/b3sum", "/b3sum-1t"
+    );
+    for (i, tool) in TOOLS.iter().enumerate() {
+        let (min, max) = (times[i].iter().min(), times[i].iter().max());
+        println!(
+            "{:<32} {:>7.3}-{:<7.3} {:>7.3} {:>7.0} {:>8.2}x {:>8.2}x",
+            tool.label(cores),
+            min.map_or(0.0, Duration::as_secs_f64),
+            max.map_or(0.0, Duration::as_secs_f64),
+            medians[i].as_secs_f64(),
+            speed(i),
+            speed(i) / speed(0),
+            speed(i) / speed(1),
+        );
+    }
+    let ratio = speed(3) / speed(0);
+    let verdict = if ratio >= 0.7 { "met" } else { "NOT met" };
+    println!("\nimport / b3sum = {ratio:.2}x (goal >= 0.7x: {verdict})");
+    println!(
+        "import / b3sum --num-threads 1 = {:.2}x",
+        speed(3) / speed(1)
+    );
+}
