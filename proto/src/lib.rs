@@ -6,12 +6,16 @@
 //! - [`manifest`]: the bundle manifest and its one canonical, versioned binary encoding.
 //! - [`content_type`]: the `Content-Type` a file gets from its extension.
 //! - [`decode`]: the bounded reader every decoder is built on, and [`DecodeError`].
+//! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
 
 pub mod content_type;
 pub mod decode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod manifest;
 pub mod path;
+pub mod wire;
 
 pub use decode::DecodeError;
 pub use id::{BlobHash, BundleId, IdParseError, NodeId};

@@ -330,3 +330,26 @@ fn flip_byte(path: &Path, at: usize) -> anyhow::Result<()> {
     std::fs::write(path, bytes)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_configured_pem_certificate_is_served() -> anyhow::Result<()> {
+    // A first node makes a certificate; a second one is given it by path.
+    let maker = Node::start()?;
+    let tls = maker.data_dir().join("tls");
+    let dir = tempfile::tempdir()?;
+    let cert = tls.join("cert.pem");
+    let key = tls.join("key.pem");
+    let node = Node::start_in(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )?;
+    assert!(!dir.path().join("tls").exists(), "no self-signed pair made");
+    let client = HttpsClient::new(node.addr(), &std::fs::read(&cert)?, &[b"h2"])?;
+    assert_eq!(client.get("/healthz", &[]).await?.status, 200);
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The properties every fuzz target checks, shared by `proto/fuzz` and by the
+//! test that replays the fuzz corpus in CI: a decoder never panics on any
+//! input, and what it accepts re-encodes to exactly the same bytes (one value,
+//! one encoding).
+
+use crate::Manifest;
+use crate::wire::{Request, Response};
+
+/// The decoder targets, by the name of their corpus folder.
+pub const TARGETS: [(&str, fn(&[u8])); 3] = [
+    ("decode_manifest", decode_manifest),
+    ("decode_request", decode_request),
+    ("decode_response", decode_response),
+];
+
+/// `Manifest::decode` never panics; accepted manifests are canonical.
+pub fn decode_manifest(data: &[u8]) {
+    if let Ok(m) = Manifest::decode(data) {
+        assert_eq!(m.encode(), data, "accepted manifest is not canonical");
+    }
+}
+
+/// `Request::decode` never panics; accepted requests are canonical.
+pub fn decode_request(data: &[u8]) {
+    if let Ok(r) = Request::decode(data) {
+        assert_eq!(r.encode(), data, "accepted request is not canonical");
+    }
+}
+
+/// `Response::decode` never panics; accepted responses are canonical.
+pub fn decode_response(data: &[u8]) {
+    if let Ok(r) = Response::decode(data) {
+        assert_eq!(r.encode(), data, "accepted response is not canonical");
+    }
+}
