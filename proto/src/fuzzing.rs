@@ -6,8 +6,11 @@
 use crate::Manifest;
 use crate::wire::{Request, Response};
 
+/// A check run on one input.
+pub type Check = fn(&[u8]);
+
 /// The decoder targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, fn(&[u8])); 3] = [
+pub const TARGETS: [(&str, Check); 3] = [
     ("decode_manifest", decode_manifest),
     ("decode_request", decode_request),
     ("decode_response", decode_response),

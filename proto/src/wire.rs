@@ -99,7 +99,7 @@ impl GroupRanges {
 
     /// Every group of a blob.
     pub fn all() -> Self {
-        Self(vec![0..u64::MAX])
+        Self(std::iter::once(0..u64::MAX).collect())
     }
 
     /// The ranges.
