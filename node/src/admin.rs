@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
+use crate::peer::PeerAddr;
+use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::fetch::fetch_bundle;
 use crate::store::Store;
 
 /// The socket's file name in the data folder.
@@ -42,6 +45,13 @@ pub enum Request {
     },
     /// Re-verify every blob.
     Check,
+    /// Copy a bundle from peers.
+    Fetch {
+        /// The bundle.
+        bundle: BundleId,
+        /// Peers to copy from.
+        from: Vec<PeerAddr>,
+    },
     /// Where the daemon serves.
     Info,
 }
@@ -51,6 +61,8 @@ pub enum Request {
 pub struct Info {
     /// Base URL of the HTTPS server, e.g. `https://127.0.0.1:8443`.
     pub https: String,
+    /// The QUIC address peers connect to.
+    pub quic: std::net::SocketAddr,
     /// The node id.
     pub id: NodeId,
 }
@@ -74,6 +86,9 @@ pub fn execute(
         Request::Rm { bundle } => serde_json::to_value(store.remove(&bundle)?)?,
         Request::Check => serde_json::to_value(store.check()?)?,
         Request::Info => serde_json::to_value(info.context("no daemon running")?)?,
+        // Copying needs the QUIC endpoint: the daemon runs it in `answer`, the
+        // CLI with an endpoint of its own.
+        Request::Fetch { .. } => anyhow::bail!("fetch is not run through execute"),
     };
     Ok(value)
 }
@@ -99,7 +114,7 @@ impl AdminServer {
     }
 
     /// Answers requests until the task is dropped.
-    pub async fn run(self, store: Arc<Store>, info: Info) {
+    pub async fn run(self, store: Arc<Store>, info: Info, peers: PeerEndpoint) {
         let info = Arc::new(info);
         loop {
             let stream = match self.listener.accept().await {
@@ -110,9 +125,9 @@ impl AdminServer {
                     continue;
                 }
             };
-            let (store, info) = (store.clone(), info.clone());
+            let (store, info, peers) = (store.clone(), info.clone(), peers.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, store, info).await {
+                if let Err(e) = answer(stream, store, info, peers).await {
                     tracing::warn!(error = %e, "admin connection failed");
                 }
             });
@@ -130,6 +145,7 @@ async fn answer(
     stream: tokio::net::UnixStream,
     store: Arc<Store>,
     info: Arc<Info>,
+    peers: PeerEndpoint,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -142,6 +158,14 @@ async fn answer(
     }
     let response = match serde_json::from_str::<Request>(&line) {
         Err(e) => Response::Error(format!("bad request: {e}")),
+        Ok(Request::Fetch { bundle, from }) => {
+            tracing::info!(%bundle, "admin request: fetch");
+            let quiet = Arc::new(|_, _| {});
+            match fetch_bundle(&peers, store, bundle, &from, quiet).await {
+                Ok(report) => Response::Ok(serde_json::to_value(report)?),
+                Err(e) => Response::Error(format!("{e:#}")),
+            }
+        }
         Ok(request) => {
             tracing::info!(?request, "admin request");
             let done =

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use cartable_proto::BundleId;
@@ -12,6 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::admin::{self, AdminClient, Info, Request};
 use crate::config::{NodeConfig, Overrides};
 use crate::identity::Identity;
+use crate::peer::PeerAddr;
+use crate::peer::auth::Members;
+use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::fetch::{FetchReport, fetch_bundle};
+use crate::progress::Progress;
 use crate::store::{AddReport, BundleSummary, CheckReport, Store};
 
 /// A Cartable node: keeps lesson bundles and serves them to browsers over HTTPS.
@@ -41,6 +47,12 @@ enum Command {
         /// PEM private key of the certificate.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// UDP address for peers [default: 127.0.0.1:4433]; port 0 picks a free port.
+        #[arg(long, value_name = "ADDR")]
+        quic: Option<SocketAddr>,
+        /// A node allowed to copy from this one (repeatable).
+        #[arg(long = "peer", value_name = "NODEID@ADDR")]
+        peers: Vec<PeerAddr>,
     },
     /// Add a lesson folder as a bundle; prints its id and URL.
     Add {
@@ -67,6 +79,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a bundle from peers, verifying every byte.
+    Fetch {
+        /// The bundle id.
+        bundle: BundleId,
+        /// A peer holding it (repeatable).
+        #[arg(long = "from", value_name = "NODEID@ADDR", required = true)]
+        from: Vec<PeerAddr>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from the data files (the daemon must be stopped).
     RebuildIndex,
     /// Print this node's id.
@@ -84,11 +107,15 @@ impl Cli {
             https,
             tls_cert,
             tls_key,
+            quic,
+            peers,
         } = &self.command
         {
             overrides.https = *https;
             overrides.tls_cert = tls_cert.clone();
             overrides.tls_key = tls_key.clone();
+            overrides.quic = *quic;
+            overrides.peers = peers.clone();
         }
         let config = NodeConfig::load(self.config.as_deref(), overrides)?;
         match self.command {
@@ -106,6 +133,7 @@ impl Cli {
                 Ok(())
             }
             Command::Check { json } => check(&config, json),
+            Command::Fetch { bundle, from, json } => fetch(&config, bundle, from, json),
             Command::RebuildIndex => rebuild_index(&config),
             Command::Id => {
                 println!("{}", Identity::load_or_create(&config.data_dir)?.id());
@@ -212,6 +240,63 @@ fn check(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
         report.problems.len()
     );
     Ok(())
+}
+
+fn fetch(
+    config: &NodeConfig,
+    bundle: BundleId,
+    from: Vec<PeerAddr>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report: FetchReport = match AdminClient::connect(&config.data_dir) {
+        Some(daemon) => serde_json::from_value(daemon.call(&Request::Fetch { bundle, from })?)?,
+        None => tokio::runtime::Runtime::new()?.block_on(fetch_here(config, bundle, &from))?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "fetched {}: {} files, {} ({} received)",
+            report.bundle,
+            report.files,
+            human_bytes(report.bytes),
+            human_bytes(report.bytes_received)
+        );
+        for (peer, why) in &report.liars {
+            println!("DROPPED {peer}: {why}");
+        }
+    }
+    Ok(())
+}
+
+/// Fetches with an endpoint of our own, when no daemon owns the store.
+async fn fetch_here(
+    config: &NodeConfig,
+    bundle: BundleId,
+    from: &[PeerAddr],
+) -> anyhow::Result<FetchReport> {
+    let store = Arc::new(
+        Store::open(&config.data_dir)
+            .with_context(|| format!("opening store in {}", config.data_dir.display()))?,
+    );
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let any: SocketAddr = if from.iter().all(|p| p.addr.is_ipv4()) {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let endpoint = PeerEndpoint::bind(any, &identity, Members::default())?;
+    let progress = Arc::new(Progress::new());
+    let report = fetch_bundle(
+        &endpoint,
+        store,
+        bundle,
+        from,
+        Arc::new(move |d, t| progress.update(d, t)),
+    )
+    .await;
+    endpoint.close();
+    report
 }
 
 fn rebuild_index(config: &NodeConfig) -> anyhow::Result<()> {

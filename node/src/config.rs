@@ -20,6 +20,12 @@
 //! handshake_timeout_secs = 10
 //! # Seconds a client has to send a request head once it started one. Default: 10.
 //! header_read_timeout_secs = 10
+//!
+//! [quic]
+//! # UDP address peers connect to. Default: 127.0.0.1:4433; port 0 picks a free port.
+//! listen = "0.0.0.0:4433"
+//! # Nodes allowed to copy from this one, as NODEID@IP:PORT. Default: none.
+//! peers = ["5a38…@192.0.2.7:4433"]
 //! ```
 
 use std::net::SocketAddr;
@@ -29,10 +35,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::peer::PeerAddr;
 use crate::tls::TlsFiles;
 
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
 const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
+const DEFAULT_QUIC: &str = "127.0.0.1:4433";
 /// hyper will not read request heads into a smaller buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -42,6 +50,16 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     https: FileHttps,
+    #[serde(default)]
+    quic: FileQuic,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuic {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    peers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +85,10 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`
     pub tls_key: Option<PathBuf>,
+    /// `--quic`
+    pub quic: Option<SocketAddr>,
+    /// `--peer`, added to the file's peers
+    pub peers: Vec<PeerAddr>,
 }
 
 /// The checked configuration of a node.
@@ -76,6 +98,17 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The HTTPS server.
     pub https: HttpsConfig,
+    /// The QUIC endpoint for peers.
+    pub quic: QuicConfig,
+}
+
+/// The checked QUIC settings.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// Listening address (UDP).
+    pub listen: SocketAddr,
+    /// Nodes allowed to connect.
+    pub peers: Vec<PeerAddr>,
 }
 
 /// The checked HTTPS settings.
@@ -121,6 +154,16 @@ impl NodeConfig {
             max_header_bytes >= MIN_HEADER_BYTES,
             "https.max_header_bytes must be at least {MIN_HEADER_BYTES}"
         );
+        let mut peers = file
+            .quic
+            .peers
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| anyhow::anyhow!("quic.peers: {p:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<PeerAddr>>>()?;
+        peers.extend(o.peers);
         let max_connections = h.max_connections.unwrap_or(4096);
         anyhow::ensure!(
             max_connections > 0,
@@ -147,6 +190,13 @@ impl NodeConfig {
                     "https.header_read_timeout_secs",
                     h.header_read_timeout_secs,
                 )?,
+            },
+            quic: QuicConfig {
+                listen: o
+                    .quic
+                    .or(file.quic.listen)
+                    .unwrap_or_else(|| DEFAULT_QUIC.parse().expect("valid default")),
+                peers,
             },
         })
     }
@@ -211,5 +261,7 @@ mod tests {
         let small = parse("[https]\nmax_header_bytes = 10").unwrap_err();
         assert!(small.to_string().contains("at least 8192"));
         assert!(parse("[https]\nlisten = \"nowhere\"").is_err());
+        let peer = parse("[quic]\npeers = [\"abc@127.0.0.1:1\"]").unwrap_err();
+        assert!(peer.to_string().contains("node id"), "{peer}");
     }
 }

@@ -1,4 +1,4 @@
-//! `cartable-node serve`: opens the store, starts HTTPS and the admin socket,
+//! `cartable-node serve`: opens the store, starts HTTPS, QUIC and the admin socket,
 //! prints the line scripts wait for, and stops cleanly on Ctrl-C or SIGTERM.
 
 use std::io::Write;
@@ -9,6 +9,9 @@ use anyhow::Context;
 use crate::admin::{AdminServer, Info};
 use crate::config::NodeConfig;
 use crate::identity::Identity;
+use crate::peer::auth::Members;
+use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::respond::serve_peers;
 use crate::serve::HttpsServer;
 use crate::store::Store;
 
@@ -27,24 +30,30 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let server = HttpsServer::bind(config.https.clone(), tls.server_config()?)
         .await
         .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
+    let members = Members::new(config.quic.peers.iter().map(|p| p.id));
+    let peers = PeerEndpoint::bind(config.quic.listen, &identity, members)?;
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
+        quic: peers.local_addr()?,
         id: identity.id(),
     };
+    let peers_task = tokio::spawn(serve_peers(peers.clone(), store.clone()));
     let admin = AdminServer::bind(&data_dir)?;
-    let admin_task = tokio::spawn(admin.run(store.clone(), info.clone()));
+    let admin_task = tokio::spawn(admin.run(store.clone(), info.clone(), peers.clone()));
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "cartable-node listening https={} id={}",
-        info.https, info.id
+        "cartable-node listening https={} quic={} id={}",
+        info.https, info.quic, info.id
     )?;
     stdout.flush()?;
     drop(stdout);
     tracing::info!(https = %info.https, node = %info.id, "serving");
     server.run(store, stop_signal()).await;
+    peers.close();
     admin_task.abort();
     let _ = admin_task.await;
+    let _ = peers_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use cartable_proto::NodeId;
 use rcgen::{KeyPair, PKCS_ED25519, PublicKeyData};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::secret_file;
 
@@ -40,6 +41,15 @@ impl Identity {
         Ok(Self { key })
     }
 
+    /// A self-signed certificate made from the node key, and the key, for QUIC.
+    pub fn certificate(&self) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        let cert = rcgen::CertificateParams::new(vec!["cartable-node".to_owned()])?
+            .self_signed(&self.key)
+            .context("making the node certificate")?;
+        let key = PrivatePkcs8KeyDer::from(self.key.serialize_der());
+        Ok((cert.der().clone(), key.into()))
+    }
+
     /// The node id: the raw public key.
     pub fn id(&self) -> NodeId {
         let raw: [u8; 32] = self
@@ -48,5 +58,21 @@ impl Identity {
             .try_into()
             .expect("an ed25519 public key is 32 bytes");
         NodeId::from_bytes(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_carries_the_node_id() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let identity = Identity::load_or_create(dir.path())?;
+        let (cert, _) = identity.certificate()?;
+        assert_eq!(cartable_proto::cert::node_id_of_cert(&cert)?, identity.id());
+        let again = Identity::load_or_create(dir.path())?;
+        assert_eq!(again.id(), identity.id(), "the key is kept");
+        Ok(())
     }
 }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod peer;
+pub mod progress;
 pub mod secret_file;
 pub mod serve;
 pub mod store;

@@ -6,8 +6,10 @@
 //! - [`manifest`]: the bundle manifest and its one canonical, versioned binary encoding.
 //! - [`content_type`]: the `Content-Type` a file gets from its extension.
 //! - [`decode`]: the bounded reader every decoder is built on, and [`DecodeError`].
+//! - [`cert`]: the node id in a peer's certificate.
 //! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
 
+pub mod cert;
 pub mod content_type;
 pub mod decode;
 #[doc(hidden)]

@@ -54,6 +54,8 @@ pub struct Node {
     pub url: String,
     /// The node id it printed.
     pub id: String,
+    /// `IP:PORT` of its QUIC endpoint.
+    pub quic: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -72,7 +74,7 @@ impl Node {
         let mut child = Command::new(node_binary())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--https", "127.0.0.1:0"])
+            .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
             .args(extra)
             .env("CARTABLE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -89,14 +91,17 @@ impl Node {
                 .find_map(|w| w.strip_prefix(name))
                 .map(str::to_owned)
         };
-        match (field("https="), field("id=")) {
-            (Some(url), Some(id)) if line.starts_with("cartable-node listening ") => Ok(Self {
-                child,
-                data_dir: data_dir.to_owned(),
-                url,
-                id,
-                _temp: None,
-            }),
+        match (field("https="), field("quic="), field("id=")) {
+            (Some(url), Some(quic), Some(id)) if line.starts_with("cartable-node listening ") => {
+                Ok(Self {
+                    child,
+                    data_dir: data_dir.to_owned(),
+                    url,
+                    quic,
+                    id,
+                    _temp: None,
+                })
+            }
             _ => {
                 let _ = child.kill();
                 bail!("unexpected listening line: {line:?}")
@@ -107,6 +112,11 @@ impl Node {
     /// The data folder.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// `NODEID@IP:PORT`, as `--peer` and `--from` take it.
+    pub fn peer_addr(&self) -> String {
+        format!("{}@{}", self.id, self.quic)
     }
 
     /// `host:port` of the HTTPS server.

@@ -170,6 +170,12 @@ impl Index {
         Ok(out)
     }
 
+    /// A recorded blob's size.
+    pub fn blob_size(&self, hash: &BlobHash) -> Option<u64> {
+        let v = self.blobs.get(hash.as_bytes()).ok()??;
+        v.as_ref().try_into().ok().map(u64::from_le_bytes)
+    }
+
     /// Whether any bundle references the blob.
     pub fn is_referenced(&self, hash: &BlobHash) -> bool {
         self.refs.scan_prefix(hash.as_bytes()).next().is_some()

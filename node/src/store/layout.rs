@@ -7,6 +7,7 @@
 //! DATA/blobs/<hex>.obao   its post-order outboard, for blobs over one chunk group
 //! DATA/bundles/<hex>      a bundle's encoded manifest, named by the bundle id
 //! DATA/tmp/               files being written; emptied when the store opens
+//! DATA/partial/           blobs being fetched from peers, kept to resume
 //! DATA/index/             sled: an index of the above, rebuilt from them when lost
 //! ```
 
@@ -57,6 +58,10 @@ impl Layout {
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    pub(crate) fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
     }
 
     pub(crate) fn index_dir(&self) -> PathBuf {

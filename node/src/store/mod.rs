@@ -10,6 +10,7 @@ mod import;
 mod index;
 pub mod layout;
 mod maintenance;
+mod partial;
 pub mod verify;
 pub mod walk;
 
@@ -28,6 +29,7 @@ use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, ManifestError}
 pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
+pub use partial::PartialBlob;
 pub use verify::{BlobFiles, VerifyError};
 pub use walk::WalkError;
 
@@ -211,6 +213,14 @@ impl Store {
             data,
             outboard,
         })
+    }
+
+    /// The size of a blob held whole and not marked damaged.
+    pub fn blob_size(&self, hash: &BlobHash) -> Option<u64> {
+        if self.index.is_damaged(hash) {
+            return None;
+        }
+        self.index.blob_size(hash)
     }
 
     /// Records that a blob failed verification, so it is not trusted until repaired.

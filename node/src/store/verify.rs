@@ -11,8 +11,9 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 
+use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
-use bao_tree::io::sync::{Outboard, ReadAt};
+use bao_tree::io::sync::{Outboard, ReadAt, encode_ranges_validated};
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use blake3::hazmat::{
@@ -110,6 +111,43 @@ impl BlobFiles {
             }
             Some(file) => self.read_tree(self.outboard_over(file), range, &mut emit),
         }
+    }
+
+    /// Writes the bao-tree pre-order encoding of chunk groups `groups` (clamped to
+    /// the blob) to `out`, verifying every group and hash pair before it is written.
+    pub fn encode_groups(
+        &self,
+        groups: &[Range<u64>],
+        out: impl io::Write,
+    ) -> Result<(), VerifyError> {
+        self.check_length()?;
+        let mut chunks = ChunkRanges::empty();
+        for g in groups {
+            chunks |= ChunkRanges::from(
+                ChunkNum(g.start.saturating_mul(16))..ChunkNum(g.end.saturating_mul(16)),
+            );
+        }
+        let encoded = match &self.outboard {
+            _ if self.size <= GROUP_BYTES => {
+                encode_ranges_validated(&self.data, self.outboard_over(Vec::new()), &chunks, out)
+            }
+            Some(file) => {
+                encode_ranges_validated(&self.data, self.outboard_over(file), &chunks, out)
+            }
+            None => return Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing").into()),
+        };
+        encoded.map_err(|e| match e {
+            EncodeError::Io(e) => VerifyError::Io(e),
+            EncodeError::ParentHashMismatch(node) => VerifyError::Corrupt {
+                hash: self.hash,
+                offset: node.chunk_range().start.to_bytes(),
+            },
+            EncodeError::LeafHashMismatch(chunk) => VerifyError::Corrupt {
+                hash: self.hash,
+                offset: chunk.to_bytes(),
+            },
+            other => VerifyError::Io(io::Error::other(other.to_string())),
+        })
     }
 
     fn outboard_over<D: ReadAt>(&self, data: D) -> PostOrderOutboard<D> {

@@ -1,0 +1,173 @@
+//! Answering peers: one task per connection, one per stream, each request read
+//! with its cap, answered from the store, and every byte sent verified first.
+//! A request that does not decode gets a typed error; the node goes on.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
+use cartable_proto::{BlobHash, BundleId, DecodeError};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use super::endpoint::PeerEndpoint;
+use super::frame::{self, FrameError};
+use crate::store::Store;
+
+/// Encoded bytes handed from the disk reader to the stream at a time.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// Accepts members' connections and answers their requests until the endpoint closes.
+pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => return tracing::debug!(error = %e, "peer handshake failed"),
+            };
+            let peer = conn.remote_address();
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(send, recv, store).await {
+                        tracing::debug!(%peer, error = %e, "peer stream ended");
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn answer(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    store: Arc<Store>,
+) -> Result<(), FrameError> {
+    let request = match frame::read_request(&mut recv).await {
+        Ok(request) => request,
+        Err(FrameError::Decode(e)) => {
+            let kind = match e {
+                DecodeError::TooLarge { .. } => ErrorKind::TooLarge,
+                _ => ErrorKind::BadRequest,
+            };
+            let response = Response::Error(WireError::new(kind, e.to_string()));
+            frame::write_frame(&mut send, &response.encode()).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let response = match request {
+        Request::Blob { hash, groups } => return send_blob(send, &store, hash, groups).await,
+        Request::Manifest(id) => manifest(&store, &id),
+        Request::Has(hashes) => Response::Has(
+            hashes
+                .iter()
+                .map(|h| store.blob_size(h).is_some())
+                .collect(),
+        ),
+    };
+    frame::write_frame(&mut send, &response.encode()).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+fn not_found(what: &str) -> Response {
+    Response::Error(WireError::new(
+        ErrorKind::NotFound,
+        format!("{what} not held here"),
+    ))
+}
+
+fn manifest(store: &Store, id: &BundleId) -> Response {
+    match store.manifest(id) {
+        Ok(Some(m)) => Response::Manifest(m.encode()),
+        Ok(None) => not_found("bundle"),
+        Err(e) => {
+            tracing::error!(bundle = %id, error = %e, "reading manifest for a peer");
+            not_found("bundle")
+        }
+    }
+}
+
+async fn send_blob(
+    mut send: SendStream,
+    store: &Arc<Store>,
+    hash: BlobHash,
+    groups: GroupRanges,
+) -> Result<(), FrameError> {
+    let files = store
+        .blob_size(&hash)
+        .and_then(|size| store.open_blob(&hash, size).ok());
+    let Some(files) = files else {
+        frame::write_frame(&mut send, &not_found("blob").encode()).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    frame::write_frame(&mut send, &Response::Blob { size: files.size }.encode()).await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let reader_store = store.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let out = ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(PIECE_BYTES),
+        };
+        let result = files.encode_groups(groups.ranges(), out);
+        if let Err(crate::store::VerifyError::Corrupt { .. }) = &result {
+            reader_store.mark_damaged(&files.hash, "failed verification while serving a peer");
+        }
+        result
+    });
+    while let Some(piece) = rx.recv().await {
+        send.write_all(&piece).await?;
+    }
+    match reader.await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        _ => {
+            // Never end a stream normally after unverified data: the peer sees a reset.
+            let _ = send.reset(1u32.into());
+        }
+    }
+    Ok(())
+}
+
+/// A blocking writer feeding an async stream through a bounded channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .blocking_send(self.buf.split().freeze())
+            .map_err(|_| io::Error::new(io::ErrorKind::ConnectionReset, "peer stream closed"))
+    }
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
+}

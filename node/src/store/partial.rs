@@ -1,0 +1,162 @@
+//! Blobs being fetched from peers: sparse data and outboard files in
+//! `DATA/partial/`, and a record of which 16 KiB groups have been verified, so
+//! an interrupted fetch resumes group by group. Only a complete blob is moved
+//! under its final name in `blobs/`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::{OutboardMut, WriteAt};
+use bao_tree::{BaoTree, TreeNode};
+use cartable_proto::{BlobHash, BundleId, Manifest};
+
+use super::verify::{BLOCK_SIZE, GROUP_BYTES};
+use super::{BundleSummary, Store, StoreError, io_at, layout};
+
+/// A blob being fetched.
+#[derive(Debug)]
+pub struct PartialBlob {
+    hash: BlobHash,
+    size: u64,
+    data: File,
+    outboard: PostOrderOutboard<File>,
+    /// One byte per chunk group: 1 once written and verified.
+    done: Vec<u8>,
+    paths: [PathBuf; 3],
+}
+
+impl PartialBlob {
+    /// The chunk groups still to fetch, as ranges.
+    pub fn missing(&self) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for (g, _) in self.done.iter().enumerate().filter(|(_, d)| **d == 0) {
+            let g = g as u64;
+            match out.last_mut() {
+                Some(last) if last.end == g => last.end = g + 1,
+                _ => out.push(g..g + 1),
+            }
+        }
+        out
+    }
+
+    /// Stores a verified hash pair.
+    pub fn save_pair(
+        &mut self,
+        node: TreeNode,
+        pair: &(blake3::Hash, blake3::Hash),
+    ) -> io::Result<()> {
+        self.outboard.save(node, pair)
+    }
+
+    /// Stores a verified group's bytes.
+    pub fn write_group(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.data.write_all_at(offset, bytes)?;
+        if let Some(d) = self.done.get_mut((offset / GROUP_BYTES) as usize) {
+            *d = 1;
+        }
+        Ok(())
+    }
+
+    /// Makes what was written durable, then records it as done: a crash never
+    /// leaves a group marked done whose bytes were lost.
+    pub fn checkpoint(&mut self, store: &Store) -> io::Result<()> {
+        self.data.sync_data()?;
+        self.outboard.data.sync_data()?;
+        layout::write_atomic(&store.layout, &self.paths[2], &self.done)
+    }
+
+    /// Whether every group is done.
+    pub fn is_complete(&self) -> bool {
+        self.done.iter().all(|d| *d == 1)
+    }
+
+    /// The blob's hash.
+    pub fn hash(&self) -> BlobHash {
+        self.hash
+    }
+
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Store {
+    /// Opens (resuming) or starts the partial files of a blob to fetch.
+    pub fn partial(&self, hash: &BlobHash, size: u64) -> io::Result<PartialBlob> {
+        let dir = self.layout.partial_dir();
+        fs::create_dir_all(&dir)?;
+        let hex = hash.to_hex();
+        let paths = [
+            dir.join(&hex),
+            dir.join(format!("{hex}.obao")),
+            dir.join(format!("{hex}.groups")),
+        ];
+        let open = |p: &PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+        };
+        let tree = BaoTree::new(size, BLOCK_SIZE);
+        let groups = size.div_ceil(GROUP_BYTES).max(1) as usize;
+        let done = match fs::read(&paths[2]) {
+            Ok(done) if done.len() == groups && done.iter().all(|d| *d <= 1) => done,
+            _ => vec![0; groups],
+        };
+        let data = open(&paths[0])?;
+        data.set_len(size)?;
+        Ok(PartialBlob {
+            hash: *hash,
+            size,
+            data,
+            outboard: PostOrderOutboard {
+                root: (*hash).into(),
+                tree,
+                data: open(&paths[1])?,
+            },
+            done,
+            paths,
+        })
+    }
+
+    /// Whether a blob's file is already here, whole in length (verified later by
+    /// every read).
+    pub fn has_blob_file(&self, hash: &BlobHash, size: u64) -> bool {
+        fs::metadata(self.layout.blob(hash)).is_ok_and(|m| m.len() == size)
+    }
+
+    /// Moves a complete partial blob under its final name.
+    pub fn commit_partial(&self, mut partial: PartialBlob) -> Result<(), StoreError> {
+        let [data, outboard, done] = partial.paths.clone();
+        partial.checkpoint(self).map_err(io_at(&data))?;
+        if partial.size > GROUP_BYTES {
+            let dest = self.layout.outboard(&partial.hash);
+            fs::rename(&outboard, &dest).map_err(io_at(&dest))?;
+        } else {
+            layout::remove_if_present(&outboard).map_err(io_at(&outboard))?;
+        }
+        let dest = self.layout.blob(&partial.hash);
+        fs::rename(&data, &dest).map_err(io_at(&dest))?;
+        layout::remove_if_present(&done).map_err(io_at(&done))?;
+        Ok(())
+    }
+
+    /// Records a fetched bundle whose blobs are all in place.
+    pub fn add_fetched_bundle(&self, manifest: &Manifest) -> Result<BundleSummary, StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let id: BundleId = manifest.id();
+        layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
+        let path = self.layout.bundle(&id);
+        if !path.exists() {
+            layout::write_atomic(&self.layout, &path, &manifest.encode()).map_err(io_at(&path))?;
+            layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
+        }
+        self.index_bundle(id, manifest)
+    }
+}
