@@ -245,3 +245,101 @@ async fn garbage_on_a_stream_gets_a_typed_error_and_the_node_stays_up() -> anyho
     assert!(matches!(answer, Response::Manifest(_)), "still serving");
     Ok(())
 }
+
+/// A peer speaking the real protocol that flips one bit in every blob it sends.
+async fn lying_peer(
+    endpoint: PeerEndpoint,
+    store: std::sync::Arc<cartable_node::store::Store>,
+) -> anyhow::Result<()> {
+    use cartable_node::peer::frame::{read_request, write_frame};
+    while let Some(incoming) = endpoint.accept().await {
+        let conn = incoming.await?;
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let (header, body) = match read_request(&mut recv).await? {
+                Request::Manifest(id) => (
+                    Response::Manifest(store.manifest(&id)?.unwrap().encode()),
+                    vec![],
+                ),
+                Request::Blob { hash, groups } => {
+                    let size = store.blob_size(&hash).unwrap();
+                    let mut encoded = Vec::new();
+                    store
+                        .open_blob(&hash, size)?
+                        .encode_groups(groups.ranges(), &mut encoded)?;
+                    // An empty blob's encoding has no byte to flip: that answer is honest.
+                    let middle = encoded.len() / 2;
+                    if let Some(byte) = encoded.get_mut(middle) {
+                        *byte ^= 0x10;
+                    }
+                    (Response::Blob { size }, encoded)
+                }
+                Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
+            };
+            write_frame(&mut send, &header.encode()).await?;
+            send.write_all(&body).await?;
+            send.finish()?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_peer_is_caught_dropped_and_reported_and_the_honest_one_completes()
+-> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let (a, b, liar_dir, lesson) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("liar"),
+        dir.path().join("lesson"),
+    );
+    std::fs::create_dir_all(&lesson)?;
+    let files = mixed_lesson(&lesson, 3 << 20)?;
+    let honest = serving(&a, &b)?;
+    let bundle = honest.add(&lesson)?;
+    let liar_store = std::sync::Arc::new(cartable_node::store::Store::open(&liar_dir)?);
+    liar_store.add_folder(&lesson)?;
+    let liar_identity = Identity::load_or_create(&liar_dir)?;
+    let members = Members::new([node_id(&b)?.parse()?]);
+    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, &liar_identity, members)?;
+    let liar_addr = format!("{}@{}", liar_identity.id(), endpoint.local_addr()?);
+    tokio::spawn(lying_peer(endpoint, liar_store));
+    let args = [
+        "--data-dir".to_owned(),
+        b.to_str().unwrap().to_owned(),
+        "fetch".to_owned(),
+        bundle,
+        "--from".to_owned(),
+        liar_addr,
+        "--from".to_owned(),
+        honest.peer_addr(),
+        "--json".to_owned(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        report["liars"][0][0],
+        liar_identity.id().to_string(),
+        "{report}"
+    );
+    for (name, data) in &files {
+        let stored = std::fs::read(b.join("blobs").join(BlobHash::of(data).to_hex()))?;
+        assert!(stored == *data, "{name}: not one wrong byte stored");
+    }
+    assert!(
+        cli(&["--data-dir", b.to_str().unwrap(), "check"])?
+            .status
+            .success()
+    );
+    Ok(())
+}
