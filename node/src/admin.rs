@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 
 use crate::peer::PeerAddr;
 use crate::peer::endpoint::PeerEndpoint;
-use crate::peer::fetch::fetch_bundle;
+use crate::peer::fetch::{FetchOptions, fetch_bundle};
 use crate::store::Store;
 
 /// The socket's file name in the data folder.
@@ -51,6 +51,8 @@ pub enum Request {
         bundle: BundleId,
         /// Peers to copy from.
         from: Vec<PeerAddr>,
+        /// Bandwidth cap in bytes per second.
+        rate: Option<u64>,
     },
     /// Where the daemon serves.
     Info,
@@ -158,10 +160,13 @@ async fn answer(
     }
     let response = match serde_json::from_str::<Request>(&line) {
         Err(e) => Response::Error(format!("bad request: {e}")),
-        Ok(Request::Fetch { bundle, from }) => {
+        Ok(Request::Fetch { bundle, from, rate }) => {
             tracing::info!(%bundle, "admin request: fetch");
-            let quiet = Arc::new(|_, _| {});
-            match fetch_bundle(&peers, store, bundle, &from, quiet).await {
+            let options = FetchOptions {
+                rate,
+                ..FetchOptions::default()
+            };
+            match fetch_bundle(&peers, store, bundle, &from, options).await {
                 Ok(report) => Response::Ok(serde_json::to_value(report)?),
                 Err(e) => Response::Error(format!("{e:#}")),
             }

@@ -16,7 +16,7 @@ use crate::identity::Identity;
 use crate::peer::PeerAddr;
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
-use crate::peer::fetch::{FetchReport, fetch_bundle};
+use crate::peer::fetch::{FetchOptions, FetchReport, fetch_bundle};
 use crate::progress::Progress;
 use crate::store::{AddReport, BundleSummary, CheckReport, Store};
 
@@ -86,6 +86,9 @@ enum Command {
         /// A peer holding it (repeatable).
         #[arg(long = "from", value_name = "NODEID@ADDR", required = true)]
         from: Vec<PeerAddr>,
+        /// Bandwidth cap in MiB/s [default: quic.fetch_rate_mib_s, else none].
+        #[arg(long, value_name = "MIB_S")]
+        rate_mib_s: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -133,7 +136,15 @@ impl Cli {
                 Ok(())
             }
             Command::Check { json } => check(&config, json),
-            Command::Fetch { bundle, from, json } => fetch(&config, bundle, from, json),
+            Command::Fetch {
+                bundle,
+                from,
+                rate_mib_s,
+                json,
+            } => {
+                let rate = rate_mib_s.map(|m| m << 20).or(config.quic.fetch_rate);
+                fetch(&config, bundle, from, rate, json)
+            }
             Command::RebuildIndex => rebuild_index(&config),
             Command::Id => {
                 println!("{}", Identity::load_or_create(&config.data_dir)?.id());
@@ -246,11 +257,16 @@ fn fetch(
     config: &NodeConfig,
     bundle: BundleId,
     from: Vec<PeerAddr>,
+    rate: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
     let report: FetchReport = match AdminClient::connect(&config.data_dir) {
-        Some(daemon) => serde_json::from_value(daemon.call(&Request::Fetch { bundle, from })?)?,
-        None => tokio::runtime::Runtime::new()?.block_on(fetch_here(config, bundle, &from))?,
+        Some(daemon) => {
+            serde_json::from_value(daemon.call(&Request::Fetch { bundle, from, rate })?)?
+        }
+        None => {
+            tokio::runtime::Runtime::new()?.block_on(fetch_here(config, bundle, &from, rate))?
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -274,6 +290,7 @@ async fn fetch_here(
     config: &NodeConfig,
     bundle: BundleId,
     from: &[PeerAddr],
+    rate: Option<u64>,
 ) -> anyhow::Result<FetchReport> {
     let store = Arc::new(
         Store::open(&config.data_dir)
@@ -287,14 +304,11 @@ async fn fetch_here(
     };
     let endpoint = PeerEndpoint::bind(any, &identity, Members::default())?;
     let progress = Arc::new(Progress::new());
-    let report = fetch_bundle(
-        &endpoint,
-        store,
-        bundle,
-        from,
-        Arc::new(move |d, t| progress.update(d, t)),
-    )
-    .await;
+    let options = FetchOptions {
+        rate,
+        progress: Arc::new(move |d, t| progress.update(d, t)),
+    };
+    let report = fetch_bundle(&endpoint, store, bundle, from, options).await;
     endpoint.close();
     report
 }

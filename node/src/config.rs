@@ -26,6 +26,8 @@
 //! listen = "0.0.0.0:4433"
 //! # Nodes allowed to copy from this one, as NODEID@IP:PORT. Default: none.
 //! peers = ["5a38…@192.0.2.7:4433"]
+//! # Bandwidth cap of background copies (`fetch`), in MiB/s. Default: none.
+//! fetch_rate_mib_s = 20
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +62,7 @@ struct FileQuic {
     listen: Option<SocketAddr>,
     #[serde(default)]
     peers: Vec<String>,
+    fetch_rate_mib_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +112,8 @@ pub struct QuicConfig {
     pub listen: SocketAddr,
     /// Nodes allowed to connect.
     pub peers: Vec<PeerAddr>,
+    /// Bandwidth cap of background copies, bytes per second.
+    pub fetch_rate: Option<u64>,
 }
 
 /// The checked HTTPS settings.
@@ -197,6 +202,7 @@ impl NodeConfig {
                     .or(file.quic.listen)
                     .unwrap_or_else(|| DEFAULT_QUIC.parse().expect("valid default")),
                 peers,
+                fetch_rate: file.quic.fetch_rate_mib_s.map(|m| m << 20),
             },
         })
     }

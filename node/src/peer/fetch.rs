@@ -1,11 +1,16 @@
 //! Copying a bundle from peers: the manifest first (checked against the id),
-//! then each missing blob, verified group by group as it arrives and resumed
-//! from what an earlier attempt stored. A peer that sends one wrong byte or
-//! lies about a size is dropped for this bundle and reported; the rest is
-//! fetched from the others.
+//! then every missing part of every blob, as units of at most
+//! [`UNIT_GROUPS`] chunk groups spread over all peers and fetched several at a
+//! time. Each unit is verified group by group as it arrives and written to the
+//! blob's partial files, so an interrupted fetch resumes with what is missing.
+//! A peer that sends one wrong byte, lies about a size or stalls is dropped for
+//! this bundle (liars are reported); its unit goes to another peer.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bao_tree::io::sync::DecodeResponseIter;
@@ -18,11 +23,43 @@ use tokio_util::io::SyncIoBridge;
 use super::PeerAddr;
 use super::endpoint::PeerEndpoint;
 use super::frame;
+use super::rate::RateLimit;
+use super::stall::StallGuard;
 use crate::store::verify::BLOCK_SIZE;
 use crate::store::{PartialBlob, Store};
 
-/// Verified groups written between two checkpoints (4 MiB).
-const CHECKPOINT_GROUPS: u32 = 256;
+/// Largest unit of work: 4 MiB, so a large file spreads over every peer.
+pub const UNIT_GROUPS: u64 = 256;
+/// Units in flight per peer.
+const UNITS_PER_PEER: usize = 4;
+/// Silence after which a peer's stream counts as stalled.
+const STALL_LIMIT: Duration = Duration::from_secs(15);
+
+/// How a fetch runs.
+#[derive(Clone)]
+pub struct FetchOptions {
+    /// A bandwidth cap in bytes per second (background copies only).
+    pub rate: Option<u64>,
+    /// Called with (bytes done, bytes in the bundle) as units complete.
+    pub progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+}
+
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            progress: Arc::new(|_, _| {}),
+        }
+    }
+}
 
 /// What a fetch did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -39,101 +76,133 @@ pub struct FetchReport {
     pub liars: Vec<(NodeId, String)>,
 }
 
-/// Why one peer could not give a blob.
+/// Why one peer could not give a unit.
 enum PeerFailure {
-    /// It does not hold it: ask another.
+    /// It does not hold it, or is busy: ask another.
     Missing,
     /// It broke the protocol or sent bytes that failed verification: drop it.
     Lied(String),
-    /// The connection failed: drop it.
+    /// The connection failed or stalled: drop it.
     Gone(String),
 }
 
-/// A connected peer.
+/// A connected peer; `None` in the table once dropped.
 struct Peer {
     addr: PeerAddr,
     conn: quinn::Connection,
 }
 
-/// Fetches `bundle` from `peers` into `store`; `progress` sees each verified byte count.
+/// Part of a blob to fetch, and the peers that said they lack it.
+struct Unit {
+    hash: BlobHash,
+    groups: Range<u64>,
+    lacking: Vec<usize>,
+}
+
+/// A blob being fetched by several units at once.
+struct BlobJob {
+    size: u64,
+    partial: Mutex<Option<PartialBlob>>,
+    units_left: AtomicUsize,
+}
+
+/// What the workers of one fetch share.
+struct Fetch {
+    store: Arc<Store>,
+    peers: Mutex<Vec<Option<Peer>>>,
+    liars: Mutex<Vec<(NodeId, String)>>,
+    queue: Mutex<VecDeque<Unit>>,
+    jobs: HashMap<BlobHash, Arc<BlobJob>>,
+    next_peer: AtomicUsize,
+    received: AtomicU64,
+    done: AtomicU64,
+    total: u64,
+    failed: Mutex<Option<String>>,
+    options: FetchOptions,
+    rate: Option<RateLimit>,
+}
+
+/// Fetches `bundle` from `peers` into `store`.
 pub async fn fetch_bundle(
     endpoint: &PeerEndpoint,
     store: Arc<Store>,
     bundle: BundleId,
     peers: &[PeerAddr],
-    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    options: FetchOptions,
 ) -> anyhow::Result<FetchReport> {
-    let mut live = Vec::new();
-    for addr in peers {
-        match endpoint.connect(*addr).await {
-            Ok(conn) => live.push(Peer { addr: *addr, conn }),
-            Err(e) => tracing::warn!(peer = %addr.id, error = format!("{e:#}"), "peer unreachable"),
-        }
-    }
+    let connected = connect_all(endpoint, peers).await;
     let mut liars = Vec::new();
-    let manifest = manifest_from(&mut live, &mut liars, bundle, peers.len()).await?;
-    let total = manifest.total_size();
-    let received = Arc::new(AtomicU64::new(0));
-    let mut done = 0u64;
-    let mut blobs: Vec<(BlobHash, u64)> = manifest
-        .entries()
-        .iter()
-        .map(|e| (e.hash, e.size))
-        .collect();
-    blobs.sort();
-    blobs.dedup();
-    for (i, (hash, size)) in blobs.into_iter().enumerate() {
-        if !store.has_blob_file(&hash, size) {
-            blob_from(&mut live, &mut liars, &store, hash, size, i, &received).await?;
-        }
-        done += size;
-        progress(done, total);
+    let manifest = manifest_from(&connected, &mut liars, bundle).await?;
+    let fetch = Arc::new(Fetch::plan(
+        store.clone(),
+        &manifest,
+        connected,
+        liars,
+        options,
+    )?);
+    let workers = (fetch.live_peers() * UNITS_PER_PEER)
+        .min(fetch.queue_len())
+        .max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(fetch.clone().work());
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some(why) = fetch
+        .failed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        bail!(why);
     }
     store.add_fetched_bundle(&manifest)?;
+    let liars = std::mem::take(&mut *fetch.liars.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(FetchReport {
         bundle,
         files: manifest.entries().len() as u64,
-        bytes: total,
-        bytes_received: received.load(Ordering::Relaxed),
+        bytes: fetch.total,
+        bytes_received: fetch.received.load(Ordering::Relaxed),
         liars,
     })
 }
 
-fn drop_peer(
-    live: &mut Vec<Peer>,
-    liars: &mut Vec<(NodeId, String)>,
-    i: usize,
-    failure: PeerFailure,
-) {
-    let peer = live.remove(i);
-    match failure {
-        PeerFailure::Lied(why) => {
-            tracing::warn!(peer = %peer.addr.id, reason = why, "peer sent data that failed verification; dropped");
-            liars.push((peer.addr.id, why));
-        }
-        PeerFailure::Gone(why) => tracing::warn!(peer = %peer.addr.id, reason = why, "peer lost"),
-        PeerFailure::Missing => {}
+async fn connect_all(endpoint: &PeerEndpoint, peers: &[PeerAddr]) -> Vec<Option<Peer>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, addr) in peers.iter().copied().enumerate() {
+        let endpoint = endpoint.clone();
+        tasks.spawn(async move { (i, addr, endpoint.connect(addr).await) });
     }
+    let mut connected: Vec<Option<Peer>> = peers.iter().map(|_| None).collect();
+    while let Some(Ok((i, addr, result))) = tasks.join_next().await {
+        match result {
+            Ok(conn) => connected[i] = Some(Peer { addr, conn }),
+            Err(e) => tracing::warn!(peer = %addr.id, error = format!("{e:#}"), "peer unreachable"),
+        }
+    }
+    connected
 }
 
 async fn manifest_from(
-    live: &mut Vec<Peer>,
+    peers: &[Option<Peer>],
     liars: &mut Vec<(NodeId, String)>,
     bundle: BundleId,
-    asked: usize,
 ) -> anyhow::Result<Manifest> {
-    let mut i = 0;
-    while i < live.len() {
-        match ask_manifest(&live[i].conn, bundle).await {
+    let mut lacking = 0;
+    for peer in peers.iter().flatten() {
+        match ask_manifest(&peer.conn, bundle).await {
             Ok(m) => return Ok(m),
-            Err(PeerFailure::Missing) => i += 1,
-            Err(failure) => drop_peer(live, liars, i, failure),
+            Err(PeerFailure::Missing) => lacking += 1,
+            Err(PeerFailure::Lied(why)) => liars.push((peer.addr.id, why)),
+            Err(PeerFailure::Gone(why)) => {
+                tracing::warn!(peer = %peer.addr.id, reason = why, "peer lost")
+            }
         }
     }
     bail!(
-        "no peer gave bundle {bundle}: of {asked} asked, {} do not hold it; the others were \
+        "no peer gave bundle {bundle}: of {} asked, {lacking} do not hold it; the others were \
          unreachable, refused this node (is its id in their peers?) or lied",
-        live.len()
+        peers.len()
     )
 }
 
@@ -147,7 +216,10 @@ async fn ask_manifest(conn: &quinn::Connection, bundle: BundleId) -> Result<Mani
         .await
         .map_err(gone)?;
     let _ = send.finish();
-    match frame::read_response(&mut recv).await {
+    let answer = tokio::time::timeout(STALL_LIMIT, frame::read_response(&mut recv))
+        .await
+        .map_err(|_| PeerFailure::Gone("stalled".into()))?;
+    match answer {
         Ok(Response::Manifest(bytes)) if BundleId::of_manifest(&bytes) == bundle => {
             Manifest::decode(&bytes).map_err(|e| PeerFailure::Lied(format!("manifest: {e}")))
         }
@@ -160,138 +232,298 @@ async fn ask_manifest(conn: &quinn::Connection, bundle: BundleId) -> Result<Mani
     }
 }
 
-async fn blob_from(
-    live: &mut Vec<Peer>,
-    liars: &mut Vec<(NodeId, String)>,
-    store: &Arc<Store>,
-    hash: BlobHash,
-    size: u64,
-    spread: usize,
-    received: &Arc<AtomicU64>,
-) -> anyhow::Result<()> {
-    // Start each blob at a different peer so that the load spreads.
-    let mut tried = 0;
-    while tried < live.len() {
-        let i = (spread + tried) % live.len();
-        let partial = store.partial(&hash, size).context("opening partial blob")?;
-        match ask_blob(&live[i].conn, store.clone(), partial, received.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(PeerFailure::Missing) => tried += 1,
-            Err(failure) => drop_peer(live, liars, i, failure),
+impl Fetch {
+    /// Opens the partial files of every missing blob and cuts what they lack into units.
+    fn plan(
+        store: Arc<Store>,
+        manifest: &Manifest,
+        peers: Vec<Option<Peer>>,
+        liars: Vec<(NodeId, String)>,
+        options: FetchOptions,
+    ) -> anyhow::Result<Self> {
+        let mut blobs: Vec<(BlobHash, u64)> = manifest
+            .entries()
+            .iter()
+            .map(|e| (e.hash, e.size))
+            .collect();
+        blobs.sort();
+        blobs.dedup();
+        let (mut queue, mut jobs, mut done) = (VecDeque::new(), HashMap::new(), 0);
+        for (hash, size) in blobs {
+            if store.has_blob_file(&hash, size) {
+                done += size;
+                continue;
+            }
+            let partial = store.partial(&hash, size).context("opening partial blob")?;
+            let units = split(&partial.missing());
+            jobs.insert(
+                hash,
+                Arc::new(BlobJob {
+                    size,
+                    units_left: AtomicUsize::new(units.len()),
+                    partial: Mutex::new(Some(partial)),
+                }),
+            );
+            queue.extend(units.into_iter().map(|groups| Unit {
+                hash,
+                groups,
+                lacking: vec![],
+            }));
+        }
+        Ok(Self {
+            store,
+            peers: Mutex::new(peers),
+            liars: Mutex::new(liars),
+            queue: Mutex::new(queue),
+            jobs,
+            next_peer: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            done: AtomicU64::new(done),
+            total: manifest.total_size(),
+            failed: Mutex::new(None),
+            rate: options.rate.map(RateLimit::new),
+            options,
+        })
+    }
+
+    fn live_peers(&self) -> usize {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .count()
+    }
+
+    fn queue_len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// One worker: takes units until none is left or the fetch failed.
+    async fn work(self: Arc<Self>) {
+        loop {
+            if self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
+                return;
+            }
+            let Some(mut unit) = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            else {
+                return;
+            };
+            let Some((index, conn)) = self.pick_peer(&unit) else {
+                let why = format!("no reachable peer could provide blob {}", unit.hash);
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                return;
+            };
+            match self.clone().fetch_unit(conn, &unit).await {
+                Ok(()) => self.unit_done(&unit),
+                Err(failure) => {
+                    if matches!(failure, PeerFailure::Missing) {
+                        unit.lacking.push(index);
+                    }
+                    self.drop_peer(index, failure);
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(unit);
+                }
+            }
         }
     }
-    bail!("no reachable peer could provide blob {hash}")
-}
 
-async fn ask_blob(
-    conn: &quinn::Connection,
-    store: Arc<Store>,
-    partial: PartialBlob,
-    received: Arc<AtomicU64>,
-) -> Result<(), PeerFailure> {
-    let Some(groups) = GroupRanges::new(partial.missing()) else {
-        return finish(&store, partial);
-    };
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
-    let gone = |e: frame::FrameError| PeerFailure::Gone(e.to_string());
-    let hash = partial.hash();
-    let request = Request::Blob {
-        hash,
-        groups: groups.clone(),
-    };
-    frame::write_frame(&mut send, &request.encode())
-        .await
-        .map_err(gone)?;
-    let _ = send.finish();
-    match frame::read_response(&mut recv).await {
-        Ok(Response::Blob { size }) if size == partial.size() => {}
-        Ok(Response::Blob { size }) => {
-            return Err(PeerFailure::Lied(format!(
-                "size {size}, manifest says {}",
-                partial.size()
-            )));
-        }
-        Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
-            return Err(PeerFailure::Missing);
-        }
-        Ok(other) => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
-        Err(e) => return Err(gone(e)),
+    /// A live peer not known to lack the unit, taking peers in turn.
+    fn pick_peer(&self, unit: &Unit) -> Option<(usize, quinn::Connection)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let start = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        (0..peers.len())
+            .map(|k| (start + k) % peers.len())
+            .filter(|i| !unit.lacking.contains(i))
+            .find_map(|i| peers[i].as_ref().map(|p| (i, p.conn.clone())))
     }
-    let decode_store = store.clone();
-    let decoded = tokio::task::spawn_blocking(move || {
-        let mut partial = partial;
-        let result = decode_into(
-            &mut partial,
-            &decode_store,
-            hash,
-            &groups,
-            SyncIoBridge::new(recv),
-            &received,
-        );
-        (partial, result)
-    })
-    .await
-    .map_err(|e| PeerFailure::Gone(e.to_string()))?;
-    let (partial, result) = decoded;
-    result?;
-    finish(&store, partial)
-}
 
-fn finish(store: &Store, partial: PartialBlob) -> Result<(), PeerFailure> {
-    if !partial.is_complete() {
-        return Err(PeerFailure::Lied(
-            "stream ended before every group was sent".into(),
-        ));
+    fn drop_peer(&self, index: usize, failure: PeerFailure) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(peer) = peers.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let id = peer.addr.id;
+        match failure {
+            PeerFailure::Missing => return,
+            PeerFailure::Lied(why) => {
+                tracing::warn!(peer = %id, reason = why, "peer sent data that failed verification; dropped");
+                self.liars
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, why));
+            }
+            PeerFailure::Gone(why) => {
+                tracing::warn!(peer = %id, reason = why, "peer lost; dropped")
+            }
+        }
+        peers[index] = None;
     }
-    store
-        .commit_partial(partial)
-        .map_err(|e| PeerFailure::Gone(format!("storing: {e}")))
+
+    fn unit_done(&self, unit: &Unit) {
+        let job = &self.jobs[&unit.hash];
+        if job.units_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let partial = job.partial.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let committed = match partial {
+                Some(p) if p.is_complete() => {
+                    self.store.commit_partial(p).map_err(|e| e.to_string())
+                }
+                _ => Err("blob incomplete after every unit".to_owned()),
+            };
+            if let Err(why) = committed {
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("blob {}: {why}", unit.hash));
+            }
+        }
+        let groups_bytes = (unit.groups.end - unit.groups.start) * (16 << 10);
+        let done = self.done.fetch_add(groups_bytes, Ordering::Relaxed) + groups_bytes;
+        (self.options.progress)(done.min(self.total), self.total);
+    }
+
+    /// Asks one peer for one unit and stores what verifies.
+    async fn fetch_unit(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        unit: &Unit,
+    ) -> Result<(), PeerFailure> {
+        let job = self.jobs[&unit.hash].clone();
+        let size = job.size;
+        let groups = GroupRanges::new(vec![unit.groups.clone()]).ok_or(PeerFailure::Missing)?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| PeerFailure::Gone(e.to_string()))?;
+        let gone = |e: frame::FrameError| PeerFailure::Gone(e.to_string());
+        let request = Request::Blob {
+            hash: unit.hash,
+            groups: groups.clone(),
+        };
+        frame::write_frame(&mut send, &request.encode())
+            .await
+            .map_err(gone)?;
+        let _ = send.finish();
+        let answer = tokio::time::timeout(STALL_LIMIT, frame::read_response(&mut recv))
+            .await
+            .map_err(|_| PeerFailure::Gone("stalled".into()))?;
+        match answer {
+            Ok(Response::Blob { size: claimed }) if claimed == size => {}
+            Ok(Response::Blob { size: claimed }) => {
+                return Err(PeerFailure::Lied(format!(
+                    "size {claimed}, manifest says {size}"
+                )));
+            }
+            Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
+                return Err(PeerFailure::Missing);
+            }
+            Ok(other) => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(gone(e)),
+        }
+        let hash = unit.hash;
+        let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
+        let fetch = self.clone();
+        tokio::task::spawn_blocking(move || fetch.decode_unit(&job, hash, size, &groups, reader))
+            .await
+            .map_err(|e| PeerFailure::Gone(e.to_string()))?
+    }
+
+    /// Verifies the encoded stream and stores each verified part.
+    fn decode_unit(
+        &self,
+        job: &BlobJob,
+        hash: BlobHash,
+        size: u64,
+        groups: &GroupRanges,
+        encoded: impl std::io::Read,
+    ) -> Result<(), PeerFailure> {
+        let tree = BaoTree::new(size, BLOCK_SIZE);
+        let chunks = chunk_ranges(groups);
+        let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
+        let with_partial = |f: &mut dyn FnMut(&mut PartialBlob) -> std::io::Result<()>| {
+            let mut guard = job.partial.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_mut().map_or(Ok(()), &mut *f)
+        };
+        for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunks) {
+            match item {
+                Ok(BaoContentItem::Parent(p)) => {
+                    with_partial(&mut |b| b.save_pair(p.node, &p.pair)).map_err(local)?
+                }
+                Ok(BaoContentItem::Leaf(leaf)) => {
+                    if let Some(rate) = &self.rate {
+                        rate.take(leaf.data.len() as u64);
+                    }
+                    with_partial(&mut |b| b.write_group(leaf.offset, &leaf.data)).map_err(local)?;
+                    self.received
+                        .fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
+                }
+                Err(BaoDecodeError::Io(e)) => return Err(PeerFailure::Gone(e.to_string())),
+                Err(other) => return Err(PeerFailure::Lied(format!("{other:?}"))),
+            }
+        }
+        let store = &self.store;
+        with_partial(&mut |b| {
+            if b.missing_in(&groups.ranges()[0]) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stream ended early",
+                ));
+            }
+            b.checkpoint(store)
+        })
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                PeerFailure::Lied("stream ended before every group was sent".into())
+            }
+            _ => local(e),
+        })
+    }
 }
 
-/// Verifies the encoded stream and stores each verified part; checkpoints as it goes.
-fn decode_into(
-    partial: &mut PartialBlob,
-    store: &Store,
-    hash: BlobHash,
-    groups: &GroupRanges,
-    encoded: impl std::io::Read,
-    received: &AtomicU64,
-) -> Result<(), PeerFailure> {
-    let tree = BaoTree::new(partial.size(), BLOCK_SIZE);
+/// Cuts group ranges into units of at most [`UNIT_GROUPS`].
+fn split(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut units = Vec::new();
+    for r in ranges {
+        let mut start = r.start;
+        while start < r.end {
+            let end = (start + UNIT_GROUPS).min(r.end);
+            units.push(start..end);
+            start = end;
+        }
+    }
+    units
+}
+
+/// The bao chunk ranges of chunk-group ranges (16 chunks a group).
+pub(crate) fn chunk_ranges(groups: &GroupRanges) -> ChunkRanges {
     let mut chunks = ChunkRanges::empty();
     for g in groups.ranges() {
         chunks |= ChunkRanges::from(
             ChunkNum(g.start.saturating_mul(16))..ChunkNum(g.end.saturating_mul(16)),
         );
     }
-    let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
-    let mut since_checkpoint = 0;
-    for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunks) {
-        match item {
-            Ok(BaoContentItem::Parent(p)) => partial.save_pair(p.node, &p.pair).map_err(local)?,
-            Ok(BaoContentItem::Leaf(leaf)) => {
-                partial
-                    .write_group(leaf.offset, &leaf.data)
-                    .map_err(local)?;
-                received.fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
-                since_checkpoint += 1;
-                if since_checkpoint == CHECKPOINT_GROUPS {
-                    partial.checkpoint(store).map_err(local)?;
-                    since_checkpoint = 0;
-                }
-            }
-            Err(e) => {
-                // Keep what was verified before the failure.
-                let _ = partial.checkpoint(store);
-                return Err(match e {
-                    BaoDecodeError::Io(e) => PeerFailure::Gone(e.to_string()),
-                    other => PeerFailure::Lied(format!("{other:?}")),
-                });
-            }
-        }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_parts_are_cut_into_bounded_units() {
+        assert_eq!(
+            split(&[0..600, 700..701]),
+            [0..256, 256..512, 512..600, 700..701]
+        );
+        assert!(split(&[]).is_empty());
     }
-    partial.checkpoint(store).map_err(local)
 }

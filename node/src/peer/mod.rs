@@ -5,12 +5,15 @@
 //! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
 //! - [`respond`]: answering peers' requests from the store, verified.
 //! - [`fetch`]: copying a bundle from peers, verifying every byte, resuming.
+//! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
 pub mod auth;
 pub mod endpoint;
 pub mod fetch;
 pub mod frame;
+pub mod rate;
 pub mod respond;
+pub mod stall;
 
 use std::fmt;
 use std::net::SocketAddr;

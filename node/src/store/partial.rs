@@ -68,6 +68,14 @@ impl PartialBlob {
         layout::write_atomic(&store.layout, &self.paths[2], &self.done)
     }
 
+    /// Whether any group of `groups` is still missing.
+    pub fn missing_in(&self, groups: &Range<u64>) -> bool {
+        let end = (groups.end as usize).min(self.done.len());
+        self.done
+            .get(groups.start as usize..end)
+            .is_none_or(|part| part.contains(&0))
+    }
+
     /// Whether every group is done.
     pub fn is_complete(&self) -> bool {
         self.done.iter().all(|d| *d == 1)

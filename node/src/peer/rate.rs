@@ -1,0 +1,59 @@
+//! A token bucket capping the bandwidth of background copying, shared by every
+//! stream of a fetch. Callers block (they run on blocking threads).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// At most `bytes_per_sec` on average, with bursts of one second's worth.
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_sec: f64,
+    /// Tokens available and when they were counted.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// A cap of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec.max(1) as f64;
+        Self {
+            bytes_per_sec: rate,
+            bucket: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` tokens, sleeping until they are there.
+    pub fn take(&self, bytes: u64) {
+        let wait = {
+            let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
+            bucket.0 = (bucket.0 + refill).min(self.bytes_per_sec) - bytes as f64;
+            bucket.1 = now;
+            if bucket.0 < 0.0 {
+                Duration::from_secs_f64(-bucket.0 / self.bytes_per_sec)
+            } else {
+                Duration::ZERO
+            }
+        };
+        std::thread::sleep(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_holds_on_average() {
+        let limit = RateLimit::new(1 << 20);
+        let start = Instant::now();
+        for _ in 0..12 {
+            limit.take(256 << 10);
+        }
+        // 3 MiB at 1 MiB/s with a 1 MiB burst: about 2 s.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1800), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    }
+}
