@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 use crate::peer::PeerAddr;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
+use crate::peer::through::FetchThrough;
 use crate::store::Store;
 
 /// The socket's file name in the data folder.
@@ -56,6 +57,15 @@ pub enum Request {
     },
     /// Where the daemon serves.
     Info,
+    /// The daemon's counters.
+    Stats,
+}
+
+/// The daemon's counters, answered to [`Request::Stats`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Verified bytes fetched through from peers for browsers.
+    pub through_bytes_received: u64,
 }
 
 /// The daemon's addresses, answered to [`Request::Info`].
@@ -90,7 +100,9 @@ pub fn execute(
         Request::Info => serde_json::to_value(info.context("no daemon running")?)?,
         // Copying needs the QUIC endpoint: the daemon runs it in `answer`, the
         // CLI with an endpoint of its own.
-        Request::Fetch { .. } => anyhow::bail!("fetch is not run through execute"),
+        Request::Fetch { .. } | Request::Stats => {
+            anyhow::bail!("only a running daemon answers this")
+        }
     };
     Ok(value)
 }
@@ -116,8 +128,7 @@ impl AdminServer {
     }
 
     /// Answers requests until the task is dropped.
-    pub async fn run(self, store: Arc<Store>, info: Info, peers: PeerEndpoint) {
-        let info = Arc::new(info);
+    pub async fn run(self, ctx: Arc<AdminContext>) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -127,9 +138,9 @@ impl AdminServer {
                     continue;
                 }
             };
-            let (store, info, peers) = (store.clone(), info.clone(), peers.clone());
+            let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, store, info, peers).await {
+                if let Err(e) = answer(stream, ctx).await {
                     tracing::warn!(error = %e, "admin connection failed");
                 }
             });
@@ -143,12 +154,20 @@ impl Drop for AdminServer {
     }
 }
 
-async fn answer(
-    stream: tokio::net::UnixStream,
-    store: Arc<Store>,
-    info: Arc<Info>,
-    peers: PeerEndpoint,
-) -> anyhow::Result<()> {
+/// What a daemon's admin socket answers from.
+#[derive(Debug)]
+pub struct AdminContext {
+    /// The store the daemon owns.
+    pub store: Arc<Store>,
+    /// Where it serves.
+    pub info: Info,
+    /// Its QUIC endpoint, for fetches.
+    pub peers: PeerEndpoint,
+    /// Its fetch-through, for counters.
+    pub through: Option<Arc<FetchThrough>>,
+}
+
+async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES))
@@ -166,15 +185,19 @@ async fn answer(
                 rate,
                 ..FetchOptions::default()
             };
-            match fetch_bundle(&peers, store, bundle, &from, options).await {
+            match fetch_bundle(&ctx.peers, ctx.store.clone(), bundle, &from, options).await {
                 Ok(report) => Response::Ok(serde_json::to_value(report)?),
                 Err(e) => Response::Error(format!("{e:#}")),
             }
         }
+        Ok(Request::Stats) => Response::Ok(serde_json::to_value(Stats {
+            through_bytes_received: ctx.through.as_ref().map_or(0, |t| t.bytes_received()),
+        })?),
         Ok(request) => {
             tracing::info!(?request, "admin request");
             let done =
-                tokio::task::spawn_blocking(move || execute(&store, Some(&info), request)).await?;
+                tokio::task::spawn_blocking(move || execute(&ctx.store, Some(&ctx.info), request))
+                    .await?;
             match done {
                 Ok(value) => Response::Ok(value),
                 Err(e) => Response::Error(format!("{e:#}")),

@@ -97,6 +97,8 @@ enum Command {
     RebuildIndex,
     /// Print this node's id.
     Id,
+    /// Print the running daemon's counters as JSON.
+    Stats,
 }
 
 impl Cli {
@@ -146,6 +148,12 @@ impl Cli {
                 fetch(&config, bundle, from, rate, json)
             }
             Command::RebuildIndex => rebuild_index(&config),
+            Command::Stats => {
+                let daemon = AdminClient::connect(&config.data_dir)
+                    .context("no cartable-node daemon is running on this data folder")?;
+                println!("{}", daemon.call(&Request::Stats)?);
+                Ok(())
+            }
             Command::Id => {
                 println!("{}", Identity::load_or_create(&config.data_dir)?.id());
                 Ok(())

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::admin::{AdminServer, Info};
+use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
 use crate::identity::Identity;
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::respond::serve_peers;
-use crate::serve::HttpsServer;
+use crate::peer::through::FetchThrough;
+use crate::serve::{HttpsServer, ServeContext};
 use crate::store::Store;
 
 /// Runs the node until a stop signal.
@@ -38,8 +39,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         id: identity.id(),
     };
     let peers_task = tokio::spawn(serve_peers(peers.clone(), store.clone()));
+    let through = (!config.quic.peers.is_empty()).then(|| {
+        Arc::new(FetchThrough::new(
+            peers.clone(),
+            config.quic.peers.clone(),
+            store.clone(),
+        ))
+    });
     let admin = AdminServer::bind(&data_dir)?;
-    let admin_task = tokio::spawn(admin.run(store.clone(), info.clone(), peers.clone()));
+    let admin_task = tokio::spawn(admin.run(Arc::new(AdminContext {
+        store: store.clone(),
+        info: info.clone(),
+        peers: peers.clone(),
+        through: through.clone(),
+    })));
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -49,7 +62,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     tracing::info!(https = %info.https, node = %info.id, "serving");
-    server.run(store, stop_signal()).await;
+    let ctx = Arc::new(ServeContext { store, through });
+    server.run(ctx, stop_signal()).await;
     peers.close();
     admin_task.abort();
     let _ = admin_task.await;

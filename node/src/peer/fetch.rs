@@ -10,30 +10,21 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bao_tree::io::sync::DecodeResponseIter;
-use bao_tree::io::{BaoContentItem, DecodeError as BaoDecodeError};
-use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
-use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response};
+use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
-use tokio_util::io::SyncIoBridge;
 
 use super::PeerAddr;
 use super::endpoint::PeerEndpoint;
-use super::frame;
+use super::exchange::{GroupSink, PeerFailure, ask_manifest, request_groups};
 use super::rate::RateLimit;
-use super::stall::StallGuard;
-use crate::store::verify::BLOCK_SIZE;
 use crate::store::{PartialBlob, Store};
 
 /// Largest unit of work: 4 MiB, so a large file spreads over every peer.
 pub const UNIT_GROUPS: u64 = 256;
 /// Units in flight per peer.
 const UNITS_PER_PEER: usize = 4;
-/// Silence after which a peer's stream counts as stalled.
-const STALL_LIMIT: Duration = Duration::from_secs(15);
 
 /// How a fetch runs.
 #[derive(Clone)]
@@ -76,16 +67,6 @@ pub struct FetchReport {
     pub liars: Vec<(NodeId, String)>,
 }
 
-/// Why one peer could not give a unit.
-enum PeerFailure {
-    /// It does not hold it, or is busy: ask another.
-    Missing,
-    /// It broke the protocol or sent bytes that failed verification: drop it.
-    Lied(String),
-    /// The connection failed or stalled: drop it.
-    Gone(String),
-}
-
 /// A connected peer; `None` in the table once dropped.
 struct Peer {
     addr: PeerAddr,
@@ -102,7 +83,7 @@ struct Unit {
 /// A blob being fetched by several units at once.
 struct BlobJob {
     size: u64,
-    partial: Mutex<Option<PartialBlob>>,
+    partial: Arc<Mutex<Option<PartialBlob>>>,
     units_left: AtomicUsize,
 }
 
@@ -114,12 +95,12 @@ struct Fetch {
     queue: Mutex<VecDeque<Unit>>,
     jobs: HashMap<BlobHash, Arc<BlobJob>>,
     next_peer: AtomicUsize,
-    received: AtomicU64,
+    received: Arc<AtomicU64>,
     done: AtomicU64,
     total: u64,
     failed: Mutex<Option<String>>,
     options: FetchOptions,
-    rate: Option<RateLimit>,
+    rate: Option<Arc<RateLimit>>,
 }
 
 /// Fetches `bundle` from `peers` into `store`.
@@ -206,32 +187,6 @@ async fn manifest_from(
     )
 }
 
-async fn ask_manifest(conn: &quinn::Connection, bundle: BundleId) -> Result<Manifest, PeerFailure> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
-    let gone = |e: frame::FrameError| PeerFailure::Gone(e.to_string());
-    frame::write_frame(&mut send, &Request::Manifest(bundle).encode())
-        .await
-        .map_err(gone)?;
-    let _ = send.finish();
-    let answer = tokio::time::timeout(STALL_LIMIT, frame::read_response(&mut recv))
-        .await
-        .map_err(|_| PeerFailure::Gone("stalled".into()))?;
-    match answer {
-        Ok(Response::Manifest(bytes)) if BundleId::of_manifest(&bytes) == bundle => {
-            Manifest::decode(&bytes).map_err(|e| PeerFailure::Lied(format!("manifest: {e}")))
-        }
-        Ok(Response::Manifest(_)) => Err(PeerFailure::Lied(
-            "manifest does not match the bundle id".into(),
-        )),
-        Ok(Response::Error(e)) if e.kind == ErrorKind::NotFound => Err(PeerFailure::Missing),
-        Ok(other) => Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
-        Err(e) => Err(gone(e)),
-    }
-}
-
 impl Fetch {
     /// Opens the partial files of every missing blob and cuts what they lack into units.
     fn plan(
@@ -261,7 +216,7 @@ impl Fetch {
                 Arc::new(BlobJob {
                     size,
                     units_left: AtomicUsize::new(units.len()),
-                    partial: Mutex::new(Some(partial)),
+                    partial: Arc::new(Mutex::new(Some(partial))),
                 }),
             );
             queue.extend(units.into_iter().map(|groups| Unit {
@@ -277,11 +232,11 @@ impl Fetch {
             queue: Mutex::new(queue),
             jobs,
             next_peer: AtomicUsize::new(0),
-            received: AtomicU64::new(0),
+            received: Arc::new(AtomicU64::new(0)),
             done: AtomicU64::new(done),
             total: manifest.total_size(),
             failed: Mutex::new(None),
-            rate: options.rate.map(RateLimit::new),
+            rate: options.rate.map(|r| Arc::new(RateLimit::new(r))),
             options,
         })
     }
@@ -323,7 +278,7 @@ impl Fetch {
                 *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 return;
             };
-            match self.clone().fetch_unit(conn, &unit).await {
+            match self.fetch_unit(conn, &unit).await {
                 Ok(()) => self.unit_done(&unit),
                 Err(failure) => {
                     if matches!(failure, PeerFailure::Missing) {
@@ -392,100 +347,16 @@ impl Fetch {
     }
 
     /// Asks one peer for one unit and stores what verifies.
-    async fn fetch_unit(
-        self: Arc<Self>,
-        conn: quinn::Connection,
-        unit: &Unit,
-    ) -> Result<(), PeerFailure> {
-        let job = self.jobs[&unit.hash].clone();
-        let size = job.size;
+    async fn fetch_unit(&self, conn: quinn::Connection, unit: &Unit) -> Result<(), PeerFailure> {
+        let job = &self.jobs[&unit.hash];
         let groups = GroupRanges::new(vec![unit.groups.clone()]).ok_or(PeerFailure::Missing)?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| PeerFailure::Gone(e.to_string()))?;
-        let gone = |e: frame::FrameError| PeerFailure::Gone(e.to_string());
-        let request = Request::Blob {
-            hash: unit.hash,
-            groups: groups.clone(),
+        let sink = GroupSink {
+            partial: job.partial.clone(),
+            store: self.store.clone(),
+            received: self.received.clone(),
+            rate: self.rate.clone(),
         };
-        frame::write_frame(&mut send, &request.encode())
-            .await
-            .map_err(gone)?;
-        let _ = send.finish();
-        let answer = tokio::time::timeout(STALL_LIMIT, frame::read_response(&mut recv))
-            .await
-            .map_err(|_| PeerFailure::Gone("stalled".into()))?;
-        match answer {
-            Ok(Response::Blob { size: claimed }) if claimed == size => {}
-            Ok(Response::Blob { size: claimed }) => {
-                return Err(PeerFailure::Lied(format!(
-                    "size {claimed}, manifest says {size}"
-                )));
-            }
-            Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
-                return Err(PeerFailure::Missing);
-            }
-            Ok(other) => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(gone(e)),
-        }
-        let hash = unit.hash;
-        let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
-        let fetch = self.clone();
-        tokio::task::spawn_blocking(move || fetch.decode_unit(&job, hash, size, &groups, reader))
-            .await
-            .map_err(|e| PeerFailure::Gone(e.to_string()))?
-    }
-
-    /// Verifies the encoded stream and stores each verified part.
-    fn decode_unit(
-        &self,
-        job: &BlobJob,
-        hash: BlobHash,
-        size: u64,
-        groups: &GroupRanges,
-        encoded: impl std::io::Read,
-    ) -> Result<(), PeerFailure> {
-        let tree = BaoTree::new(size, BLOCK_SIZE);
-        let chunks = chunk_ranges(groups);
-        let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
-        let with_partial = |f: &mut dyn FnMut(&mut PartialBlob) -> std::io::Result<()>| {
-            let mut guard = job.partial.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_mut().map_or(Ok(()), &mut *f)
-        };
-        for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunks) {
-            match item {
-                Ok(BaoContentItem::Parent(p)) => {
-                    with_partial(&mut |b| b.save_pair(p.node, &p.pair)).map_err(local)?
-                }
-                Ok(BaoContentItem::Leaf(leaf)) => {
-                    if let Some(rate) = &self.rate {
-                        rate.take(leaf.data.len() as u64);
-                    }
-                    with_partial(&mut |b| b.write_group(leaf.offset, &leaf.data)).map_err(local)?;
-                    self.received
-                        .fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
-                }
-                Err(BaoDecodeError::Io(e)) => return Err(PeerFailure::Gone(e.to_string())),
-                Err(other) => return Err(PeerFailure::Lied(format!("{other:?}"))),
-            }
-        }
-        let store = &self.store;
-        with_partial(&mut |b| {
-            if b.missing_in(&groups.ranges()[0]) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "stream ended early",
-                ));
-            }
-            b.checkpoint(store)
-        })
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                PeerFailure::Lied("stream ended before every group was sent".into())
-            }
-            _ => local(e),
-        })
+        request_groups(&conn, unit.hash, job.size, groups, sink).await
     }
 }
 
@@ -501,17 +372,6 @@ fn split(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
         }
     }
     units
-}
-
-/// The bao chunk ranges of chunk-group ranges (16 chunks a group).
-pub(crate) fn chunk_ranges(groups: &GroupRanges) -> ChunkRanges {
-    let mut chunks = ChunkRanges::empty();
-    for g in groups.ranges() {
-        chunks |= ChunkRanges::from(
-            ChunkNum(g.start.saturating_mul(16))..ChunkNum(g.end.saturating_mul(16)),
-        );
-    }
-    chunks
 }
 
 #[cfg(test)]

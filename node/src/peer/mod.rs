@@ -4,16 +4,20 @@
 //! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
 //! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
 //! - [`respond`]: answering peers' requests from the store, verified.
+//! - [`exchange`]: one request to one peer, its answer verified into a partial blob.
 //! - [`fetch`]: copying a bundle from peers, verifying every byte, resuming.
+//! - [`through`]: fetch-through, serving browsers bundles held only by peers.
 //! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
 pub mod auth;
 pub mod endpoint;
+pub mod exchange;
 pub mod fetch;
 pub mod frame;
 pub mod rate;
 pub mod respond;
 pub mod stall;
+pub mod through;
 
 use std::fmt;
 use std::net::SocketAddr;

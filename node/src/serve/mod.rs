@@ -29,12 +29,22 @@ use tokio_rustls::TlsAcceptor;
 pub use respond::respond;
 
 use crate::config::HttpsConfig;
+use crate::peer::through::FetchThrough;
 use crate::store::Store;
 
 /// How long open connections get to finish when the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per connection.
 const H2_MAX_STREAMS: u32 = 128;
+
+/// What requests are answered from.
+#[derive(Debug)]
+pub struct ServeContext {
+    /// The node's store.
+    pub store: Arc<Store>,
+    /// Fetch-through from peers, when the node has peers.
+    pub through: Option<Arc<FetchThrough>>,
+}
 
 /// A bound, not yet running, HTTPS server.
 pub struct HttpsServer {
@@ -73,7 +83,7 @@ impl HttpsServer {
 
     /// Serves `store` until `shutdown` completes, then lets open connections
     /// finish for a while.
-    pub async fn run(self, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, ctx: Arc<ServeContext>, shutdown: impl Future<Output = ()>) {
         let builder = Arc::new(self.http_builder());
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         let graceful = GracefulShutdown::new();
@@ -97,7 +107,7 @@ impl HttpsServer {
             };
             let _ = tcp.set_nodelay(true);
             let (tls, handshake_timeout) = (self.tls.clone(), self.config.handshake_timeout);
-            let (builder, store, watcher) = (builder.clone(), store.clone(), graceful.watcher());
+            let (builder, ctx, watcher) = (builder.clone(), ctx.clone(), graceful.watcher());
             tokio::spawn(async move {
                 let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -105,8 +115,8 @@ impl HttpsServer {
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
                 let service = service_fn(move |req| {
-                    let store = store.clone();
-                    async move { Ok::<_, Infallible>(respond(store, req).await) }
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(respond(ctx, req).await) }
                 });
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), service)

@@ -1,33 +1,40 @@
 //! Answering one request: route it, apply the conditional headers, and stream
 //! the file verified. Errors are values here and become responses in `error`.
 
+use std::ops::Range;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use cartable_proto::{BundleId, Manifest, ManifestEntry};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::sync::mpsc;
 
+use super::ServeContext;
 use super::body::Body;
 use super::conditional::{self, RangeRequest};
 use super::error::{HttpError, text};
 use super::listing;
 use super::target::{self, Target};
+use crate::peer::through::{FetchThrough, Source};
 use crate::store::{BlobFiles, Store, verify::GROUP_BYTES};
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Verified pieces buffered between the disk reader and the connection.
 const PIECES_IN_FLIGHT: usize = 4;
+/// Fetch-through fetches and serves this much at a time (64 chunk groups).
+const THROUGH_SEGMENT: u64 = 1 << 20;
 
 /// Answers a request; never fails (failures are error responses).
-pub async fn respond<B>(store: Arc<Store>, req: Request<B>) -> Response<Body> {
-    match route(&store, &req).await {
+pub async fn respond<B>(ctx: Arc<ServeContext>, req: Request<B>) -> Response<Body> {
+    match route(&ctx, &req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route<B>(store: &Arc<Store>, req: &Request<B>) -> Result<Response<Body>, HttpError> {
+async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>, HttpError> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -37,7 +44,7 @@ async fn route<B>(store: &Arc<Store>, req: &Request<B>) -> Result<Response<Body>
         Target::Health => return Ok(text(StatusCode::OK, "ok\n")),
         Target::BundleRoot(id) => return Ok(redirect(&format!("/b/{id}/"))),
         Target::Folder(id, folder) => {
-            let manifest = manifest(store, &id)?;
+            let manifest = manifest(ctx, &id).await?;
             let index = if folder.is_empty() {
                 "index.html".to_owned()
             } else {
@@ -51,7 +58,7 @@ async fn route<B>(store: &Arc<Store>, req: &Request<B>) -> Result<Response<Body>
             }
             (id, manifest, index)
         }
-        Target::File(id, path) => (id, manifest(store, &id)?, path.to_string()),
+        Target::File(id, path) => (id, manifest(ctx, &id).await?, path.to_string()),
     };
     let Some(entry) = manifest.entry(&path) else {
         if manifest.is_folder(&path) {
@@ -60,13 +67,20 @@ async fn route<B>(store: &Arc<Store>, req: &Request<B>) -> Result<Response<Body>
         return Err(HttpError::NotFound("no such file in this bundle"));
     };
     tracing::trace!(bundle = %id, path, "serving");
-    serve_file(store, entry, req.headers(), head).await
+    serve_file(ctx, entry, req.headers(), head).await
 }
 
-fn manifest(store: &Store, id: &BundleId) -> Result<Arc<Manifest>, HttpError> {
-    match store.manifest(id) {
+/// The bundle's manifest: held here, or else from a peer through fetch-through.
+async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<Arc<Manifest>, HttpError> {
+    match ctx.store.manifest(id) {
         Ok(Some(m)) => Ok(m),
-        Ok(None) => Err(HttpError::NotFound("no such bundle here")),
+        Ok(None) => match &ctx.through {
+            Some(through) => through
+                .manifest(id)
+                .await
+                .ok_or(HttpError::NotFound("no such bundle here")),
+            None => Err(HttpError::NotFound("no such bundle here")),
+        },
         Err(e) => {
             tracing::error!(bundle = %id, error = %e, "reading manifest");
             Err(HttpError::Internal)
@@ -75,7 +89,7 @@ fn manifest(store: &Store, id: &BundleId) -> Result<Arc<Manifest>, HttpError> {
 }
 
 async fn serve_file(
-    store: &Arc<Store>,
+    ctx: &ServeContext,
     entry: &ManifestEntry,
     headers: &HeaderMap,
     head: bool,
@@ -118,6 +132,7 @@ async fn serve_file(
             r
         }
     };
+    let store = &ctx.store;
     if store.is_damaged(&entry.hash) {
         return Err(HttpError::Unavailable(
             "file damaged on this node, repair pending",
@@ -131,7 +146,12 @@ async fn serve_file(
         value(&(range.end - range.start).to_string()),
     );
     if !head && !range.is_empty() {
-        *response.body_mut() = verified_body(store, entry, range).await?;
+        *response.body_mut() = match &ctx.through {
+            Some(through) if store.blob_size(&entry.hash).is_none() => {
+                through_body(store, through, entry, range).await?
+            }
+            _ => verified_body(store, entry, range).await?,
+        };
     }
     Ok(response)
 }
@@ -158,7 +178,7 @@ async fn verified_body(
         .map_err(|()| HttpError::Unavailable("file damaged on this node, repair pending"))?;
         return Ok(Body::full(bytes));
     }
-    let (tx, mut rx) = mpsc::channel(PIECES_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let reader_store = store.clone();
     tokio::task::spawn_blocking(move || {
         let sent = read(&reader_store, &files, range, |b| {
@@ -169,16 +189,77 @@ async fn verified_body(
             let _ = tx.blocking_send(Err(cut));
         }
     });
+    first_piece(rx, len, "file damaged on this node, repair pending").await
+}
+
+/// Waits for a reader's first piece before the response head goes out, so a
+/// failure at the start gets an error status rather than a cut 200.
+async fn first_piece(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    len: u64,
+    failure: &'static str,
+) -> Result<Body, HttpError> {
     match rx.recv().await {
         Some(Ok(first)) => Ok(Body::Stream {
             remaining: len,
             first: Some(first),
             pieces: rx,
         }),
-        _ => Err(HttpError::Unavailable(
-            "file damaged on this node, repair pending",
-        )),
+        _ => Err(HttpError::Unavailable(failure)),
     }
+}
+
+/// Streams a range of a blob only peers hold: segment by segment, each fetched
+/// (verified) from a peer when missing, then read back verified.
+async fn through_body(
+    store: &Arc<Store>,
+    through: &Arc<FetchThrough>,
+    entry: &ManifestEntry,
+    range: Range<u64>,
+) -> Result<Body, HttpError> {
+    let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+    let len = range.end - range.start;
+    let (store, through, hash, size) = (store.clone(), through.clone(), entry.hash, entry.size);
+    tokio::spawn(async move {
+        for segment in segments(range) {
+            let source = through.ensure(hash, size, segment.clone()).await;
+            let files = match source {
+                Ok(Source::Stored) => store.open_blob(&hash, size),
+                Ok(Source::Partial) => store.open_partial(&hash, size),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let sent = match files {
+                Ok(files) => {
+                    let tx = tx.clone();
+                    let read =
+                        move || files.read_verified(segment, |b| tx.blocking_send(Ok(b)).is_ok());
+                    matches!(tokio::task::spawn_blocking(read).await, Ok(Ok(())))
+                }
+                Err(_) => false,
+            };
+            if !sent {
+                let _ = tx
+                    .send(Err(std::io::Error::other("fetch-through failed")))
+                    .await;
+                return;
+            }
+        }
+    });
+    first_piece(rx, len, "not available from any peer right now").await
+}
+
+/// Cuts a range at [`THROUGH_SEGMENT`] boundaries: the unit fetched then served.
+fn segments(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
+    let mut start = range.start;
+    std::iter::from_fn(move || {
+        if start >= range.end {
+            return None;
+        }
+        let end = ((start / THROUGH_SEGMENT + 1) * THROUGH_SEGMENT).min(range.end);
+        let segment = start..end;
+        start = end;
+        Some(segment)
+    })
 }
 
 /// A verified read that marks the blob damaged when it fails.
@@ -231,4 +312,17 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 /// content types checked when the manifest was decoded, request paths).
 fn value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_follow_megabyte_boundaries() {
+        let mib = THROUGH_SEGMENT;
+        let cut: Vec<_> = segments(10..2 * mib + 5).collect();
+        assert_eq!(cut, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
+        assert_eq!(segments(5..5).count(), 0);
+    }
 }

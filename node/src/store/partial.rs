@@ -14,7 +14,7 @@ use bao_tree::{BaoTree, TreeNode};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
 use super::verify::{BLOCK_SIZE, GROUP_BYTES};
-use super::{BundleSummary, Store, StoreError, io_at, layout};
+use super::{BlobFiles, BundleSummary, Store, StoreError, io_at, layout};
 
 /// A blob being fetched.
 #[derive(Debug)]
@@ -130,6 +130,23 @@ impl Store {
             },
             done,
             paths,
+        })
+    }
+
+    /// Opens the partial files of a blob for a verified read of the groups done.
+    pub fn open_partial(&self, hash: &BlobHash, size: u64) -> io::Result<BlobFiles> {
+        let dir = self.layout.partial_dir();
+        let hex = hash.to_hex();
+        let outboard = if size > GROUP_BYTES {
+            Some(File::open(dir.join(format!("{hex}.obao")))?)
+        } else {
+            None
+        };
+        Ok(BlobFiles {
+            hash: *hash,
+            size,
+            data: File::open(dir.join(hex))?,
+            outboard,
         })
     }
 

@@ -105,8 +105,12 @@ impl BlobFiles {
                 "outboard missing",
             ))),
             Some(file) if self.tree().outboard_size() <= OUTBOARD_IN_MEMORY => {
-                let mut pairs = vec![0u8; self.tree().outboard_size() as usize];
+                // A partial outboard may be shorter: pairs not written yet stay
+                // zero, which never verifies.
+                let full = self.tree().outboard_size();
+                let mut pairs = vec![0u8; file.metadata()?.len().min(full) as usize];
                 file.read_exact_at(0, &mut pairs)?;
+                pairs.resize(full as usize, 0);
                 self.read_tree(self.outboard_over(pairs), range, &mut emit)
             }
             Some(file) => self.read_tree(self.outboard_over(file), range, &mut emit),

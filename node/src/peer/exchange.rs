@@ -1,0 +1,188 @@
+//! One request to one peer, seen from the asking side: a manifest, or some
+//! chunk groups of a blob verified as they arrive and written to the blob's
+//! partial files. Shared by background fetches and fetch-through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bao_tree::io::sync::DecodeResponseIter;
+use bao_tree::io::{BaoContentItem, DecodeError as BaoDecodeError};
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
+use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response};
+use cartable_proto::{BlobHash, BundleId, Manifest};
+use tokio_util::io::SyncIoBridge;
+
+use super::frame;
+use super::rate::RateLimit;
+use super::stall::StallGuard;
+use crate::store::verify::BLOCK_SIZE;
+use crate::store::{PartialBlob, Store};
+
+/// Silence after which a peer's stream counts as stalled.
+pub const STALL_LIMIT: Duration = Duration::from_secs(15);
+
+/// Why one peer could not answer.
+#[derive(Debug)]
+pub enum PeerFailure {
+    /// It does not hold it, or is busy: ask another.
+    Missing,
+    /// It broke the protocol or sent bytes that failed verification: drop it.
+    Lied(String),
+    /// The connection failed or stalled: drop it.
+    Gone(String),
+}
+
+/// Where verified groups go.
+#[derive(Debug, Clone)]
+pub struct GroupSink {
+    /// The blob's partial files; `None` once committed.
+    pub partial: Arc<Mutex<Option<PartialBlob>>>,
+    /// The store, for checkpoints.
+    pub store: Arc<Store>,
+    /// Counts verified bytes received.
+    pub received: Arc<AtomicU64>,
+    /// A bandwidth cap, for background copies.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+impl GroupSink {
+    fn with_partial(
+        &self,
+        f: &mut dyn FnMut(&mut PartialBlob) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut guard = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().map_or(Ok(()), &mut *f)
+    }
+}
+
+/// Asks `conn` for a bundle's manifest, checked against the id.
+pub async fn ask_manifest(
+    conn: &quinn::Connection,
+    bundle: BundleId,
+) -> Result<Manifest, PeerFailure> {
+    let mut recv = send_request(conn, &Request::Manifest(bundle)).await?;
+    match read_answer(&mut recv).await? {
+        Response::Manifest(bytes) if BundleId::of_manifest(&bytes) == bundle => {
+            Manifest::decode(&bytes).map_err(|e| PeerFailure::Lied(format!("manifest: {e}")))
+        }
+        Response::Manifest(_) => Err(PeerFailure::Lied(
+            "manifest does not match the bundle id".into(),
+        )),
+        Response::Error(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
+            Err(PeerFailure::Missing)
+        }
+        other => Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Asks `conn` for `groups` of a blob of `size` bytes and stores what verifies.
+pub async fn request_groups(
+    conn: &quinn::Connection,
+    hash: BlobHash,
+    size: u64,
+    groups: GroupRanges,
+    sink: GroupSink,
+) -> Result<(), PeerFailure> {
+    let request = Request::Blob {
+        hash,
+        groups: groups.clone(),
+    };
+    let mut recv = send_request(conn, &request).await?;
+    match read_answer(&mut recv).await? {
+        Response::Blob { size: claimed } if claimed == size => {}
+        Response::Blob { size: claimed } => {
+            return Err(PeerFailure::Lied(format!(
+                "size {claimed}, manifest says {size}"
+            )));
+        }
+        Response::Error(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
+            return Err(PeerFailure::Missing);
+        }
+        other => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
+    }
+    let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
+    tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
+        .await
+        .map_err(|e| PeerFailure::Gone(e.to_string()))?
+}
+
+async fn send_request(
+    conn: &quinn::Connection,
+    request: &Request,
+) -> Result<quinn::RecvStream, PeerFailure> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
+    frame::write_frame(&mut send, &request.encode())
+        .await
+        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
+    let _ = send.finish();
+    Ok(recv)
+}
+
+async fn read_answer(recv: &mut quinn::RecvStream) -> Result<Response, PeerFailure> {
+    match tokio::time::timeout(STALL_LIMIT, frame::read_response(recv)).await {
+        Err(_) => Err(PeerFailure::Gone("stalled".into())),
+        Ok(Err(frame::FrameError::Decode(e))) => Err(PeerFailure::Lied(format!("answer: {e}"))),
+        Ok(Err(e)) => Err(PeerFailure::Gone(e.to_string())),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// Verifies the encoded stream and stores each verified part.
+fn decode(
+    sink: &GroupSink,
+    hash: BlobHash,
+    size: u64,
+    groups: &GroupRanges,
+    encoded: impl std::io::Read,
+) -> Result<(), PeerFailure> {
+    let tree = BaoTree::new(size, BLOCK_SIZE);
+    let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
+    for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunk_ranges(groups)) {
+        match item {
+            Ok(BaoContentItem::Parent(p)) => sink
+                .with_partial(&mut |b| b.save_pair(p.node, &p.pair))
+                .map_err(local)?,
+            Ok(BaoContentItem::Leaf(leaf)) => {
+                if let Some(rate) = &sink.rate {
+                    rate.take(leaf.data.len() as u64);
+                }
+                sink.with_partial(&mut |b| b.write_group(leaf.offset, &leaf.data))
+                    .map_err(local)?;
+                sink.received
+                    .fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
+            }
+            Err(BaoDecodeError::Io(e)) => return Err(PeerFailure::Gone(e.to_string())),
+            Err(other) => return Err(PeerFailure::Lied(format!("{other:?}"))),
+        }
+    }
+    sink.with_partial(&mut |b| {
+        if groups.ranges().iter().any(|g| b.missing_in(g)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "stream ended early",
+            ));
+        }
+        b.checkpoint(&sink.store)
+    })
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            PeerFailure::Lied("stream ended before every group was sent".into())
+        }
+        _ => local(e),
+    })
+}
+
+/// The bao chunk ranges of chunk-group ranges (16 chunks a group).
+pub fn chunk_ranges(groups: &GroupRanges) -> ChunkRanges {
+    let mut chunks = ChunkRanges::empty();
+    for g in groups.ranges() {
+        chunks |= ChunkRanges::from(
+            ChunkNum(g.start.saturating_mul(16))..ChunkNum(g.end.saturating_mul(16)),
+        );
+    }
+    chunks
+}
