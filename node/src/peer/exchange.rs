@@ -9,7 +9,7 @@ use std::time::Duration;
 use bao_tree::io::sync::DecodeResponseIter;
 use bao_tree::io::{BaoContentItem, DecodeError as BaoDecodeError};
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
-use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response};
+use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 use tokio_util::io::SyncIoBridge;
 
@@ -25,8 +25,10 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(15);
 /// Why one peer could not answer.
 #[derive(Debug)]
 pub enum PeerFailure {
-    /// It does not hold it, or is busy: ask another.
+    /// It does not hold it: ask another.
     Missing,
+    /// It is overloaded: ask again after the delay it gave.
+    Busy(Duration),
     /// It broke the protocol or sent bytes that failed verification: drop it.
     Lied(String),
     /// The connection failed or stalled: drop it.
@@ -69,9 +71,7 @@ pub async fn ask_manifest(
         Response::Manifest(_) => Err(PeerFailure::Lied(
             "manifest does not match the bundle id".into(),
         )),
-        Response::Error(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
-            Err(PeerFailure::Missing)
-        }
+        Response::Error(e) => Err(refusal(&e)),
         other => Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
     }
 }
@@ -96,15 +96,24 @@ pub async fn request_groups(
                 "size {claimed}, manifest says {size}"
             )));
         }
-        Response::Error(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Busy) => {
-            return Err(PeerFailure::Missing);
-        }
+        Response::Error(e) => return Err(refusal(&e)),
         other => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
     }
     let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
     tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
         .await
         .map_err(|e| PeerFailure::Gone(e.to_string()))?
+}
+
+/// What a typed error from a peer means for the asker.
+fn refusal(e: &WireError) -> PeerFailure {
+    match e.kind {
+        ErrorKind::NotFound => PeerFailure::Missing,
+        ErrorKind::Busy => PeerFailure::Busy(Duration::from_millis(
+            u64::from(e.retry_after_ms).min(10_000),
+        )),
+        _ => PeerFailure::Lied(format!("refused a valid request: {e}")),
+    }
 }
 
 async fn send_request(

@@ -173,7 +173,7 @@ async fn manifest_from(
     for peer in peers.iter().flatten() {
         match ask_manifest(&peer.conn, bundle).await {
             Ok(m) => return Ok(m),
-            Err(PeerFailure::Missing) => lacking += 1,
+            Err(PeerFailure::Missing | PeerFailure::Busy(_)) => lacking += 1,
             Err(PeerFailure::Lied(why)) => liars.push((peer.addr.id, why)),
             Err(PeerFailure::Gone(why)) => {
                 tracing::warn!(peer = %peer.addr.id, reason = why, "peer lost")
@@ -280,6 +280,14 @@ impl Fetch {
             };
             match self.fetch_unit(conn, &unit).await {
                 Ok(()) => self.unit_done(&unit),
+                Err(PeerFailure::Busy(delay)) => {
+                    // Not this peer's fault: come back to it later.
+                    tokio::time::sleep(delay).await;
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(unit);
+                }
                 Err(failure) => {
                     if matches!(failure, PeerFailure::Missing) {
                         unit.lacking.push(index);
@@ -311,7 +319,7 @@ impl Fetch {
         };
         let id = peer.addr.id;
         match failure {
-            PeerFailure::Missing => return,
+            PeerFailure::Missing | PeerFailure::Busy(_) => return,
             PeerFailure::Lied(why) => {
                 tracing::warn!(peer = %id, reason = why, "peer sent data that failed verification; dropped");
                 self.liars

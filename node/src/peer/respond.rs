@@ -2,14 +2,17 @@
 //! with its cap, answered from the store, and every byte sent verified first.
 //! A request that does not decode gets a typed error; the node goes on.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use cartable_proto::cert::node_id_of_cert;
 use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
-use cartable_proto::{BlobHash, BundleId, DecodeError};
+use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
-use tokio::sync::mpsc;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::endpoint::PeerEndpoint;
 use super::frame::{self, FrameError};
@@ -18,20 +21,33 @@ use crate::store::Store;
 /// Encoded bytes handed from the disk reader to the stream at a time.
 const PIECE_BYTES: usize = 256 * 1024;
 
+/// Connections one peer may hold open at once; more are closed at once.
+const MAX_CONNECTIONS_PER_PEER: usize = 4;
+/// Blob streams served at once, all peers together; beyond, peers get `Busy`.
+const MAX_BLOB_STREAMS: usize = 64;
+/// When a busy node asks peers to come back.
+const BUSY_RETRY_MS: u32 = 1000;
+
 /// Accepts members' connections and answers their requests until the endpoint closes.
 pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
+    let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
+    let streams = Arc::new(Semaphore::new(MAX_BLOB_STREAMS));
     while let Some(incoming) = endpoint.accept().await {
-        let store = store.clone();
+        let (store, open, streams) = (store.clone(), open.clone(), streams.clone());
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => return tracing::debug!(error = %e, "peer handshake failed"),
             };
+            let Some(_slot) = ConnectionSlot::take(&open, &conn) else {
+                conn.close(1u32.into(), b"too many connections");
+                return;
+            };
             let peer = conn.remote_address();
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let store = store.clone();
+                let (store, streams) = (store.clone(), streams.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answer(send, recv, store).await {
+                    if let Err(e) = answer(send, recv, store, streams).await {
                         tracing::debug!(%peer, error = %e, "peer stream ended");
                     }
                 });
@@ -40,10 +56,50 @@ pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
     }
 }
 
+/// One of a peer's connections, counted while it lives.
+struct ConnectionSlot {
+    open: Arc<Mutex<HashMap<NodeId, usize>>>,
+    peer: NodeId,
+}
+
+impl ConnectionSlot {
+    fn take(open: &Arc<Mutex<HashMap<NodeId, usize>>>, conn: &quinn::Connection) -> Option<Self> {
+        let certs = conn
+            .peer_identity()?
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .ok()?;
+        let peer = node_id_of_cert(certs.first()?).ok()?;
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(peer).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PEER {
+            tracing::warn!(%peer, "too many connections from one peer, closing");
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
 async fn answer(
     mut send: SendStream,
     mut recv: RecvStream,
     store: Arc<Store>,
+    streams: Arc<Semaphore>,
 ) -> Result<(), FrameError> {
     let request = match frame::read_request(&mut recv).await {
         Ok(request) => request,
@@ -60,7 +116,13 @@ async fn answer(
         Err(e) => return Err(e),
     };
     let response = match request {
-        Request::Blob { hash, groups } => return send_blob(send, &store, hash, groups).await,
+        Request::Blob { hash, groups } => match streams.try_acquire_owned() {
+            Ok(_permit) => return send_blob(send, &store, hash, groups).await,
+            Err(_) => Response::Error(WireError {
+                retry_after_ms: BUSY_RETRY_MS,
+                ..WireError::new(ErrorKind::Busy, "serving too many blobs")
+            }),
+        },
         Request::Manifest(id) => manifest(&store, &id),
         Request::Has(hashes) => Response::Has(
             hashes

@@ -117,7 +117,7 @@ impl FetchThrough {
                     cache.insert(*id, m.clone());
                     return Some(m);
                 }
-                Err(PeerFailure::Missing) => {}
+                Err(PeerFailure::Missing | PeerFailure::Busy(_)) => {}
                 Err(failure) => {
                     tracing::warn!(peer = %peer.id, ?failure, "manifest fetch-through failed")
                 }
@@ -197,7 +197,7 @@ impl FetchThrough {
             };
             match request_groups(&conn, hash, size, groups.clone(), sink).await {
                 Ok(()) => return Ok(()),
-                Err(PeerFailure::Missing) => {}
+                Err(PeerFailure::Missing | PeerFailure::Busy(_)) => {}
                 Err(failure) => {
                     tracing::warn!(peer = %peer.id, blob = %hash, ?failure, "fetch-through from peer failed");
                     self.conns.lock().await.remove(&peer.id);
