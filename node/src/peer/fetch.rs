@@ -331,6 +331,8 @@ impl Fetch {
                 tracing::warn!(peer = %id, reason = why, "peer lost; dropped")
             }
         }
+        // Closing fails its other streams at once, so their units move on.
+        peer.conn.close(1u32.into(), b"dropped");
         peers[index] = None;
     }
 
