@@ -8,7 +8,9 @@ use cartable_proto::BlobHash;
 use cartable_tests::{HttpsClient, Node, browser, cli, sample_lesson};
 
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(29) ^ (i >> 16) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29) ^ (i >> 16) as u8)
+        .collect()
 }
 
 /// A holds `lesson`; B has A as its peer. Returns (A, B, bundle id).
@@ -23,9 +25,15 @@ fn pair(dir: &Path, lesson: &Path) -> anyhow::Result<(Node, Node, String)> {
 
 fn fetched_through(node: &Node) -> anyhow::Result<u64> {
     let out = node.cli(&["stats"])?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    stats["through_bytes_received"].as_u64().ok_or_else(|| anyhow::anyhow!("no counter"))
+    stats["through_bytes_received"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no counter"))
 }
 
 fn large_lesson(dir: &Path, len: usize) -> anyhow::Result<(std::path::PathBuf, Vec<u8>)> {
@@ -43,7 +51,10 @@ async fn a_node_serves_a_lesson_only_its_peer_holds() -> anyhow::Result<()> {
     let client = HttpsClient::for_node(&b)?;
     let page = client.get(&format!("/b/{bundle}/"), &[]).await?;
     assert_eq!(page.status, 200);
-    assert_eq!(page.body, std::fs::read(sample_lesson().join("index.html"))?);
+    assert_eq!(
+        page.body,
+        std::fs::read(sample_lesson().join("index.html"))?
+    );
     let unknown = client.get(&format!("/b/{}/", "cd".repeat(32)), &[]).await?;
     assert_eq!(unknown.status, 404, "a bundle no peer holds");
     Ok(())
@@ -61,11 +72,23 @@ async fn a_range_near_the_end_fetches_only_the_groups_it_needs() -> anyhow::Resu
     assert_eq!(tail.status, 206);
     assert_eq!(tail.body, video[len - 100_000..]);
     let fetched = fetched_through(&b)?;
-    assert!(fetched <= 1 << 20, "a 100 kB range fetched {fetched} bytes upstream");
+    assert!(
+        fetched <= 1 << 20,
+        "a 100 kB range fetched {fetched} bytes upstream"
+    );
     let whole = client.get(&path, &[]).await?;
-    assert!(whole.status == 200 && whole.body == video, "the whole file, verified");
-    assert!(fetched_through(&b)? <= len as u64 + (1 << 20), "nothing fetched twice");
-    let stored = b.data_dir().join("blobs").join(BlobHash::of(&video).to_hex());
+    assert!(
+        whole.status == 200 && whole.body == video,
+        "the whole file, verified"
+    );
+    assert!(
+        fetched_through(&b)? <= len as u64 + (1 << 20),
+        "nothing fetched twice"
+    );
+    let stored = b
+        .data_dir()
+        .join("blobs")
+        .join(BlobHash::of(&video).to_hex());
     assert!(stored.exists(), "the complete blob moved into B's store");
     Ok(())
 }
@@ -87,7 +110,11 @@ async fn concurrent_browsers_share_one_upstream_fetch() -> anyhow::Result<()> {
         let reply = reply??;
         assert!(reply.status == 200 && reply.body == video);
     }
-    assert_eq!(fetched_through(&b)?, len as u64, "each byte fetched once for four browsers");
+    assert_eq!(
+        fetched_through(&b)?,
+        len as u64,
+        "each byte fetched once for four browsers"
+    );
     Ok(())
 }
 
