@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 use crate::peer::PeerAddr;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
+use crate::peer::reputation::Reputation;
 use crate::peer::through::FetchThrough;
 use crate::store::Store;
 
@@ -66,6 +67,8 @@ pub enum Request {
 pub struct Stats {
     /// Verified bytes fetched through from peers for browsers.
     pub through_bytes_received: u64,
+    /// Data that failed verification, by the peer that sent it.
+    pub verification_failures: std::collections::BTreeMap<NodeId, u64>,
 }
 
 /// The daemon's addresses, answered to [`Request::Info`].
@@ -165,6 +168,8 @@ pub struct AdminContext {
     pub peers: PeerEndpoint,
     /// Its fetch-through, for counters.
     pub through: Option<Arc<FetchThrough>>,
+    /// Peers caught lying, counted.
+    pub reputation: Arc<Reputation>,
 }
 
 async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyhow::Result<()> {
@@ -183,6 +188,7 @@ async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyho
             tracing::info!(%bundle, "admin request: fetch");
             let options = FetchOptions {
                 rate,
+                reputation: ctx.reputation.clone(),
                 ..FetchOptions::default()
             };
             match fetch_bundle(&ctx.peers, ctx.store.clone(), bundle, &from, options).await {
@@ -192,6 +198,7 @@ async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyho
         }
         Ok(Request::Stats) => Response::Ok(serde_json::to_value(Stats {
             through_bytes_received: ctx.through.as_ref().map_or(0, |t| t.bytes_received()),
+            verification_failures: ctx.reputation.failures(),
         })?),
         Ok(request) => {
             tracing::info!(?request, "admin request");

@@ -315,6 +315,7 @@ async fn fetch_here(
     let options = FetchOptions {
         rate,
         progress: Arc::new(move |d, t| progress.update(d, t)),
+        ..FetchOptions::default()
     };
     let report = fetch_bundle(&endpoint, store, bundle, from, options).await;
     endpoint.close();

@@ -11,6 +11,7 @@ use crate::config::NodeConfig;
 use crate::identity::Identity;
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
 use crate::serve::{HttpsServer, ServeContext};
@@ -39,11 +40,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         id: identity.id(),
     };
     let peers_task = tokio::spawn(serve_peers(peers.clone(), store.clone()));
+    let reputation = Arc::new(Reputation::default());
     let through = (!config.quic.peers.is_empty()).then(|| {
         Arc::new(FetchThrough::new(
             peers.clone(),
             config.quic.peers.clone(),
             store.clone(),
+            reputation.clone(),
         ))
     });
     let admin = AdminServer::bind(&data_dir)?;
@@ -52,6 +55,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         info: info.clone(),
         peers: peers.clone(),
         through: through.clone(),
+        reputation,
     })));
     let mut stdout = std::io::stdout().lock();
     writeln!(

@@ -19,8 +19,10 @@ use super::stall::StallGuard;
 use crate::store::verify::BLOCK_SIZE;
 use crate::store::{PartialBlob, Store};
 
-/// Silence after which a peer's stream counts as stalled.
-pub const STALL_LIMIT: Duration = Duration::from_secs(15);
+/// Silence after which a peer's stream counts as stalled. A dead peer is only
+/// noticed this way (QUIC would wait for its idle timeout), so it is short;
+/// a live peer sends a 16 KiB group far more often than this even on a slow link.
+pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why one peer could not answer.
 #[derive(Debug)]

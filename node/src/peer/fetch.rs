@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cartable_proto::wire::GroupRanges;
@@ -19,6 +20,7 @@ use super::PeerAddr;
 use super::endpoint::PeerEndpoint;
 use super::exchange::{GroupSink, PeerFailure, ask_manifest, request_groups};
 use super::rate::RateLimit;
+use super::reputation::Reputation;
 use crate::store::{PartialBlob, Store};
 
 /// Largest unit of work: 4 MiB, so a large file spreads over every peer.
@@ -33,6 +35,8 @@ pub struct FetchOptions {
     pub rate: Option<u64>,
     /// Called with (bytes done, bytes in the bundle) as units complete.
     pub progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    /// Where peers that lie are counted.
+    pub reputation: Arc<Reputation>,
 }
 
 impl std::fmt::Debug for FetchOptions {
@@ -48,6 +52,7 @@ impl Default for FetchOptions {
         Self {
             rate: None,
             progress: Arc::new(|_, _| {}),
+            reputation: Arc::default(),
         }
     }
 }
@@ -73,6 +78,16 @@ struct Peer {
     conn: quinn::Connection,
 }
 
+/// Which peer a unit goes to.
+enum Pick {
+    /// This one (its index in the table).
+    Peer(usize, quinn::Connection),
+    /// Every candidate has [`UNITS_PER_PEER`] requests in flight.
+    AllFull,
+    /// No live peer is left that might hold the unit.
+    NoneLeft,
+}
+
 /// Part of a blob to fetch, and the peers that said they lack it.
 struct Unit {
     hash: BlobHash,
@@ -95,6 +110,8 @@ struct Fetch {
     queue: Mutex<VecDeque<Unit>>,
     jobs: HashMap<BlobHash, Arc<BlobJob>>,
     next_peer: AtomicUsize,
+    /// Requests in flight, per peer index.
+    inflight: Mutex<Vec<usize>>,
     received: Arc<AtomicU64>,
     done: AtomicU64,
     total: u64,
@@ -113,7 +130,7 @@ pub async fn fetch_bundle(
 ) -> anyhow::Result<FetchReport> {
     let connected = connect_all(endpoint, peers).await;
     let mut liars = Vec::new();
-    let manifest = manifest_from(&connected, &mut liars, bundle).await?;
+    let manifest = manifest_from(&connected, &mut liars, bundle, &options.reputation).await?;
     let fetch = Arc::new(Fetch::plan(
         store.clone(),
         &manifest,
@@ -168,13 +185,17 @@ async fn manifest_from(
     peers: &[Option<Peer>],
     liars: &mut Vec<(NodeId, String)>,
     bundle: BundleId,
+    reputation: &Reputation,
 ) -> anyhow::Result<Manifest> {
     let mut lacking = 0;
     for peer in peers.iter().flatten() {
         match ask_manifest(&peer.conn, bundle).await {
             Ok(m) => return Ok(m),
             Err(PeerFailure::Missing | PeerFailure::Busy(_)) => lacking += 1,
-            Err(PeerFailure::Lied(why)) => liars.push((peer.addr.id, why)),
+            Err(PeerFailure::Lied(why)) => {
+                reputation.report(peer.addr.id, &why);
+                liars.push((peer.addr.id, why));
+            }
             Err(PeerFailure::Gone(why)) => {
                 tracing::warn!(peer = %peer.addr.id, reason = why, "peer lost")
             }
@@ -225,6 +246,7 @@ impl Fetch {
                 lacking: vec![],
             }));
         }
+        let peer_count = peers.len();
         Ok(Self {
             store,
             peers: Mutex::new(peers),
@@ -232,6 +254,7 @@ impl Fetch {
             queue: Mutex::new(queue),
             jobs,
             next_peer: AtomicUsize::new(0),
+            inflight: Mutex::new(vec![0; peer_count]),
             received: Arc::new(AtomicU64::new(0)),
             done: AtomicU64::new(done),
             total: manifest.total_size(),
@@ -273,12 +296,26 @@ impl Fetch {
             else {
                 return;
             };
-            let Some((index, conn)) = self.pick_peer(&unit) else {
-                let why = format!("no reachable peer could provide blob {}", unit.hash);
-                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                return;
+            let (index, conn) = match self.pick_peer(&unit) {
+                Pick::Peer(index, conn) => (index, conn),
+                Pick::AllFull => {
+                    // Every candidate has its share in flight: let one finish.
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_front(unit);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Pick::NoneLeft => {
+                    let why = format!("no reachable peer could provide blob {}", unit.hash);
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    return;
+                }
             };
-            match self.fetch_unit(conn, &unit).await {
+            let result = self.fetch_unit(conn, &unit).await;
+            self.inflight.lock().unwrap_or_else(|e| e.into_inner())[index] -= 1;
+            match result {
                 Ok(()) => self.unit_done(&unit),
                 Err(PeerFailure::Busy(delay)) => {
                     // Not this peer's fault: come back to it later.
@@ -302,14 +339,30 @@ impl Fetch {
         }
     }
 
-    /// A live peer not known to lack the unit, taking peers in turn.
-    fn pick_peer(&self, unit: &Unit) -> Option<(usize, quinn::Connection)> {
+    /// A live peer not known to lack the unit and with room for one more
+    /// request, taking peers in turn. The cap keeps a dead or stalled peer from
+    /// holding every worker while the others sit idle.
+    fn pick_peer(&self, unit: &Unit) -> Pick {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let start = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        (0..peers.len())
+        let candidates: Vec<usize> = (0..peers.len())
             .map(|k| (start + k) % peers.len())
-            .filter(|i| !unit.lacking.contains(i))
-            .find_map(|i| peers[i].as_ref().map(|p| (i, p.conn.clone())))
+            .filter(|i| !unit.lacking.contains(i) && peers[*i].is_some())
+            .collect();
+        let Some(&i) = candidates.iter().find(|i| inflight[**i] < UNITS_PER_PEER) else {
+            return if candidates.is_empty() {
+                Pick::NoneLeft
+            } else {
+                Pick::AllFull
+            };
+        };
+        inflight[i] += 1;
+        let conn = peers[i]
+            .as_ref()
+            .map(|p| p.conn.clone())
+            .expect("candidates are live");
+        Pick::Peer(i, conn)
     }
 
     fn drop_peer(&self, index: usize, failure: PeerFailure) {
@@ -321,7 +374,7 @@ impl Fetch {
         match failure {
             PeerFailure::Missing | PeerFailure::Busy(_) => return,
             PeerFailure::Lied(why) => {
-                tracing::warn!(peer = %id, reason = why, "peer sent data that failed verification; dropped");
+                self.options.reputation.report(id, &why);
                 self.liars
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

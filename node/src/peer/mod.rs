@@ -7,6 +7,7 @@
 //! - [`exchange`]: one request to one peer, its answer verified into a partial blob.
 //! - [`fetch`]: copying a bundle from peers, verifying every byte, resuming.
 //! - [`through`]: fetch-through, serving browsers bundles held only by peers.
+//! - [`reputation`]: verification failures counted per peer.
 //! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod exchange;
 pub mod fetch;
 pub mod frame;
 pub mod rate;
+pub mod reputation;
 pub mod respond;
 pub mod stall;
 pub mod through;

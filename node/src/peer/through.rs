@@ -16,6 +16,7 @@ use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 use super::PeerAddr;
 use super::endpoint::PeerEndpoint;
 use super::exchange::{GroupSink, PeerFailure, ask_manifest, request_groups};
+use super::reputation::Reputation;
 use crate::store::verify::GROUP_BYTES;
 use crate::store::{PartialBlob, Store};
 
@@ -54,15 +55,22 @@ pub struct FetchThrough {
     manifests: Mutex<HashMap<BundleId, Arc<Manifest>>>,
     slots: Mutex<HashMap<BlobHash, Arc<Slot>>>,
     received: Arc<AtomicU64>,
+    reputation: Arc<Reputation>,
 }
 
 impl FetchThrough {
-    /// Fetch-through from `peers`, into `store`.
-    pub fn new(endpoint: PeerEndpoint, peers: Vec<PeerAddr>, store: Arc<Store>) -> Self {
+    /// Fetch-through from `peers`, into `store`; liars are counted in `reputation`.
+    pub fn new(
+        endpoint: PeerEndpoint,
+        peers: Vec<PeerAddr>,
+        store: Arc<Store>,
+        reputation: Arc<Reputation>,
+    ) -> Self {
         Self {
             endpoint,
             peers,
             store,
+            reputation,
             conns: Default::default(),
             manifests: Default::default(),
             slots: Default::default(),
@@ -199,8 +207,13 @@ impl FetchThrough {
                 Ok(()) => return Ok(()),
                 Err(PeerFailure::Missing | PeerFailure::Busy(_)) => {}
                 Err(failure) => {
+                    if let PeerFailure::Lied(why) = &failure {
+                        self.reputation.report(peer.id, why);
+                    }
                     tracing::warn!(peer = %peer.id, blob = %hash, ?failure, "fetch-through from peer failed");
-                    self.conns.lock().await.remove(&peer.id);
+                    if let Some(conn) = self.conns.lock().await.remove(&peer.id) {
+                        conn.close(1u32.into(), b"dropped");
+                    }
                 }
             }
         }
