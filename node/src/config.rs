@@ -28,6 +28,9 @@
 //! peers = ["5a38…@192.0.2.7:4433"]
 //! # Bandwidth cap of background copies (`fetch`), in MiB/s. Default: none.
 //! fetch_rate_mib_s = 20
+//! # Space for bundles served to browsers from peers (fetch-through), in MiB;
+//! # beyond it the oldest cached files are evicted. Default: 10240.
+//! cache_max_mib = 10240
 //! ```
 
 use std::net::SocketAddr;
@@ -63,6 +66,7 @@ struct FileQuic {
     #[serde(default)]
     peers: Vec<String>,
     fetch_rate_mib_s: Option<u64>,
+    cache_max_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +118,8 @@ pub struct QuicConfig {
     pub peers: Vec<PeerAddr>,
     /// Bandwidth cap of background copies, bytes per second.
     pub fetch_rate: Option<u64>,
+    /// Space for the fetch-through cache, bytes.
+    pub cache_max_bytes: u64,
 }
 
 /// The checked HTTPS settings.
@@ -203,6 +209,7 @@ impl NodeConfig {
                     .unwrap_or_else(|| DEFAULT_QUIC.parse().expect("valid default")),
                 peers,
                 fetch_rate: file.quic.fetch_rate_mib_s.map(|m| m << 20),
+                cache_max_bytes: file.quic.cache_max_mib.unwrap_or(10_240) << 20,
             },
         })
     }

@@ -47,6 +47,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             config.quic.peers.clone(),
             store.clone(),
             reputation.clone(),
+            config.quic.cache_max_bytes,
         ))
     });
     let admin = AdminServer::bind(&data_dir)?;

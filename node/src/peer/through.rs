@@ -1,7 +1,9 @@
 //! Fetch-through: a browser asks this node for a bundle it does not hold; the
 //! node fetches from its peers only the chunk groups the request needs,
 //! verified, into the blob's partial files, and serves them from there. A blob
-//! whose every group has arrived moves into the store. Concurrent requests for
+//! whose every group has arrived moves into the store as cache: past the cap,
+//! the cached blobs fetched longest ago are evicted (no bundle held here uses
+//! them; those a held bundle uses are never evicted). Concurrent requests for
 //! one blob wait for one upstream fetch rather than starting their own, and
 //! then find their groups already here.
 
@@ -56,6 +58,8 @@ pub struct FetchThrough {
     slots: Mutex<HashMap<BlobHash, Arc<Slot>>>,
     received: Arc<AtomicU64>,
     reputation: Arc<Reputation>,
+    /// Bytes of fetched-through blobs kept before the least recently used go.
+    cache_max_bytes: u64,
 }
 
 impl FetchThrough {
@@ -65,12 +69,14 @@ impl FetchThrough {
         peers: Vec<PeerAddr>,
         store: Arc<Store>,
         reputation: Arc<Reputation>,
+        cache_max_bytes: u64,
     ) -> Self {
         Self {
             endpoint,
             peers,
             store,
             reputation,
+            cache_max_bytes,
             conns: Default::default(),
             manifests: Default::default(),
             slots: Default::default(),
@@ -220,15 +226,26 @@ impl FetchThrough {
         Err(Unavailable(hash))
     }
 
+    /// Keeps a fetched-through blob as cache, evicting the oldest beyond the cap.
+    fn keep(&self, hash: &BlobHash, size: u64) {
+        if let Err(e) = self.store.use_cached(hash, size, self.cache_max_bytes) {
+            tracing::error!(blob = %hash, error = %e, "updating the fetch-through cache");
+        }
+    }
+
     fn commit_if_complete(&self, hash: &BlobHash, slot: &Slot) {
         let mut partial = slot.partial.lock().unwrap_or_else(|e| e.into_inner());
         if !partial.as_ref().is_some_and(PartialBlob::is_complete) {
             return;
         }
-        if let Some(complete) = partial.take()
-            && let Err(e) = self.store.commit_partial(complete)
-        {
-            tracing::error!(blob = %hash, error = %e, "storing a fetched-through blob");
+        if let Some(complete) = partial.take() {
+            let size = complete.size();
+            match self.store.commit_partial(complete) {
+                Ok(()) => self.keep(hash, size),
+                Err(e) => {
+                    tracing::error!(blob = %hash, error = %e, "storing a fetched-through blob")
+                }
+            }
         }
         self.slots
             .lock()

@@ -52,6 +52,8 @@ pub struct Index {
     blobs: sled::Tree,
     /// blob hash → why it was found damaged (UTF-8)
     damaged: sled::Tree,
+    /// blob hash → when it was cached (a counter, u64 BE): blobs kept as evictable cache
+    cached: sled::Tree,
 }
 
 fn ref_key(blob: &BlobHash, bundle: &BundleId) -> [u8; 64] {
@@ -74,6 +76,7 @@ impl Index {
             refs: db.open_tree("refs")?,
             blobs: db.open_tree("blobs")?,
             damaged: db.open_tree("damaged")?,
+            cached: db.open_tree("cached")?,
             db,
         })
     }
@@ -117,6 +120,7 @@ impl Index {
         for h in hashes {
             self.blobs.remove(h.as_bytes())?;
             self.damaged.remove(h.as_bytes())?;
+            self.cached.remove(h.as_bytes())?;
         }
         self.db.flush()?;
         Ok(())
@@ -179,6 +183,39 @@ impl Index {
     /// Whether any bundle references the blob.
     pub fn is_referenced(&self, hash: &BlobHash) -> bool {
         self.refs.scan_prefix(hash.as_bytes()).next().is_some()
+    }
+
+    /// Records a blob kept as cache, as the newest.
+    pub fn touch_cached(&self, hash: &BlobHash, size: u64) -> sled::Result<()> {
+        let now = self.db.generate_id()?;
+        self.cached.insert(hash.as_bytes(), &now.to_be_bytes())?;
+        self.blobs.insert(hash.as_bytes(), &size.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Cached blobs, oldest first, with their sizes.
+    pub fn cached_by_age(&self) -> sled::Result<Vec<(BlobHash, u64)>> {
+        let mut aged = Vec::new();
+        for item in self.cached.iter() {
+            let (k, v) = item?;
+            let used = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if let Some(hash) = hash_of(&k) {
+                aged.push((used, hash, self.blob_size(&hash).unwrap_or(0)));
+            }
+        }
+        aged.sort();
+        Ok(aged.into_iter().map(|(_, h, size)| (h, size)).collect())
+    }
+
+    /// Whether a blob is kept as cache.
+    pub fn is_cached(&self, hash: &BlobHash) -> bool {
+        matches!(self.cached.contains_key(hash.as_bytes()), Ok(true))
+    }
+
+    /// Stops treating a blob as cache.
+    pub fn uncache(&self, hash: &BlobHash) -> sled::Result<()> {
+        self.cached.remove(hash.as_bytes())?;
+        Ok(())
     }
 
     /// Marks a blob damaged, for repair.

@@ -72,7 +72,7 @@ impl Store {
         let indexed = self.index.blobs().map_err(|e| self.index_err(e))?;
         let mut orphans = Vec::new();
         for (hash, size) in &indexed {
-            if !self.index.is_referenced(hash) {
+            if !self.index.is_referenced(hash) && !self.index.is_cached(hash) {
                 orphans.push(*hash);
                 continue;
             }

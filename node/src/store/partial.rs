@@ -172,6 +172,37 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a blob fetched through for browsers as cache, then evicts the
+    /// cached blobs kept longest ago beyond `max_bytes`.
+    /// Blobs a held bundle references are never evicted: they leave the cache.
+    pub fn use_cached(&self, hash: &BlobHash, size: u64, max_bytes: u64) -> Result<(), StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        self.index
+            .touch_cached(hash, size)
+            .map_err(|e| self.index_err(e))?;
+        let mut cached = self.index.cached_by_age().map_err(|e| self.index_err(e))?;
+        cached.retain(|(h, _)| {
+            let pinned = self.index.is_referenced(h);
+            if pinned {
+                let _ = self.index.uncache(h);
+            }
+            !pinned
+        });
+        let mut total: u64 = cached.iter().map(|(_, size)| size).sum();
+        let mut evict = Vec::new();
+        for (h, size) in cached {
+            if total <= max_bytes || h == *hash {
+                break;
+            }
+            total -= size;
+            evict.push(h);
+        }
+        if !evict.is_empty() {
+            tracing::info!(blobs = evict.len(), "evicting cached blobs");
+        }
+        self.delete_blobs(&evict)
+    }
+
     /// Records a fetched bundle whose blobs are all in place.
     pub fn add_fetched_bundle(&self, manifest: &Manifest) -> Result<BundleSummary, StoreError> {
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());

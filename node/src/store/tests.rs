@@ -265,3 +265,41 @@ proptest! {
         prop_assert_eq!(&got[..], &bytes[start as usize..end as usize]);
     }
 }
+
+/// Stores `data` as if fetched through from a peer, then keeps it as cache.
+fn cache(store: &Store, data: &[u8], max: u64) -> anyhow::Result<BlobHash> {
+    let hash = BlobHash::of(data);
+    let mut partial = store.partial(&hash, data.len() as u64)?;
+    partial.write_group(0, data)?;
+    store.commit_partial(partial)?;
+    store.use_cached(&hash, data.len() as u64, max)?;
+    Ok(hash)
+}
+
+#[test]
+fn the_fetch_through_cache_evicts_the_oldest_beyond_its_cap() -> anyhow::Result<()> {
+    let (data, pinned_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store = Store::open(data.path())?;
+    let shared = pattern(10_000, 20);
+    lesson(pinned_dir.path(), &[("kept.bin", shared.clone())]);
+    let max = 25_000;
+    let first = cache(&store, &pattern(10_000, 21), max)?;
+    let pinned = cache(&store, &shared, max)?;
+    store.add_folder(pinned_dir.path())?;
+    let third = cache(&store, &pattern(10_000, 22), max)?;
+    let fourth = cache(&store, &pattern(10_000, 23), max)?;
+    let present = |h: &BlobHash| store.layout().blob(h).exists();
+    assert!(!present(&first), "the oldest cached blob went");
+    assert!(
+        present(&pinned),
+        "a blob a held bundle uses is never evicted"
+    );
+    assert!(
+        present(&third) && present(&fourth),
+        "the newest stay within the cap"
+    );
+    let report = store.check()?;
+    assert_eq!(report.orphans_removed, 0, "check keeps cached blobs");
+    assert!(present(&third) && present(&fourth));
+    Ok(())
+}
