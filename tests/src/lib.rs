@@ -8,9 +8,11 @@
 pub mod browser;
 pub mod client;
 pub mod node;
+/// Helpers shared by the peer-to-peer tests: sample lessons, serving nodes, lying peers.
+pub mod peers;
 
 pub use client::{HttpsClient, Reply};
-pub use node::{Node, cli, node_binary};
+pub use node::{Node, add_in, cli, cli_in, node_binary};
 
 /// The sample lesson shipped in `examples/lessons/fractions`.
 pub fn sample_lesson() -> std::path::PathBuf {

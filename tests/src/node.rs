@@ -45,6 +45,36 @@ pub fn cli(args: &[&str]) -> anyhow::Result<Output> {
         .context("running cartable-node")
 }
 
+/// Runs `cartable-node --data-dir DATA_DIR ARGS` to completion: the CLI against a
+/// node's folder whether or not that node is running.
+pub fn cli_in(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let dir = data_dir.to_str().context("data dir not UTF-8")?;
+    let mut all = vec!["--data-dir", dir];
+    all.extend_from_slice(args);
+    cli(&all)
+}
+
+/// Adds `folder` to the node on `data_dir` through the CLI and returns the
+/// bundle id: through the daemon if the node runs, straight into its store if
+/// not (so a node can be stocked before it starts).
+pub fn add_in(data_dir: &Path, folder: &Path) -> anyhow::Result<String> {
+    let out = cli_in(
+        data_dir,
+        &["add", folder.to_str().context("path not UTF-8")?],
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    Ok(stdout
+        .lines()
+        .next()
+        .context("add printed nothing")?
+        .to_owned())
+}
+
 /// A running `cartable-node serve`.
 #[derive(Debug)]
 pub struct Node {
@@ -131,31 +161,27 @@ impl Node {
 
     /// Runs a CLI command against this node's data folder.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let dir = self.data_dir.to_str().context("data dir not UTF-8")?;
-        let mut all = vec!["--data-dir", dir];
-        all.extend_from_slice(args);
-        cli(&all)
+        cli_in(&self.data_dir, args)
     }
 
     /// Adds a folder through the CLI (so through the daemon) and returns the id.
     pub fn add(&self, folder: &Path) -> anyhow::Result<String> {
-        let out = self.cli(&["add", folder.to_str().context("path not UTF-8")?])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout)?;
-        Ok(stdout
-            .lines()
-            .next()
-            .context("add printed nothing")?
-            .to_owned())
+        add_in(&self.data_dir, folder)
     }
 
     /// Stops the node with SIGTERM and waits for it.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.terminate()
+    }
+
+    /// Kills the node with SIGKILL and waits for it: a crash, with no chance to
+    /// drain or release its store, for tests of what peers and restarts survive.
+    /// Dropping it afterwards does nothing more.
+    pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        // `Child::kill` sends SIGKILL on Unix; `wait` reaps the process, so the
+        // later `terminate` in `drop` sees it exited and signals nothing.
+        self.child.kill()?;
+        Ok(self.child.wait()?)
     }
 
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {

@@ -6,134 +6,42 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cartable_node::identity::Identity;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_node::peer::frame::{read_request, write_frame};
-use cartable_node::store::Store;
-use cartable_proto::BlobHash;
-use cartable_proto::wire::{Request, Response};
-use cartable_tests::{Node, cli, node_binary};
-
-const GROUP: usize = 16 * 1024;
-
-/// Deterministic bytes (the same pattern as peers.rs).
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) ^ (i >> 14) as u8)
-        .collect()
-}
-
-/// The id of a node that has not started yet (its key is made on first use).
-fn node_id(data: &Path) -> anyhow::Result<String> {
-    let out = cli(&["--data-dir", data.to_str().context("path")?, "id"])?;
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
+use cartable_tests::peers::{
+    GROUP, Lie, has_checkpoint, lesson_of_sizes, pattern, serving, start_liar, stored_blob,
+};
+use cartable_tests::{add_in, cli_in, node_binary};
 
 /// Runs `cartable-node --data-dir DATA ARGS` and insists it succeeds.
 fn run_ok(data: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["--data-dir", data.to_str().context("path")?];
-    all.extend_from_slice(args);
-    let out = cli(&all)?;
+    let out = cli_in(data, args)?;
     anyhow::ensure!(
         out.status.success(),
-        "cartable-node {all:?} failed: {}{}",
+        "cartable-node --data-dir {data:?} {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Adds `lesson` to the (stopped) node in `data`; returns the bundle id.
-fn add(data: &Path, lesson: &Path) -> anyhow::Result<String> {
-    let out = run_ok(data, &["add", lesson.to_str().context("path")?])?;
-    Ok(out
-        .lines()
-        .next()
-        .context("add printed nothing")?
-        .to_owned())
-}
-
 /// A lesson of several non-empty files, so that whichever peer a blob starts
 /// at, the first peer is asked for at least one blob.
 fn several_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let sizes = [1, GROUP - 1, GROUP + 1, 2 * GROUP + 1, 1 << 20, 3 << 20];
-    std::fs::create_dir_all(dir)?;
-    let mut files = Vec::new();
-    for (i, size) in sizes.into_iter().enumerate() {
-        let (name, data) = (format!("f{i}-{size}.bin"), pattern(size, i as u8));
-        std::fs::write(dir.join(&name), &data)?;
-        files.push((name, data));
-    }
-    Ok(files)
+    lesson_of_sizes(dir, &sizes)
 }
 
 /// Every file is stored byte-exact in `b`, and `check` agrees.
 fn assert_copied(b: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     for (name, data) in files {
-        let stored = std::fs::read(b.join("blobs").join(BlobHash::of(data).to_hex()))
-            .with_context(|| format!("{name} not stored"))?;
+        let stored = stored_blob(b, data).with_context(|| format!("{name} not stored"))?;
         anyhow::ensure!(stored == *data, "{name}: stored bytes differ");
     }
     run_ok(b, &["check"])?;
     Ok(())
-}
-
-/// A `cartable-node serve` started here, not by the harness, so that the test
-/// can SIGKILL it. Killed on drop.
-struct Killable {
-    child: Child,
-    /// `NODEID@IP:PORT`
-    peer_addr: String,
-}
-
-impl Killable {
-    fn start(data: &Path, allowed: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(node_binary())
-            .arg("--data-dir")
-            .arg(data)
-            .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
-            .args(["--peer", allowed])
-            .env("CARTABLE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut node = Self {
-            child,
-            peer_addr: String::new(),
-        };
-        let line = first_line(stdout, Duration::from_secs(30)).context("no listening line")?;
-        let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name));
-        let (Some(quic), Some(id)) = (field("quic="), field("id=")) else {
-            anyhow::bail!("unexpected listening line {line:?}");
-        };
-        node.peer_addr = format!("{id}@{quic}");
-        Ok(node)
-    }
-}
-
-impl Drop for Killable {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The first line of `stream` within `limit`; the rest is drained.
-fn first_line(stream: impl Read + Send + 'static, limit: Duration) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    rx.recv_timeout(limit).ok().filter(|l| !l.is_empty())
 }
 
 /// A `cartable-node fetch --json` child; its stderr lines are kept with the
@@ -154,7 +62,7 @@ struct Finished {
 }
 
 impl Fetch {
-    fn start(b: &Path, bundle: &str, from: &[&str]) -> anyhow::Result<Self> {
+    fn start(b: &Path, bundle: &str, from: &[String]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(node_binary());
         cmd.arg("--data-dir")
             .arg(b)
@@ -262,12 +170,7 @@ impl Finished {
 
 /// Waits until B's `partial/` holds a checkpoint (`*.groups`) of the fetch.
 fn wait_for_checkpoint(partial: &Path, fetch: &mut Fetch, limit: Duration) -> anyhow::Result<()> {
-    let has = || {
-        std::fs::read_dir(partial).is_ok_and(|mut entries| {
-            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".groups")))
-        })
-    };
-    while !has() {
+    while !has_checkpoint(partial) {
         anyhow::ensure!(
             fetch.started.elapsed() < limit,
             "no checkpoint within {limit:?}"
@@ -288,19 +191,17 @@ fn killing_the_serving_peer_mid_fetch_fails_over_to_the_second_peer() -> anyhow:
     std::fs::create_dir_all(&lesson)?;
     let video = lesson.join("video.mp4");
     std::fs::write(&video, pattern(256 << 20, 3))?;
-    let bundle = add(&a, &lesson)?;
-    anyhow::ensure!(add(&c, &lesson)? == bundle, "same folder, same bundle");
-    let allowed = format!("{}@127.0.0.1:9", node_id(&b)?);
-    let mut first = Killable::start(&a, &allowed)?;
-    let second = Node::start_in(&c, &["--peer", &allowed])?;
+    let bundle = add_in(&a, &lesson)?;
+    anyhow::ensure!(add_in(&c, &lesson)? == bundle, "same folder, same bundle");
+    let mut first = serving(&a, &b)?;
+    let second = serving(&c, &b)?;
     // The blob's parts are asked of both peers in turn; A is sure to serve some.
     eprintln!("setup took {:.2?}", t0.elapsed());
-    let from = [first.peer_addr.as_str(), &second.peer_addr()];
+    let from = [first.peer_addr(), second.peer_addr()];
     let mut fetch = Fetch::start(&b, &bundle, &from)?;
     wait_for_checkpoint(&b.join("partial"), &mut fetch, Duration::from_secs(60))?;
-    first.child.kill()?;
+    first.kill()?;
     let killed = fetch.started.elapsed();
-    first.child.wait()?;
     let done = fetch.finish(Duration::from_secs(90))?;
     let lost = done.logged("peer lost");
     eprintln!(
@@ -316,7 +217,7 @@ fn killing_the_serving_peer_mid_fetch_fails_over_to_the_second_peer() -> anyhow:
         "{report}"
     );
     let source = std::fs::read(&video)?;
-    let stored = std::fs::read(b.join("blobs").join(BlobHash::of(&source).to_hex()))?;
+    let stored = stored_blob(&b, &source)?;
     anyhow::ensure!(
         stored == source,
         "the blob stored in B differs from the source"
@@ -324,77 +225,6 @@ fn killing_the_serving_peer_mid_fetch_fails_over_to_the_second_peer() -> anyhow:
     run_ok(&b, &["check"])?;
     eprintln!("whole test took {:.2?}", t0.elapsed());
     Ok(())
-}
-
-/// How the fake peer lies when asked for a blob (manifests are answered honestly).
-#[derive(Debug, Clone, Copy)]
-enum Lie {
-    /// Sends the header and the first half of the encoding, then finishes the stream.
-    Truncate,
-    /// Announces one byte more than the blob holds, then sends the honest encoding.
-    WrongSize,
-    /// Reads the request and never answers, keeping the connection open.
-    Stall,
-}
-
-/// A peer speaking the real protocol from its own store, lying as `lie` says.
-async fn lying_peer(endpoint: PeerEndpoint, store: Arc<Store>, lie: Lie) -> anyhow::Result<()> {
-    while let Some(incoming) = endpoint.accept().await {
-        let conn = incoming.await?;
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (header, body) = match read_request(&mut recv).await? {
-                Request::Manifest(id) => {
-                    let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;
-                    (Response::Manifest(manifest.encode()), vec![])
-                }
-                Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
-                Request::Blob { hash, groups } => {
-                    let size = store.blob_size(&hash).context("liar lacks the blob")?;
-                    let mut encoded = Vec::new();
-                    let blob = store.open_blob(&hash, size)?;
-                    blob.encode_groups(groups.ranges(), &mut encoded)?;
-                    match lie {
-                        Lie::Truncate => {
-                            encoded.truncate(encoded.len() / 2);
-                            (Response::Blob { size }, encoded)
-                        }
-                        Lie::WrongSize => (Response::Blob { size: size + 1 }, encoded),
-                        Lie::Stall => {
-                            // `send` stays open; the runtime drops this at the test's end.
-                            std::future::pending::<()>().await;
-                            unreachable!()
-                        }
-                    }
-                }
-            };
-            write_frame(&mut send, &header.encode()).await?;
-            send.write_all(&body).await?;
-            send.finish()?;
-        }
-    }
-    Ok(())
-}
-
-/// Starts a lying peer holding `lesson` in `dir` that serves `allowed`; returns
-/// its id and `NODEID@IP:PORT`.
-fn start_liar(
-    dir: &Path,
-    lesson: &Path,
-    allowed: &Path,
-    lie: Lie,
-) -> anyhow::Result<(String, String)> {
-    let store = Arc::new(Store::open(dir)?);
-    store.add_folder(lesson)?;
-    let identity = Identity::load_or_create(dir)?;
-    let members = Members::new([node_id(allowed)?.parse()?]);
-    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, &identity, members)?;
-    let addr = format!("{}@{}", identity.id(), endpoint.local_addr()?);
-    tokio::spawn(async move {
-        if let Err(e) = lying_peer(endpoint, store, lie).await {
-            eprintln!("lying peer stopped: {e:#}");
-        }
-    });
-    Ok((identity.id().to_string(), addr))
 }
 
 /// A fresh B fetches a lesson from a liar (first) and an honest node; returns
@@ -406,16 +236,13 @@ async fn fetch_past_a_liar(
 ) -> anyhow::Result<(String, Vec<(String, Vec<u8>)>, Finished)> {
     let [a, b, liar_dir, lesson] = ["a", "b", "liar", "lesson"].map(|n| dir.join(n));
     let files = several_files(&lesson)?;
-    let bundle = add(&a, &lesson)?;
-    let allowed = format!("{}@127.0.0.1:9", node_id(&b)?);
-    let honest = Node::start_in(&a, &["--peer", &allowed])?;
+    let bundle = add_in(&a, &lesson)?;
+    let honest = serving(&a, &b)?;
     let (liar_id, liar_addr) = start_liar(&liar_dir, &lesson, &b, lie)?;
-    let from = [liar_addr.clone(), honest.peer_addr()];
-    let fetch = tokio::task::spawn_blocking(move || {
-        let from: Vec<&str> = from.iter().map(String::as_str).collect();
-        Fetch::start(&b, &bundle, &from)?.finish(limit)
-    })
-    .await??;
+    let from = [liar_addr, honest.peer_addr()];
+    let fetch =
+        tokio::task::spawn_blocking(move || Fetch::start(&b, &bundle, &from)?.finish(limit))
+            .await??;
     drop(honest);
     Ok((liar_id, files, fetch))
 }
