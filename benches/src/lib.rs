@@ -4,11 +4,16 @@
 //!   file, as a ratio measured in one run.
 //! - `benches/verify.rs` (criterion): a verified read of a stored blob against a
 //!   plain read of the same file.
+//! - `src/bin/quic-copy.rs`: copying a bundle between two nodes over QUIC against
+//!   a minimal quinn sender/receiver, as a ratio measured in one run.
 //! - `load/`: the HTTPS load harness against nginx.
 //!
-//!
 //! The helpers here parse the import benchmarks' options, make test data and read
-//! the single blob of a one-file bundle.
+//! the single blob of a one-file bundle; [`process`] times child processes and
+//! [`ceiling`] is the minimal QUIC sender and receiver `quic-copy` compares with.
+
+pub mod ceiling;
+pub mod process;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -47,10 +52,7 @@ impl FileArgs {
         let mut args = Self {
             file: None,
             size_mib: 1024,
-            dir: std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-                PathBuf::from,
-            ),
+            dir: target_dir(),
             rounds: 3,
         };
         let mut it = std::env::args().skip(1);
@@ -76,6 +78,14 @@ impl FileArgs {
     }
 }
 
+/// The workspace's `target/` folder, or `$CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    )
+}
+
 /// The file under test, alone in its folder, inside a temporary folder that also
 /// takes whatever the benchmark writes; all of it is removed on drop.
 #[derive(Debug)]
@@ -93,10 +103,15 @@ pub struct BigFile {
 impl BigFile {
     /// Links `--file` or generates the file, then reads it once into the page cache.
     pub fn prepare(args: &FileArgs) -> Result<Self> {
+        Self::prepare_named(args, "import-bench-")
+    }
+
+    /// [`BigFile::prepare`] in a temporary folder whose name starts with `prefix`.
+    pub fn prepare_named(args: &FileArgs, prefix: &str) -> Result<Self> {
         let dir =
             fs::canonicalize(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
         let work = tempfile::Builder::new()
-            .prefix("import-bench-")
+            .prefix(prefix)
             .tempdir_in(&dir)
             .with_context(|| format!("creating a folder in {}", dir.display()))?;
         let lesson = work.path().join("lesson");
