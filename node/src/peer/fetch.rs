@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 
@@ -98,6 +98,8 @@ struct Unit {
 /// A blob being fetched by several units at once.
 struct BlobJob {
     size: u64,
+    /// Whether the partial files were opened (they are closed again at commit).
+    opened: std::sync::atomic::AtomicBool,
     partial: Arc<Mutex<Option<PartialBlob>>>,
     units_left: AtomicUsize,
 }
@@ -230,14 +232,16 @@ impl Fetch {
                 done += size;
                 continue;
             }
-            let partial = store.partial(&hash, size).context("opening partial blob")?;
-            let units = split(&partial.missing());
+            // Files are opened when a blob's first unit starts: a bundle of
+            // many small files would otherwise run out of file descriptors.
+            let units = split(&store.partial_missing(&hash, size));
             jobs.insert(
                 hash,
                 Arc::new(BlobJob {
                     size,
                     units_left: AtomicUsize::new(units.len()),
-                    partial: Arc::new(Mutex::new(Some(partial))),
+                    partial: Arc::new(Mutex::new(None)),
+                    opened: std::sync::atomic::AtomicBool::new(false),
                 }),
             );
             queue.extend(units.into_iter().map(|groups| Unit {
@@ -412,6 +416,17 @@ impl Fetch {
     /// Asks one peer for one unit and stores what verifies.
     async fn fetch_unit(&self, conn: quinn::Connection, unit: &Unit) -> Result<(), PeerFailure> {
         let job = &self.jobs[&unit.hash];
+        {
+            // Under the lock, so that no unit of this blob writes before the files are open.
+            let mut slot = job.partial.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() && !job.opened.load(Ordering::Acquire) {
+                let partial = self.store.partial(&unit.hash, job.size);
+                *slot = Some(
+                    partial.map_err(|e| PeerFailure::Gone(format!("opening partial blob: {e}")))?,
+                );
+                job.opened.store(true, Ordering::Release);
+            }
+        }
         let groups = GroupRanges::new(vec![unit.groups.clone()]).ok_or(PeerFailure::Missing)?;
         let sink = GroupSink {
             partial: job.partial.clone(),

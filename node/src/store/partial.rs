@@ -6,7 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{OutboardMut, WriteAt};
@@ -31,15 +31,7 @@ pub struct PartialBlob {
 impl PartialBlob {
     /// The chunk groups still to fetch, as ranges.
     pub fn missing(&self) -> Vec<Range<u64>> {
-        let mut out: Vec<Range<u64>> = Vec::new();
-        for (g, _) in self.done.iter().enumerate().filter(|(_, d)| **d == 0) {
-            let g = g as u64;
-            match out.last_mut() {
-                Some(last) if last.end == g => last.end = g + 1,
-                _ => out.push(g..g + 1),
-            }
-        }
-        out
+        missing_ranges(&self.done)
     }
 
     /// Stores a verified hash pair.
@@ -92,17 +84,49 @@ impl PartialBlob {
     }
 }
 
+/// The groups not done, as ranges.
+fn missing_ranges(done: &[u8]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for (g, _) in done.iter().enumerate().filter(|(_, d)| **d == 0) {
+        let g = g as u64;
+        match out.last_mut() {
+            Some(last) if last.end == g => last.end = g + 1,
+            _ => out.push(g..g + 1),
+        }
+    }
+    out
+}
+
+/// The record of verified groups at `path`, or none done when it is missing or
+/// does not fit a blob of `size`.
+fn done_groups(path: &Path, size: u64) -> Vec<u8> {
+    let groups = size.div_ceil(GROUP_BYTES).max(1) as usize;
+    match fs::read(path) {
+        Ok(done) if done.len() == groups && done.iter().all(|d| *d <= 1) => done,
+        _ => vec![0; groups],
+    }
+}
+
 impl Store {
-    /// Opens (resuming) or starts the partial files of a blob to fetch.
-    pub fn partial(&self, hash: &BlobHash, size: u64) -> io::Result<PartialBlob> {
+    fn partial_paths(&self, hash: &BlobHash) -> [PathBuf; 3] {
         let dir = self.layout.partial_dir();
-        fs::create_dir_all(&dir)?;
         let hex = hash.to_hex();
-        let paths = [
+        [
             dir.join(&hex),
             dir.join(format!("{hex}.obao")),
             dir.join(format!("{hex}.groups")),
-        ];
+        ]
+    }
+
+    /// The groups of a blob still to fetch, without opening its files.
+    pub fn partial_missing(&self, hash: &BlobHash, size: u64) -> Vec<Range<u64>> {
+        missing_ranges(&done_groups(&self.partial_paths(hash)[2], size))
+    }
+
+    /// Opens (resuming) or starts the partial files of a blob to fetch.
+    pub fn partial(&self, hash: &BlobHash, size: u64) -> io::Result<PartialBlob> {
+        fs::create_dir_all(self.layout.partial_dir())?;
+        let paths = self.partial_paths(hash);
         let open = |p: &PathBuf| {
             OpenOptions::new()
                 .read(true)
@@ -112,11 +136,7 @@ impl Store {
                 .open(p)
         };
         let tree = BaoTree::new(size, BLOCK_SIZE);
-        let groups = size.div_ceil(GROUP_BYTES).max(1) as usize;
-        let done = match fs::read(&paths[2]) {
-            Ok(done) if done.len() == groups && done.iter().all(|d| *d <= 1) => done,
-            _ => vec![0; groups],
-        };
+        let done = done_groups(&paths[2], size);
         let data = open(&paths[0])?;
         data.set_len(size)?;
         Ok(PartialBlob {
