@@ -97,11 +97,6 @@ impl GroupRanges {
         (!merged.is_empty() && merged.len() <= MAX_RANGES).then_some(Self(merged))
     }
 
-    /// Every group of a blob.
-    pub fn all() -> Self {
-        Self(std::iter::once(0..u64::MAX).collect())
-    }
-
     /// The ranges.
     pub fn ranges(&self) -> &[Range<u64>] {
         &self.0

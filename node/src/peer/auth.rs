@@ -31,11 +31,6 @@ impl Members {
             .unwrap_or_else(|e| e.into_inner())
             .contains(id)
     }
-
-    /// Allows `id` too.
-    pub fn insert(&self, id: NodeId) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(id);
-    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
