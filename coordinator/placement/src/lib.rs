@@ -1,0 +1,1 @@
+//! Placement of bundle replicas (work in progress).

@@ -1,0 +1,1 @@
+//! The Cartable coordinator (work in progress).
