@@ -8,13 +8,17 @@
 //! - [`decode`]: the bounded reader every decoder is built on, and [`DecodeError`].
 //! - [`cert`]: the node id in a peer's certificate.
 //! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
+//! - [`control`]: the node ↔ coordinator protocol, specified in its module docs.
+//! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
 
 pub mod cert;
 pub mod content_type;
+pub mod control;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod id;
+pub mod join;
 pub mod manifest;
 pub mod path;
 pub mod wire;
