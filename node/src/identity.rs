@@ -50,6 +50,14 @@ impl Identity {
         Ok((cert.der().clone(), key.into()))
     }
 
+    /// An ed25519 signature of `message` by the node key.
+    pub fn sign(&self, message: &[u8]) -> anyhow::Result<[u8; 64]> {
+        let signature = rcgen::SigningKey::sign(&self.key, message).context("signing")?;
+        signature
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("an ed25519 signature is 64 bytes"))
+    }
+
     /// The node id: the raw public key.
     pub fn id(&self) -> NodeId {
         let raw: [u8; 32] = self
@@ -59,6 +67,13 @@ impl Identity {
             .expect("an ed25519 public key is 32 bytes");
         NodeId::from_bytes(raw)
     }
+}
+
+/// Whether `signature` is `signer`'s ed25519 signature of `message`.
+pub fn signed_by(signer: &NodeId, message: &[u8], signature: &[u8; 64]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.as_bytes())
+        .verify(message, signature)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -73,6 +88,20 @@ mod tests {
         assert_eq!(cartable_proto::cert::node_id_of_cert(&cert)?, identity.id());
         let again = Identity::load_or_create(dir.path())?;
         assert_eq!(again.id(), identity.id(), "the key is kept");
+        Ok(())
+    }
+
+    #[test]
+    fn signatures_verify_only_for_their_key_and_message() -> anyhow::Result<()> {
+        let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let (a, b) = (
+            Identity::load_or_create(a.path())?,
+            Identity::load_or_create(b.path())?,
+        );
+        let signature = a.sign(b"grant")?;
+        assert!(signed_by(&a.id(), b"grant", &signature));
+        assert!(!signed_by(&a.id(), b"grant!", &signature));
+        assert!(!signed_by(&b.id(), b"grant", &signature));
         Ok(())
     }
 }

@@ -71,6 +71,9 @@ pub struct Contact {
     pub https_url: String,
     /// Its QUIC address for peers.
     pub quic: SocketAddr,
+    /// Lowercase hex SHA-256 of its HTTPS certificate (DER), for clients to pin
+    /// a self-signed certificate.
+    pub https_cert_sha256: String,
 }
 
 /// A node's periodic report.
@@ -189,6 +192,7 @@ mod tests {
             contact: Contact {
                 https_url: "https://127.0.0.1:8443".into(),
                 quic: "127.0.0.1:4433".parse().unwrap(),
+                https_cert_sha256: "ab".repeat(32),
             },
             capacity: 1 << 30,
             used: 12,

@@ -16,20 +16,44 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// The node ids allowed to connect, shared with whatever updates them.
 #[derive(Debug, Clone, Default)]
-pub struct Members(Arc<RwLock<HashSet<NodeId>>>);
+pub struct Members {
+    ids: Arc<RwLock<HashSet<NodeId>>>,
+    /// Any key may connect (the coordinator, which nodes dial to join): the
+    /// application decides what each key may do.
+    anyone: bool,
+}
 
 impl Members {
     /// A list holding `ids`.
     pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
-        Self(Arc::new(RwLock::new(ids.into_iter().collect())))
+        Self {
+            ids: Arc::new(RwLock::new(ids.into_iter().collect())),
+            anyone: false,
+        }
+    }
+
+    /// Every key may connect; the handshake still proves the key.
+    pub fn anyone() -> Self {
+        Self {
+            anyone: true,
+            ..Self::default()
+        }
     }
 
     /// Whether `id` may connect.
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+        self.anyone
+            || self
+                .ids
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+    }
+
+    /// Replaces the list (a new member list from the coordinator); connections
+    /// already open stay open until they close.
+    pub fn replace(&self, ids: impl IntoIterator<Item = NodeId>) {
+        *self.ids.write().unwrap_or_else(|e| e.into_inner()) = ids.into_iter().collect();
     }
 }
 
@@ -48,6 +72,7 @@ pub fn server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     members: Members,
+    alpn: &[u8],
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = provider();
     let verifier = Arc::new(MemberVerifier {
@@ -58,7 +83,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)?;
-    config.alpn_protocols = vec![cartable_proto::wire::ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 
@@ -67,6 +92,7 @@ pub fn client_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     expected: NodeId,
+    alpn: &[u8],
 ) -> anyhow::Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = Arc::new(ExpectedPeer {
@@ -78,7 +104,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![cert], key)?;
-    config.alpn_protocols = vec![cartable_proto::wire::ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cartable_proto::wire;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -42,10 +43,20 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 impl PeerEndpoint {
-    /// Binds `addr`, accepting connections from `members` only.
+    /// Binds `addr` for the node ↔ node protocol, accepting `members` only.
     pub fn bind(addr: SocketAddr, identity: &Identity, members: Members) -> anyhow::Result<Self> {
+        Self::bind_for(addr, identity, members, wire::ALPN)
+    }
+
+    /// Binds `addr` for the protocol named by `alpn`, accepting `members` only.
+    pub fn bind_for(
+        addr: SocketAddr,
+        identity: &Identity,
+        members: Members,
+        alpn: &[u8],
+    ) -> anyhow::Result<Self> {
         let (cert, key) = identity.certificate()?;
-        let tls = auth::server_config(cert.clone(), key.clone_key(), members)?;
+        let tls = auth::server_config(cert.clone(), key.clone_key(), members, alpn)?;
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
         server.transport_config(transport());
@@ -63,9 +74,18 @@ impl PeerEndpoint {
         self.endpoint.local_addr()
     }
 
-    /// Connects to `peer`, which must present its node id.
+    /// Connects to `peer` for the node ↔ node protocol; it must present its node id.
     pub async fn connect(&self, peer: PeerAddr) -> anyhow::Result<quinn::Connection> {
-        let tls = auth::client_config(self.cert.clone(), self.key.clone_key(), peer.id)?;
+        self.connect_for(peer, wire::ALPN).await
+    }
+
+    /// Connects to `peer` for the protocol named by `alpn`.
+    pub async fn connect_for(
+        &self,
+        peer: PeerAddr,
+        alpn: &[u8],
+    ) -> anyhow::Result<quinn::Connection> {
+        let tls = auth::client_config(self.cert.clone(), self.key.clone_key(), peer.id, alpn)?;
         let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
         config.transport_config(transport());
         let connecting = self

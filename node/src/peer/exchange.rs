@@ -50,6 +50,20 @@ pub struct GroupSink {
     pub rate: Option<Arc<RateLimit>>,
 }
 
+/// Where the verified parts of a blob go.
+pub trait VerifiedSink: Send + 'static {
+    /// Keeps a verified pair of child hashes of the BLAKE3 tree.
+    fn save_pair(
+        &self,
+        node: bao_tree::TreeNode,
+        pair: &(blake3::Hash, blake3::Hash),
+    ) -> std::io::Result<()>;
+    /// Keeps a verified chunk group at `offset`.
+    fn write_group(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+    /// Called once the stream ended; `UnexpectedEof` when groups asked for are missing.
+    fn finish(&self, groups: &GroupRanges) -> std::io::Result<()>;
+}
+
 impl GroupSink {
     fn with_partial(
         &self,
@@ -57,6 +71,64 @@ impl GroupSink {
     ) -> std::io::Result<()> {
         let mut guard = self.partial.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_mut().map_or(Ok(()), &mut *f)
+    }
+}
+
+impl VerifiedSink for GroupSink {
+    fn save_pair(
+        &self,
+        node: bao_tree::TreeNode,
+        pair: &(blake3::Hash, blake3::Hash),
+    ) -> std::io::Result<()> {
+        self.with_partial(&mut |b| b.save_pair(node, pair))
+    }
+
+    fn write_group(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if let Some(rate) = &self.rate {
+            rate.take(data.len() as u64);
+        }
+        self.with_partial(&mut |b| b.write_group(offset, data))?;
+        self.received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&self, groups: &GroupRanges) -> std::io::Result<()> {
+        self.with_partial(&mut |b| {
+            if groups.ranges().iter().any(|g| b.missing_in(g)) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stream ended early",
+                ));
+            }
+            b.checkpoint(&self.store)
+        })
+    }
+}
+
+/// Keeps nothing: counts the bytes that verified (a spot check of a peer's copy).
+#[derive(Debug, Default)]
+struct CountingSink {
+    received: AtomicU64,
+}
+
+impl VerifiedSink for Arc<CountingSink> {
+    fn save_pair(
+        &self,
+        _: bao_tree::TreeNode,
+        _: &(blake3::Hash, blake3::Hash),
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn write_group(&self, _: u64, data: &[u8]) -> std::io::Result<()> {
+        self.received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&self, _: &GroupRanges) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -84,7 +156,7 @@ pub async fn request_groups(
     hash: BlobHash,
     size: u64,
     groups: GroupRanges,
-    sink: GroupSink,
+    sink: impl VerifiedSink,
 ) -> Result<(), PeerFailure> {
     let request = Request::Blob {
         hash,
@@ -105,6 +177,33 @@ pub async fn request_groups(
     tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
         .await
         .map_err(|e| PeerFailure::Gone(e.to_string()))?
+}
+
+/// Asks `conn` for `groups` of a blob of `size` bytes and checks every byte
+/// against the hash, keeping nothing: how the coordinator makes sure a node
+/// holds the copy it claims. Returns the bytes verified.
+pub async fn verify_groups(
+    conn: &quinn::Connection,
+    hash: BlobHash,
+    size: u64,
+    groups: GroupRanges,
+) -> Result<u64, PeerFailure> {
+    let sink = Arc::new(CountingSink::default());
+    request_groups(conn, hash, size, groups.clone(), sink.clone()).await?;
+    let group = crate::store::verify::GROUP_BYTES;
+    let expected: u64 = groups
+        .ranges()
+        .iter()
+        .map(|g| (g.end * group).min(size).saturating_sub(g.start * group))
+        .sum();
+    let received = sink.received.load(Ordering::Relaxed);
+    if received == expected {
+        Ok(received)
+    } else {
+        Err(PeerFailure::Lied(format!(
+            "sent {received} verified bytes of the {expected} asked for"
+        )))
+    }
 }
 
 /// What a typed error from a peer means for the asker.
@@ -144,7 +243,7 @@ async fn read_answer(recv: &mut quinn::RecvStream) -> Result<Response, PeerFailu
 
 /// Verifies the encoded stream and stores each verified part.
 fn decode(
-    sink: &GroupSink,
+    sink: &impl VerifiedSink,
     hash: BlobHash,
     size: u64,
     groups: &GroupRanges,
@@ -154,32 +253,15 @@ fn decode(
     let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
     for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunk_ranges(groups)) {
         match item {
-            Ok(BaoContentItem::Parent(p)) => sink
-                .with_partial(&mut |b| b.save_pair(p.node, &p.pair))
-                .map_err(local)?,
+            Ok(BaoContentItem::Parent(p)) => sink.save_pair(p.node, &p.pair).map_err(local)?,
             Ok(BaoContentItem::Leaf(leaf)) => {
-                if let Some(rate) = &sink.rate {
-                    rate.take(leaf.data.len() as u64);
-                }
-                sink.with_partial(&mut |b| b.write_group(leaf.offset, &leaf.data))
-                    .map_err(local)?;
-                sink.received
-                    .fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
+                sink.write_group(leaf.offset, &leaf.data).map_err(local)?
             }
             Err(BaoDecodeError::Io(e)) => return Err(PeerFailure::Gone(e.to_string())),
             Err(other) => return Err(PeerFailure::Lied(format!("{other:?}"))),
         }
     }
-    sink.with_partial(&mut |b| {
-        if groups.ranges().iter().any(|g| b.missing_in(g)) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "stream ended early",
-            ));
-        }
-        b.checkpoint(&sink.store)
-    })
-    .map_err(|e| match e.kind() {
+    sink.finish(groups).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => {
             PeerFailure::Lied("stream ended before every group was sent".into())
         }

@@ -18,7 +18,8 @@ pub enum FrameError {
     Decode(#[from] cartable_proto::DecodeError),
 }
 
-async fn read_body(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, FrameError> {
+/// Reads one frame body of at most `max` bytes.
+pub async fn read_body(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await?;
     let len = wire::frame_len(prefix, max)?;
