@@ -52,6 +52,17 @@ impl TlsFiles {
         Ok(())
     }
 
+    /// Lowercase hex SHA-256 of the leaf certificate (DER), for clients to pin.
+    pub fn cert_sha256(&self) -> anyhow::Result<String> {
+        let leaf = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("reading certificate {}", self.cert.display()))?
+            .next()
+            .with_context(|| format!("no certificate in {}", self.cert.display()))?
+            .with_context(|| format!("reading certificate {}", self.cert.display()))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &leaf);
+        Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// A rustls server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
         let certs = CertificateDer::pem_file_iter(&self.cert)

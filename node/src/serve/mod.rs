@@ -84,6 +84,23 @@ impl HttpsServer {
     /// Serves `store` until `shutdown` completes, then lets open connections
     /// finish for a while.
     pub async fn run(self, ctx: Arc<ServeContext>, shutdown: impl Future<Output = ()>) {
+        let handler = move |req, _peer| respond(ctx.clone(), req);
+        self.serve(handler, shutdown).await;
+    }
+
+    /// Serves requests with `handler` (given each request and the client's address)
+    /// until `shutdown` completes, then lets open connections finish.
+    pub async fn serve<H, F, B>(self, handler: H, shutdown: impl Future<Output = ()>)
+    where
+        H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        F: Future<Output = hyper::Response<B>> + Send + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let builder = Arc::new(self.http_builder());
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         let graceful = GracefulShutdown::new();
@@ -107,7 +124,8 @@ impl HttpsServer {
             };
             let _ = tcp.set_nodelay(true);
             let (tls, handshake_timeout) = (self.tls.clone(), self.config.handshake_timeout);
-            let (builder, ctx, watcher) = (builder.clone(), ctx.clone(), graceful.watcher());
+            let (builder, handler, watcher) =
+                (builder.clone(), handler.clone(), graceful.watcher());
             tokio::spawn(async move {
                 let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -115,8 +133,8 @@ impl HttpsServer {
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
                 let service = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(respond(ctx, req).await) }
+                    let answer = handler(req, peer);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), service)

@@ -1,0 +1,301 @@
+//! The coordinator's configuration: a TOML file (`--config`), overridden by flags,
+//! with defaults that suit a first run on loopback. Unknown keys are refused.
+//!
+//! ```toml
+//! # Where the key, certificate, admin token and state live. Default: ./cartable-coordinator-data
+//! data_dir = "/var/lib/cartable-coordinator"
+//! # HTTPS for the admin API and browser redirects. Default: 127.0.0.1:7443
+//! https = "0.0.0.0:443"
+//! # QUIC for nodes. Default: 127.0.0.1:7444
+//! quic = "0.0.0.0:7444"
+//! # Milliseconds between a node's heartbeats. Default: 5000.
+//! heartbeat_ms = 5000
+//! # A node silent this long (ms) is down. Default: 30000.
+//! down_after_ms = 30000
+//! # A down node's copies are re-placed after this many seconds, unless a bundle
+//! # has fewer complete copies than `min_replicas`: then at once. Default: 600.
+//! repair_delay_secs = 600
+//! # Copies a bundle gets unless published with --replicas. Default: 3.
+//! default_replicas = 3
+//! # Below this many complete copies a bundle is repaired at once. Default: 2.
+//! min_replicas = 2
+//! # Copies a node makes at once; the rest wait in the repair queue, most
+//! # endangered first. Default: 4.
+//! copies_per_node = 4
+//!
+//! # Which client networks are in which region, for redirects to a near copy.
+//! [[regions]]
+//! cidr = "10.12.0.0/16"
+//! region = "grand-est"
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    https: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+    heartbeat_ms: Option<u64>,
+    down_after_ms: Option<u64>,
+    repair_delay_secs: Option<u64>,
+    default_replicas: Option<u8>,
+    min_replicas: Option<u8>,
+    copies_per_node: Option<usize>,
+    #[serde(default)]
+    regions: Vec<FileRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRegion {
+    cidr: String,
+    region: String,
+}
+
+/// Settings given on the command line; each overrides the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--https`
+    pub https: Option<SocketAddr>,
+    /// `--quic`
+    pub quic: Option<SocketAddr>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// HTTPS listening address.
+    pub https: SocketAddr,
+    /// QUIC listening address.
+    pub quic: SocketAddr,
+    /// The replica policy and timings.
+    pub policy: Policy,
+    /// Client networks and their regions.
+    pub regions: Vec<RegionNet>,
+}
+
+/// How replicas are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Interval of node heartbeats.
+    pub heartbeat: Duration,
+    /// Silence after which a node is down.
+    pub down_after: Duration,
+    /// Delay before a down node's copies are re-placed.
+    pub repair_delay: Duration,
+    /// Copies per bundle unless told otherwise.
+    pub default_replicas: u8,
+    /// Fewer complete copies than this: repaired at once.
+    pub min_replicas: u8,
+    /// Copies one node makes at once.
+    pub copies_per_node: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            down_after: Duration::from_secs(30),
+            repair_delay: Duration::from_secs(600),
+            default_replicas: 3,
+            min_replicas: 2,
+            copies_per_node: 4,
+        }
+    }
+}
+
+/// A client network and its region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionNet {
+    network: IpAddr,
+    prefix: u8,
+    /// The region.
+    pub region: String,
+}
+
+impl RegionNet {
+    /// Parses `a.b.c.d/n` or an IPv6 CIDR.
+    pub fn parse(cidr: &str, region: &str) -> anyhow::Result<Self> {
+        let (ip, prefix) = cidr
+            .split_once('/')
+            .with_context(|| format!("{cidr:?} is not ADDRESS/PREFIX"))?;
+        let network: IpAddr = ip
+            .parse()
+            .with_context(|| format!("{cidr:?}: bad address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .with_context(|| format!("{cidr:?}: bad prefix"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        anyhow::ensure!(prefix <= max, "{cidr:?}: prefix above {max}");
+        Ok(Self {
+            network,
+            prefix,
+            region: region.to_owned(),
+        })
+    }
+
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Reads the file at `path` (if given) and applies the overrides.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
+        let d = Policy::default();
+        let positive = |name: &str, v: Option<u64>, default: u64| -> anyhow::Result<u64> {
+            let v = v.unwrap_or(default);
+            anyhow::ensure!(v > 0, "{name} must be positive");
+            Ok(v)
+        };
+        let policy = Policy {
+            heartbeat: Duration::from_millis(positive("heartbeat_ms", file.heartbeat_ms, 5000)?),
+            down_after: Duration::from_millis(positive(
+                "down_after_ms",
+                file.down_after_ms,
+                30_000,
+            )?),
+            repair_delay: Duration::from_secs(file.repair_delay_secs.unwrap_or(600)),
+            default_replicas: file.default_replicas.unwrap_or(d.default_replicas),
+            min_replicas: file.min_replicas.unwrap_or(d.min_replicas),
+            copies_per_node: file.copies_per_node.unwrap_or(d.copies_per_node),
+        };
+        anyhow::ensure!(
+            policy.down_after > policy.heartbeat,
+            "down_after_ms must be longer than heartbeat_ms"
+        );
+        anyhow::ensure!(
+            policy.default_replicas >= 1,
+            "default_replicas must be at least 1"
+        );
+        anyhow::ensure!(policy.min_replicas >= 1, "min_replicas must be at least 1");
+        anyhow::ensure!(
+            policy.copies_per_node >= 1,
+            "copies_per_node must be at least 1"
+        );
+        let regions = file
+            .regions
+            .iter()
+            .map(|r| RegionNet::parse(&r.cidr, &r.region).context("regions"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            data_dir: o
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "./cartable-coordinator-data".into()),
+            https: o
+                .https
+                .or(file.https)
+                .unwrap_or_else(|| "127.0.0.1:7443".parse().expect("valid default")),
+            quic: o
+                .quic
+                .or(file.quic)
+                .unwrap_or_else(|| "127.0.0.1:7444".parse().expect("valid default")),
+            policy,
+            regions,
+        })
+    }
+
+    /// The region of a client address, from the CIDR table (first match).
+    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
+        self.regions
+            .iter()
+            .find(|r| r.contains(ip))
+            .map(|r| r.region.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<CoordinatorConfig> {
+        CoordinatorConfig::resolve(toml::from_str(text)?, Overrides::default())
+    }
+
+    #[test]
+    fn defaults_suit_a_first_run() -> anyhow::Result<()> {
+        let c = parse("")?;
+        assert_eq!(c.https.to_string(), "127.0.0.1:7443");
+        assert_eq!(c.policy, Policy::default());
+        Ok(())
+    }
+
+    #[test]
+    fn client_networks_map_to_regions() -> anyhow::Result<()> {
+        let c = parse(
+            "[[regions]]\ncidr = \"10.12.0.0/16\"\nregion = \"est\"\n\
+             [[regions]]\ncidr = \"fd00::/8\"\nregion = \"v6\"\n\
+             [[regions]]\ncidr = \"0.0.0.0/0\"\nregion = \"rest\"",
+        )?;
+        assert_eq!(c.region_of("10.12.200.1".parse()?), Some("est"));
+        assert_eq!(c.region_of("::ffff:10.12.0.9".parse()?), Some("est"));
+        assert_eq!(c.region_of("10.13.0.1".parse()?), Some("rest"));
+        assert_eq!(c.region_of("fd12::1".parse()?), Some("v6"));
+        assert_eq!(c.region_of("2001:db8::1".parse()?), None);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        for (text, says) in [
+            ("heartbeat_ms = 0", "positive"),
+            ("heartbeat_ms = 5000\ndown_after_ms = 100", "longer than"),
+            ("min_replicas = 0", "at least 1"),
+            (
+                "[[regions]]\ncidr = \"10.0.0.0/33\"\nregion = \"x\"",
+                "prefix above 32",
+            ),
+            (
+                "[[regions]]\ncidr = \"10.0.0.0\"\nregion = \"x\"",
+                "ADDRESS/PREFIX",
+            ),
+            ("heartbeat = 1", "unknown field"),
+        ] {
+            let e = format!("{:#}", parse(text).unwrap_err());
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+}

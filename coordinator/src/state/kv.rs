@@ -1,0 +1,123 @@
+//! The one interface the coordinator's state is kept behind: named tables of
+//! keys and values. sled is the first implementation; a memory one serves the
+//! unit tests, and an etcd one can follow without touching the callers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A table: a name and its keys and values.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Durable tables of bytes.
+pub trait Kv: Send + Sync + std::fmt::Debug {
+    /// Every row of `table`, sorted by key.
+    fn scan(&self, table: &str) -> anyhow::Result<Rows>;
+    /// Writes one row.
+    fn put(&self, table: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
+    /// Deletes one row (absent is fine).
+    fn delete(&self, table: &str, key: &[u8]) -> anyhow::Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> anyhow::Result<()>;
+}
+
+/// sled on disk.
+#[derive(Debug)]
+pub struct SledKv(sled::Db);
+
+impl SledKv {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self(sled::open(dir)?))
+    }
+}
+
+impl Kv for SledKv {
+    fn scan(&self, table: &str) -> anyhow::Result<Rows> {
+        self.0
+            .open_tree(table)?
+            .iter()
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn put(&self, table: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.0.open_tree(table)?.insert(key, value)?;
+        Ok(())
+    }
+
+    fn delete(&self, table: &str, key: &[u8]) -> anyhow::Result<()> {
+        self.0.open_tree(table)?.remove(key)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> anyhow::Result<()> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+/// Tables in memory, for tests and simulations.
+#[derive(Debug, Default)]
+pub struct MemoryKv(Mutex<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl Kv for MemoryKv {
+    fn scan(&self, table: &str) -> anyhow::Result<Rows> {
+        let tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(tables
+            .get(table)
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn put(&self, table: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tables
+            .entry(table.to_owned())
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&self, table: &str, key: &[u8]) -> anyhow::Result<()> {
+        let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.get_mut(table) {
+            t.remove(key);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(kv: &dyn Kv) -> anyhow::Result<()> {
+        kv.put("t", b"b", b"2")?;
+        kv.put("t", b"a", b"1")?;
+        kv.put("u", b"a", b"x")?;
+        kv.delete("t", b"b")?;
+        kv.delete("t", b"missing")?;
+        kv.flush()?;
+        assert_eq!(kv.scan("t")?, vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!(kv.scan("none")?, vec![]);
+        Ok(())
+    }
+
+    #[test]
+    fn both_implementations_behave_alike() -> anyhow::Result<()> {
+        exercise(&MemoryKv::default())?;
+        let dir = tempfile::tempdir()?;
+        exercise(&SledKv::open(dir.path())?)?;
+        let reopened = SledKv::open(dir.path())?;
+        assert_eq!(reopened.scan("u")?.len(), 1, "rows survive a reopen");
+        Ok(())
+    }
+}

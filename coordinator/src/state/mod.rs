@@ -1,0 +1,472 @@
+//! What the coordinator knows: members, join tokens, bundles, replicas, names.
+//! Durable records live in a [`Kv`] (written through on every change, read once
+//! at start); what nodes report between heartbeats lives only in memory.
+
+pub mod kv;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cartable_proto::control::Contact;
+use cartable_proto::{BundleId, NodeId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::api::{NameChange, ReplicaState};
+pub use kv::{Kv, MemoryKv, SledKv};
+
+const NODES: &str = "nodes";
+const TOKENS: &str = "tokens";
+const BUNDLES: &str = "bundles";
+const REPLICAS: &str = "replicas";
+const NAMES: &str = "names";
+const RETIRED: &str = "retired";
+const META: &str = "meta";
+
+/// A member node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its key.
+    pub id: NodeId,
+    /// Its region.
+    pub region: String,
+    /// Its site.
+    pub site: String,
+    /// Bytes it offers.
+    pub capacity: u64,
+    /// Where it answers.
+    pub contact: Contact,
+    /// Being emptied before it leaves.
+    pub draining: bool,
+    /// Verification failures peers reported against it.
+    pub reported_failures: u64,
+}
+
+/// A join token, kept as a hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Region given to the node.
+    pub region: String,
+    /// Site given to the node.
+    pub site: String,
+    /// Unix seconds after which it is void.
+    pub expires: u64,
+    /// The node that used it.
+    pub used_by: Option<NodeId>,
+}
+
+/// A published bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    /// Bytes of its files.
+    pub size: u64,
+    /// Number of files.
+    pub files: usize,
+    /// Target number of copies.
+    pub replicas: u8,
+}
+
+/// A name and its past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    /// Every value it had, oldest first; the last is current.
+    pub history: Vec<NameChange>,
+}
+
+impl NameRecord {
+    /// The bundle it points to now.
+    pub fn current(&self) -> Option<BundleId> {
+        self.history.last().map(|c| c.bundle)
+    }
+}
+
+/// What a node said in its last heartbeat (memory only).
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    /// When it was last heard from (the coordinator's start, for nodes not heard
+    /// from since: a restart must not make every node look down).
+    pub last_seen: Instant,
+    /// Bytes used.
+    pub used: u64,
+    /// Requests in flight.
+    pub load: u32,
+    /// Bundles held complete, as reported.
+    pub held: BTreeSet<BundleId>,
+    /// The name table version it has.
+    pub names_version: u64,
+}
+
+/// The whole state.
+#[derive(Debug)]
+pub struct Cluster {
+    kv: Box<dyn Kv>,
+    /// Members.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Join tokens, by the hex BLAKE3 hash of their secret.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Published bundles.
+    pub bundles: BTreeMap<BundleId, BundleRecord>,
+    /// Replicas of each bundle and their states.
+    pub replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>>,
+    /// Names.
+    pub names: BTreeMap<String, NameRecord>,
+    /// Unpublished bundles, which nodes are told to delete.
+    pub retired: BTreeSet<BundleId>,
+    /// Grows at every name change.
+    pub names_version: u64,
+    /// Hash of the admin token.
+    pub admin_hash: Option<String>,
+    /// Heartbeat reports.
+    pub live: HashMap<NodeId, Liveness>,
+    /// Bundles the last plan could not place fully, and why.
+    pub unplaced: BTreeMap<BundleId, String>,
+    /// When each node was first seen down (memory only).
+    pub down_since: HashMap<NodeId, Instant>,
+    /// Set when the inputs of placement changed.
+    pub needs_plan: bool,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The hex BLAKE3 hash of a secret: what is kept instead of the secret.
+pub fn secret_hash(secret: &[u8]) -> String {
+    blake3::hash(secret).to_hex().to_string()
+}
+
+fn rows<K: Ord, V: DeserializeOwned>(
+    kv: &dyn Kv,
+    table: &str,
+    key: impl Fn(&[u8]) -> anyhow::Result<K>,
+) -> anyhow::Result<BTreeMap<K, V>> {
+    kv.scan(table)?
+        .into_iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_slice(&v)
+                .map_err(|e| anyhow::anyhow!("state table {table}: {e}"))?;
+            Ok((key(&k)?, value))
+        })
+        .collect()
+}
+
+fn id32(bytes: &[u8]) -> anyhow::Result<[u8; 32]> {
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("state key of {} bytes, expected 32", bytes.len()))
+}
+
+fn bundle_key(bytes: &[u8]) -> anyhow::Result<BundleId> {
+    Ok(BundleId::from_hash(cartable_proto::BlobHash::from_bytes(
+        id32(bytes)?,
+    )))
+}
+
+fn text_key(bytes: &[u8]) -> anyhow::Result<String> {
+    Ok(String::from_utf8(bytes.to_vec())?)
+}
+
+impl Cluster {
+    /// Loads the state kept in `kv`.
+    pub fn load(kv: Box<dyn Kv>, now: Instant) -> anyhow::Result<Self> {
+        let nodes: BTreeMap<NodeId, NodeRecord> =
+            rows(&*kv, NODES, |k| Ok(NodeId::from_bytes(id32(k)?)))?;
+        let flat: BTreeMap<(BundleId, NodeId), ReplicaState> = rows(&*kv, REPLICAS, |k| {
+            anyhow::ensure!(k.len() == 64, "replica key of {} bytes", k.len());
+            Ok((bundle_key(&k[..32])?, NodeId::from_bytes(id32(&k[32..])?)))
+        })?;
+        let mut replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>> = BTreeMap::new();
+        for ((b, n), state) in flat {
+            replicas.entry(b).or_default().insert(n, state);
+        }
+        let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
+        let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
+        let live = nodes
+            .keys()
+            .map(|id| {
+                let l = Liveness {
+                    last_seen: now,
+                    used: 0,
+                    load: 0,
+                    held: BTreeSet::new(),
+                    names_version: 0,
+                };
+                (*id, l)
+            })
+            .collect();
+        Ok(Self {
+            tokens: rows(&*kv, TOKENS, text_key)?,
+            bundles: rows(&*kv, BUNDLES, bundle_key)?,
+            names: rows(&*kv, NAMES, text_key)?,
+            retired: retired.into_keys().collect(),
+            names_version: meta
+                .get("names_version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            admin_hash: meta.get("admin_hash").cloned(),
+            nodes,
+            replicas,
+            live,
+            unplaced: BTreeMap::new(),
+            down_since: HashMap::new(),
+            needs_plan: true,
+            kv,
+        })
+    }
+
+    fn put<V: Serialize>(&self, table: &str, key: &[u8], value: &V) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(value)?;
+        self.kv.put(table, key, &bytes)
+    }
+
+    /// Makes every change so far durable.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.kv.flush()
+    }
+
+    /// Records the admin token's hash.
+    pub fn set_admin_hash(&mut self, hash: String) -> anyhow::Result<()> {
+        self.put(META, b"admin_hash", &hash)?;
+        self.admin_hash = Some(hash);
+        self.flush()
+    }
+
+    /// Writes a node record.
+    pub fn save_node(&mut self, record: NodeRecord) -> anyhow::Result<()> {
+        self.put(NODES, record.id.as_bytes(), &record)?;
+        self.nodes.insert(record.id, record);
+        self.needs_plan = true;
+        Ok(())
+    }
+
+    /// Forgets a node and its replicas.
+    pub fn remove_node(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        self.kv.delete(NODES, id.as_bytes())?;
+        self.nodes.remove(id);
+        self.live.remove(id);
+        let holding: Vec<BundleId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.contains_key(id))
+            .map(|(b, _)| *b)
+            .collect();
+        for b in holding {
+            self.set_replica(b, *id, None)?;
+        }
+        self.needs_plan = true;
+        Ok(())
+    }
+
+    /// Writes a token record.
+    pub fn save_token(&mut self, hash: String, record: TokenRecord) -> anyhow::Result<()> {
+        self.put(TOKENS, hash.as_bytes(), &record)?;
+        self.tokens.insert(hash, record);
+        Ok(())
+    }
+
+    /// Deletes a token.
+    pub fn delete_token(&mut self, hash: &str) -> anyhow::Result<()> {
+        self.kv.delete(TOKENS, hash.as_bytes())?;
+        self.tokens.remove(hash);
+        Ok(())
+    }
+
+    /// Writes a bundle record (publishing it again un-retires it).
+    pub fn save_bundle(&mut self, id: BundleId, record: BundleRecord) -> anyhow::Result<()> {
+        self.put(BUNDLES, id.hash().as_bytes(), &record)?;
+        if self.retired.remove(&id) {
+            self.kv.delete(RETIRED, id.hash().as_bytes())?;
+        }
+        self.bundles.insert(id, record);
+        self.needs_plan = true;
+        Ok(())
+    }
+
+    /// Unpublishes a bundle: its replicas are forgotten and nodes told to delete it.
+    pub fn retire_bundle(&mut self, id: BundleId) -> anyhow::Result<()> {
+        self.kv.delete(BUNDLES, id.hash().as_bytes())?;
+        self.bundles.remove(&id);
+        let nodes: Vec<NodeId> = self
+            .replicas
+            .get(&id)
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
+        for n in nodes {
+            self.set_replica(id, n, None)?;
+        }
+        self.put(RETIRED, id.hash().as_bytes(), &true)?;
+        self.retired.insert(id);
+        self.needs_plan = true;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, forgets) one replica's state.
+    pub fn set_replica(
+        &mut self,
+        bundle: BundleId,
+        node: NodeId,
+        state: Option<ReplicaState>,
+    ) -> anyhow::Result<()> {
+        let mut key = bundle.hash().as_bytes().to_vec();
+        key.extend_from_slice(node.as_bytes());
+        match state {
+            Some(s) => {
+                self.put(REPLICAS, &key, &s)?;
+                self.replicas.entry(bundle).or_default().insert(node, s);
+            }
+            None => {
+                self.kv.delete(REPLICAS, &key)?;
+                if let Some(r) = self.replicas.get_mut(&bundle) {
+                    r.remove(&node);
+                    if r.is_empty() {
+                        self.replicas.remove(&bundle);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Points `name` at `bundle`, keeping the history.
+    pub fn set_name(&mut self, name: &str, bundle: BundleId) -> anyhow::Result<()> {
+        let mut record = self.names.get(name).cloned().unwrap_or(NameRecord {
+            history: Vec::new(),
+        });
+        if record.current() == Some(bundle) {
+            return Ok(());
+        }
+        record.history.push(NameChange {
+            at: unix_now(),
+            bundle,
+        });
+        self.put(NAMES, name.as_bytes(), &record)?;
+        self.names.insert(name.to_owned(), record);
+        self.names_version += 1;
+        self.put(META, b"names_version", &self.names_version.to_string())?;
+        Ok(())
+    }
+
+    /// Whether `node` is heard from within `down_after`.
+    pub fn is_up(&self, node: &NodeId, now: Instant, down_after: Duration) -> bool {
+        self.live
+            .get(node)
+            .is_some_and(|l| now.saturating_duration_since(l.last_seen) < down_after)
+    }
+
+    /// Complete copies of `bundle` on nodes that are up (releasing ones count:
+    /// they are whole until deleted).
+    pub fn live_complete(&self, bundle: &BundleId, now: Instant, down_after: Duration) -> usize {
+        self.replicas.get(bundle).map_or(0, |r| {
+            r.iter()
+                .filter(|(n, s)| {
+                    matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
+                        && self.is_up(n, now, down_after)
+                })
+                .count()
+        })
+    }
+
+    /// Distinct sites among nodes not draining.
+    pub fn site_count(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| !n.draining)
+            .map(|n| (&n.region, &n.site))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u8) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::from_bytes([n; 32]),
+            region: "r".into(),
+            site: format!("s{n}"),
+            capacity: 1 << 30,
+            contact: Contact {
+                https_url: "https://127.0.0.1:1".into(),
+                quic: "127.0.0.1:2".parse().unwrap(),
+                https_cert_sha256: String::new(),
+            },
+            draining: false,
+            reported_failures: 0,
+        }
+    }
+
+    #[test]
+    fn state_survives_a_reload_from_the_same_tables() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let now = Instant::now();
+        let bundle = BundleId::of_manifest(b"m");
+        {
+            let mut c = Cluster::load(Box::new(SledKv::open(dir.path())?), now)?;
+            c.save_node(node(1))?;
+            c.save_node(node(2))?;
+            c.save_bundle(
+                bundle,
+                BundleRecord {
+                    size: 5,
+                    files: 1,
+                    replicas: 2,
+                },
+            )?;
+            c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
+            c.set_replica(bundle, node(2).id, Some(ReplicaState::Copying))?;
+            c.set_name("maths/6e", bundle)?;
+            c.set_admin_hash(secret_hash(b"t"))?;
+            c.remove_node(&node(2).id)?;
+            c.flush()?;
+        }
+        let c = Cluster::load(Box::new(SledKv::open(dir.path())?), now)?;
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(
+            c.replicas[&bundle].len(),
+            1,
+            "the removed node's replica is gone"
+        );
+        assert_eq!(c.replicas[&bundle][&node(1).id], ReplicaState::Complete);
+        assert_eq!(c.names["maths/6e"].current(), Some(bundle));
+        assert_eq!(c.names_version, 1);
+        assert_eq!(c.admin_hash, Some(secret_hash(b"t")));
+        assert!(
+            c.is_up(&node(1).id, now, Duration::from_secs(1)),
+            "up until proven down"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn retiring_a_bundle_forgets_its_replicas() -> anyhow::Result<()> {
+        let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
+        let bundle = BundleId::of_manifest(b"m");
+        c.save_bundle(
+            bundle,
+            BundleRecord {
+                size: 5,
+                files: 1,
+                replicas: 2,
+            },
+        )?;
+        c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
+        c.retire_bundle(bundle)?;
+        assert!(c.replicas.is_empty() && c.bundles.is_empty());
+        assert!(c.retired.contains(&bundle));
+        c.save_bundle(
+            bundle,
+            BundleRecord {
+                size: 5,
+                files: 1,
+                replicas: 2,
+            },
+        )?;
+        assert!(!c.retired.contains(&bundle), "publishing again un-retires");
+        Ok(())
+    }
+}
