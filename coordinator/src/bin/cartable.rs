@@ -1,1 +1,18 @@
-fn main() {}
+//! `cartable`: the admin CLI. Parse arguments, run the command, print the one
+//! line saying what went wrong.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // Every TLS client the CLI makes names ring explicitly; installing it as the
+    // default too keeps any other rustls user in the process on the same provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = cartable_coordinator::cli::Cli::parse();
+    match cli.run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `cartable publish DIR`: read the lesson folder with the node's own rules,
+//! hash every file, build the manifest, register it with the coordinator,
+//! upload to the node it names, and optionally wait for the copies.
+//!
+//! The folder is checked and hashed before any network call, so a file name
+//! that breaks the path rules fails at once and changes nothing. The manifest
+//! is built exactly as `cartable-node add` builds it, so the same folder gives
+//! the same bundle id from the CLI or from a node.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartable_node::progress::Progress;
+use cartable_node::store::walk::walk;
+use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, content_type};
+
+use super::client::{ApiClient, encode_component};
+use super::units::human_bytes;
+use super::upload::{Sources, upload};
+use crate::api::{BundleView, Published};
+
+/// Bytes hashed per read.
+const READ_BUFFER: usize = 1 << 20;
+/// How often `--wait` asks the coordinator.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// What `publish` was asked to do.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishArgs {
+    /// The lesson folder.
+    pub dir: PathBuf,
+    /// Copies to keep [default: the coordinator's, 3].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
+    /// Point this name (e.g. maths/6e/fractions) at the new bundle.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Wait until every copy is complete.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds `--wait` waits before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// A lesson folder read and hashed, ready to publish.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// The bundle's manifest.
+    pub manifest: Manifest,
+    /// Where each blob's bytes are.
+    pub sources: Sources,
+}
+
+/// Reads and hashes the folder `dir`, reporting bytes hashed to `progress`.
+pub fn pack(dir: &Path, progress: Option<&Progress>) -> anyhow::Result<Packed> {
+    let files = walk(dir)?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let mut done = 0;
+    let mut entries = Vec::with_capacity(files.len());
+    let mut sources = Sources::new();
+    for f in files {
+        let hash = hash_file(&f.source, f.size, &mut |n| {
+            done += n;
+            if let Some(p) = progress {
+                p.update(done, total);
+            }
+        })?;
+        entries.push(ManifestEntry {
+            content_type: content_type::for_path(f.path.as_str()).to_owned(),
+            path: f.path,
+            hash,
+            size: f.size,
+        });
+        sources.entry(hash).or_insert((f.source, f.size));
+    }
+    let manifest = Manifest::new(entries).with_context(|| format!("{}", dir.display()))?;
+    Ok(Packed { manifest, sources })
+}
+
+/// The BLAKE3 hash of the file, which must still be `size` bytes long.
+fn hash_file(path: &Path, size: u64, hashed: &mut dyn FnMut(u64)) -> anyhow::Result<BlobHash> {
+    let read = || format!("reading {}", path.display());
+    let mut file = File::open(path).with_context(read)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; READ_BUFFER];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf).with_context(read)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+        hashed(n as u64);
+    }
+    anyhow::ensure!(len == size, "{} changed while being read", path.display());
+    Ok(BlobHash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+/// Publishes the folder and prints the bundle id and its URLs.
+pub async fn publish(api: &mut ApiClient, args: PublishArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone();
+    let packed = tokio::task::spawn_blocking(move || {
+        let files_progress = Progress::new();
+        pack(&dir, Some(&files_progress))
+    })
+    .await??;
+    let manifest = &packed.manifest;
+    eprintln!(
+        "{} files, {}: bundle {}",
+        manifest.entries().len(),
+        human_bytes(manifest.total_size()),
+        manifest.id()
+    );
+    let mut query = Vec::new();
+    if let Some(n) = args.replicas {
+        query.push(format!("replicas={n}"));
+    }
+    if let Some(name) = &args.name {
+        query.push(format!("name={}", encode_component(name)));
+    }
+    let path = if query.is_empty() {
+        "/api/bundles".to_owned()
+    } else {
+        format!("/api/bundles?{}", query.join("&"))
+    };
+    let encoded = manifest.encode();
+    let published: Published = api.post_bytes(&path, encoded.clone()).await?;
+    anyhow::ensure!(
+        published.bundle == manifest.id(),
+        "the coordinator registered bundle {} for manifest {}",
+        published.bundle,
+        manifest.id()
+    );
+    let sent = upload(&published, encoded, &packed.sources).await?;
+    if sent.blobs == 0 {
+        eprintln!("the node already holds every blob: nothing uploaded");
+    }
+    println!("bundle {}", published.bundle);
+    for url in &published.urls {
+        println!("{url}");
+    }
+    if args.wait {
+        wait(api, published.bundle, Duration::from_secs(args.timeout)).await?;
+    }
+    Ok(())
+}
+
+/// Polls the bundle until its copies are complete or `timeout` passes.
+async fn wait(api: &mut ApiClient, id: BundleId, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut shown = None;
+    loop {
+        let view: BundleView = api.get(&format!("/api/bundles/{id}")).await?;
+        let now = (view.complete, view.replicas_wanted);
+        if shown != Some(now) {
+            eprintln!("{} of {} copies complete", now.0, now.1);
+            shown = Some(now);
+        }
+        if view.complete >= usize::from(view.replicas_wanted) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let why = view.unplaced.map(|u| format!(" ({u})")).unwrap_or_default();
+            anyhow::bail!(
+                "timed out after {}s with {} of {} copies complete{why}",
+                timeout.as_secs(),
+                view.complete,
+                view.replicas_wanted
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_packs_a_folder_exactly_as_a_node_adds_it() -> anyhow::Result<()> {
+        let lesson = tempfile::tempdir()?;
+        fs::create_dir_all(lesson.path().join("media/deep"))?;
+        fs::write(lesson.path().join("index.html"), "<h1>Fractions</h1>")?;
+        fs::write(lesson.path().join("style.css"), "h1 { color: red }")?;
+        fs::write(
+            lesson.path().join("media/deep/copy.css"),
+            "h1 { color: red }",
+        )?;
+        let big: Vec<u8> = (0..3 * READ_BUFFER + 5).map(|i| (i % 251) as u8).collect();
+        fs::write(lesson.path().join("media/video.mp4"), &big)?;
+
+        let packed = pack(lesson.path(), None)?;
+        let store_dir = tempfile::tempdir()?;
+        let store = cartable_node::store::Store::open(store_dir.path())?;
+        let added = store.add_folder(lesson.path())?;
+        assert_eq!(packed.manifest.id(), added.summary.id);
+
+        let entries = packed.manifest.entries();
+        assert_eq!(entries.len(), 4);
+        let video = packed.manifest.entry("media/video.mp4").unwrap();
+        assert_eq!(
+            (video.size, video.content_type.as_str()),
+            (big.len() as u64, "video/mp4")
+        );
+        assert_eq!(video.hash, BlobHash::of(&big));
+        // Two paths with the same bytes: one blob to upload.
+        assert_eq!(packed.sources.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_file_name_fails_before_anything_is_sent() -> anyhow::Result<()> {
+        let lesson = tempfile::tempdir()?;
+        fs::write(lesson.path().join("index.html"), "ok")?;
+        fs::write(lesson.path().join("bad\\name.html"), "x")?;
+        let err = pack(lesson.path(), None).unwrap_err();
+        assert!(format!("{err:#}").contains("bad\\name.html"), "{err:#}");
+
+        let empty = tempfile::tempdir()?;
+        let err = pack(empty.path(), None).unwrap_err();
+        assert!(format!("{err:#}").contains("holds no file"), "{err:#}");
+        let err = pack(&empty.path().join("absent"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("absent"), "{err:#}");
+        Ok(())
+    }
+}

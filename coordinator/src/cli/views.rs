@@ -1,0 +1,401 @@
+//! How each admin API answer reads in a terminal. Pure functions from the API's
+//! JSON types to text, so the layout is tested without a coordinator.
+
+use std::fmt::Write;
+
+use crate::api::{BundleView, NameChange, NameView, NodeView, PlanPreview, Status, TokenView};
+
+use super::table::{Align, Table, short};
+use super::units::{human_bytes, utc_minute};
+
+/// Ids listed in `status` before `… and N more`: an outage can leave thousands.
+const LIST_AT_MOST: usize = 10;
+
+/// `nodes`.
+pub fn nodes(list: &[NodeView]) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("NODE", Left),
+        ("REGION", Left),
+        ("SITE", Left),
+        ("STATE", Left),
+        ("USED", Right),
+        ("CAPACITY", Right),
+        ("LOAD", Right),
+        ("COPIES", Right),
+        ("SEEN", Right),
+        ("FAILURES", Right),
+    ]);
+    for n in list {
+        t.row(vec![
+            short(n.id),
+            n.region.clone(),
+            n.site.clone(),
+            json_word(&n.state),
+            human_bytes(n.used),
+            human_bytes(n.capacity),
+            n.load.to_string(),
+            format!("{}/{}", n.complete, n.replicas),
+            seen(n.last_seen_secs),
+            n.reported_failures.to_string(),
+        ]);
+    }
+    t.render_or("no nodes")
+}
+
+/// `node show`.
+pub fn node(n: &NodeView) -> String {
+    fields(&[
+        ("id", n.id.to_string()),
+        ("place", format!("{} / {}", n.region, n.site)),
+        ("state", json_word(&n.state)),
+        ("https", n.https_url.clone()),
+        (
+            "disk",
+            format!(
+                "{} used of {}",
+                human_bytes(n.used),
+                human_bytes(n.capacity)
+            ),
+        ),
+        ("load", format!("{} requests in flight", n.load)),
+        (
+            "copies",
+            format!("{} placed, {} complete", n.replicas, n.complete),
+        ),
+        ("last seen", seen(n.last_seen_secs)),
+        (
+            "failures",
+            format!("{} reported by peers", n.reported_failures),
+        ),
+    ])
+}
+
+/// `bundles`.
+pub fn bundles(list: &[BundleView]) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("BUNDLE", Left),
+        ("FILES", Right),
+        ("SIZE", Right),
+        ("COPIES", Right),
+        ("NAMES", Left),
+        ("PROBLEM", Left),
+    ]);
+    for b in list {
+        t.row(vec![
+            short(b.id),
+            b.files.to_string(),
+            human_bytes(b.size),
+            format!("{}/{}", b.complete, b.replicas_wanted),
+            or_dash(b.names.join(", ")),
+            b.unplaced.clone().unwrap_or_default(),
+        ]);
+    }
+    t.render_or("no bundles")
+}
+
+/// `bundle show`: the bundle, then every replica.
+pub fn bundle(b: &BundleView) -> String {
+    let mut out = fields(&[
+        ("id", b.id.to_string()),
+        ("files", format!("{} ({})", b.files, human_bytes(b.size))),
+        (
+            "copies",
+            format!("{} of {} complete", b.complete, b.replicas_wanted),
+        ),
+        ("names", or_dash(b.names.join(", "))),
+        ("unplaced", or_dash(b.unplaced.clone().unwrap_or_default())),
+    ]);
+    use Align::Left;
+    let mut t = Table::new(&[
+        ("NODE", Left),
+        ("REGION", Left),
+        ("SITE", Left),
+        ("STATE", Left),
+        ("UP", Left),
+    ]);
+    for r in &b.replicas {
+        let up = if r.node_up { "yes" } else { "no" };
+        t.row(vec![
+            short(r.node),
+            r.region.clone(),
+            r.site.clone(),
+            json_word(&r.state),
+            up.to_owned(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&t.render_or("no replicas"));
+    out
+}
+
+/// `name ls`.
+pub fn names(list: &[NameView]) -> String {
+    let mut t = Table::new(&[("NAME", Align::Left), ("BUNDLE", Align::Left)]);
+    for n in list {
+        t.row(vec![n.name.clone(), short(n.bundle)]);
+    }
+    t.render_or("no names")
+}
+
+/// `name history`, oldest first as the API gives it.
+pub fn history(list: &[NameChange]) -> String {
+    let mut t = Table::new(&[("SINCE (UTC)", Align::Left), ("BUNDLE", Align::Left)]);
+    for c in list {
+        t.row(vec![utc_minute(c.at), short(c.bundle)]);
+    }
+    t.render_or("no history")
+}
+
+/// `token ls`; `now` (Unix seconds) tells expired tokens apart.
+pub fn tokens(list: &[TokenView], now: u64) -> String {
+    use Align::Left;
+    let mut t = Table::new(&[
+        ("TOKEN", Left),
+        ("REGION", Left),
+        ("SITE", Left),
+        ("EXPIRES (UTC)", Left),
+        ("STATE", Left),
+    ]);
+    for tok in list {
+        let state = match tok.used_by {
+            Some(node) => format!("used by {}", short(node)),
+            None if tok.expires <= now => "expired".to_owned(),
+            None => "unused".to_owned(),
+        };
+        t.row(vec![
+            tok.id.clone(),
+            tok.region.clone(),
+            tok.site.clone(),
+            utc_minute(tok.expires),
+            state,
+        ]);
+    }
+    t.render_or("no tokens")
+}
+
+/// `status`: counts first, then what needs attention.
+pub fn status(s: &Status) -> String {
+    let mut out = fields(&[
+        (
+            "nodes",
+            format!(
+                "{} up, {} down, {} draining",
+                s.nodes_up,
+                s.nodes_down.len(),
+                s.nodes_draining.len()
+            ),
+        ),
+        (
+            "bundles",
+            format!(
+                "{}, {} under-replicated, {} unplaceable",
+                s.bundles,
+                s.under_replicated.len(),
+                s.unplaceable.len()
+            ),
+        ),
+        ("down", id_list(&s.nodes_down)),
+        ("draining", id_list(&s.nodes_draining)),
+        ("under-replicated", id_list(&s.under_replicated)),
+        ("unplaceable", id_list(&s.unplaceable)),
+    ]);
+    let mut t = Table::new(&[
+        ("BUNDLE", Align::Left),
+        ("NODE", Align::Left),
+        ("COMPLETE", Align::Right),
+    ]);
+    for q in &s.repair_queue {
+        t.row(vec![short(q.bundle), short(q.node), q.complete.to_string()]);
+    }
+    let _ = writeln!(
+        out,
+        "\nrepair queue: {} copies waiting",
+        s.repair_queue.len()
+    );
+    if !s.repair_queue.is_empty() {
+        out.push_str(&t.render());
+    }
+    out
+}
+
+/// `plan --dry-run`.
+pub fn plan(p: &PlanPreview) -> String {
+    let mut out = format!(
+        "{} replicas: {} copies to start, {} to release, {} bundles not fully placed\n",
+        p.replicas, p.added, p.removed, p.unplaced
+    );
+    let mut t = Table::new(&[
+        ("BUNDLE", Align::Left),
+        ("GAINS", Align::Left),
+        ("LOSES", Align::Left),
+    ]);
+    for m in &p.moves {
+        let nodes =
+            |list: &[String]| or_dash(list.iter().map(short).collect::<Vec<_>>().join(", "));
+        t.row(vec![short(m.bundle), nodes(&m.to), nodes(&m.from)]);
+    }
+    out.push_str(&t.render_or("nothing would move"));
+    out
+}
+
+/// `key  value` lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
+
+/// An enum the way the API spells it (`up`, `copying`), so tables and JSON agree.
+fn json_word(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(word)) => word,
+        other => format!("{other:?}"),
+    }
+}
+
+fn seen(secs: Option<u64>) -> String {
+    match secs {
+        Some(s) => format!("{s}s ago"),
+        None => "never".to_owned(),
+    }
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+fn id_list<T: std::fmt::Display>(ids: &[T]) -> String {
+    let mut text: Vec<String> = ids.iter().take(LIST_AT_MOST).map(short).collect();
+    if ids.len() > LIST_AT_MOST {
+        text.push(format!("… and {} more", ids.len() - LIST_AT_MOST));
+    }
+    or_dash(text.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use cartable_proto::{BlobHash, BundleId, NodeId};
+
+    use super::*;
+    use crate::api::{NodeState, ReplicaState, ReplicaView};
+
+    fn node_id(i: u8) -> NodeId {
+        NodeId::from_bytes([i; 32])
+    }
+
+    fn bundle_id(i: u8) -> BundleId {
+        BundleId::from_hash(BlobHash::from_bytes([i; 32]))
+    }
+
+    fn node_view() -> NodeView {
+        NodeView {
+            id: node_id(0xab),
+            region: "east".into(),
+            site: "lyon-2".into(),
+            state: NodeState::Draining,
+            https_url: "https://10.0.0.1:8443".into(),
+            capacity: 200 << 30,
+            used: 3 << 30,
+            load: 7,
+            last_seen_secs: Some(4),
+            replicas: 10,
+            complete: 9,
+            reported_failures: 0,
+        }
+    }
+
+    #[test]
+    fn the_node_table_shows_short_ids_and_api_words() {
+        let mut never = node_view();
+        never.id = node_id(1);
+        never.state = NodeState::Down;
+        never.last_seen_secs = None;
+        assert_eq!(
+            nodes(&[node_view(), never]),
+            "NODE          REGION  SITE    STATE        USED   CAPACITY  LOAD  COPIES    SEEN  FAILURES\n\
+             abababababab  east    lyon-2  draining  3.0 GiB  200.0 GiB     7    9/10  4s ago         0\n\
+             010101010101  east    lyon-2  down      3.0 GiB  200.0 GiB     7    9/10   never         0\n"
+        );
+        assert_eq!(nodes(&[]), "no nodes\n");
+        assert!(
+            node(&node_view()).contains(&"ab".repeat(32)),
+            "show gives the full id"
+        );
+    }
+
+    #[test]
+    fn a_bundle_shows_every_replica() {
+        let view = BundleView {
+            id: bundle_id(2),
+            size: 2048,
+            files: 3,
+            replicas_wanted: 3,
+            complete: 1,
+            names: vec!["maths/6e/fractions".into()],
+            unplaced: Some("only 2 sites".into()),
+            replicas: vec![ReplicaView {
+                node: node_id(9),
+                region: "west".into(),
+                site: "brest".into(),
+                state: ReplicaState::Copying,
+                node_up: false,
+            }],
+        };
+        let text = bundle(&view);
+        assert!(text.contains("1 of 3 complete"), "{text}");
+        assert!(text.contains("only 2 sites"), "{text}");
+        assert!(
+            text.contains("090909090909  west    brest  copying  no"),
+            "{text}"
+        );
+        assert!(bundles(&[view]).contains("1/3  maths/6e/fractions  only 2 sites"));
+    }
+
+    #[test]
+    fn status_cuts_long_lists_and_tokens_show_their_state() {
+        let status_view = Status {
+            nodes_up: 4,
+            nodes_down: vec![node_id(1)],
+            nodes_draining: Vec::new(),
+            bundles: 30,
+            under_replicated: (0..25).map(bundle_id).collect(),
+            unplaceable: Vec::new(),
+            repair_queue: Vec::new(),
+        };
+        let text = status(&status_view);
+        assert!(text.contains("4 up, 1 down, 0 draining"), "{text}");
+        assert!(text.contains("… and 15 more"), "{text}");
+        assert!(text.contains("draining          -"), "{text}");
+        assert!(text.contains("repair queue: 0 copies waiting"), "{text}");
+
+        let token = |expires, used_by| TokenView {
+            id: "0123456789abcdef".into(),
+            region: "east".into(),
+            site: "lyon".into(),
+            expires,
+            used_by,
+        };
+        let text = tokens(
+            &[
+                token(100, None),
+                token(300, None),
+                token(100, Some(node_id(5))),
+            ],
+            200,
+        );
+        let states: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit("  ").next().unwrap())
+            .collect();
+        assert_eq!(states, ["expired", "unused", "used by 050505050505"]);
+    }
+}
