@@ -3,17 +3,22 @@
 //!
 //! The files are the truth: opening the store reconciles the index with the
 //! bundle manifests on disk, so a crash between writing files and indexing them,
-//! or a lost index folder, loses nothing. Writes (add, remove, check) are
-//! serialised by one lock; reads go on beside them.
+//! or a lost index folder, loses nothing. Writes (add, remove, check, and the
+//! scrub's removal of a damaged blob) are serialised by one lock; reads go on
+//! beside them. The background scrub ([`scrub`]) turns a blob rotten on disk
+//! into a missing one that a fetch from a replica restores.
 
 mod import;
 mod index;
 pub mod layout;
 mod maintenance;
 mod partial;
+mod scrub;
 pub mod verify;
 pub mod walk;
 
+#[cfg(test)]
+mod scrub_tests;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +35,7 @@ pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
 pub use partial::PartialBlob;
+pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError};
 pub use walk::WalkError;
 
@@ -123,6 +129,11 @@ impl Store {
                 import::import_file(&self.layout, &f.source, f.size).map_err(io_at(&f.source))?;
             if imported.new {
                 new_bytes += imported.size;
+                // Written afresh from the source, perhaps where the scrub had
+                // removed a damaged copy.
+                self.index
+                    .clear_damaged(&imported.hash)
+                    .map_err(|e| self.index_err(e))?;
             }
             entries.push(ManifestEntry {
                 content_type: cartable_proto::content_type::for_path(f.path.as_str()).to_owned(),

@@ -171,12 +171,14 @@ impl Store {
     }
 
     /// Whether a blob's file is already here, whole in length (verified later by
-    /// every read).
+    /// every read) and not marked damaged: if not, a fetch copies it again.
     pub fn has_blob_file(&self, hash: &BlobHash, size: u64) -> bool {
-        fs::metadata(self.layout.blob(hash)).is_ok_and(|m| m.len() == size)
+        !self.index.is_damaged(hash)
+            && fs::metadata(self.layout.blob(hash)).is_ok_and(|m| m.len() == size)
     }
 
-    /// Moves a complete partial blob under its final name.
+    /// Moves a complete partial blob under its final name, replacing a damaged
+    /// copy if one is left, and clears the blob's damaged mark.
     pub fn commit_partial(&self, mut partial: PartialBlob) -> Result<(), StoreError> {
         let [data, outboard, done] = partial.paths.clone();
         partial.checkpoint(self).map_err(io_at(&data))?;
@@ -189,7 +191,10 @@ impl Store {
         let dest = self.layout.blob(&partial.hash);
         fs::rename(&data, &dest).map_err(io_at(&dest))?;
         layout::remove_if_present(&done).map_err(io_at(&done))?;
-        Ok(())
+        // After the rename: a blob is never unmarked while its bad copy is in place.
+        self.index
+            .clear_damaged(&partial.hash)
+            .map_err(|e| self.index_err(e))
     }
 
     /// Keeps a blob fetched through for browsers as cache, then evicts the

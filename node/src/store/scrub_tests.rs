@@ -1,0 +1,327 @@
+//! The scrub on a real data folder: damage found, marked and removed; the
+//! bundle listed as incomplete, answered 503, and restored by a fetch.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use cartable_proto::ManifestEntry;
+
+use super::*;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+const BIG: usize = 300_000;
+
+/// A store holding two bundles: `a` (a large and a small file) and `b` (one
+/// small file).
+struct Fixture {
+    store: Arc<Store>,
+    a: BundleId,
+    b: BundleId,
+    /// The data folder, then the two lessons' folders.
+    dirs: [tempfile::TempDir; 3],
+}
+
+impl Fixture {
+    fn new() -> anyhow::Result<Self> {
+        let dirs = [
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+        ];
+        fs::write(dirs[1].path().join("big.bin"), pattern(BIG, 1))?;
+        fs::write(dirs[1].path().join("small.txt"), b"a small file")?;
+        fs::write(dirs[2].path().join("other.txt"), b"another lesson")?;
+        let store = Arc::new(Store::open(dirs[0].path())?);
+        let a = store.add_folder(dirs[1].path())?.summary.id;
+        let b = store.add_folder(dirs[2].path())?.summary.id;
+        Ok(Self { store, a, b, dirs })
+    }
+
+    fn entry(&self, bundle: &BundleId, path: &str) -> anyhow::Result<ManifestEntry> {
+        let manifest = self.store.manifest(bundle)?.expect("bundle held");
+        Ok(manifest.entry(path).expect("file in bundle").clone())
+    }
+
+    fn lesson_dir(&self) -> &Path {
+        self.dirs[1].path()
+    }
+
+    /// One unthrottled pass, and what it counted.
+    fn scrub(&self) -> anyhow::Result<(ScrubReport, u64)> {
+        let found = AtomicU64::new(0);
+        let settings = ScrubSettings {
+            mib_per_s: 0,
+            ..ScrubSettings::default()
+        };
+        let report = self
+            .store
+            .scrub_pass(&settings, &AtomicBool::new(false), &found)?;
+        Ok((report, found.load(Ordering::Relaxed)))
+    }
+}
+
+fn flip_byte(path: &Path, at: usize) -> anyhow::Result<()> {
+    let mut bytes = fs::read(path)?;
+    bytes[at] ^= 0x01;
+    fs::write(path, bytes)?;
+    Ok(())
+}
+
+#[test]
+fn a_clean_store_scrubs_clean() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let (report, found) = f.scrub()?;
+    let bytes = (BIG + b"a small file".len() + b"another lesson".len()) as u64;
+    let expected = ScrubReport {
+        blobs_ok: 3,
+        bytes_verified: bytes,
+        damaged: 0,
+        awaiting_repair: 0,
+    };
+    assert_eq!(report, expected);
+    assert_eq!(found, 0);
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    Ok(())
+}
+
+/// Damages the big file of bundle `a` with `damage`, scrubs, and checks the
+/// blob was found, marked and removed, with bundle `b` untouched.
+fn damage_is_found(
+    damage: impl Fn(&Store, &ManifestEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let big = f.entry(&f.a, "big.bin")?;
+    damage(&f.store, &big)?;
+    let (report, found) = f.scrub()?;
+    assert_eq!(
+        (report.damaged, report.blobs_ok, found),
+        (1, 2, 1),
+        "{report:?}"
+    );
+    assert!(f.store.is_damaged(&big.hash));
+    assert!(!f.store.layout().blob(&big.hash).exists());
+    assert!(!f.store.layout().outboard(&big.hash).exists());
+    assert!(!f.store.has_blob_file(&big.hash, big.size));
+    assert_eq!(
+        f.store.blob_size(&big.hash),
+        None,
+        "peers are told it is not held"
+    );
+    assert_eq!(f.store.incomplete_bundles()?, [f.a]);
+    let other = f.entry(&f.b, "other.txt")?;
+    assert!(f.store.has_blob_file(&other.hash, other.size));
+    // The next pass knows it is waiting for a repair and counts it once only.
+    let (again, found) = f.scrub()?;
+    assert_eq!((again.damaged, again.awaiting_repair, found), (0, 1, 0));
+    Ok(())
+}
+
+#[test]
+fn a_flipped_byte_in_a_blob_is_found_and_removed() -> anyhow::Result<()> {
+    damage_is_found(|store, e| flip_byte(&store.layout().blob(&e.hash), 200_000))
+}
+
+#[test]
+fn a_flipped_byte_in_an_outboard_is_found_and_removed() -> anyhow::Result<()> {
+    damage_is_found(|store, e| flip_byte(&store.layout().outboard(&e.hash), 40))
+}
+
+#[test]
+fn a_removed_blob_file_is_found() -> anyhow::Result<()> {
+    damage_is_found(|store, e| Ok(fs::remove_file(store.layout().blob(&e.hash))?))
+}
+
+#[test]
+fn a_truncated_blob_is_found() -> anyhow::Result<()> {
+    damage_is_found(|store, e| {
+        let file = fs::File::options()
+            .write(true)
+            .open(store.layout().blob(&e.hash))?;
+        Ok(file.set_len(e.size - 1)?)
+    })
+}
+
+#[test]
+fn a_damaged_small_blob_is_found() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let small = f.entry(&f.a, "small.txt")?;
+    flip_byte(&f.store.layout().blob(&small.hash), 0)?;
+    let (report, found) = f.scrub()?;
+    assert_eq!((report.damaged, found), (1, 1));
+    assert!(!f.store.layout().blob(&small.hash).exists());
+    assert_eq!(f.store.incomplete_bundles()?, [f.a]);
+    Ok(())
+}
+
+#[test]
+fn a_stale_mark_on_a_whole_blob_is_cleared() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let big = f.entry(&f.a, "big.bin")?;
+    f.store
+        .mark_damaged(&big.hash, "cannot open: too many open files");
+    assert_eq!(f.store.incomplete_bundles()?, [f.a]);
+    let (report, found) = f.scrub()?;
+    assert_eq!((report.blobs_ok, found), (3, 0));
+    assert!(!f.store.is_damaged(&big.hash));
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_stopped_pass_judges_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    flip_byte(&f.store.layout().blob(&f.entry(&f.a, "big.bin")?.hash), 0)?;
+    let found = AtomicU64::new(0);
+    let report = f
+        .store
+        .scrub_pass(&ScrubSettings::default(), &AtomicBool::new(true), &found)?;
+    assert_eq!(report, ScrubReport::default());
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_blob_fetched_again_is_no_longer_damaged() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let small = f.entry(&f.a, "small.txt")?;
+    flip_byte(&f.store.layout().blob(&small.hash), 3)?;
+    f.scrub()?;
+    // What a fetch from a replica does once the bytes are verified.
+    let mut partial = f.store.partial(&small.hash, small.size)?;
+    partial.write_group(0, b"a small file")?;
+    f.store.commit_partial(partial)?;
+    assert!(!f.store.is_damaged(&small.hash));
+    assert_eq!(f.store.blob_size(&small.hash), Some(small.size));
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    assert_eq!(f.scrub()?.0.blobs_ok, 3);
+    Ok(())
+}
+
+#[test]
+fn adding_the_folder_again_repairs_it() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let big = f.entry(&f.a, "big.bin")?;
+    flip_byte(&f.store.layout().blob(&big.hash), 7)?;
+    f.scrub()?;
+    let report = f.store.add_folder(f.lesson_dir())?;
+    assert_eq!(report.new_bytes, big.size);
+    assert!(!f.store.is_damaged(&big.hash));
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_damaged_cached_blob_is_dropped_from_the_cache() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let data = pattern(20_000, 9);
+    let hash = BlobHash::of(&data);
+    let mut partial = f.store.partial(&hash, data.len() as u64)?;
+    partial.write_group(0, &data[..16_384])?;
+    partial.write_group(16_384, &data[16_384..])?;
+    // The outboard pairs are not written here, so the cached copy fails verification.
+    f.store.commit_partial(partial)?;
+    f.store.use_cached(&hash, data.len() as u64, 1 << 20)?;
+    let (report, found) = f.scrub()?;
+    assert_eq!((report.damaged, found), (1, 1));
+    assert!(!f.store.layout().blob(&hash).exists());
+    assert!(
+        !f.store.is_damaged(&hash),
+        "forgotten, not waiting for a repair"
+    );
+    assert!(f.store.incomplete_bundles()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_removed_blob_answers_503_and_nothing_panics() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let ctx = Arc::new(crate::serve::ServeContext {
+        store: f.store.clone(),
+        through: None,
+    });
+    let get = |path: &str| {
+        let uri = format!("/b/{}/{path}", f.a);
+        crate::serve::respond(ctx.clone(), http::Request::get(uri).body(()).unwrap())
+    };
+    let big = f.entry(&f.a, "big.bin")?;
+    flip_byte(&f.store.layout().blob(&big.hash), 1)?;
+    f.scrub()?;
+    assert_eq!(get("big.bin").await.status(), 503);
+    assert_eq!(get("small.txt").await.status(), 200);
+    // Deleted behind the store's back, not yet scrubbed: 503 as well.
+    let small = f.entry(&f.a, "small.txt")?;
+    fs::remove_file(f.store.layout().blob(&small.hash))?;
+    assert_eq!(get("small.txt").await.status(), 503);
+    Ok(())
+}
+
+#[tokio::test]
+async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    fs::remove_file(f.store.layout().blob(&f.entry(&f.b, "other.txt")?.hash))?;
+    let found = Arc::new(AtomicU64::new(0));
+    let settings = ScrubSettings {
+        mib_per_s: 0,
+        interval: Duration::from_millis(10),
+    };
+    let task = tokio::spawn(scrub_forever(f.store.clone(), settings, found.clone()));
+    // Several passes run; the one blob is counted once.
+    for _ in 0..1000 {
+        if found.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert_eq!(found.load(Ordering::Relaxed), 1);
+    assert_eq!(f.store.incomplete_bundles()?, [f.b]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow::Result<()> {
+    use crate::identity::Identity;
+    use crate::peer::fetch::{FetchOptions, fetch_bundle};
+    use crate::peer::{PeerAddr, auth::Members, endpoint::PeerEndpoint, respond::serve_peers};
+
+    // The same lessons, so the same bundle ids, on two nodes.
+    let (healthy, damaged) = (Fixture::new()?, Fixture::new()?);
+    let keys = tempfile::tempdir()?;
+    let server_key = Identity::load_or_create(&keys.path().join("healthy"))?;
+    let client_key = Identity::load_or_create(&keys.path().join("damaged"))?;
+    let loopback = "127.0.0.1:0".parse()?;
+    let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
+    let peer = PeerAddr {
+        id: server_key.id(),
+        addr: server.local_addr()?,
+    };
+    tokio::spawn(serve_peers(server.clone(), healthy.store.clone()));
+    let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
+
+    let big = damaged.entry(&damaged.a, "big.bin")?;
+    flip_byte(&damaged.store.layout().blob(&big.hash), 123_456)?;
+    damaged.scrub()?;
+    for id in damaged.store.incomplete_bundles()? {
+        let store = damaged.store.clone();
+        let report = fetch_bundle(&client, store, id, &[peer], FetchOptions::default()).await?;
+        assert_eq!(
+            report.bytes_received, big.size,
+            "only the removed blob is fetched"
+        );
+    }
+    assert!(!damaged.store.is_damaged(&big.hash));
+    assert!(damaged.store.incomplete_bundles()?.is_empty());
+    assert_eq!(damaged.scrub()?, healthy.scrub()?, "whole again");
+    server.close();
+    client.close();
+    Ok(())
+}
