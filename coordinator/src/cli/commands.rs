@@ -1,0 +1,304 @@
+//! The commands: each is one or a few admin API calls, printed as a table (see
+//! [`super::views`]) or as the API's JSON with `--json`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use http::Method;
+
+use super::client::{ApiClient, encode_component};
+use super::plan::PlanArgs;
+use super::publish::{self, PublishArgs};
+use super::{ids, units, views};
+use crate::api::{self, CreateToken, CreatedToken};
+
+/// `--json` for listings and show commands.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A `cartable` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the nodes.
+    Nodes(Output),
+    /// Show, drain or remove a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// List the bundles.
+    Bundles(Output),
+    /// Show one bundle and every replica.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Remove a bundle from the cluster.
+    Rm {
+        /// The bundle (id or prefix).
+        bundle: String,
+    },
+    /// Change how many copies of a bundle are kept.
+    #[command(subcommand)]
+    Replicas(ReplicasCommand),
+    /// Publish a lesson folder as a bundle and upload it.
+    Publish(PublishArgs),
+    /// Human names for bundles.
+    #[command(subcommand)]
+    Name(NameCommand),
+    /// One-time tokens for nodes to join.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Down and draining nodes, bundles short of copies, the repair queue.
+    Status(Output),
+    /// Preview what a topology change would move (changes nothing).
+    Plan(PlanArgs),
+}
+
+/// `cartable node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Show one node.
+    Show {
+        /// The node (id or prefix).
+        id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Stop placing copies on the node and move its copies away.
+    Drain {
+        /// The node (id or prefix).
+        id: String,
+    },
+    /// Forget the node at once, even if it still holds copies.
+    Remove {
+        /// The node (id or prefix).
+        id: String,
+    },
+}
+
+/// `cartable bundle ...`.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Show one bundle and every replica: node, region, site, state, up.
+    Show {
+        /// The bundle (id or prefix).
+        id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// `cartable replicas ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicasCommand {
+    /// Set the number of copies kept.
+    Set {
+        /// The bundle (id or prefix).
+        bundle: String,
+        /// Copies to keep.
+        replicas: u8,
+    },
+}
+
+/// `cartable name ...`.
+#[derive(Debug, Subcommand)]
+pub enum NameCommand {
+    /// Point a name at a bundle.
+    Set {
+        /// The name, e.g. maths/6e/fractions.
+        name: String,
+        /// The bundle (id or prefix).
+        bundle: String,
+    },
+    /// List the names.
+    Ls(Output),
+    /// Every bundle a name pointed to.
+    History {
+        /// The name.
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// `cartable token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token; prints only the token.
+    Create {
+        /// The region of the node that will join.
+        #[arg(long)]
+        region: String,
+        /// Its site.
+        #[arg(long)]
+        site: String,
+        /// Lifetime: 30s, 15m, 24h, 7d.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = units::parse_duration)]
+        expires: u64,
+    },
+    /// List the join tokens.
+    Ls(Output),
+    /// Revoke a join token.
+    Revoke {
+        /// The token id, as `token ls` shows it.
+        id: String,
+    },
+}
+
+impl Command {
+    /// Checks what needs no coordinator, so a wrong invocation fails first.
+    pub fn check_offline(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Plan(plan) => plan.check(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the command against the coordinator.
+    pub async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
+        match self {
+            Self::Nodes(out) => list(api, "/api/nodes", out, views::nodes).await,
+            Self::Node(command) => command.run(api).await,
+            Self::Bundles(out) => list(api, "/api/bundles", out, views::bundles).await,
+            Self::Bundle(BundleCommand::Show { id, out }) => {
+                let id = ids::bundle(api, &id).await?;
+                show(
+                    out,
+                    &api.get(&format!("/api/bundles/{id}")).await?,
+                    views::bundle,
+                )
+            }
+            Self::Rm { bundle } => {
+                let id = ids::bundle(api, &bundle).await?;
+                let _: api::BundleView = api.delete(&format!("/api/bundles/{id}")).await?;
+                println!("removed bundle {id}");
+                Ok(())
+            }
+            Self::Replicas(ReplicasCommand::Set { bundle, replicas }) => {
+                let id = ids::bundle(api, &bundle).await?;
+                let body = api::SetReplicas { replicas };
+                let path = format!("/api/bundles/{id}/replicas");
+                let view: api::BundleView = api.send_json(Method::PUT, &path, &body).await?;
+                println!(
+                    "bundle {id}: {} copies wanted, {} complete",
+                    view.replicas_wanted, view.complete
+                );
+                Ok(())
+            }
+            Self::Publish(args) => publish::publish(api, args).await,
+            Self::Name(command) => command.run(api).await,
+            Self::Token(command) => command.run(api).await,
+            Self::Status(out) => show(out, &api.get("/api/status").await?, views::status),
+            Self::Plan(args) => args.run(api).await,
+        }
+    }
+}
+
+impl NodeCommand {
+    async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
+        let (id, drain) = match self {
+            Self::Show { id, out } => {
+                let id = ids::node(api, &id).await?;
+                return show(
+                    out,
+                    &api.get(&format!("/api/nodes/{id}")).await?,
+                    views::node,
+                );
+            }
+            Self::Drain { id } => (ids::node(api, &id).await?, true),
+            Self::Remove { id } => (ids::node(api, &id).await?, false),
+        };
+        let view: api::NodeView = if drain {
+            let path = format!("/api/nodes/{id}/drain");
+            api.send_json(Method::POST, &path, &()).await?
+        } else {
+            api.delete(&format!("/api/nodes/{id}")).await?
+        };
+        let done = if drain { "draining" } else { "removed" };
+        println!("node {id} ({} / {}) {done}", view.region, view.site);
+        Ok(())
+    }
+}
+
+impl NameCommand {
+    async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
+        match self {
+            Self::Set { name, bundle } => {
+                let bundle = ids::bundle(api, &bundle).await?;
+                let path = format!("/api/names/{}", encode_component(&name));
+                let view: api::NameView = api
+                    .send_json(Method::PUT, &path, &api::SetName { bundle })
+                    .await?;
+                println!("{} -> {}", view.name, view.bundle);
+                Ok(())
+            }
+            Self::Ls(out) => list(api, "/api/names", out, views::names).await,
+            Self::History { name, out } => {
+                let path = format!("/api/names/{}/history", encode_component(&name));
+                list(api, &path, out, views::history).await
+            }
+        }
+    }
+}
+
+impl TokenCommand {
+    async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
+        match self {
+            Self::Create {
+                region,
+                site,
+                expires,
+            } => {
+                let body = CreateToken {
+                    region,
+                    site,
+                    expires_secs: expires,
+                };
+                let created: CreatedToken =
+                    api.send_json(Method::POST, "/api/tokens", &body).await?;
+                // Only the token on stdout, so that scripts can capture it.
+                println!("{}", created.token);
+                Ok(())
+            }
+            Self::Ls(out) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+                list(api, "/api/tokens", out, |list| views::tokens(list, now)).await
+            }
+            Self::Revoke { id } => {
+                let path = format!("/api/tokens/{}", encode_component(&id));
+                let view: api::TokenView = api.delete(&path).await?;
+                println!(
+                    "revoked token {} ({} / {})",
+                    view.id, view.region, view.site
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Lists `path` as pretty JSON or through `view`.
+pub(super) async fn list<T: serde::de::DeserializeOwned + serde::Serialize>(
+    api: &mut ApiClient,
+    path: &str,
+    out: Output,
+    view: impl FnOnce(&[T]) -> String,
+) -> anyhow::Result<()> {
+    let items: Vec<T> = api.get(path).await?;
+    show(out, &items, |items| view(items))
+}
+
+/// Prints `value` as pretty JSON or through `view`.
+pub(super) fn show<T: serde::Serialize>(
+    out: Output,
+    value: &T,
+    view: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", view(value));
+    }
+    Ok(())
+}
