@@ -77,7 +77,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_signal() {
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {

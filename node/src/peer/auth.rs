@@ -57,6 +57,15 @@ impl Members {
     }
 }
 
+/// The node id a connection's peer proved in the handshake.
+pub fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    node_id_of_cert(certs.first()?).ok()
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

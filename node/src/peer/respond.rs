@@ -7,11 +7,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use cartable_proto::cert::node_id_of_cert;
 use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::endpoint::PeerEndpoint;
@@ -64,11 +62,7 @@ struct ConnectionSlot {
 
 impl ConnectionSlot {
     fn take(open: &Arc<Mutex<HashMap<NodeId, usize>>>, conn: &quinn::Connection) -> Option<Self> {
-        let certs = conn
-            .peer_identity()?
-            .downcast::<Vec<CertificateDer<'static>>>()
-            .ok()?;
-        let peer = node_id_of_cert(certs.first()?).ok()?;
+        let peer = super::auth::peer_node_id(conn)?;
         let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(peer).or_default();
         if *count >= MAX_CONNECTIONS_PER_PEER {

@@ -1,0 +1,445 @@
+//! The admin API routes (contract in [`crate::api`]). Every call checks the
+//! bearer token first; a refused call changes nothing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cartable_proto::join::{JoinToken, UploadGrant};
+use cartable_proto::{BundleId, BundlePath, Manifest, NodeId};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ring::rand::SecureRandom;
+use serde::de::DeserializeOwned;
+
+use super::{Reply, error, json};
+use crate::Coordinator;
+use crate::api::*;
+use crate::state::{BundleRecord, Cluster, TokenRecord, secret_hash, unix_now};
+use crate::{lifecycle, views};
+
+/// Largest JSON body accepted.
+const MAX_JSON: usize = 64 * 1024;
+/// How long an upload grant is good for.
+const GRANT_SECS: u64 = 24 * 3600;
+
+type Failure = (StatusCode, String);
+
+fn fail(status: StatusCode, message: impl Into<String>) -> Failure {
+    (status, message.into())
+}
+
+fn internal(e: anyhow::Error) -> Failure {
+    tracing::error!(error = format!("{e:#}"), "admin call failed");
+    fail(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the coordinator could not save the change",
+    )
+}
+
+/// Answers one `/api/` request.
+pub async fn respond(coord: Arc<Coordinator>, req: Request<Incoming>) -> Reply {
+    if !authorized(&coord, &req) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    match route(&coord, req).await {
+        Ok(reply) => reply,
+        Err((status, message)) => error(status, &message),
+    }
+}
+
+fn authorized(coord: &Coordinator, req: &Request<Incoming>) -> bool {
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = secret_hash(token.trim().as_bytes());
+    coord.lock().admin_hash.as_deref().is_some_and(|h| {
+        ring::constant_time::verify_slices_are_equal(h.as_bytes(), given.as_bytes()).is_ok()
+    })
+}
+
+async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+    Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|_| {
+            fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {max} bytes or cut"),
+            )
+        })
+}
+
+async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Failure> {
+    let bytes = body(req, MAX_JSON).await?;
+    serde_json::from_slice(&bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("body: {e}")))
+}
+
+fn node_id(text: &str) -> Result<NodeId, Failure> {
+    text.parse()
+        .map_err(|_| fail(StatusCode::BAD_REQUEST, "malformed node id"))
+}
+
+fn bundle_id(text: &str) -> Result<BundleId, Failure> {
+    text.parse()
+        .map_err(|_| fail(StatusCode::BAD_REQUEST, "malformed bundle id"))
+}
+
+async fn route(coord: &Arc<Coordinator>, req: Request<Incoming>) -> Result<Reply, Failure> {
+    let path = req.uri().path().trim_start_matches("/api/").to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let parts: Vec<&str> = path.split('/').collect();
+    let ok = |v: &dyn erased::Json| Ok(v.reply());
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["status"]) => ok(&views::status(&coord.lock(), &coord.policy)),
+        (Method::GET, ["nodes"]) => ok(&views::nodes(&coord.lock(), &coord.policy)),
+        (Method::GET, ["nodes", id]) => {
+            ok(&views::node(&coord.lock(), &coord.policy, &node_id(id)?)?)
+        }
+        (Method::POST, ["nodes", id, "drain"]) => ok(&drain(coord, &node_id(id)?)?),
+        (Method::DELETE, ["nodes", id]) => ok(&remove_node(coord, &node_id(id)?)?),
+        (Method::GET, ["bundles"]) => ok(&views::bundles(&coord.lock(), &coord.policy)),
+        (Method::GET, ["bundles", id]) => ok(&views::bundle(
+            &coord.lock(),
+            &coord.policy,
+            &bundle_id(id)?,
+            true,
+        )?),
+        (Method::POST, ["bundles"]) => {
+            let bytes = body(req, cartable_proto::wire::MAX_MANIFEST_BYTES).await?;
+            ok(&publish(coord, &query, &bytes)?)
+        }
+        (Method::DELETE, ["bundles", id]) => ok(&unpublish(coord, &bundle_id(id)?)?),
+        (Method::PUT, ["bundles", id, "replicas"]) => {
+            let id = bundle_id(id)?;
+            let set: SetReplicas = json_body(req).await?;
+            ok(&set_replicas(coord, &id, set.replicas)?)
+        }
+        (Method::GET, ["names"]) => ok(&views::names(&coord.lock())),
+        (Method::GET, [.., "history"]) if parts[0] == "names" && parts.len() > 2 => {
+            let name = parts[1..parts.len() - 1].join("/");
+            let c = coord.lock();
+            let record = c
+                .names
+                .get(&name)
+                .ok_or(fail(StatusCode::NOT_FOUND, "no such name"))?;
+            ok(&record.history)
+        }
+        (Method::PUT, ["names", ..]) if parts.len() > 1 => {
+            let name = parts[1..].join("/");
+            let set: SetName = json_body(req).await?;
+            ok(&set_name(coord, &name, set.bundle)?)
+        }
+        (Method::POST, ["tokens"]) => {
+            let create: CreateToken = json_body(req).await?;
+            ok(&create_token(coord, create)?)
+        }
+        (Method::GET, ["tokens"]) => ok(&views::tokens(&coord.lock())),
+        (Method::DELETE, ["tokens", id]) => ok(&revoke_token(coord, id)?),
+        (Method::POST, ["plan"]) => {
+            let change: PlanChange = json_body(req).await?;
+            ok(&views::preview(&mut coord.lock(), &coord.policy, &change))
+        }
+        _ => Err(fail(StatusCode::NOT_FOUND, "no such API route")),
+    }
+}
+
+/// Lets the router return any serializable view.
+mod erased {
+    pub trait Json {
+        fn reply(&self) -> super::Reply;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn reply(&self) -> super::Reply {
+            super::json(http::StatusCode::OK, self)
+        }
+    }
+}
+
+fn drain(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
+    let mut c = coord.lock();
+    let mut record = c
+        .nodes
+        .get(id)
+        .cloned()
+        .ok_or(fail(StatusCode::NOT_FOUND, "no such node"))?;
+    record.draining = true;
+    c.save_node(record)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    tracing::info!(node = %id, "draining");
+    views::node(&c, &coord.policy, id)
+}
+
+fn remove_node(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
+    let mut c = coord.lock();
+    let view = views::node(&c, &coord.policy, id)?;
+    c.remove_node(id)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    tracing::info!(node = %id, "removed");
+    Ok(view)
+}
+
+fn check_replicas(c: &Cluster, replicas: u8) -> Result<(), Failure> {
+    let sites = c.site_count();
+    if replicas == 0 {
+        return Err(fail(StatusCode::BAD_REQUEST, "replicas must be at least 1"));
+    }
+    if usize::from(replicas) > sites {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            format!("{replicas} replicas wanted but the cluster has {sites} sites"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), Failure> {
+    if name.len() > 256 || BundlePath::new(name.to_owned()).is_err() {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "a name is a relative path such as maths/6e/fractions (no empty, . or .. part, at most 256 bytes)",
+        ));
+    }
+    Ok(())
+}
+
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn publish(coord: &Coordinator, query: &str, bytes: &[u8]) -> Result<Published, Failure> {
+    let manifest = Manifest::decode(bytes)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("manifest: {e}")))?;
+    let id = BundleId::of_manifest(bytes);
+    let name = query_value(query, "name").map(percent_decode).transpose()?;
+    if let Some(name) = &name {
+        check_name(name)?;
+    }
+    let mut c = coord.lock();
+    let replicas = match query_value(query, "replicas") {
+        Some(r) => r.parse().map_err(|_| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "replicas must be a number from 1 to 255",
+            )
+        })?,
+        None => c.bundles.get(&id).map_or(
+            coord
+                .policy
+                .default_replicas
+                .min(c.site_count().max(1) as u8),
+            |b| b.replicas,
+        ),
+    };
+    check_replicas(&c, replicas)?;
+    let record = BundleRecord {
+        size: manifest.total_size(),
+        files: manifest.entries().len(),
+        replicas,
+    };
+    c.save_bundle(id, record).map_err(internal)?;
+    let now = Instant::now();
+    let eligible = lifecycle::eligibility(&mut c, &coord.policy, now);
+    lifecycle::replan(&mut c, &coord.policy, now, &eligible).map_err(internal)?;
+    if let Some(name) = &name {
+        c.set_name(name, id).map_err(internal)?;
+    }
+    c.flush().map_err(internal)?;
+    let upload = upload_node(&c, &id, coord, now).ok_or(fail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no node that is up could be given the bundle (see `cartable status`)",
+    ))?;
+    let node = &c.nodes[&upload];
+    let expires = unix_now() + GRANT_SECS;
+    let signature = coord
+        .identity
+        .sign(&UploadGrant::signed_bytes(&id, &upload, expires))
+        .map_err(internal)?;
+    let grant = UploadGrant {
+        bundle: id,
+        node: upload,
+        expires,
+        signature,
+    };
+    let mut urls = vec![format!("{}/b/{id}/", coord.https_url)];
+    urls.extend(name.iter().map(|n| format!("{}/n/{n}/", coord.https_url)));
+    tracing::info!(bundle = %id, upload = %upload, "bundle published");
+    Ok(Published {
+        bundle: id,
+        upload_node: upload,
+        upload_url: node.contact.https_url.clone(),
+        upload_cert_sha256: node.contact.https_cert_sha256.clone(),
+        grant: grant.to_string(),
+        urls,
+    })
+}
+
+/// Where the publisher uploads: a node already holding it, else the first placed node that is up.
+fn upload_node(c: &Cluster, id: &BundleId, coord: &Coordinator, now: Instant) -> Option<NodeId> {
+    if let Some(n) = lifecycle::sources(c, id, None, &coord.policy, now).first() {
+        return Some(*n);
+    }
+    c.replicas
+        .get(id)?
+        .keys()
+        .find(|n| c.is_up(n, now, coord.policy.down_after))
+        .copied()
+}
+
+fn percent_decode(text: &str) -> Result<String, Failure> {
+    let bad = || {
+        fail(
+            StatusCode::BAD_REQUEST,
+            "malformed percent-encoding in the query",
+        )
+    };
+    let bytes = text.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+fn unpublish(coord: &Coordinator, id: &BundleId) -> Result<BundleView, Failure> {
+    let mut c = coord.lock();
+    let view = views::bundle(&c, &coord.policy, id, true)?;
+    let pointing: Vec<String> = c
+        .names
+        .iter()
+        .filter(|(_, r)| r.current() == Some(*id))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !pointing.is_empty() {
+        return Err(fail(
+            StatusCode::CONFLICT,
+            format!(
+                "names point to this bundle: {}; point them elsewhere first",
+                pointing.join(", ")
+            ),
+        ));
+    }
+    c.retire_bundle(*id)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    tracing::info!(bundle = %id, "bundle unpublished");
+    Ok(view)
+}
+
+fn set_replicas(coord: &Coordinator, id: &BundleId, replicas: u8) -> Result<BundleView, Failure> {
+    let mut c = coord.lock();
+    let mut record = c
+        .bundles
+        .get(id)
+        .cloned()
+        .ok_or(fail(StatusCode::NOT_FOUND, "no such bundle"))?;
+    check_replicas(&c, replicas)?;
+    record.replicas = replicas;
+    c.save_bundle(*id, record)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    views::bundle(&c, &coord.policy, id, false)
+}
+
+fn set_name(coord: &Coordinator, name: &str, bundle: BundleId) -> Result<NameView, Failure> {
+    check_name(name)?;
+    let mut c = coord.lock();
+    if !c.bundles.contains_key(&bundle) {
+        return Err(fail(StatusCode::NOT_FOUND, "no such bundle"));
+    }
+    c.set_name(name, bundle)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    Ok(NameView {
+        name: name.to_owned(),
+        bundle,
+    })
+}
+
+fn create_token(coord: &Coordinator, create: CreateToken) -> Result<CreatedToken, Failure> {
+    for (what, value) in [("region", &create.region), ("site", &create.site)] {
+        if value.is_empty()
+            || value.len() > 64
+            || value.chars().any(|ch| ch.is_control() || ch == '/')
+        {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("{what} must be 1 to 64 characters, no '/'"),
+            ));
+        }
+    }
+    if create.expires_secs == 0 {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "expires_secs must be positive",
+        ));
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "no system randomness"))?;
+    let token = JoinToken {
+        secret,
+        coordinator: coord.identity.id(),
+        quic: coord.quic_addr,
+    };
+    let secret_text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = secret_hash(secret_text.as_bytes());
+    let record = TokenRecord {
+        region: create.region,
+        site: create.site,
+        expires: unix_now().saturating_add(create.expires_secs),
+        used_by: None,
+    };
+    let mut c = coord.lock();
+    c.save_token(hash.clone(), record.clone())
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    Ok(CreatedToken {
+        token: token.to_string(),
+        view: views::token(&hash, &record),
+    })
+}
+
+fn revoke_token(coord: &Coordinator, id: &str) -> Result<TokenView, Failure> {
+    let mut c = coord.lock();
+    let matching: BTreeSet<String> = c
+        .tokens
+        .keys()
+        .filter(|h| h.starts_with(id) && id.len() >= 8)
+        .cloned()
+        .collect();
+    let [hash] = matching.iter().collect::<Vec<_>>()[..] else {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "no token with that id (give at least 8 hex digits)",
+        ));
+    };
+    let view = views::token(hash, &c.tokens[hash]);
+    let hash = hash.clone();
+    c.delete_token(&hash)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    Ok(view)
+}

@@ -1,0 +1,153 @@
+//! The coordinator's HTTPS side: public redirects for browsers (`/b/…` to a
+//! healthy copy near the client, `/n/{name}/…` to the current bundle) and the
+//! admin API under `/api/` (see [`crate::api`]).
+
+mod admin;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cartable_node::config::HttpsConfig;
+use cartable_proto::BundleId;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::Coordinator;
+use crate::api::ApiError;
+use crate::lifecycle;
+
+/// The response type of every route.
+pub type Reply = Response<Full<Bytes>>;
+
+/// HTTPS limits of the coordinator: those of a node.
+pub fn https_config(listen: SocketAddr) -> HttpsConfig {
+    HttpsConfig {
+        listen,
+        tls: None,
+        max_connections: 4096,
+        max_header_bytes: 16 * 1024,
+        handshake_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Answers one request.
+pub async fn respond(coord: Arc<Coordinator>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/api/") {
+        return admin::respond(coord, req).await;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD here");
+    }
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    if let Some(rest) = path.strip_prefix("/b/") {
+        return redirect_to_copy(&coord, rest, req.uri().query(), peer);
+    }
+    if let Some(rest) = path.strip_prefix("/n/") {
+        return redirect_name(&coord, rest);
+    }
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+fn redirect_to_copy(
+    coord: &Coordinator,
+    rest: &str,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Reply {
+    let id_text = rest.split('/').next().unwrap_or_default();
+    let Ok(bundle) = id_text.parse::<BundleId>() else {
+        return error(StatusCode::BAD_REQUEST, "malformed bundle id");
+    };
+    let c = coord.lock();
+    if !c.bundles.contains_key(&bundle) {
+        return error(StatusCode::NOT_FOUND, "no such bundle");
+    }
+    let region = coord.config.region_of(peer.ip());
+    let Some(node) = lifecycle::route(&c, &bundle, region, &coord.policy, Instant::now()) else {
+        let mut reply = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no complete copy is up right now",
+        );
+        reply
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return reply;
+    };
+    let mut location = format!("{}/b/{rest}", c.nodes[&node].contact.https_url);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    found(&location)
+}
+
+fn redirect_name(coord: &Coordinator, rest: &str) -> Reply {
+    let c = coord.lock();
+    // Names hold slashes: the longest name that prefixes the path wins.
+    let mut cut = rest.len();
+    loop {
+        let (name, tail) = rest.split_at(cut);
+        if let Some(bundle) = c.names.get(name).and_then(|r| r.current()) {
+            let tail = tail.strip_prefix('/').unwrap_or(tail);
+            return found(&format!("/b/{bundle}/{tail}"));
+        }
+        match name.rfind('/') {
+            Some(i) => cut = i,
+            None => return error(StatusCode::NOT_FOUND, "no such name"),
+        }
+    }
+}
+
+fn found(location: &str) -> Reply {
+    let Ok(value) = header::HeaderValue::from_str(location) else {
+        return error(StatusCode::BAD_REQUEST, "path cannot be redirected");
+    };
+    let mut reply = text(StatusCode::FOUND, "");
+    reply.headers_mut().insert(header::LOCATION, value);
+    reply.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    reply
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: &'static str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+/// A JSON error answer: `{"error": "..."}`.
+pub fn error(status: StatusCode, message: &str) -> Reply {
+    json(
+        status,
+        &ApiError {
+            error: message.to_owned(),
+        },
+    )
+}

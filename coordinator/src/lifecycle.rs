@@ -1,0 +1,411 @@
+//! The replica lifecycle, with no IO: time comes in as `now`, so that the same
+//! code runs in the daemon and in tests (and later in a simulation).
+//!
+//! A replica is `Copying` when placed, `Complete` once the node reported it and
+//! the coordinator verified a random range, `Releasing` when the plan moved it
+//! away. Make before break: a releasing copy is forgotten — and the node told to
+//! delete it — only when every copy the plan wants is complete on a node that is
+//! up. A down node keeps its place for `repair_delay`, unless one of its bundles
+//! has fewer complete copies than `min_replicas` on nodes that are up: those are
+//! re-placed at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use cartable_placement::{Assignment, BundleSpec, NodeSpec, Topology};
+use cartable_proto::control::{Heartbeat, HoldOrder, Member, NameTable, Orders};
+use cartable_proto::{BundleId, NodeId};
+
+use crate::api::{QueuedCopy, ReplicaState};
+use crate::config::Policy;
+use crate::state::{Cluster, Liveness};
+
+/// Which nodes may take replicas: for the normal plan and for urgent repairs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Eligibility {
+    /// Not draining, and up or down for less than the repair delay.
+    pub normal: BTreeSet<NodeId>,
+    /// Not draining and up.
+    pub urgent: BTreeSet<NodeId>,
+}
+
+/// Notes which nodes are down since when, and which may take replicas.
+pub fn eligibility(c: &mut Cluster, policy: &Policy, now: Instant) -> Eligibility {
+    let mut e = Eligibility::default();
+    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    for id in ids {
+        let up = c.is_up(&id, now, policy.down_after);
+        if up {
+            if c.down_since.remove(&id).is_some() {
+                tracing::info!(node = %id, "node is back up");
+            }
+        } else {
+            c.down_since.entry(id).or_insert_with(|| {
+                tracing::warn!(node = %id, "node is down: no heartbeat within the grace period");
+                now
+            });
+        }
+        if c.nodes[&id].draining {
+            continue;
+        }
+        let within_delay = c
+            .down_since
+            .get(&id)
+            .is_none_or(|since| now.saturating_duration_since(*since) < policy.repair_delay);
+        if within_delay {
+            e.normal.insert(id);
+        }
+        if up {
+            e.urgent.insert(id);
+        }
+    }
+    e
+}
+
+fn topology(c: &Cluster, nodes: &BTreeSet<NodeId>) -> Topology {
+    Topology {
+        nodes: nodes
+            .iter()
+            .map(|id| {
+                let n = &c.nodes[id];
+                NodeSpec {
+                    id: *id,
+                    region: n.region.clone(),
+                    site: n.site.clone(),
+                    capacity: n.capacity,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The current assignment: every replica not being released.
+pub fn current_assignment(c: &Cluster) -> Assignment {
+    c.bundles
+        .keys()
+        .map(|b| {
+            let nodes = c.replicas.get(b).map_or_else(Vec::new, |r| {
+                r.iter()
+                    .filter(|(_, s)| **s != ReplicaState::Releasing)
+                    .map(|(n, _)| *n)
+                    .collect()
+            });
+            (*b, nodes)
+        })
+        .collect()
+}
+
+/// Every bundle as the planner sees it.
+pub fn bundle_specs(c: &Cluster) -> Vec<BundleSpec> {
+    c.bundles
+        .iter()
+        .map(|(id, b)| BundleSpec {
+            id: *id,
+            size: b.size,
+            replicas: b.replicas,
+        })
+        .collect()
+}
+
+/// Plans again and moves replica states toward the plan.
+pub fn replan(
+    c: &mut Cluster,
+    policy: &Policy,
+    now: Instant,
+    eligible: &Eligibility,
+) -> anyhow::Result<()> {
+    let previous = current_assignment(c);
+    let specs = bundle_specs(c);
+    let mut plan = cartable_placement::plan(&topology(c, &eligible.normal), &specs, &previous);
+    let urgent: Vec<BundleId> = c
+        .bundles
+        .iter()
+        .filter(|(b, r)| {
+            let wanted = usize::from(policy.min_replicas.min(r.replicas));
+            c.live_complete(b, now, policy.down_after) < wanted
+                && previous[*b].iter().any(|n| !eligible.urgent.contains(n))
+        })
+        .map(|(b, _)| *b)
+        .collect();
+    let mut unplaced: BTreeMap<BundleId, String> = plan
+        .unplaced
+        .iter()
+        .map(|u| (u.bundle, describe(u)))
+        .collect();
+    if !urgent.is_empty() && eligible.normal != eligible.urgent {
+        let now_plan = cartable_placement::plan(&topology(c, &eligible.urgent), &specs, &previous);
+        for b in &urgent {
+            tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
+            if let Some(nodes) = now_plan.assignment.get(b) {
+                plan.assignment.insert(*b, nodes.clone());
+            }
+            unplaced.remove(b);
+            if let Some(u) = now_plan.unplaced.iter().find(|u| u.bundle == *b) {
+                unplaced.insert(*b, describe(u));
+            }
+        }
+    }
+    for (bundle, target) in &plan.assignment {
+        apply_target(c, *bundle, target)?;
+    }
+    c.unplaced = unplaced;
+    c.needs_plan = false;
+    Ok(())
+}
+
+fn describe(u: &cartable_placement::Unplaced) -> String {
+    format!("{} of {} copies placed: {:?}", u.placed, u.wanted, u.reason)
+}
+
+fn apply_target(c: &mut Cluster, bundle: BundleId, target: &[NodeId]) -> anyhow::Result<()> {
+    let current = c.replicas.get(&bundle).cloned().unwrap_or_default();
+    for n in target {
+        match current.get(n) {
+            None => c.set_replica(bundle, *n, Some(ReplicaState::Copying))?,
+            Some(ReplicaState::Releasing) => {
+                c.set_replica(bundle, *n, Some(ReplicaState::Complete))?
+            }
+            Some(_) => {}
+        }
+    }
+    for (n, state) in current.iter().filter(|(n, _)| !target.contains(n)) {
+        match state {
+            ReplicaState::Copying => c.set_replica(bundle, *n, None)?,
+            ReplicaState::Complete => c.set_replica(bundle, *n, Some(ReplicaState::Releasing))?,
+            ReplicaState::Releasing => {}
+        }
+    }
+    Ok(())
+}
+
+/// Forgets releasing copies whose replacements are all complete on nodes that are up.
+pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
+    let mut done = Vec::new();
+    for (bundle, replicas) in &c.replicas {
+        let (releasing, kept): (Vec<_>, Vec<_>) = replicas
+            .iter()
+            .partition(|(_, s)| **s == ReplicaState::Releasing);
+        let replaced = !kept.is_empty()
+            && kept
+                .iter()
+                .all(|(n, s)| **s == ReplicaState::Complete && c.is_up(n, now, policy.down_after));
+        if replaced {
+            done.extend(releasing.iter().map(|(n, _)| (*bundle, **n)));
+        }
+    }
+    for (bundle, node) in done {
+        tracing::info!(bundle = %bundle, node = %node, "replacement complete: releasing the old copy");
+        c.set_replica(bundle, node, None)?;
+    }
+    Ok(())
+}
+
+/// Records a heartbeat; returns the bundles the node claims that need a spot check.
+pub fn apply_heartbeat(
+    c: &mut Cluster,
+    node: NodeId,
+    beat: &Heartbeat,
+    now: Instant,
+) -> anyhow::Result<Vec<BundleId>> {
+    let held: BTreeSet<BundleId> = beat.held.iter().copied().collect();
+    if let Some(record) = c.nodes.get(&node).cloned()
+        && (record.contact != beat.contact || record.capacity != beat.capacity)
+    {
+        c.save_node(crate::state::NodeRecord {
+            contact: beat.contact.clone(),
+            capacity: beat.capacity,
+            ..record
+        })?;
+    }
+    for report in &beat.failures {
+        if let Some(mut peer) = c.nodes.get(&report.peer).cloned() {
+            tracing::warn!(reporter = %node, peer = %report.peer, count = report.count, "peer sent bytes that failed verification");
+            peer.reported_failures += report.count;
+            c.save_node(peer)?;
+        }
+    }
+    if beat.damaged > 0 {
+        tracing::warn!(node = %node, blobs = beat.damaged, "node found damaged blobs while scrubbing");
+    }
+    let mine: Vec<(BundleId, ReplicaState)> = c
+        .replicas
+        .iter()
+        .filter_map(|(b, r)| r.get(&node).map(|s| (*b, *s)))
+        .collect();
+    for (bundle, state) in mine {
+        if held.contains(&bundle) {
+            continue;
+        }
+        match state {
+            ReplicaState::Complete => {
+                tracing::warn!(bundle = %bundle, node = %node, "node lost a complete copy: copying again");
+                c.set_replica(bundle, node, Some(ReplicaState::Copying))?
+            }
+            ReplicaState::Releasing => c.set_replica(bundle, node, None)?,
+            ReplicaState::Copying => {}
+        }
+    }
+    let claims = held
+        .iter()
+        .filter(|b| c.bundles.contains_key(b))
+        .filter(|b| {
+            !matches!(
+                c.replicas.get(b).and_then(|r| r.get(&node)),
+                Some(ReplicaState::Complete | ReplicaState::Releasing)
+            )
+        })
+        .copied()
+        .collect();
+    c.live.insert(
+        node,
+        Liveness {
+            last_seen: now,
+            used: beat.used,
+            load: beat.load,
+            held,
+            names_version: beat.names_version,
+        },
+    );
+    Ok(claims)
+}
+
+/// Records a copy the coordinator verified on `node`.
+pub fn confirm_copy(c: &mut Cluster, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
+    if !c.bundles.contains_key(&bundle) || !c.nodes.contains_key(&node) {
+        return Ok(());
+    }
+    let state = match c.replicas.get(&bundle).and_then(|r| r.get(&node)) {
+        Some(ReplicaState::Copying) => ReplicaState::Complete,
+        // A copy the plan did not ask for still serves as a source until released.
+        None => ReplicaState::Releasing,
+        Some(_) => return Ok(()),
+    };
+    tracing::info!(bundle = %bundle, node = %node, ?state, "copy verified");
+    c.set_replica(bundle, node, Some(state))
+}
+
+/// Nodes holding a complete copy of `bundle` that are up, except `but`.
+pub fn sources(
+    c: &Cluster,
+    bundle: &BundleId,
+    but: Option<&NodeId>,
+    policy: &Policy,
+    now: Instant,
+) -> Vec<NodeId> {
+    c.replicas.get(bundle).map_or_else(Vec::new, |r| {
+        r.iter()
+            .filter(|(n, s)| {
+                Some(*n) != but
+                    && matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
+                    && c.is_up(n, now, policy.down_after)
+            })
+            .map(|(n, _)| *n)
+            .collect()
+    })
+}
+
+/// Copies that may run now (at most `copies_per_node` per node, most endangered
+/// first) and those that wait.
+pub fn repair_queue(
+    c: &Cluster,
+    policy: &Policy,
+    now: Instant,
+) -> (BTreeSet<(BundleId, NodeId)>, Vec<QueuedCopy>) {
+    let mut per_node: BTreeMap<NodeId, Vec<(usize, BundleId)>> = BTreeMap::new();
+    for (bundle, replicas) in &c.replicas {
+        let complete = c.live_complete(bundle, now, policy.down_after);
+        for (node, state) in replicas {
+            if *state == ReplicaState::Copying && complete > 0 {
+                per_node.entry(*node).or_default().push((complete, *bundle));
+            }
+        }
+    }
+    let (mut active, mut queued) = (BTreeSet::new(), Vec::new());
+    for (node, mut copies) in per_node {
+        copies.sort();
+        for (i, (complete, bundle)) in copies.into_iter().enumerate() {
+            if i < policy.copies_per_node {
+                active.insert((bundle, node));
+            } else {
+                queued.push(QueuedCopy {
+                    bundle,
+                    node,
+                    complete,
+                });
+            }
+        }
+    }
+    queued.sort_by_key(|q| (q.complete, q.bundle, q.node));
+    (active, queued)
+}
+
+/// What `node` is told in answer to its heartbeat.
+pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> Orders {
+    let (active, _) = repair_queue(c, policy, now);
+    let mut hold = Vec::new();
+    for (bundle, replicas) in &c.replicas {
+        let Some(state) = replicas.get(node) else {
+            continue;
+        };
+        if *state == ReplicaState::Copying && !active.contains(&(*bundle, *node)) {
+            continue;
+        }
+        hold.push(HoldOrder {
+            bundle: *bundle,
+            sources: sources(c, bundle, Some(node), policy, now),
+        });
+    }
+    let live = c.live.get(node);
+    let release = live.map_or_else(Vec::new, |l| {
+        l.held
+            .iter()
+            .filter(|b| {
+                c.retired.contains(b)
+                    || (c.bundles.contains_key(b)
+                        && !c.replicas.get(b).is_some_and(|r| r.contains_key(node)))
+            })
+            .copied()
+            .collect()
+    });
+    let names = (live.map(|l| l.names_version) != Some(c.names_version)).then(|| NameTable {
+        version: c.names_version,
+        names: c
+            .names
+            .iter()
+            .filter_map(|(n, r)| r.current().map(|b| (n.clone(), b)))
+            .collect(),
+    });
+    Orders {
+        heartbeat_ms: policy.heartbeat.as_millis() as u64,
+        members: c
+            .nodes
+            .values()
+            .map(|n| Member {
+                id: n.id,
+                contact: n.contact.clone(),
+                region: n.region.clone(),
+                site: n.site.clone(),
+            })
+            .collect(),
+        hold,
+        release,
+        names,
+    }
+}
+
+/// The node a browser asking for `bundle` is sent to: up, holding a complete
+/// copy, in the client's region when one is, then the least loaded.
+pub fn route(
+    c: &Cluster,
+    bundle: &BundleId,
+    client_region: Option<&str>,
+    policy: &Policy,
+    now: Instant,
+) -> Option<NodeId> {
+    let candidates = sources(c, bundle, None, policy, now);
+    candidates.into_iter().min_by_key(|n| {
+        let far = client_region.is_some_and(|r| c.nodes[n].region != r);
+        let load = c.live.get(n).map_or(0, |l| l.load);
+        (far, load, *n)
+    })
+}

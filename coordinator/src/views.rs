@@ -1,0 +1,244 @@
+//! The state as the admin API shows it (types in [`crate::api`]).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use cartable_placement::{NodeSpec, Topology};
+use cartable_proto::{BundleId, NodeId};
+use http::StatusCode;
+
+use crate::api::*;
+use crate::config::Policy;
+use crate::lifecycle;
+use crate::state::{Cluster, TokenRecord};
+
+type Failure = (StatusCode, String);
+
+fn state_of(c: &Cluster, id: &NodeId, policy: &Policy, now: Instant) -> NodeState {
+    if c.nodes[id].draining {
+        NodeState::Draining
+    } else if c.is_up(id, now, policy.down_after) {
+        NodeState::Up
+    } else {
+        NodeState::Down
+    }
+}
+
+/// One node.
+pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, Failure> {
+    let n = c
+        .nodes
+        .get(id)
+        .ok_or((StatusCode::NOT_FOUND, "no such node".to_owned()))?;
+    let now = Instant::now();
+    let live = c.live.get(id);
+    let mine = c.replicas.values().filter_map(|r| r.get(id));
+    let (replicas, complete) = mine.fold((0, 0), |(all, done), s| {
+        (all + 1, done + usize::from(*s != ReplicaState::Copying))
+    });
+    Ok(NodeView {
+        id: *id,
+        region: n.region.clone(),
+        site: n.site.clone(),
+        state: state_of(c, id, policy, now),
+        https_url: n.contact.https_url.clone(),
+        capacity: n.capacity,
+        used: live.map_or(0, |l| l.used),
+        load: live.map_or(0, |l| l.load),
+        last_seen_secs: live.map(|l| now.saturating_duration_since(l.last_seen).as_secs()),
+        replicas,
+        complete,
+        reported_failures: n.reported_failures,
+    })
+}
+
+/// Every node.
+pub fn nodes(c: &Cluster, policy: &Policy) -> Vec<NodeView> {
+    c.nodes
+        .keys()
+        .filter_map(|id| node(c, policy, id).ok())
+        .collect()
+}
+
+/// One bundle, with its replicas when `detail`.
+pub fn bundle(
+    c: &Cluster,
+    policy: &Policy,
+    id: &BundleId,
+    detail: bool,
+) -> Result<BundleView, Failure> {
+    let b = c
+        .bundles
+        .get(id)
+        .ok_or((StatusCode::NOT_FOUND, "no such bundle".to_owned()))?;
+    let now = Instant::now();
+    let replicas = if detail {
+        c.replicas.get(id).map_or_else(Vec::new, |r| {
+            r.iter()
+                .filter_map(|(n, s)| {
+                    let node = c.nodes.get(n)?;
+                    Some(ReplicaView {
+                        node: *n,
+                        region: node.region.clone(),
+                        site: node.site.clone(),
+                        state: *s,
+                        node_up: c.is_up(n, now, policy.down_after),
+                    })
+                })
+                .collect()
+        })
+    } else {
+        Vec::new()
+    };
+    Ok(BundleView {
+        id: *id,
+        size: b.size,
+        files: b.files,
+        replicas_wanted: b.replicas,
+        complete: c.live_complete(id, now, policy.down_after),
+        names: c
+            .names
+            .iter()
+            .filter(|(_, r)| r.current() == Some(*id))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        unplaced: c.unplaced.get(id).cloned(),
+        replicas,
+    })
+}
+
+/// Every bundle.
+pub fn bundles(c: &Cluster, policy: &Policy) -> Vec<BundleView> {
+    c.bundles
+        .keys()
+        .filter_map(|id| bundle(c, policy, id, false).ok())
+        .collect()
+}
+
+/// Every name.
+pub fn names(c: &Cluster) -> Vec<NameView> {
+    c.names
+        .iter()
+        .filter_map(|(name, r)| {
+            r.current().map(|bundle| NameView {
+                name: name.clone(),
+                bundle,
+            })
+        })
+        .collect()
+}
+
+/// One token, by the hash of its secret.
+pub fn token(hash: &str, t: &TokenRecord) -> TokenView {
+    TokenView {
+        id: hash[..16.min(hash.len())].to_owned(),
+        region: t.region.clone(),
+        site: t.site.clone(),
+        expires: t.expires,
+        used_by: t.used_by,
+    }
+}
+
+/// Every token.
+pub fn tokens(c: &Cluster) -> Vec<TokenView> {
+    c.tokens.iter().map(|(h, t)| token(h, t)).collect()
+}
+
+/// The cluster at a glance.
+pub fn status(c: &Cluster, policy: &Policy) -> Status {
+    let now = Instant::now();
+    let states: Vec<(NodeId, NodeState)> = c
+        .nodes
+        .keys()
+        .map(|id| (*id, state_of(c, id, policy, now)))
+        .collect();
+    let with = |wanted: NodeState| -> Vec<NodeId> {
+        states
+            .iter()
+            .filter(|(_, s)| *s == wanted)
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    let (_, repair_queue) = lifecycle::repair_queue(c, policy, now);
+    Status {
+        nodes_up: with(NodeState::Up).len(),
+        nodes_down: with(NodeState::Down),
+        nodes_draining: with(NodeState::Draining),
+        bundles: c.bundles.len(),
+        under_replicated: c
+            .bundles
+            .iter()
+            .filter(|(id, b)| c.live_complete(id, now, policy.down_after) < usize::from(b.replicas))
+            .map(|(id, _)| *id)
+            .collect(),
+        unplaceable: c.unplaced.keys().copied().collect(),
+        repair_queue,
+    }
+}
+
+/// What a topology change would move; changes nothing.
+pub fn preview(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PlanPreview {
+    let eligible = lifecycle::eligibility(c, policy, Instant::now());
+    let without: BTreeSet<NodeId> = change.without.iter().copied().collect();
+    let mut nodes: Vec<NodeSpec> = eligible
+        .normal
+        .iter()
+        .filter(|id| !without.contains(id))
+        .map(|id| {
+            let n = &c.nodes[id];
+            NodeSpec {
+                id: *id,
+                region: n.region.clone(),
+                site: n.site.clone(),
+                capacity: n.capacity,
+            }
+        })
+        .collect();
+    let mut names = std::collections::BTreeMap::new();
+    for (i, h) in change.with.iter().enumerate() {
+        let id = NodeId::from_bytes(
+            *blake3::hash(format!("hypothetical node {i}").as_bytes()).as_bytes(),
+        );
+        names.insert(id, format!("new-{}", i + 1));
+        nodes.push(NodeSpec {
+            id,
+            region: h.region.clone(),
+            site: h.site.clone(),
+            capacity: h.capacity,
+        });
+    }
+    let previous = lifecycle::current_assignment(c);
+    let plan =
+        cartable_placement::plan(&Topology { nodes }, &lifecycle::bundle_specs(c), &previous);
+    let movement = cartable_placement::movement(&previous, &plan.assignment);
+    let label = |n: &NodeId| names.get(n).cloned().unwrap_or_else(|| n.to_string());
+    let moves = plan
+        .assignment
+        .iter()
+        .filter_map(|(b, next)| {
+            let before = previous.get(b).cloned().unwrap_or_default();
+            let to: Vec<String> = next
+                .iter()
+                .filter(|n| !before.contains(n))
+                .map(label)
+                .collect();
+            let from: Vec<String> = before
+                .iter()
+                .filter(|n| !next.contains(n))
+                .map(label)
+                .collect();
+            (!to.is_empty() || !from.is_empty()).then_some(BundleMove {
+                bundle: *b,
+                to,
+                from,
+            })
+        })
+        .collect();
+    PlanPreview {
+        replicas: movement.total,
+        added: movement.added,
+        removed: movement.removed,
+        unplaced: plan.unplaced.len(),
+        moves,
+    }
+}
