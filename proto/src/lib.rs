@@ -9,6 +9,7 @@
 //! - [`cert`]: the node id in a peer's certificate.
 //! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
 //! - [`control`]: the node ↔ coordinator protocol, specified in its module docs.
+//! - [`units`]: sizes, durations and dates as operators type and read them.
 //! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
 
 pub mod cert;
@@ -21,6 +22,7 @@ pub mod id;
 pub mod join;
 pub mod manifest;
 pub mod path;
+pub mod units;
 pub mod wire;
 
 pub use decode::DecodeError;

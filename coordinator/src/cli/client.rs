@@ -249,9 +249,8 @@ pub fn parse_answer<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> any
     serde_json::from_slice(body).context("the answer is not the expected JSON")
 }
 
-/// `text` percent-encoded for a path segment or query value: everything but
-/// RFC 3986's unreserved characters is escaped, `/` included, so a name like
-/// `maths/6e/fractions` stays one segment.
+/// `text` percent-encoded for a query value or one path segment: everything but
+/// RFC 3986's unreserved characters is escaped, `/` included.
 pub fn encode_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
@@ -262,6 +261,13 @@ pub fn encode_component(text: &str) -> String {
         }
     }
     out
+}
+
+/// A name like `maths/6e/fractions` as the tail of a path: each segment
+/// encoded, the `/` between them kept, as the admin API routes names.
+pub fn encode_path(name: &str) -> String {
+    let segments: Vec<String> = name.split('/').map(encode_component).collect();
+    segments.join("/")
 }
 
 #[cfg(test)]
@@ -282,11 +288,13 @@ mod tests {
     }
 
     #[test]
-    fn names_are_one_encoded_segment() {
+    fn query_values_and_name_paths_are_encoded() {
         assert_eq!(
             encode_component("maths/6e/fractions"),
             "maths%2F6e%2Ffractions"
         );
+        assert_eq!(encode_path("maths/6e/fractions"), "maths/6e/fractions");
+        assert_eq!(encode_path("a b/c?d"), "a%20b/c%3Fd");
         assert_eq!(encode_component("a b&c=é"), "a%20b%26c%3D%C3%A9");
         assert_eq!(encode_component("ok-1.2_~"), "ok-1.2_~");
     }

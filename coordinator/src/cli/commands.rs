@@ -6,11 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use http::Method;
 
-use super::client::{ApiClient, encode_component};
+use super::client::{ApiClient, encode_component, encode_path};
 use super::plan::PlanArgs;
 use super::publish::{self, PublishArgs};
-use super::{ids, units, views};
+use super::{ids, views};
 use crate::api::{self, CreateToken, CreatedToken};
+use cartable_proto::units;
 
 /// `--json` for listings and show commands.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -226,7 +227,7 @@ impl NameCommand {
         match self {
             Self::Set { name, bundle } => {
                 let bundle = ids::bundle(api, &bundle).await?;
-                let path = format!("/api/names/{}", encode_component(&name));
+                let path = format!("/api/names/{}", encode_path(&name));
                 let view: api::NameView = api
                     .send_json(Method::PUT, &path, &api::SetName { bundle })
                     .await?;
@@ -235,7 +236,7 @@ impl NameCommand {
             }
             Self::Ls(out) => list(api, "/api/names", out, views::names).await,
             Self::History { name, out } => {
-                let path = format!("/api/names/{}/history", encode_component(&name));
+                let path = format!("/api/names/{}/history", encode_path(&name));
                 list(api, &path, out, views::history).await
             }
         }

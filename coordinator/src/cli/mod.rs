@@ -17,7 +17,6 @@ pub mod plan;
 pub mod publish;
 pub mod table;
 pub mod tls;
-pub mod units;
 pub mod upload;
 pub mod views;
 #[cfg(test)]

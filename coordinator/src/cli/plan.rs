@@ -6,8 +6,9 @@ use http::Method;
 
 use super::client::ApiClient;
 use super::commands::{Output, show};
-use super::{ids, units, views};
+use super::{ids, views};
 use crate::api::{HypotheticalNode, PlanChange};
+use cartable_proto::units;
 
 /// What `plan` previews.
 #[derive(Debug, clap::Args)]

@@ -18,9 +18,9 @@ use cartable_node::store::walk::walk;
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, content_type};
 
 use super::client::{ApiClient, encode_component};
-use super::units::human_bytes;
 use super::upload::{Sources, upload};
 use crate::api::{BundleView, Published};
+use cartable_proto::units::human_bytes;
 
 /// Bytes hashed per read.
 const READ_BUFFER: usize = 1 << 20;

@@ -74,7 +74,7 @@ pub async fn upload(
         eprintln!(
             "uploading {} blobs ({}) to {}",
             missing.len(),
-            super::units::human_bytes(total),
+            cartable_proto::units::human_bytes(total),
             published.upload_url
         );
     }

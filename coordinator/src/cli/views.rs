@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::api::{BundleView, NameChange, NameView, NodeView, PlanPreview, Status, TokenView};
 
 use super::table::{Align, Table, short};
-use super::units::{human_bytes, utc_minute};
+use cartable_proto::units::{human_bytes, utc_minute};
 
 /// Ids listed in `status` before `… and N more`: an outage can leave thousands.
 const LIST_AT_MOST: usize = 10;
