@@ -97,6 +97,14 @@ enum Command {
     RebuildIndex,
     /// Print this node's id.
     Id,
+    /// Record a join token from the coordinator; the next `serve` registers the node.
+    Join {
+        /// The token `cartable token create` printed.
+        token: String,
+        /// Space offered for assigned lessons: 200GB, 512GiB, or bytes.
+        #[arg(long, default_value = "50GB", value_parser = cartable_proto::units::parse_size)]
+        capacity: u64,
+    },
     /// Print the running daemon's counters as JSON.
     Stats,
 }
@@ -156,6 +164,15 @@ impl Cli {
             }
             Command::Id => {
                 println!("{}", Identity::load_or_create(&config.data_dir)?.id());
+                Ok(())
+            }
+            Command::Join { token, capacity } => {
+                let id = Identity::load_or_create(&config.data_dir)?.id();
+                let token = crate::member::join(&config.data_dir, &token, capacity)?;
+                println!(
+                    "node {id} will join coordinator {} at {} when `cartable-node serve` starts",
+                    token.coordinator, token.quic
+                );
                 Ok(())
             }
         }

@@ -31,7 +31,16 @@
 //! # Space for bundles served to browsers from peers (fetch-through), in MiB;
 //! # beyond it the oldest cached files are evicted. Default: 10240.
 //! cache_max_mib = 10240
+//!
+//! [scrub]
+//! # Re-verification pace of stored blobs, in MiB/s (0: no limit). Default: 16.
+//! mib_per_s = 16
+//! # Seconds between two passes. Default: 3600.
+//! interval_secs = 3600
 //! ```
+//!
+//! `https.public_url` (default: `https://` and the listening address) is the
+//! address the coordinator sends browsers to, when this node is a member.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +50,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::peer::PeerAddr;
+use crate::store::ScrubSettings;
 use crate::tls::TlsFiles;
 
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
@@ -57,6 +67,15 @@ struct FileConfig {
     https: FileHttps,
     #[serde(default)]
     quic: FileQuic,
+    #[serde(default)]
+    scrub: FileScrub,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileScrub {
+    mib_per_s: Option<u64>,
+    interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +92,7 @@ struct FileQuic {
 #[serde(deny_unknown_fields)]
 struct FileHttps {
     listen: Option<SocketAddr>,
+    public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
@@ -107,6 +127,8 @@ pub struct NodeConfig {
     pub https: HttpsConfig,
     /// The QUIC endpoint for peers.
     pub quic: QuicConfig,
+    /// The background scrub.
+    pub scrub: ScrubSettings,
 }
 
 /// The checked QUIC settings.
@@ -127,6 +149,8 @@ pub struct QuicConfig {
 pub struct HttpsConfig {
     /// Listening address.
     pub listen: SocketAddr,
+    /// The URL browsers are sent to; `None`: `https://` and the bound address.
+    pub public_url: Option<String>,
     /// Configured certificate; `None` means self-signed in the data folder.
     pub tls: Option<TlsFiles>,
     /// Open connections at most.
@@ -176,6 +200,21 @@ impl NodeConfig {
             .collect::<anyhow::Result<Vec<PeerAddr>>>()?;
         peers.extend(o.peers);
         let max_connections = h.max_connections.unwrap_or(4096);
+        let public_url = h.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(url) = &public_url {
+            anyhow::ensure!(
+                url.starts_with("https://") && url.len() > 8,
+                "https.public_url must start with https://"
+            );
+        }
+        let defaults = ScrubSettings::default();
+        let scrub = ScrubSettings {
+            mib_per_s: file.scrub.mib_per_s.unwrap_or(defaults.mib_per_s),
+            interval: file
+                .scrub
+                .interval_secs
+                .map_or(defaults.interval, Duration::from_secs),
+        };
         anyhow::ensure!(
             max_connections > 0,
             "https.max_connections must be positive"
@@ -190,6 +229,7 @@ impl NodeConfig {
                     .https
                     .or(h.listen)
                     .unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default")),
+                public_url,
                 tls,
                 max_connections,
                 max_header_bytes,
@@ -211,6 +251,7 @@ impl NodeConfig {
                 fetch_rate: file.quic.fetch_rate_mib_s.map(|m| m << 20),
                 cache_max_bytes: file.quic.cache_max_mib.unwrap_or(10_240) << 20,
             },
+            scrub,
         })
     }
 

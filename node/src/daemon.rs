@@ -9,13 +9,16 @@ use anyhow::Context;
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
 use crate::identity::Identity;
+use crate::member::{Member, Membership};
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
 use crate::serve::{HttpsServer, ServeContext};
-use crate::store::Store;
+use crate::store::{Store, scrub_forever};
+use cartable_proto::control::Contact;
+use std::sync::atomic::AtomicU64;
 
 /// Runs the node until a stop signal.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -32,8 +35,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let server = HttpsServer::bind(config.https.clone(), tls.server_config()?)
         .await
         .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
+    let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
-    let peers = PeerEndpoint::bind(config.quic.listen, &identity, members)?;
+    let peers = PeerEndpoint::bind(config.quic.listen, &identity, members.clone())?;
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
         quic: peers.local_addr()?,
@@ -41,7 +45,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     let peers_task = tokio::spawn(serve_peers(peers.clone(), store.clone()));
     let reputation = Arc::new(Reputation::default());
-    let through = (!config.quic.peers.is_empty()).then(|| {
+    let through = (!config.quic.peers.is_empty() || membership.is_some()).then(|| {
         Arc::new(FetchThrough::new(
             peers.clone(),
             config.quic.peers.clone(),
@@ -50,6 +54,36 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             config.quic.cache_max_bytes,
         ))
     });
+    let damaged = Arc::new(AtomicU64::new(0));
+    let scrub_task = tokio::spawn(scrub_forever(store.clone(), config.scrub, damaged.clone()));
+    let member_task = match (membership, &through) {
+        (Some(membership), Some(through)) => {
+            let contact = Contact {
+                https_url: config
+                    .https
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| info.https.clone()),
+                quic: info.quic,
+                https_cert_sha256: tls.cert_sha256()?,
+            };
+            let member = Member::new(
+                data_dir.clone(),
+                membership,
+                info.id,
+                contact,
+                store.clone(),
+                peers.clone(),
+                members.clone(),
+                through.clone(),
+                reputation.clone(),
+                config.quic.fetch_rate,
+                damaged,
+            )?;
+            Some(tokio::spawn(member.run()))
+        }
+        _ => None,
+    };
     let admin = AdminServer::bind(&data_dir)?;
     let admin_task = tokio::spawn(admin.run(Arc::new(AdminContext {
         store: store.clone(),
@@ -70,6 +104,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let ctx = Arc::new(ServeContext { store, through });
     server.run(ctx, stop_signal()).await;
     peers.close();
+    scrub_task.abort();
+    if let Some(task) = member_task {
+        task.abort();
+    }
     admin_task.abort();
     let _ = admin_task.await;
     let _ = peers_task.await;

@@ -4,6 +4,7 @@
 //! - [`serve`]: HTTPS for browsers (hyper 1 over rustls), every byte verified as it streams.
 //! - [`admin`]: the local socket through which the CLI talks to a running daemon.
 //! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
+//! - [`member`]: membership of a coordinator: heartbeats, orders kept on disk, the replication agent.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`tls`], [`identity`], [`secret_file`]: the HTTPS certificate, the node key.
 //! - [`cli`]: the `cartable-node` commands.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod member;
 pub mod peer;
 pub mod progress;
 pub mod secret_file;

@@ -27,6 +27,7 @@ pub type Reply = Response<Full<Bytes>>;
 pub fn https_config(listen: SocketAddr) -> HttpsConfig {
     HttpsConfig {
         listen,
+        public_url: None,
         tls: None,
         max_connections: 4096,
         max_header_bytes: 16 * 1024,

@@ -51,7 +51,7 @@ struct Slot {
 #[derive(Debug)]
 pub struct FetchThrough {
     endpoint: PeerEndpoint,
-    peers: Vec<PeerAddr>,
+    peers: Mutex<Vec<PeerAddr>>,
     store: Arc<Store>,
     conns: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
     manifests: Mutex<HashMap<BundleId, Arc<Manifest>>>,
@@ -73,7 +73,7 @@ impl FetchThrough {
     ) -> Self {
         Self {
             endpoint,
-            peers,
+            peers: Mutex::new(peers),
             store,
             reputation,
             cache_max_bytes,
@@ -82,6 +82,15 @@ impl FetchThrough {
             slots: Default::default(),
             received: Default::default(),
         }
+    }
+
+    /// Replaces the peers asked (a new member list from the coordinator).
+    pub fn set_peers(&self, peers: Vec<PeerAddr>) {
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    fn peers(&self) -> Vec<PeerAddr> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Verified bytes received from peers so far.
@@ -117,7 +126,7 @@ impl FetchThrough {
         {
             return Some(m.clone());
         }
-        for peer in &self.peers {
+        for peer in &self.peers() {
             let Some(conn) = self.connection(*peer).await else {
                 continue;
             };
@@ -199,7 +208,7 @@ impl FetchThrough {
         groups: GroupRanges,
         slot: &Slot,
     ) -> Result<(), Unavailable> {
-        for peer in &self.peers {
+        for peer in &self.peers() {
             let Some(conn) = self.connection(*peer).await else {
                 continue;
             };

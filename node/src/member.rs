@@ -1,0 +1,464 @@
+//! Membership of a coordinator: the join token kept on disk, heartbeats, and the
+//! orders they bring back — kept on disk too, so that with the coordinator gone
+//! the node goes on serving, accepting its peers and finishing its copies.
+//!
+//! The replication agent lives here: each order's bundle that is not held
+//! whole (never copied, or a blob the scrub removed) is fetched from the sources
+//! named, verified; a released bundle is deleted.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cartable_proto::control::{
+    self, Contact, ControlRequest, ControlResponse, FailureReport, Heartbeat, JoinRequest, Orders,
+};
+use cartable_proto::join::JoinToken;
+use cartable_proto::{BundleId, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::peer::PeerAddr;
+use crate::peer::auth::Members;
+use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::fetch::{FetchOptions, fetch_bundle};
+use crate::peer::frame;
+use crate::peer::reputation::Reputation;
+use crate::peer::through::FetchThrough;
+use crate::secret_file;
+use crate::store::Store;
+
+/// The join token and what came of it, under the data folder (mode 0600).
+pub const MEMBERSHIP_FILE: &str = "membership.json";
+/// The last orders, under the data folder.
+pub const ORDERS_FILE: &str = "orders.json";
+/// Heartbeat interval until the coordinator says otherwise.
+const FIRST_INTERVAL: Duration = Duration::from_secs(2);
+/// Bundles copied at once by the agent.
+const COPIES_AT_ONCE: usize = 4;
+
+/// What `cartable-node join` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Membership {
+    /// The join token, text form.
+    pub token: String,
+    /// Bytes offered for assigned bundles.
+    pub capacity: u64,
+    /// Whether the coordinator accepted the token.
+    pub joined: bool,
+}
+
+impl Membership {
+    /// The membership recorded in `data_dir`, if any.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = data_dir.join(MEMBERSHIP_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text =
+            secret_file::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let m: Self =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        m.parsed_token()?;
+        Ok(Some(m))
+    }
+
+    /// The token, parsed.
+    pub fn parsed_token(&self) -> anyhow::Result<JoinToken> {
+        self.token.parse().context("join token")
+    }
+
+    /// Writes it (temporary file, then rename).
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(MEMBERSHIP_FILE);
+        let tmp = data_dir.join(format!("{MEMBERSHIP_FILE}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        secret_file::create(&tmp, &serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// `cartable-node join`: checks and records the token; the next `serve` registers.
+pub fn join(data_dir: &Path, token: &str, capacity: u64) -> anyhow::Result<JoinToken> {
+    let parsed: JoinToken = token.parse().context("join token")?;
+    if let Some(existing) = Membership::load(data_dir)?
+        && existing.joined
+    {
+        bail!(
+            "this node is already a member of coordinator {}; remove {} to join another",
+            existing.parsed_token()?.coordinator,
+            data_dir.join(MEMBERSHIP_FILE).display()
+        );
+    }
+    anyhow::ensure!(capacity > 0, "capacity must be positive");
+    Membership {
+        token: parsed.to_string(),
+        capacity,
+        joined: false,
+    }
+    .save(data_dir)?;
+    Ok(parsed)
+}
+
+/// A node's membership while it runs.
+#[derive(Debug)]
+pub struct Member {
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// What was recorded at join.
+    pub membership: Mutex<Membership>,
+    /// The coordinator.
+    pub coordinator: PeerAddr,
+    /// This node.
+    pub id: NodeId,
+    /// Where it answers.
+    pub contact: Contact,
+    /// The store.
+    pub store: Arc<Store>,
+    /// The QUIC endpoint.
+    pub endpoint: PeerEndpoint,
+    /// Who may connect (updated from the orders).
+    pub members: Members,
+    /// Fetch-through (its peers updated from the orders).
+    pub through: Arc<FetchThrough>,
+    /// Liars caught, reported to the coordinator.
+    pub reputation: Arc<Reputation>,
+    /// Blobs the scrub found damaged, reported to the coordinator.
+    pub damaged: Arc<AtomicU64>,
+    /// Bandwidth cap of background copies.
+    pub fetch_rate: Option<u64>,
+    /// Names and their bundles, from the orders.
+    pub names: Arc<Mutex<control::NameTable>>,
+    fetching: Mutex<HashSet<BundleId>>,
+    reported: Mutex<(BTreeMap<NodeId, u64>, u64)>,
+}
+
+impl Member {
+    /// A member ready to run; the last orders on disk are applied at once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        data_dir: PathBuf,
+        membership: Membership,
+        id: NodeId,
+        contact: Contact,
+        store: Arc<Store>,
+        endpoint: PeerEndpoint,
+        members: Members,
+        through: Arc<FetchThrough>,
+        reputation: Arc<Reputation>,
+        fetch_rate: Option<u64>,
+        damaged: Arc<AtomicU64>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let token = membership.parsed_token()?;
+        let member = Arc::new(Self {
+            data_dir,
+            membership: Mutex::new(membership),
+            coordinator: PeerAddr {
+                id: token.coordinator,
+                addr: token.quic,
+            },
+            id,
+            contact,
+            store,
+            endpoint,
+            members,
+            through,
+            reputation,
+            damaged,
+            fetch_rate,
+            names: Arc::default(),
+            fetching: Mutex::default(),
+            reported: Mutex::default(),
+        });
+        if let Some(orders) = member.saved_orders() {
+            tracing::info!(
+                members = orders.members.len(),
+                "applying the last orders kept on disk"
+            );
+            member.apply(&orders);
+        } else {
+            member.members.replace([token.coordinator]);
+        }
+        Ok(member)
+    }
+
+    fn saved_orders(&self) -> Option<Orders> {
+        let text = std::fs::read(self.data_dir.join(ORDERS_FILE)).ok()?;
+        control::decode(&text)
+            .map_err(|e| tracing::warn!(error = %e, "ignoring unreadable saved orders"))
+            .ok()
+    }
+
+    /// Heartbeats until the task is dropped; orders are applied as they come.
+    pub async fn run(self: Arc<Self>) {
+        let mut interval = FIRST_INTERVAL;
+        let mut conn: Option<quinn::Connection> = None;
+        loop {
+            match self.exchange(&mut conn).await {
+                Ok(orders) => {
+                    interval = Duration::from_millis(orders.heartbeat_ms.clamp(100, 60_000));
+                    self.save_orders(&orders);
+                    self.apply(&orders);
+                }
+                Err(e) => {
+                    conn = None;
+                    tracing::warn!(coordinator = %self.coordinator, error = format!("{e:#}"), "no orders from the coordinator; going on with the last ones");
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    async fn exchange(&self, conn: &mut Option<quinn::Connection>) -> anyhow::Result<Orders> {
+        let c = match conn {
+            Some(c) if c.close_reason().is_none() => c.clone(),
+            _ => {
+                let c = self
+                    .endpoint
+                    .connect_for(self.coordinator, control::ALPN)
+                    .await?;
+                *conn = Some(c.clone());
+                c
+            }
+        };
+        let (token, capacity, joined) = {
+            let m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+            (m.parsed_token()?, m.capacity, m.joined)
+        };
+        if !joined {
+            let secret: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
+            let join = ControlRequest::Join(JoinRequest {
+                secret,
+                contact: self.contact.clone(),
+                capacity,
+            });
+            match ask(&c, &join).await? {
+                ControlResponse::Joined { region, site } => {
+                    tracing::info!(region, site, "joined the coordinator");
+                    let mut m = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+                    m.joined = true;
+                    m.save(&self.data_dir)?;
+                }
+                ControlResponse::Refused { reason } => bail!("join refused: {reason}"),
+                other => bail!("unexpected answer to a join: {other:?}"),
+            }
+        }
+        match ask(&c, &ControlRequest::Heartbeat(self.heartbeat(capacity)?)).await? {
+            ControlResponse::Orders(orders) => {
+                self.commit_report();
+                Ok(orders)
+            }
+            ControlResponse::Refused { reason } => bail!("heartbeat refused: {reason}"),
+            other => bail!("unexpected answer to a heartbeat: {other:?}"),
+        }
+    }
+
+    fn heartbeat(&self, capacity: u64) -> anyhow::Result<Heartbeat> {
+        let incomplete: HashSet<BundleId> = self.store.incomplete_bundles()?.into_iter().collect();
+        let bundles = self.store.bundles()?;
+        let (reported, damaged_reported) = self
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let failures = self
+            .reputation
+            .failures()
+            .into_iter()
+            .filter_map(|(peer, count)| {
+                let new = count.saturating_sub(reported.get(&peer).copied().unwrap_or(0));
+                (new > 0).then_some(FailureReport { peer, count: new })
+            })
+            .collect();
+        Ok(Heartbeat {
+            contact: self.contact.clone(),
+            capacity,
+            used: bundles.iter().map(|b| b.bytes).sum(),
+            load: self
+                .fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u32,
+            held: bundles
+                .iter()
+                .map(|b| b.id)
+                .filter(|id| !incomplete.contains(id))
+                .collect(),
+            failures,
+            damaged: self
+                .damaged
+                .load(Ordering::Relaxed)
+                .saturating_sub(damaged_reported),
+            names_version: self.names.lock().unwrap_or_else(|e| e.into_inner()).version,
+        })
+    }
+
+    /// The coordinator has the counts: later heartbeats send only what is new.
+    fn commit_report(&self) {
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = (
+            self.reputation.failures(),
+            self.damaged.load(Ordering::Relaxed),
+        );
+    }
+
+    fn save_orders(&self, orders: &Orders) {
+        let path = self.data_dir.join(ORDERS_FILE);
+        let tmp = self.data_dir.join(format!("{ORDERS_FILE}.tmp"));
+        let written = std::fs::write(&tmp, control::encode(orders))
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not keep the orders on disk");
+        }
+    }
+
+    fn apply(self: &Arc<Self>, orders: &Orders) {
+        let addrs: BTreeMap<NodeId, PeerAddr> = orders
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    PeerAddr {
+                        id: m.id,
+                        addr: m.contact.quic,
+                    },
+                )
+            })
+            .collect();
+        self.members.replace(
+            addrs
+                .keys()
+                .copied()
+                .chain([self.coordinator.id])
+                .filter(|id| *id != self.id),
+        );
+        self.through.set_peers(
+            addrs
+                .values()
+                .filter(|p| p.id != self.id)
+                .copied()
+                .collect(),
+        );
+        if let Some(names) = &orders.names {
+            *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names.clone();
+        }
+        let held: HashSet<BundleId> = match (self.store.bundles(), self.store.incomplete_bundles())
+        {
+            (Ok(all), Ok(incomplete)) => all
+                .into_iter()
+                .map(|b| b.id)
+                .filter(|id| !incomplete.contains(id))
+                .collect(),
+            (Err(e), _) | (_, Err(e)) => {
+                return tracing::error!(error = %e, "cannot list the store; orders not applied");
+            }
+        };
+        let kept: HashSet<BundleId> = orders.hold.iter().map(|h| h.bundle).collect();
+        for release in orders.release.iter().filter(|b| !kept.contains(b)) {
+            match self.store.remove(release) {
+                Ok(_) => {
+                    tracing::info!(bundle = %release, "released: the coordinator placed it elsewhere")
+                }
+                Err(e) => tracing::warn!(bundle = %release, error = %e, "could not release"),
+            }
+        }
+        for order in &orders.hold {
+            if held.contains(&order.bundle) || order.sources.is_empty() {
+                continue;
+            }
+            let sources: Vec<PeerAddr> = order
+                .sources
+                .iter()
+                .filter_map(|id| addrs.get(id).copied())
+                .collect();
+            self.start_copy(order.bundle, sources);
+        }
+    }
+
+    fn start_copy(self: &Arc<Self>, bundle: BundleId, sources: Vec<PeerAddr>) {
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            if fetching.len() >= COPIES_AT_ONCE || !fetching.insert(bundle) {
+                return;
+            }
+        }
+        let member = self.clone();
+        tokio::spawn(async move {
+            let options = FetchOptions {
+                rate: member.fetch_rate,
+                reputation: member.reputation.clone(),
+                ..FetchOptions::default()
+            };
+            tracing::info!(bundle = %bundle, sources = sources.len(), "copying an assigned bundle");
+            match fetch_bundle(
+                &member.endpoint,
+                member.store.clone(),
+                bundle,
+                &sources,
+                options,
+            )
+            .await
+            {
+                Ok(report) => {
+                    tracing::info!(bundle = %bundle, bytes = report.bytes_received, "copy complete and verified")
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %bundle, error = format!("{e:#}"), "copy failed; retrying at a later heartbeat")
+                }
+            }
+            member
+                .fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&bundle);
+        });
+    }
+}
+
+async fn ask(
+    conn: &quinn::Connection,
+    request: &ControlRequest,
+) -> anyhow::Result<ControlResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write_frame(&mut send, &control::encode(request)).await?;
+    let _ = send.finish();
+    let body = tokio::time::timeout(
+        Duration::from_secs(30),
+        frame::read_body(&mut recv, control::MAX_FRAME_BYTES),
+    )
+    .await
+    .context("no answer from the coordinator within 30 s")??;
+    Ok(control::decode(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_records_the_token_and_refuses_a_second_coordinator() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let token = format!("cj1-{}-{}@127.0.0.1:7444", "ab".repeat(32), "cd".repeat(32));
+        assert!(join(dir.path(), "cj1-nonsense", 1).is_err());
+        assert!(
+            !dir.path().join(MEMBERSHIP_FILE).exists(),
+            "a bad token writes nothing"
+        );
+        join(dir.path(), &token, 10)?;
+        let mut m = Membership::load(dir.path())?.expect("recorded");
+        assert_eq!(
+            (m.token.as_str(), m.capacity, m.joined),
+            (token.as_str(), 10, false)
+        );
+        join(dir.path(), &token, 20)?;
+        m.joined = true;
+        m.save(dir.path())?;
+        let again = join(dir.path(), &token, 10).unwrap_err();
+        assert!(again.to_string().contains("already a member"), "{again}");
+        Ok(())
+    }
+}
