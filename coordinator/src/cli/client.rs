@@ -60,6 +60,8 @@ pub struct HttpsClient {
     port: u16,
     prefix: String,
     config: Arc<ClientConfig>,
+    /// Why a handshake failed on the certificate check.
+    mismatch: &'static str,
     sender: Option<SendRequest<RequestBody>>,
 }
 
@@ -88,6 +90,7 @@ impl HttpsClient {
             host: host.to_owned(),
             port: authority.port_u16().unwrap_or(443),
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            mismatch: pin.mismatch(),
             config: pin.client_config()?,
             sender: None,
         })
@@ -150,7 +153,18 @@ impl HttpsClient {
         let name = ServerName::try_from(self.host.clone())?;
         let tls = TlsConnector::from(self.config.clone())
             .connect(name, tcp)
-            .await?;
+            .await
+            .map_err(|e| {
+                let rejected = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|inner| matches!(inner, rustls::Error::InvalidCertificate(_)));
+                if rejected {
+                    anyhow::anyhow!(self.mismatch)
+                } else {
+                    e.into()
+                }
+            })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         // The connection task ends when the sender is dropped or the server closes.
         tokio::spawn(conn);
@@ -229,6 +243,11 @@ impl ApiClient {
         let (status, answer) = tokio::time::timeout(API_TIMEOUT, sent)
             .await
             .map_err(|_| anyhow::anyhow!("{method} {url}: no answer in {API_TIMEOUT:?}"))??;
+        // An error answer is printed as it is (`error: 404 no such node`); only a
+        // success that is not the expected JSON needs the route to be understood.
+        if !status.is_success() {
+            return parse_answer(status, &answer);
+        }
         parse_answer(status, &answer).with_context(|| format!("{method} {url}"))
     }
 }

@@ -24,7 +24,7 @@ pub const ENV_CA_CERT: &str = "CARTABLE_CA_CERT";
 /// The global flags, as given on the command line.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct GlobalArgs {
-    /// The coordinator's admin API, e.g. https://coordinator.example:8444 [env: CARTABLE_COORDINATOR]
+    /// The coordinator's admin API, e.g. `https://coordinator.example:8444` [env: CARTABLE_COORDINATOR]
     #[arg(long, global = true, value_name = "URL")]
     pub coordinator: Option<String>,
     /// The admin token (visible to other local users in `ps`: prefer the env or token_file) [env: CARTABLE_TOKEN]

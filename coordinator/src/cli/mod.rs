@@ -7,7 +7,8 @@
 //! - [`tls`], [`client`]: HTTPS to a server whose certificate is pinned.
 //! - [`ids`]: full ids or prefixes copied from a table.
 //! - [`publish`], [`upload`]: packing a lesson folder and uploading it.
-//! - [`views`], [`table`], [`units`]: what people read and type.
+//! - [`views`], [`table`]: what people read (sizes and durations are parsed by
+//!   [`cartable_proto::units`], which the node shares).
 
 pub mod client;
 pub mod commands;
@@ -18,6 +19,8 @@ pub mod publish;
 pub mod table;
 pub mod tls;
 pub mod upload;
+#[cfg(test)]
+mod upload_tests;
 pub mod views;
 #[cfg(test)]
 mod views_tests;

@@ -45,6 +45,14 @@ impl Pin {
         Ok(Self::Sha256(digest))
     }
 
+    /// What a server presenting another certificate is told it failed.
+    pub fn mismatch(&self) -> &'static str {
+        match self {
+            Self::Der(_) => "its certificate is not the one given with --ca-cert",
+            Self::Sha256(_) => "its certificate does not match the SHA-256 the coordinator gave",
+        }
+    }
+
     fn matches(&self, cert: &[u8]) -> bool {
         match self {
             Self::Der(pinned) => pinned.as_ref() == cert,
@@ -70,11 +78,6 @@ impl Pin {
     }
 }
 
-/// The error a server with another certificate gets.
-#[derive(Debug, thiserror::Error)]
-#[error("the server's certificate is not the pinned one")]
-struct NotPinned;
-
 #[derive(Debug)]
 struct PinnedCert {
     pin: Pin,
@@ -95,8 +98,9 @@ impl ServerCertVerifier for PinnedCert {
         if self.pin.matches(end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
+            // The client turns this into a message naming where the pin came from.
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned))),
+                rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
     }
