@@ -11,29 +11,27 @@ use anyhow::{Context, bail};
 /// The `cartable-node` binary, built once per test process with the same profile.
 pub fn node_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let root = crate::workspace_root();
-        let release = !cfg!(debug_assertions);
-        let mut build = Command::new(env!("CARGO"));
-        build.current_dir(&root).args([
-            "build",
-            "-q",
-            "-p",
-            "cartable-node",
-            "--bin",
-            "cartable-node",
-        ]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "building cartable-node failed");
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target
-            .join(if release { "release" } else { "debug" })
-            .join("cartable-node")
-    })
+    BINARY.get_or_init(|| build_binary("cartable-node", "cartable-node"))
+}
+
+/// Builds binary `name` of `package` with the test's profile; returns its path.
+pub fn build_binary(package: &str, name: &str) -> PathBuf {
+    let root = crate::workspace_root();
+    let release = !cfg!(debug_assertions);
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(&root)
+        .args(["build", "-q", "-p", package, "--bin", name]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building {name} failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target
+        .join(if release { "release" } else { "debug" })
+        .join(name)
 }
 
 /// Runs `cartable-node ARGS` to completion.
@@ -185,20 +183,25 @@ impl Node {
     }
 
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SIGTERM lets the node drain and release its store; kill() would not.
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            send_sigterm(pid);
-        }
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill()?;
-        Ok(self.child.wait()?)
+        terminate_child(&mut self.child)
     }
+}
+
+/// Stops a daemon with SIGTERM (it drains and releases its store), with SIGKILL
+/// after 5 s, and reaps it.
+pub(crate) fn terminate_child(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        send_sigterm(pid);
+    }
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    Ok(child.wait()?)
 }
 
 impl Drop for Node {
@@ -216,7 +219,7 @@ fn send_sigterm(pid: libc::pid_t) {
 }
 
 /// The first line of `stream`, or `None` if none arrives within `limit`.
-fn read_line_within(
+pub(crate) fn read_line_within(
     stream: impl std::io::Read + Send + 'static,
     limit: Duration,
 ) -> Option<String> {

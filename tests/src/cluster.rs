@@ -1,0 +1,190 @@
+//! A coordinator process, the `cartable` CLI pointed at it, and member nodes
+//! joined through the CLI: the cluster an operator would set up, on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::node::{Node, build_binary, cli_in, read_line_within, terminate_child};
+
+/// Timings short enough for tests: heartbeats every 200 ms, down after 1.5 s,
+/// a down node's copies re-placed after 2 s.
+pub const FAST_POLICY: &str = "heartbeat_ms = 200\ndown_after_ms = 1500\nrepair_delay_secs = 2\n";
+
+fn coordinator_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("cartable-coordinator", "cartable-coordinator"))
+}
+
+fn admin_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("cartable-coordinator", "cartable"))
+}
+
+/// A running `cartable-coordinator serve`.
+#[derive(Debug)]
+pub struct Coordinator {
+    child: Child,
+    data_dir: PathBuf,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// `IP:PORT` of its QUIC endpoint.
+    pub quic: String,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `data_dir` with `config` (TOML), on free ports.
+    pub fn start_in(data_dir: &Path, config: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let config_path = data_dir.join("test-config.toml");
+        std::fs::write(&config_path, config)?;
+        Self::spawn(data_dir, &config_path, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts it again on the same folder and addresses (after a stop or a kill).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let https = self.url.trim_start_matches("https://").to_owned();
+        let again = Self::spawn(
+            &self.data_dir,
+            &self.data_dir.join("test-config.toml"),
+            &https,
+            &self.quic.clone(),
+        )?;
+        *self = again;
+        Ok(())
+    }
+
+    fn spawn(data_dir: &Path, config: &Path, https: &str, quic: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(coordinator_binary())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--https", https, "--quic", quic])
+            .env("CARTABLE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting cartable-coordinator")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let Some(line) = read_line_within(stdout, Duration::from_secs(30)) else {
+            let _ = child.kill();
+            bail!("cartable-coordinator printed no listening line");
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        match (field("https="), field("quic=")) {
+            (Some(url), Some(quic)) if line.starts_with("cartable-coordinator listening ") => {
+                Ok(Self {
+                    child,
+                    data_dir: data_dir.to_owned(),
+                    url,
+                    quic,
+                })
+            }
+            _ => {
+                let _ = child.kill();
+                bail!("unexpected listening line: {line:?}")
+            }
+        }
+    }
+
+    /// The admin token `init` wrote.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("admin-token"))?
+            .trim()
+            .to_owned())
+    }
+
+    /// Its HTTPS certificate.
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir.join("tls/cert.pem")
+    }
+
+    /// Runs `cartable ARGS` against this coordinator with the real admin token.
+    pub fn cartable(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cartable_with_token(&self.admin_token()?, args)
+    }
+
+    /// Runs `cartable ARGS` with the admin token given.
+    pub fn cartable_with_token(&self, token: &str, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(admin_binary())
+            .args(args)
+            .env("CARTABLE_COORDINATOR", &self.url)
+            .env("CARTABLE_TOKEN", token)
+            .env("CARTABLE_CA_CERT", self.cert_path())
+            .env("XDG_CONFIG_HOME", &self.data_dir)
+            .output()
+            .context("running cartable")
+    }
+
+    /// Runs `cartable ARGS --json` and parses what it printed; fails if it failed.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cartable(&all)?;
+        ensure_success(&out, &format!("cartable {}", args.join(" ")))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Makes a join token with the CLI.
+    pub fn token(&self, region: &str, site: &str) -> anyhow::Result<String> {
+        let out = self.cartable(&["token", "create", "--region", region, "--site", site])?;
+        ensure_success(&out, "cartable token create")?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Joins a fresh node at `region/site` and starts it.
+    pub fn join_node(&self, dir: &Path, region: &str, site: &str) -> anyhow::Result<Node> {
+        let token = self.token(region, site)?;
+        let out = cli_in(dir, &["join", &token, "--capacity", "1GB"])?;
+        ensure_success(&out, "cartable-node join")?;
+        Node::start_in(dir, &[])
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = terminate_child(&mut self.child);
+    }
+}
+
+/// Fails with the command's stderr unless it succeeded.
+pub fn ensure_success(out: &Output, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it gives `Some`, for at most `limit`.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if start.elapsed() > limit {
+            bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,216 @@
+//! A coordinator and member nodes as real processes on loopback, set up through
+//! the `cartable` CLI: placement on distinct sites, verified copies, redirects,
+//! repair after a node dies, restarts, and the bad inputs an operator can give.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cartable_tests::cluster::{Coordinator, FAST_POLICY, ensure_success, wait_for};
+use cartable_tests::{HttpsClient, Node, sample_lesson};
+use serde_json::Value;
+
+const PLACES: [(&str, &str); 4] = [
+    ("nord", "lille"),
+    ("nord", "amiens"),
+    ("sud", "nice"),
+    ("sud", "pau"),
+];
+
+struct Cluster {
+    coordinator: Coordinator,
+    nodes: Vec<Option<Node>>,
+    _dirs: tempfile::TempDir,
+}
+
+fn cluster() -> anyhow::Result<Cluster> {
+    let dirs = tempfile::tempdir()?;
+    let coordinator = Coordinator::start_in(&dirs.path().join("coordinator"), FAST_POLICY)?;
+    let mut nodes = Vec::new();
+    for (i, (region, site)) in PLACES.iter().enumerate() {
+        let dir = dirs.path().join(format!("node{i}"));
+        nodes.push(Some(coordinator.join_node(&dir, region, site)?));
+    }
+    wait_for(Duration::from_secs(30), "four nodes up", || {
+        let nodes = coordinator.json(&["nodes"])?;
+        let up = nodes
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["state"] == "up").count());
+        Ok((up == PLACES.len()).then_some(()))
+    })?;
+    Ok(Cluster {
+        coordinator,
+        nodes,
+        _dirs: dirs,
+    })
+}
+
+fn publish(c: &Coordinator, args: &[&str]) -> anyhow::Result<String> {
+    let lesson = sample_lesson();
+    let mut all = vec!["publish", lesson.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = c.cartable(&all)?;
+    ensure_success(&out, "cartable publish")?;
+    let stdout = String::from_utf8(out.stdout)?;
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bundle "))
+        .ok_or_else(|| anyhow::anyhow!("publish printed no bundle line: {stdout}"))?;
+    Ok(id.trim().to_owned())
+}
+
+/// Complete replicas of `bundle` on nodes that are up: (node, region, site).
+fn complete(c: &Coordinator, bundle: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let show = c.json(&["bundle", "show", bundle])?;
+    Ok(show["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] == "complete" && r["node_up"] == true)
+        .map(|r: &Value| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (text("node"), text("region"), text("site"))
+        })
+        .collect())
+}
+
+fn redirect(c: &Coordinator, path: &str) -> anyhow::Result<String> {
+    let client = HttpsClient::new(
+        c.url.trim_start_matches("https://"),
+        &std::fs::read(c.cert_path())?,
+        &[b"http/1.1"],
+    )?;
+    let reply = tokio::runtime::Runtime::new()?.block_on(client.get(path, &[]))?;
+    anyhow::ensure!(reply.status == 302, "{path}: status {}", reply.status);
+    Ok(reply.header("location").to_owned())
+}
+
+#[test]
+fn a_published_lesson_gets_verified_copies_on_distinct_sites_and_survives_a_lost_node()
+-> anyhow::Result<()> {
+    let mut cl = cluster()?;
+    let c = &cl.coordinator;
+    let bundle = publish(
+        c,
+        &["--replicas", "3", "--name", "maths/fractions", "--wait"],
+    )?;
+    let copies = complete(c, &bundle)?;
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    let sites: BTreeSet<_> = copies.iter().map(|(_, r, s)| (r, s)).collect();
+    let regions: BTreeSet<_> = copies.iter().map(|(_, r, _)| r).collect();
+    assert_eq!(sites.len(), 3, "three distinct sites");
+    assert_eq!(regions.len(), 2, "both regions");
+
+    let location = redirect(c, &format!("/b/{bundle}/index.html"))?;
+    let holder = cl
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| location.starts_with(&n.url))
+        .expect("the redirect names a node");
+    assert!(copies.iter().any(|(id, _, _)| *id == holder.id));
+    assert!(location.ends_with(&format!("/b/{bundle}/index.html")));
+    let by_name = redirect(c, "/n/maths/fractions/index.html")?;
+    assert_eq!(by_name, format!("/b/{bundle}/index.html"));
+
+    // Kill one holder: after the repair delay a fourth site takes its place,
+    // and at no point is there less than one complete copy or a redirect to it.
+    let victim_id = copies[0].0.clone();
+    let victim = cl
+        .nodes
+        .iter_mut()
+        .find(|n| n.as_ref().is_some_and(|n| n.id == victim_id))
+        .expect("victim is a node");
+    victim.as_mut().expect("running").kill()?;
+    let dead_url = victim.take().expect("running").url.clone();
+    let repaired = wait_for(Duration::from_secs(60), "repair back to 3 copies", || {
+        let now = complete(c, &bundle)?;
+        assert!(
+            !now.is_empty(),
+            "a bundle never drops to zero complete copies"
+        );
+        let location = redirect(c, &format!("/b/{bundle}/"))?;
+        assert!(
+            !location.starts_with(&dead_url),
+            "redirected to a dead node"
+        );
+        Ok((now.len() == 3 && now.iter().all(|(id, _, _)| *id != victim_id)).then_some(now))
+    })?;
+    let sites: BTreeSet<_> = repaired.iter().map(|(_, r, s)| (r, s)).collect();
+    assert_eq!(sites.len(), 3);
+    let status = c.json(&["status"])?;
+    assert_eq!(status["nodes_down"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn the_coordinator_keeps_its_state_across_restarts_and_nodes_serve_without_it() -> anyhow::Result<()>
+{
+    let mut cl = cluster()?;
+    let bundle = publish(&cl.coordinator, &["--replicas", "2", "--wait"])?;
+    let before = complete(&cl.coordinator, &bundle)?;
+    cl.coordinator.kill()?;
+    // Without the coordinator, a holder still serves the lesson.
+    let holder = cl
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| before.iter().any(|(id, _, _)| *id == n.id))
+        .expect("a holder");
+    let client = HttpsClient::new(
+        holder.url.trim_start_matches("https://"),
+        &holder.cert_pem()?,
+        &[b"h2"],
+    )?;
+    let page = tokio::runtime::Runtime::new()?
+        .block_on(client.get(&format!("/b/{bundle}/index.html"), &[]))?;
+    assert_eq!(page.status, 200);
+    cl.coordinator.restart()?;
+    let after = complete(&cl.coordinator, &bundle)?;
+    assert_eq!(before, after, "replica states survive a restart");
+    let names = cl.coordinator.json(&["nodes"])?;
+    assert_eq!(names.as_array().map(Vec::len), Some(PLACES.len()));
+    Ok(())
+}
+
+#[test]
+fn bad_admin_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    let cl = cluster()?;
+    let c = &cl.coordinator;
+    let wrong = c.cartable_with_token("not-the-token", &["nodes"])?;
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+
+    let bundle = publish(c, &["--replicas", "2"])?;
+    let too_many = c.cartable(&["replicas", "set", &bundle, "9"])?;
+    assert!(!too_many.status.success());
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("sites"));
+    let show = c.json(&["bundle", "show", &bundle])?;
+    assert_eq!(show["replicas_wanted"], 2, "nothing changed");
+
+    let bad = tempfile::tempdir()?;
+    std::fs::write(bad.path().join("a\\b.html"), "x")?;
+    let refused = c.cartable(&["publish", bad.path().to_str().unwrap()])?;
+    assert!(!refused.status.success());
+    assert_eq!(c.json(&["bundles"])?.as_array().map(Vec::len), Some(1));
+
+    // A token works once: a second node with the same token never joins.
+    let token = c.token("nord", "lille")?;
+    let dirs = tempfile::tempdir()?;
+    let (a, b) = (dirs.path().join("a"), dirs.path().join("b"));
+    ensure_success(&cartable_tests::cli_in(&a, &["join", &token])?, "join a")?;
+    ensure_success(&cartable_tests::cli_in(&b, &["join", &token])?, "join b")?;
+    let _a = Node::start_in(&a, &[])?;
+    wait_for(Duration::from_secs(20), "first node joined", || {
+        Ok((c.json(&["nodes"])?.as_array().map(Vec::len) == Some(5)).then_some(()))
+    })?;
+    let _b = Node::start_in(&b, &[])?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.json(&["nodes"])?.as_array().map(Vec::len),
+        Some(5),
+        "reused token refused"
+    );
+    let garbage = cartable_tests::cli_in(&b, &["join", "cj1-garbage"])?;
+    assert!(!garbage.status.success());
+    Ok(())
+}
