@@ -1,5 +1,8 @@
 //! Builders and checks shared by the integration tests.
 
+// Each test file is its own crate and uses only some of these.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartable_placement::{Assignment, BundleSpec, NodeSpec, Plan, Topology};
