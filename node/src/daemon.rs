@@ -101,7 +101,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     tracing::info!(https = %info.https, node = %info.id, "serving");
-    let ctx = Arc::new(ServeContext { store, through });
+    let ctx = Arc::new(ServeContext {
+        store,
+        through,
+        uploads: None,
+    });
     server.run(ctx, stop_signal()).await;
     peers.close();
     scrub_task.abort();

@@ -10,10 +10,18 @@ use super::body::Body;
 pub enum HttpError {
     /// Malformed id, path, or header: 400.
     BadRequest(&'static str),
+    /// No credential, or one that does not parse: 401.
+    Unauthorized(&'static str),
+    /// A credential that does not allow this request: 403.
+    Forbidden(&'static str),
     /// No such bundle, file or route: 404.
     NotFound(&'static str),
     /// A method other than GET or HEAD: 405.
     MethodNotAllowed,
+    /// An upload body of unknown length: 411.
+    LengthRequired,
+    /// An upload body over its limit: 413.
+    TooLarge(&'static str),
     /// A range outside the file: 416.
     RangeNotSatisfiable {
         /// The file's length, for `Content-Range: bytes */len`.
@@ -29,8 +37,12 @@ impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -39,8 +51,14 @@ impl HttpError {
 
     fn reason(&self) -> &'static str {
         match self {
-            Self::BadRequest(r) | Self::NotFound(r) | Self::Unavailable(r) => r,
+            Self::BadRequest(r)
+            | Self::Unauthorized(r)
+            | Self::Forbidden(r)
+            | Self::NotFound(r)
+            | Self::TooLarge(r)
+            | Self::Unavailable(r) => r,
             Self::MethodNotAllowed => "only GET and HEAD are allowed",
+            Self::LengthRequired => "Content-Length required",
             Self::RangeNotSatisfiable { .. } => "range not satisfiable",
             Self::Internal => "internal error",
         }
@@ -54,6 +72,9 @@ impl HttpError {
         match self {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::RangeNotSatisfiable { len } => {
                 let value = HeaderValue::from_str(&format!("bytes */{len}"))

@@ -3,7 +3,8 @@
 //! Each accepted TCP connection takes a slot (beyond `max_connections` it is
 //! closed at once), gets `handshake_timeout` to finish TLS and
 //! `header_read_timeout` per request head; heads over `max_header_bytes` get 431.
-//! Responses are built in [`respond`]; files stream from disk verified.
+//! Responses are built in [`respond`]; files stream from disk verified. Uploads
+//! from `cartable publish` arrive through [`Uploads`].
 
 mod body;
 mod conditional;
@@ -11,6 +12,9 @@ mod error;
 mod listing;
 mod respond;
 mod target;
+mod upload;
+#[cfg(test)]
+mod upload_tests;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 pub use respond::respond;
+pub use upload::Uploads;
 
 use crate::config::HttpsConfig;
 use crate::peer::through::FetchThrough;
@@ -44,6 +49,8 @@ pub struct ServeContext {
     pub store: Arc<Store>,
     /// Fetch-through from peers, when the node has peers.
     pub through: Option<Arc<FetchThrough>>,
+    /// The upload routes, when the node is a member of a coordinator.
+    pub uploads: Option<Arc<Uploads>>,
 }
 
 /// A bound, not yet running, HTTPS server.

@@ -16,6 +16,7 @@ use super::conditional::{self, RangeRequest};
 use super::error::{HttpError, text};
 use super::listing;
 use super::target::{self, Target};
+use super::upload;
 use crate::peer::through::{FetchThrough, Source};
 use crate::store::{BlobFiles, Store, verify::GROUP_BYTES};
 
@@ -27,8 +28,17 @@ const PIECES_IN_FLIGHT: usize = 4;
 const THROUGH_SEGMENT: u64 = 1 << 20;
 
 /// Answers a request; never fails (failures are error responses).
-pub async fn respond<B>(ctx: Arc<ServeContext>, req: Request<B>) -> Response<Body> {
-    match route(&ctx, &req).await {
+pub async fn respond<B>(ctx: Arc<ServeContext>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let answer = if upload::is_upload(&req) {
+        upload::route(ctx.uploads.as_ref(), req).await
+    } else {
+        route(&ctx, &req).await
+    };
+    match answer {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }

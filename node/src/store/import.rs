@@ -15,6 +15,7 @@ use cartable_proto::BlobHash;
 
 use super::layout::{self, Layout};
 use super::verify::{BLOCK_SIZE, GROUP_BYTES};
+use super::{Store, StoreError, io_at};
 
 /// Bytes read from the source per system call.
 const READ_BUFFER: usize = 1 << 20;
@@ -45,6 +46,31 @@ pub fn import_file(layout: &Layout, source: &Path, size: u64) -> io::Result<Impo
     let _ = layout::remove_if_present(&temp_data);
     let _ = layout::remove_if_present(&temp_outboard);
     result
+}
+
+impl Store {
+    /// Imports the file at `source`, `size` bytes long and already hashed by the
+    /// caller to `hash`, as that blob with its outboard; a copy marked damaged is
+    /// replaced. Fails with `InvalidData`, keeping nothing under `hash`, if the
+    /// file's bytes do not hash to `hash`.
+    pub fn import_blob(&self, source: &Path, hash: &BlobHash, size: u64) -> Result<(), StoreError> {
+        if self.index.is_damaged(hash) {
+            // `place` keeps a stored file of the right length: remove the bad one.
+            let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            for path in [self.layout.blob(hash), self.layout.outboard(hash)] {
+                layout::remove_if_present(&path).map_err(io_at(&path))?;
+            }
+        }
+        let imported = import_file(&self.layout, source, size).map_err(io_at(source))?;
+        if imported.hash != *hash {
+            // Placed under its own hash, referenced by nothing: `check` removes it.
+            let wrong = io::Error::new(io::ErrorKind::InvalidData, "changed since it was hashed");
+            return Err(io_at(source)(wrong));
+        }
+        self.index
+            .clear_damaged(hash)
+            .map_err(|e| self.index_err(e))
+    }
 }
 
 /// Writes the temporary data and outboard files and returns the hash. This

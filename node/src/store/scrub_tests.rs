@@ -246,10 +246,16 @@ async fn a_removed_blob_answers_503_and_nothing_panics() -> anyhow::Result<()> {
     let ctx = Arc::new(crate::serve::ServeContext {
         store: f.store.clone(),
         through: None,
+        uploads: None,
     });
     let get = |path: &str| {
         let uri = format!("/b/{}/{path}", f.a);
-        crate::serve::respond(ctx.clone(), http::Request::get(uri).body(()).unwrap())
+        crate::serve::respond(
+            ctx.clone(),
+            http::Request::get(uri)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
     };
     let big = f.entry(&f.a, "big.bin")?;
     flip_byte(&f.store.layout().blob(&big.hash), 1)?;

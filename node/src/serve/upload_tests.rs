@@ -1,0 +1,337 @@
+//! The upload routes through [`respond`], on a real store: a full upload, then
+//! every refusal, each leaving the store as it was.
+
+use std::collections::HashSet;
+use std::fs;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cartable_proto::join::UploadGrant;
+use cartable_proto::{BlobHash, BundleId, BundlePath, Manifest, ManifestEntry, NodeId};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use super::body::Body;
+use super::{ServeContext, Uploads, respond};
+use crate::identity::Identity;
+use crate::store::Store;
+
+const BIG: usize = 200_000;
+const SMALL: &[u8] = b"a small lesson file";
+
+/// A store and the upload routes of node `node`, whose coordinator is
+/// `coordinator`, and a bundle to upload: a big file, a small one and a copy of it.
+struct Fixture {
+    ctx: Arc<ServeContext>,
+    store: Arc<Store>,
+    coordinator: Identity,
+    node: NodeId,
+    manifest: Vec<u8>,
+    id: BundleId,
+    big: Vec<u8>,
+    /// The data folder, then the coordinator's.
+    dirs: [tempfile::TempDir; 2],
+}
+
+fn entry(path: &str, bytes: &[u8]) -> anyhow::Result<ManifestEntry> {
+    Ok(ManifestEntry {
+        path: BundlePath::new(path)?,
+        hash: BlobHash::of(bytes),
+        size: bytes.len() as u64,
+        content_type: "application/octet-stream".to_owned(),
+    })
+}
+
+impl Fixture {
+    fn new() -> anyhow::Result<Self> {
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+        let store = Arc::new(Store::open(dirs[0].path())?);
+        let coordinator = Identity::load_or_create(dirs[1].path())?;
+        let node = NodeId::from_bytes([7; 32]);
+        let big: Vec<u8> = (0..BIG).map(|i| (i * 7 + i / 997) as u8).collect();
+        let manifest = Manifest::new(vec![
+            entry("big.bin", &big)?,
+            entry("small.txt", SMALL)?,
+            entry("copy/small.txt", SMALL)?,
+        ])?;
+        let uploads = Uploads::new(store.clone(), node, coordinator.id());
+        let ctx = Arc::new(ServeContext {
+            store: store.clone(),
+            through: None,
+            uploads: Some(Arc::new(uploads)),
+        });
+        Ok(Self {
+            ctx,
+            store,
+            coordinator,
+            node,
+            id: manifest.id(),
+            manifest: manifest.encode(),
+            big,
+            dirs,
+        })
+    }
+
+    fn grant_for(&self, bundle: BundleId, node: NodeId, expires: u64) -> anyhow::Result<String> {
+        let signed = UploadGrant::signed_bytes(&bundle, &node, expires);
+        let grant = UploadGrant {
+            bundle,
+            node,
+            expires,
+            signature: self.coordinator.sign(&signed)?,
+        };
+        Ok(grant.to_string())
+    }
+
+    fn grant(&self) -> anyhow::Result<String> {
+        self.grant_for(self.id, self.node, u64::MAX)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        grant: Option<&str>,
+        body: &[u8],
+    ) -> Response<Body> {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(grant) = grant {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {grant}"));
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+        respond(self.ctx.clone(), req).await
+    }
+
+    async fn post(&self, grant: &str) -> Response<Body> {
+        let path = format!("/upload/{}", self.id);
+        self.send(Method::POST, &path, Some(grant), &self.manifest)
+            .await
+    }
+
+    async fn put(&self, grant: &str, blob: &BlobHash, body: &[u8]) -> Response<Body> {
+        let path = format!("/upload/{}/{blob}", self.id);
+        self.send(Method::PUT, &path, Some(grant), body).await
+    }
+
+    /// Files in the data folder's `blobs/` and `tmp/`.
+    fn files_kept(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for dir in ["blobs", "tmp"] {
+            n += fs::read_dir(self.dirs[0].path().join(dir))?.count();
+        }
+        Ok(n)
+    }
+}
+
+/// The answer of the upload routes.
+#[derive(serde::Deserialize)]
+struct UploadState {
+    missing: Vec<BlobHash>,
+}
+
+/// The `missing` list of a 200 answer, checked free of duplicates.
+async fn missing(response: Response<Body>) -> anyhow::Result<HashSet<BlobHash>> {
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status == StatusCode::OK, "status {status}: {body:?}");
+    let state: UploadState = serde_json::from_slice(&body)?;
+    let set: HashSet<BlobHash> = state.missing.iter().copied().collect();
+    anyhow::ensure!(set.len() == state.missing.len(), "duplicates in {body:?}");
+    Ok(set)
+}
+
+#[tokio::test]
+async fn a_full_upload_makes_the_bundle_held_and_served_verified() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let grant = f.grant()?;
+    let (big, small) = (BlobHash::of(&f.big), BlobHash::of(SMALL));
+    assert_eq!(
+        missing(f.post(&grant).await).await?,
+        HashSet::from([big, small])
+    );
+    assert_eq!(
+        missing(f.put(&grant, &small, SMALL).await).await?,
+        HashSet::from([big])
+    );
+    assert!(
+        f.store.bundles()?.is_empty(),
+        "not held before it is complete"
+    );
+    assert!(missing(f.put(&grant, &big, &f.big).await).await?.is_empty());
+    assert_eq!(
+        f.store.bundles()?.iter().map(|b| b.id).collect::<Vec<_>>(),
+        [f.id]
+    );
+    let got = f
+        .send(Method::GET, &format!("/b/{}/big.bin", f.id), None, b"")
+        .await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.into_body().collect().await?.to_bytes(), f.big);
+    // Idempotent: posting again, or sending a blob again, changes nothing.
+    assert!(missing(f.post(&grant).await).await?.is_empty());
+    assert!(
+        missing(f.put(&grant, &small, SMALL).await)
+            .await?
+            .is_empty()
+    );
+    assert_eq!(f.store.bundles()?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upload_resumes_after_a_restart_and_takes_one_blob_twice_at_once() -> anyhow::Result<()>
+{
+    let f = Fixture::new()?;
+    let grant = f.grant()?;
+    let (big, small) = (BlobHash::of(&f.big), BlobHash::of(SMALL));
+    missing(f.post(&grant).await).await?;
+    let (a, b) = tokio::join!(f.put(&grant, &small, SMALL), f.put(&grant, &small, SMALL));
+    assert_eq!(missing(a).await?, HashSet::from([big]));
+    assert_eq!(missing(b).await?, HashSet::from([big]));
+    // A restart forgets the pending manifest but keeps what was received.
+    let restarted = Fixture {
+        ctx: Arc::new(ServeContext {
+            store: f.store.clone(),
+            through: None,
+            uploads: Some(Arc::new(Uploads::new(
+                f.store.clone(),
+                f.node,
+                f.coordinator.id(),
+            ))),
+        }),
+        ..f
+    };
+    let f = restarted;
+    assert_eq!(
+        f.put(&grant, &big, &f.big).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(missing(f.post(&grant).await).await?, HashSet::from([big]));
+    assert!(missing(f.put(&grant, &big, &f.big).await).await?.is_empty());
+    assert_eq!(f.store.bundles()?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_of_the_wrong_hash_or_length_is_refused_and_nothing_kept() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let grant = f.grant()?;
+    let (big, small) = (BlobHash::of(&f.big), BlobHash::of(SMALL));
+    missing(f.post(&grant).await).await?;
+    let mut forged = f.big.clone();
+    forged[BIG - 1] ^= 1;
+    assert_eq!(
+        f.put(&grant, &big, &forged).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.put(&grant, &big, &f.big[1..]).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.put(&grant, &small, b"x").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let stranger = BlobHash::of(b"not in this bundle");
+    assert_eq!(
+        f.put(&grant, &stranger, b"not in this bundle")
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(f.files_kept()?, 0);
+    assert_eq!(
+        missing(f.post(&grant).await).await?,
+        HashSet::from([big, small])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_grants_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let small = BlobHash::of(SMALL);
+    let other_bundle = BundleId::of_manifest(b"another");
+    let other_node = NodeId::from_bytes([8; 32]);
+    let stranger = Identity::load_or_create(&f.dirs[1].path().join("stranger"))?;
+    let signed = UploadGrant::signed_bytes(&f.id, &f.node, u64::MAX);
+    let forged = UploadGrant {
+        bundle: f.id,
+        node: f.node,
+        expires: u64::MAX,
+        signature: stranger.sign(&signed)?,
+    };
+    let cases = [
+        ("not a grant".to_owned(), StatusCode::UNAUTHORIZED),
+        (f.grant_for(f.id, f.node, 1)?, StatusCode::FORBIDDEN),
+        (
+            f.grant_for(f.id, other_node, u64::MAX)?,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            f.grant_for(other_bundle, f.node, u64::MAX)?,
+            StatusCode::FORBIDDEN,
+        ),
+        (forged.to_string(), StatusCode::FORBIDDEN),
+    ];
+    for (grant, status) in &cases {
+        assert_eq!(f.post(grant).await.status(), *status, "POST with {grant}");
+        assert_eq!(
+            f.put(grant, &small, SMALL).await.status(),
+            *status,
+            "PUT with {grant}"
+        );
+    }
+    let path = format!("/upload/{}", f.id);
+    let bare = f.send(Method::POST, &path, None, &f.manifest).await;
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(f.files_kept()?, 0);
+    assert!(f.store.bundles()?.is_empty());
+    // No refused POST left a pending upload behind.
+    assert_eq!(
+        f.put(&f.grant()?, &small, SMALL).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manifest_must_match_the_bundle_id_and_decode() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let other = BundleId::of_manifest(b"another");
+    let grant = f.grant_for(other, f.node, u64::MAX)?;
+    let path = format!("/upload/{other}");
+    let answer = f.send(Method::POST, &path, Some(&grant), &f.manifest).await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let garbage = b"not a manifest";
+    let id = BundleId::of_manifest(garbage);
+    let grant = f.grant_for(id, f.node, u64::MAX)?;
+    let answer = f
+        .send(
+            Method::POST,
+            &format!("/upload/{id}"),
+            Some(&grant),
+            garbage,
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let answer = f
+        .send(Method::POST, "/upload/nothex", Some(&grant), garbage)
+        .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert!(f.store.bundles()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_without_a_coordinator_takes_no_uploads() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    f.ctx = Arc::new(ServeContext {
+        store: f.store.clone(),
+        through: None,
+        uploads: None,
+    });
+    assert_eq!(f.post(&f.grant()?).await.status(), StatusCode::NOT_FOUND);
+    assert!(f.store.bundles()?.is_empty());
+    Ok(())
+}
