@@ -198,6 +198,11 @@ impl ApiClient {
         self.call(Method::GET, path, None).await
     }
 
+    /// `POST path` with no body.
+    pub async fn post<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::POST, path, None).await
+    }
+
     /// `DELETE path`.
     pub async fn delete<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
         self.call(Method::DELETE, path, None).await

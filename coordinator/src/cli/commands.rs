@@ -211,8 +211,7 @@ impl NodeCommand {
             Self::Remove { id } => (ids::node(api, &id).await?, false),
         };
         let view: api::NodeView = if drain {
-            let path = format!("/api/nodes/{id}/drain");
-            api.send_json(Method::POST, &path, &()).await?
+            api.post(&format!("/api/nodes/{id}/drain")).await?
         } else {
             api.delete(&format!("/api/nodes/{id}")).await?
         };

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cartable_node::progress::Progress;
 use cartable_node::store::walk::walk;
+use cartable_proto::units::human_bytes;
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, content_type};
 
 use super::client::{ApiClient, encode_component};
 use super::upload::{Sources, upload};
 use crate::api::{BundleView, Published};
-use cartable_proto::units::human_bytes;
 
 /// Bytes hashed per read.
 const READ_BUFFER: usize = 1 << 20;
@@ -59,6 +59,9 @@ pub struct Packed {
 pub fn pack(dir: &Path, progress: Option<&Progress>) -> anyhow::Result<Packed> {
     let files = walk(dir)?;
     let total: u64 = files.iter().map(|f| f.size).sum();
+    if progress.is_some() {
+        eprintln!("hashing {} files ({})", files.len(), human_bytes(total));
+    }
     let mut done = 0;
     let mut entries = Vec::with_capacity(files.len());
     let mut sources = Sources::new();
@@ -110,12 +113,7 @@ pub async fn publish(api: &mut ApiClient, args: PublishArgs) -> anyhow::Result<(
     })
     .await??;
     let manifest = &packed.manifest;
-    eprintln!(
-        "{} files, {}: bundle {}",
-        manifest.entries().len(),
-        human_bytes(manifest.total_size()),
-        manifest.id()
-    );
+    eprintln!("registering bundle {} with the coordinator", manifest.id());
     let mut query = Vec::new();
     if let Some(n) = args.replicas {
         query.push(format!("replicas={n}"));
