@@ -15,7 +15,7 @@ use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{HttpsServer, ServeContext};
+use crate::serve::{HttpsServer, ServeContext, Uploads};
 use crate::store::{Store, scrub_forever};
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
@@ -56,6 +56,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
     let damaged = Arc::new(AtomicU64::new(0));
     let scrub_task = tokio::spawn(scrub_forever(store.clone(), config.scrub, damaged.clone()));
+    let uploads = match &membership {
+        Some(m) => Some(Arc::new(Uploads::new(
+            store.clone(),
+            info.id,
+            m.parsed_token()?.coordinator,
+        ))),
+        None => None,
+    };
     let member_task = match (membership, &through) {
         (Some(membership), Some(through)) => {
             let contact = Contact {
@@ -104,7 +112,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let ctx = Arc::new(ServeContext {
         store,
         through,
-        uploads: None,
+        uploads,
     });
     server.run(ctx, stop_signal()).await;
     peers.close();
