@@ -393,8 +393,10 @@ pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> 
     }
 }
 
-/// The node a browser asking for `bundle` is sent to: up, holding a complete
-/// copy, in the client's region when one is, then the least loaded.
+/// The node a browser asking for `bundle` is sent to: holding a complete copy,
+/// heard from within three heartbeats (stricter than "up": a browser should not
+/// wait out the grace period on a node that just died), in the client's region
+/// when one is, then the least loaded.
 pub fn route(
     c: &Cluster,
     bundle: &BundleId,
@@ -402,7 +404,11 @@ pub fn route(
     policy: &Policy,
     now: Instant,
 ) -> Option<NodeId> {
-    let candidates = sources(c, bundle, None, policy, now);
+    let fresh = Policy {
+        down_after: policy.down_after.min(policy.heartbeat * 3),
+        ..policy.clone()
+    };
+    let candidates = sources(c, bundle, None, &fresh, now);
     candidates.into_iter().min_by_key(|n| {
         let far = client_region.is_some_and(|r| c.nodes[n].region != r);
         let load = c.live.get(n).map_or(0, |l| l.load);

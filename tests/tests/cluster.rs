@@ -122,6 +122,10 @@ fn a_published_lesson_gets_verified_copies_on_distinct_sites_and_survives_a_lost
         .expect("victim is a node");
     victim.as_mut().expect("running").kill()?;
     let dead_url = victim.take().expect("running").url.clone();
+    wait_for(Duration::from_secs(10), "the killed node seen down", || {
+        let status = c.json(&["status"])?;
+        Ok((status["nodes_down"][0] == victim_id.as_str()).then_some(()))
+    })?;
     let repaired = wait_for(Duration::from_secs(60), "repair back to 3 copies", || {
         let now = complete(c, &bundle)?;
         assert!(
