@@ -56,7 +56,8 @@ pub async fn check_copy(
     }
     let file = files[random_below(files.len() as u64) as usize];
     let group = random_below(file.size.div_ceil(GROUP_BYTES));
-    let groups = GroupRanges::new(vec![group..group + 1])
+    let one_group = std::iter::once(group..group + 1).collect();
+    let groups = GroupRanges::new(one_group)
         .ok_or_else(|| CheckError::Refuted("no range to ask for".into()))?;
     let verified = verify_groups(&conn, file.hash, file.size, groups)
         .await

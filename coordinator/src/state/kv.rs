@@ -60,9 +60,12 @@ impl Kv for SledKv {
     }
 }
 
+/// One table in memory.
+type MemoryTable = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Tables in memory, for tests and simulations.
 #[derive(Debug, Default)]
-pub struct MemoryKv(Mutex<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>);
+pub struct MemoryKv(Mutex<BTreeMap<String, MemoryTable>>);
 
 impl Kv for MemoryKv {
     fn scan(&self, table: &str) -> anyhow::Result<Rows> {
