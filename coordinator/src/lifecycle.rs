@@ -4,10 +4,10 @@
 //! A replica is `Copying` when placed, `Complete` once the node reported it and
 //! the coordinator verified a random range, `Releasing` when the plan moved it
 //! away. Make before break: a releasing copy is forgotten — and the node told to
-//! delete it — only when every copy the plan wants is complete on a node that is
-//! up. A down node keeps its place for `repair_delay`, unless one of its bundles
-//! has fewer complete copies than `min_replicas` on nodes that are up: those are
-//! re-placed at once.
+//! delete it — only when the plan keeps as many copies as the bundle wants and
+//! every one is complete on a node that is up. A down node keeps its place for
+//! `repair_delay`, unless one of its bundles has fewer complete copies than
+//! `min_replicas` on nodes that are up: those are re-placed at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -117,13 +117,18 @@ pub fn replan(
     let previous = current_assignment(c);
     let specs = bundle_specs(c);
     let mut plan = cartable_placement::plan(&topology(c, &eligible.normal), &specs, &previous);
+    // Endangered bundles the plan would leave on a down node. Asking the plan,
+    // not `previous`, keeps a repair under way: its down copies are releasing,
+    // so `previous` no longer shows them, but the plan still puts them back.
     let urgent: Vec<BundleId> = c
         .bundles
         .iter()
         .filter(|(b, r)| {
             let wanted = usize::from(policy.min_replicas.min(r.replicas));
             c.live_complete(b, now, policy.down_after) < wanted
-                && previous[*b].iter().any(|n| !eligible.urgent.contains(n))
+                && plan.assignment[*b]
+                    .iter()
+                    .any(|n| !eligible.urgent.contains(n))
         })
         .map(|(b, _)| *b)
         .collect();
@@ -178,14 +183,18 @@ fn apply_target(c: &mut Cluster, bundle: BundleId, target: &[NodeId]) -> anyhow:
     Ok(())
 }
 
-/// Forgets releasing copies whose replacements are all complete on nodes that are up.
+/// Forgets releasing copies once the bundle's wanted copies are all placed and
+/// complete on nodes that are up.
 pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
     let mut done = Vec::new();
     for (bundle, replicas) in &c.replicas {
         let (releasing, kept): (Vec<_>, Vec<_>) = replicas
             .iter()
             .partition(|(_, s)| **s == ReplicaState::Releasing);
+        // A plan short of nodes keeps fewer copies than wanted: the old ones stay.
+        let wanted = c.bundles.get(bundle).map_or(0, |b| usize::from(b.replicas));
         let replaced = !kept.is_empty()
+            && kept.len() >= wanted
             && kept
                 .iter()
                 .all(|(n, s)| **s == ReplicaState::Complete && c.is_up(n, now, policy.down_after));
@@ -239,7 +248,9 @@ pub fn apply_heartbeat(
         match state {
             ReplicaState::Complete => {
                 tracing::warn!(bundle = %bundle, node = %node, "node lost a complete copy: copying again");
-                c.set_replica(bundle, node, Some(ReplicaState::Copying))?
+                c.set_replica(bundle, node, Some(ReplicaState::Copying))?;
+                // Fewer live copies may make the bundle urgent: only a plan acts on that.
+                c.needs_plan = true;
             }
             ReplicaState::Releasing => c.set_replica(bundle, node, None)?,
             ReplicaState::Copying => {}
@@ -415,3 +426,7 @@ pub fn route(
         (far, load, *n)
     })
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

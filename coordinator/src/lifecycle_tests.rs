@@ -1,0 +1,543 @@
+//! The replica lifecycle driven the way the daemon drives it: nodes send
+//! heartbeats listing what they hold, their claims pass the spot check and are
+//! confirmed, and a tick notices down nodes, re-plans when something changed and
+//! releases replaced copies. Time is passed in; nothing sleeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartable_proto::control::{Contact, Heartbeat, Orders};
+
+use super::*;
+use crate::state::kv::Rows;
+use crate::state::{BundleRecord, Kv, MemoryKv, NodeRecord};
+use ReplicaState::{Complete, Copying, Releasing};
+
+const SECOND: Duration = Duration::from_secs(1);
+const CAPACITY: u64 = 1 << 40;
+
+/// Six nodes, each on its own site, three sites in each of two regions.
+const SIX: [(&str, &str); 6] = [
+    ("est", "strasbourg"),
+    ("est", "metz"),
+    ("est", "nancy"),
+    ("ouest", "rennes"),
+    ("ouest", "nantes"),
+    ("ouest", "brest"),
+];
+
+/// One set of tables kept across a coordinator restart, as a disk would be.
+impl Kv for Arc<MemoryKv> {
+    fn scan(&self, table: &str) -> anyhow::Result<Rows> {
+        (**self).scan(table)
+    }
+    fn put(&self, table: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        (**self).put(table, key, value)
+    }
+    fn delete(&self, table: &str, key: &[u8]) -> anyhow::Result<()> {
+        (**self).delete(table, key)
+    }
+    fn flush(&self) -> anyhow::Result<()> {
+        (**self).flush()
+    }
+}
+
+/// What one simulated node holds and says.
+#[derive(Debug, Default)]
+struct SimNode {
+    store: BTreeSet<BundleId>,
+    load: u32,
+    names_version: u64,
+    silent: bool,
+}
+
+/// A coordinator and its nodes, on a clock moved by hand.
+struct Sim {
+    c: Cluster,
+    policy: Policy,
+    now: Instant,
+    last: Eligibility,
+    nodes: BTreeMap<NodeId, SimNode>,
+    /// Whether nodes fetch (one bundle per heartbeat) what their orders say.
+    follow_orders: bool,
+}
+
+fn contact() -> Contact {
+    Contact {
+        https_url: "https://127.0.0.1:1".into(),
+        quic: "127.0.0.1:2".parse().expect("a socket address"),
+        https_cert_sha256: String::new(),
+    }
+}
+
+impl Sim {
+    fn new(places: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::with_kv(Box::new(MemoryKv::default()), places)
+    }
+
+    /// Joins one node per place and hears from each once.
+    fn with_kv(kv: Box<dyn Kv>, places: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let mut c = Cluster::load(kv, now)?;
+        let mut nodes = BTreeMap::new();
+        for (i, (region, site)) in (1u8..).zip(places) {
+            let id = NodeId::from_bytes([i; 32]);
+            c.save_node(NodeRecord {
+                id,
+                region: (*region).into(),
+                site: (*site).into(),
+                capacity: CAPACITY,
+                contact: contact(),
+                draining: false,
+                reported_failures: 0,
+            })?;
+            nodes.insert(id, SimNode::default());
+        }
+        let mut sim = Self {
+            c,
+            policy: Policy::default(),
+            now,
+            last: Eligibility::default(),
+            nodes,
+            follow_orders: false,
+        };
+        sim.step(Duration::ZERO)?;
+        Ok(sim)
+    }
+
+    /// One heartbeat from `id`, answered as the daemon answers it; the node then
+    /// applies its orders.
+    fn beat(&mut self, id: NodeId) -> anyhow::Result<Orders> {
+        let node = &self.nodes[&id];
+        let beat = Heartbeat {
+            contact: contact(),
+            capacity: CAPACITY,
+            used: 0,
+            load: node.load,
+            held: node.store.iter().copied().collect(),
+            failures: Vec::new(),
+            damaged: 0,
+            names_version: node.names_version,
+        };
+        let claims = apply_heartbeat(&mut self.c, id, &beat, self.now)?;
+        let orders = orders_for(&self.c, &id, &self.policy, self.now);
+        for bundle in claims {
+            // The spot check passes: the node holds what it claims.
+            confirm_copy(&mut self.c, bundle, id)?;
+        }
+        let node = self.nodes.get_mut(&id).context("unknown node")?;
+        let kept: BTreeSet<BundleId> = orders.hold.iter().map(|h| h.bundle).collect();
+        node.store
+            .retain(|b| kept.contains(b) || !orders.release.contains(b));
+        if let Some(names) = &orders.names {
+            node.names_version = names.version;
+        }
+        if self.follow_orders
+            && let Some(order) = orders
+                .hold
+                .iter()
+                .find(|h| !h.sources.is_empty() && !node.store.contains(&h.bundle))
+        {
+            node.store.insert(order.bundle);
+        }
+        Ok(orders)
+    }
+
+    /// The daemon's lifecycle tick.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let eligible = eligibility(&mut self.c, &self.policy, self.now);
+        if self.c.needs_plan || eligible != self.last {
+            replan(&mut self.c, &self.policy, self.now, &eligible)?;
+            self.last = eligible;
+        }
+        release_replaced(&mut self.c, &self.policy, self.now)
+    }
+
+    /// Moves the clock, hears from every node not silent, then ticks.
+    fn step(&mut self, elapsed: Duration) -> anyhow::Result<BTreeMap<NodeId, Orders>> {
+        self.now += elapsed;
+        let mut orders = BTreeMap::new();
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if !self.nodes[&id].silent {
+                orders.insert(id, self.beat(id)?);
+            }
+        }
+        self.tick()?;
+        Ok(orders)
+    }
+
+    /// Steps one heartbeat at a time until `span` has passed.
+    fn run_for(&mut self, span: Duration) -> anyhow::Result<()> {
+        let end = self.now + span;
+        while self.now < end {
+            let elapsed = self.policy.heartbeat.min(end - self.now);
+            self.step(elapsed)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a bundle; the next tick places it.
+    fn publish(&mut self, tag: &str, replicas: u8) -> anyhow::Result<BundleId> {
+        let id = BundleId::of_manifest(tag.as_bytes());
+        let record = BundleRecord {
+            size: 1000,
+            files: 1,
+            replicas,
+        };
+        self.c.save_bundle(id, record)?;
+        self.tick()?;
+        Ok(id)
+    }
+
+    /// `node` now holds `bundle` (uploaded or fetched) and says so.
+    fn fetch(&mut self, bundle: BundleId, node: NodeId) -> anyhow::Result<Orders> {
+        self.node(node).store.insert(bundle);
+        self.beat(node)
+    }
+
+    /// Publishes and gets every placed copy complete.
+    fn publish_complete(&mut self, tag: &str, replicas: u8) -> anyhow::Result<BundleId> {
+        let id = self.publish(tag, replicas)?;
+        for node in self.holders(&id, Copying) {
+            self.fetch(id, node)?;
+        }
+        Ok(id)
+    }
+
+    fn states(&self, bundle: &BundleId) -> BTreeMap<NodeId, ReplicaState> {
+        self.c.replicas.get(bundle).cloned().unwrap_or_default()
+    }
+
+    fn holders(&self, bundle: &BundleId, state: ReplicaState) -> Vec<NodeId> {
+        self.states(bundle)
+            .into_iter()
+            .filter(|(_, s)| *s == state)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Copies that are Complete or Releasing: whole, whatever the plan says.
+    fn whole(&self, bundle: &BundleId) -> usize {
+        self.holders(bundle, Complete).len() + self.holders(bundle, Releasing).len()
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut SimNode {
+        self.nodes.entry(id).or_default()
+    }
+
+    /// One heartbeat interval.
+    fn next(&mut self) -> anyhow::Result<BTreeMap<NodeId, Orders>> {
+        self.step(self.policy.heartbeat)
+    }
+
+    fn drain(&mut self, node: NodeId) -> anyhow::Result<()> {
+        let mut record = self.c.nodes[&node].clone();
+        record.draining = true;
+        self.c.save_node(record)
+    }
+}
+
+fn held(orders: &Orders, bundle: &BundleId) -> Option<Vec<NodeId>> {
+    let order = orders.hold.iter().find(|h| h.bundle == *bundle);
+    order.map(|h| h.sources.clone())
+}
+
+#[test]
+fn a_new_bundle_is_placed_on_distinct_sites_and_copied_from_its_upload() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish("lesson", 3)?;
+    let placed = sim.holders(&b, Copying);
+    let sites: BTreeSet<&str> = placed.iter().map(|n| &*sim.c.nodes[n].site).collect();
+    assert_eq!((placed.len(), sites.len()), (3, 3), "one copy per site");
+
+    sim.fetch(b, placed[0])?;
+    assert_eq!(sim.states(&b)[&placed[0]], Complete);
+    let orders = sim.next()?;
+    for n in &placed[1..] {
+        assert_eq!(held(&orders[n], &b), Some(vec![placed[0]]), "upload");
+        sim.fetch(b, *n)?;
+    }
+    let orders = sim.next()?;
+    assert_eq!(sim.holders(&b, Complete), placed);
+    assert!(orders.values().all(|o| o.release.is_empty()));
+    Ok(())
+}
+
+#[test]
+fn a_drained_copy_is_held_until_its_replacement_is_verified() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let drained = sim.holders(&b, Complete)[0];
+    sim.drain(drained)?;
+    sim.tick()?;
+    let orders = sim.next()?;
+    assert_eq!(sim.states(&b)[&drained], Releasing);
+    let new = sim.holders(&b, Copying);
+    assert_eq!(new.len(), 1, "{:?}", sim.states(&b));
+    assert!(held(&orders[&drained], &b).is_some() && orders[&drained].release.is_empty());
+    let sources = held(&orders[&new[0]], &b).context("the new node copies")?;
+    assert!(sources.contains(&drained), "a releasing copy is a source");
+
+    sim.fetch(b, new[0])?;
+    assert!(held(&sim.beat(drained)?, &b).is_some(), "until the tick");
+    sim.tick()?;
+    assert!(!sim.states(&b).contains_key(&drained), "forgotten");
+    assert!(sim.nodes[&drained].store.contains(&b), "still reported");
+    let orders = sim.beat(drained)?;
+    assert_eq!((held(&orders, &b), orders.release), (None, vec![b]));
+    assert_eq!(sim.holders(&b, Complete).len(), 3);
+    Ok(())
+}
+
+#[test]
+fn a_down_node_keeps_its_copies_until_the_repair_delay() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let before = sim.states(&b);
+    let down = sim.holders(&b, Complete)[0];
+    sim.node(down).silent = true;
+    sim.run_for(sim.policy.down_after + SECOND)?;
+    assert!(sim.c.down_since.contains_key(&down));
+    assert_eq!(sim.states(&b), before, "two live copies: wait for the node");
+
+    sim.run_for(sim.policy.repair_delay)?;
+    assert_eq!(sim.states(&b)[&down], Releasing);
+    let new = sim.holders(&b, Copying);
+    assert_eq!(new.len(), 1);
+    let sources = held(&sim.beat(new[0])?, &b).context("the new node copies")?;
+    let up: Vec<NodeId> = before.into_keys().filter(|n| *n != down).collect();
+    assert_eq!(sources, up, "up sources only");
+    sim.fetch(b, new[0])?;
+    sim.tick()?;
+    assert!(!sim.states(&b).contains_key(&down));
+    assert_eq!(sim.holders(&b, Complete).len(), 3);
+    Ok(())
+}
+
+#[test]
+fn a_bundle_left_with_one_live_copy_is_repaired_at_once_through_later_plans() -> anyhow::Result<()>
+{
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let placed = sim.holders(&b, Complete);
+    sim.node(placed[1]).silent = true;
+    sim.node(placed[2]).silent = true;
+    sim.run_for(sim.policy.down_after + SECOND)?;
+    assert!(sim.now < sim.c.down_since[&placed[1]] + sim.policy.repair_delay);
+    assert_eq!(sim.holders(&b, Releasing), placed[1..]);
+    let new = sim.holders(&b, Copying);
+    assert_eq!(new.len(), 2, "{:?}", sim.states(&b));
+
+    let repairing = sim.states(&b);
+    sim.publish("another lesson", 3)?;
+    assert_eq!(sim.states(&b), repairing, "a later plan keeps the repair");
+    for n in &new {
+        assert_eq!(held(&sim.beat(*n)?, &b), Some(vec![placed[0]]));
+    }
+    for n in new {
+        sim.fetch(b, n)?;
+    }
+    sim.tick()?;
+    assert_eq!(sim.states(&b).len(), 3, "the down copies are forgotten");
+    assert_eq!(sim.holders(&b, Complete).len(), 3);
+    Ok(())
+}
+
+#[test]
+fn losing_a_copy_beside_a_down_node_starts_an_urgent_repair() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let placed = sim.holders(&b, Complete);
+    sim.node(placed[0]).silent = true;
+    sim.run_for(sim.policy.down_after + SECOND)?;
+    assert_eq!(sim.holders(&b, Complete), placed, "two live copies: wait");
+
+    sim.node(placed[1]).store.remove(&b);
+    sim.next()?;
+    assert_eq!(sim.c.live_complete(&b, sim.now, sim.policy.down_after), 1);
+    assert_eq!(sim.states(&b)[&placed[0]], Releasing);
+    assert_eq!(sim.states(&b)[&placed[1]], Copying);
+    assert_eq!(sim.holders(&b, Copying).len(), 2, "re-placed now");
+    Ok(())
+}
+
+#[test]
+fn down_copies_with_nowhere_to_go_are_kept_for_their_return() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX[..3])?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let placed = sim.holders(&b, Complete);
+    for n in &placed[1..] {
+        sim.node(*n).silent = true;
+    }
+    sim.run_for(sim.policy.repair_delay + sim.policy.down_after)?;
+    assert_eq!(sim.c.unplaced.len(), 1, "nowhere to repair");
+    assert_eq!(sim.whole(&b), 3, "{:?}", sim.states(&b));
+
+    for n in &placed[1..] {
+        sim.node(*n).silent = false;
+    }
+    let orders = sim.next()?;
+    assert!(orders.values().all(|o| o.release.is_empty()), "{orders:?}");
+    sim.next()?;
+    assert_eq!(sim.holders(&b, Complete), placed);
+    Ok(())
+}
+
+#[test]
+fn whole_copies_never_drop_while_replacements_copy() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let bundles: Vec<BundleId> = (0..4)
+        .map(|i| sim.publish_complete(&format!("lesson {i}"), 3))
+        .collect::<anyhow::Result<_>>()?;
+    sim.follow_orders = true;
+    let first = sim.holders(&bundles[0], Complete);
+    sim.drain(first[0])?;
+    sim.node(first[1]).silent = true;
+    for _ in 0..200 {
+        sim.next()?;
+        for b in &bundles {
+            assert!(sim.whole(b) >= 3, "{b}: {:?}", sim.states(b));
+        }
+    }
+    for b in &bundles {
+        assert_eq!(sim.holders(b, Complete).len(), 3, "{b}");
+        assert_eq!(sim.states(b).len(), 3, "{b}: old copies released");
+        assert!(!sim.states(b).contains_key(&first[0]), "{b}: drained");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_lost_complete_copy_is_copied_again_and_a_lost_releasing_one_forgotten() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let placed = sim.holders(&b, Complete);
+    sim.node(placed[0]).store.remove(&b);
+    let orders = sim.beat(placed[0])?;
+    assert_eq!(sim.states(&b)[&placed[0]], Copying);
+    assert_eq!(held(&orders, &b), Some(placed[1..].to_vec()));
+
+    sim.drain(placed[1])?;
+    sim.tick()?;
+    assert_eq!(sim.states(&b)[&placed[1]], Releasing);
+    sim.node(placed[1]).store.remove(&b);
+    sim.beat(placed[1])?;
+    assert!(!sim.states(&b).contains_key(&placed[1]));
+    Ok(())
+}
+
+#[test]
+fn storm_control_runs_the_most_endangered_copy_first() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX[..3])?;
+    sim.policy.copies_per_node = 1;
+    let [x, y, z] = [
+        sim.publish("x", 3)?,
+        sim.publish("y", 3)?,
+        sim.publish("z", 3)?,
+    ];
+    let [a, b, c]: [NodeId; 3] = sim.holders(&x, Copying).try_into().expect("3 nodes");
+    for (bundle, node) in [(x, a), (z, a), (y, a), (y, b)] {
+        sim.fetch(bundle, node)?;
+    }
+    let orders = sim.beat(c)?;
+    assert_eq!(orders.hold.len(), 1, "one at a time: {:?}", orders.hold);
+    let active = orders.hold[0].bundle;
+    assert!(active == x || active == z, "one copy left: first");
+    let (_, queue) = repair_queue(&sim.c, &sim.policy, sim.now);
+    let waiting: Vec<(BundleId, usize)> = queue
+        .iter()
+        .filter(|q| q.node == c)
+        .map(|q| (q.bundle, q.complete))
+        .collect();
+    let other = if active == x { z } else { x };
+    assert_eq!(waiting, vec![(other, 1), (y, 2)]);
+    assert!(queue.is_sorted_by_key(|q| q.complete));
+    Ok(())
+}
+
+#[test]
+fn unpublished_bundles_are_released_but_foreign_ones_never() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let node = sim.holders(&b, Complete)[0];
+    let foreign = BundleId::of_manifest(b"added on the node itself");
+    sim.node(node).store.insert(foreign);
+    sim.c.retire_bundle(b)?;
+    let orders = sim.beat(node)?;
+    assert_eq!((held(&orders, &b), orders.release), (None, vec![b]));
+    sim.run_for(sim.policy.repair_delay)?;
+    assert!(sim.nodes[&node].store.contains(&foreign), "never released");
+    assert!(!sim.c.replicas.contains_key(&foreign));
+    Ok(())
+}
+
+#[test]
+fn the_name_table_goes_only_to_stale_nodes() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish("lesson", 3)?;
+    let node = NodeId::from_bytes([1; 32]);
+    assert_eq!(sim.beat(node)?.names, None);
+    sim.c.set_name("maths/6e", b)?;
+    let table = sim.beat(node)?.names.context("stale: sent")?;
+    assert_eq!(table.version, sim.c.names_version);
+    assert_eq!(table.names, vec![("maths/6e".to_owned(), b)]);
+    assert_eq!(sim.beat(node)?.names, None, "up to date: not sent");
+    Ok(())
+}
+
+#[test]
+fn routing_prefers_a_near_then_idle_node_with_a_complete_copy() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let uploading = sim.publish("being uploaded", 3)?;
+    let to = |sim: &Sim, bundle, region| route(&sim.c, bundle, region, &sim.policy, sim.now);
+    let placed = sim.holders(&b, Complete);
+    let region = sim.c.nodes[&placed[0]].region.clone();
+    let (near, far): (Vec<NodeId>, Vec<NodeId>) = placed
+        .iter()
+        .partition(|n| sim.c.nodes[*n].region == region);
+    for (load, n) in (10..).zip(&near) {
+        sim.node(*n).load = load;
+    }
+    sim.next()?;
+    assert_eq!(to(&sim, &b, Some(&region)), Some(near[0]), "near first");
+    assert_eq!(to(&sim, &b, None), Some(far[0]), "no region: least loaded");
+    assert_eq!(to(&sim, &uploading, None), None, "no complete copy");
+
+    sim.node(near[0]).silent = true;
+    sim.run_for(sim.policy.heartbeat * 3 + SECOND)?;
+    assert!(sim.c.is_up(&near[0], sim.now, sim.policy.down_after));
+    let next = *near.get(1).unwrap_or(&far[0]);
+    assert_eq!(to(&sim, &b, Some(&region)), Some(next), "silent too long");
+    for n in &placed {
+        sim.node(*n).silent = true;
+    }
+    sim.run_for(sim.policy.heartbeat * 3 + SECOND)?;
+    assert_eq!(to(&sim, &b, None), None, "no complete copy up");
+    Ok(())
+}
+
+#[test]
+fn a_restart_keeps_replica_states_and_counts_nodes_up() -> anyhow::Result<()> {
+    let kv = Arc::new(MemoryKv::default());
+    let mut sim = Sim::with_kv(Box::new(kv.clone()), &SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    sim.drain(sim.holders(&b, Complete)[0])?;
+    sim.tick()?;
+    let before = sim.c.replicas.clone();
+    assert_eq!(sim.states(&b).len(), 4, "complete, copying and releasing");
+    let (policy, restart) = (sim.policy.clone(), sim.now + Duration::from_secs(3600));
+    drop(sim);
+
+    let mut c = Cluster::load(Box::new(kv), restart)?;
+    assert_eq!(c.replicas, before, "every replica state kept");
+    let up_at = |c: &Cluster, at| c.nodes.keys().all(|n| c.is_up(n, at, policy.down_after));
+    let down = restart + policy.down_after;
+    assert!(up_at(&c, down - SECOND) && !up_at(&c, down), "up at first");
+    let eligible = eligibility(&mut c, &policy, restart);
+    replan(&mut c, &policy, restart, &eligible)?;
+    assert_eq!(c.replicas, before, "a restart moves nothing");
+    Ok(())
+}
