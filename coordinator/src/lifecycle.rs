@@ -117,18 +117,36 @@ pub fn replan(
     let previous = current_assignment(c);
     let specs = bundle_specs(c);
     let mut plan = cartable_placement::plan(&topology(c, &eligible.normal), &specs, &previous);
-    // Endangered bundles the plan would leave on a down node. Asking the plan,
-    // not `previous`, keeps a repair under way: its down copies are releasing,
-    // so `previous` no longer shows them, but the plan still puts them back.
+    // Bundles planned on a node that is down are planned again without down
+    // nodes when they are endangered, or when that node lacks a complete copy:
+    // a down node keeps the copies it has until the repair delay, but takes no
+    // new ones (they would only wait, and a repair would be undone). Asking the
+    // plan, not `previous`, keeps a repair under way: its down copies are
+    // releasing, so `previous` no longer shows them, but the plan puts them back.
+    let holds = |b: &BundleId, n: &NodeId| {
+        matches!(
+            c.replicas.get(b).and_then(|r| r.get(n)),
+            Some(ReplicaState::Complete | ReplicaState::Releasing)
+        )
+    };
+    let mut endangered = BTreeSet::new();
     let urgent: Vec<BundleId> = c
         .bundles
         .iter()
         .filter(|(b, r)| {
+            let mut down = plan.assignment[*b]
+                .iter()
+                .filter(|n| !eligible.urgent.contains(n))
+                .peekable();
+            if down.peek().is_none() {
+                return false;
+            }
             let wanted = usize::from(policy.min_replicas.min(r.replicas));
-            c.live_complete(b, now, policy.down_after) < wanted
-                && plan.assignment[*b]
-                    .iter()
-                    .any(|n| !eligible.urgent.contains(n))
+            if c.live_complete(b, now, policy.down_after) < wanted {
+                endangered.insert(**b);
+                return true;
+            }
+            down.any(|n| !holds(b, n))
         })
         .map(|(b, _)| *b)
         .collect();
@@ -140,7 +158,9 @@ pub fn replan(
     if !urgent.is_empty() && eligible.normal != eligible.urgent {
         let now_plan = cartable_placement::plan(&topology(c, &eligible.urgent), &specs, &previous);
         for b in &urgent {
-            tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
+            if endangered.contains(b) {
+                tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
+            }
             if let Some(nodes) = now_plan.assignment.get(b) {
                 plan.assignment.insert(*b, nodes.clone());
             }

@@ -11,7 +11,6 @@ use anyhow::Context;
 use cartable_proto::control::{Contact, Heartbeat, Orders};
 
 use super::*;
-use crate::state::kv::Rows;
 use crate::state::{BundleRecord, Kv, MemoryKv, NodeRecord};
 use ReplicaState::{Complete, Copying, Releasing};
 
@@ -27,22 +26,6 @@ const SIX: [(&str, &str); 6] = [
     ("ouest", "nantes"),
     ("ouest", "brest"),
 ];
-
-/// One set of tables kept across a coordinator restart, as a disk would be.
-impl Kv for Arc<MemoryKv> {
-    fn scan(&self, table: &str) -> anyhow::Result<Rows> {
-        (**self).scan(table)
-    }
-    fn put(&self, table: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-        (**self).put(table, key, value)
-    }
-    fn delete(&self, table: &str, key: &[u8]) -> anyhow::Result<()> {
-        (**self).delete(table, key)
-    }
-    fn flush(&self) -> anyhow::Result<()> {
-        (**self).flush()
-    }
-}
 
 /// What one simulated node holds and says.
 #[derive(Debug, Default)]
@@ -342,6 +325,19 @@ fn a_bundle_left_with_one_live_copy_is_repaired_at_once_through_later_plans() ->
     sim.tick()?;
     assert_eq!(sim.states(&b).len(), 3, "the down copies are forgotten");
     assert_eq!(sim.holders(&b, Complete).len(), 3);
+
+    // Within the delay, later plans neither undo the repair nor give the
+    // down nodes new copies to wait for.
+    let repaired = sim.states(&b);
+    let third = sim.publish("a third lesson", 3)?;
+    sim.run_for(sim.policy.heartbeat * 5)?;
+    assert_eq!(sim.states(&b), repaired, "the finished repair stays");
+    for lesson in [BundleId::of_manifest(b"another lesson"), third] {
+        assert!(
+            sim.states(&lesson).keys().all(|n| !placed[1..].contains(n)),
+            "a new copy placed on a down node"
+        );
+    }
     Ok(())
 }
 

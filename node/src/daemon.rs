@@ -64,7 +64,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ))),
         None => None,
     };
-    let member_task = match (membership, &through) {
+    let (member_task, names) = match (membership, &through) {
         (Some(membership), Some(through)) => {
             let contact = Contact {
                 https_url: config
@@ -88,9 +88,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 config.quic.fetch_rate,
                 damaged,
             )?;
-            Some(tokio::spawn(member.run()))
+            let names = member.names.clone();
+            (Some(tokio::spawn(member.run())), Some(names))
         }
-        _ => None,
+        _ => (None, None),
     };
     let admin = AdminServer::bind(&data_dir)?;
     let admin_task = tokio::spawn(admin.run(Arc::new(AdminContext {
@@ -113,6 +114,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         store,
         through,
         uploads,
+        names,
     });
     server.run(ctx, stop_signal()).await;
     peers.close();

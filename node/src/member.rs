@@ -192,21 +192,33 @@ impl Member {
             .ok()
     }
 
-    /// Heartbeats until the task is dropped; orders are applied as they come.
+    /// Heartbeats until the task is dropped. New orders are applied as they come;
+    /// without the coordinator the last ones are applied again at each beat, so
+    /// that copies that failed are retried from the sources named.
     pub async fn run(self: Arc<Self>) {
         let mut interval = FIRST_INTERVAL;
         let mut conn: Option<quinn::Connection> = None;
+        let mut last = self.saved_orders();
         loop {
             match self.exchange(&mut conn).await {
-                Ok(orders) => {
+                Ok(mut orders) => {
                     interval = Duration::from_millis(orders.heartbeat_ms.clamp(100, 60_000));
+                    // Orders name the table only when it changed: keep the last one
+                    // on disk with them, for a restart without the coordinator.
+                    if orders.names.is_none() {
+                        orders.names =
+                            Some(self.names.lock().unwrap_or_else(|e| e.into_inner()).clone());
+                    }
                     self.save_orders(&orders);
-                    self.apply(&orders);
+                    last = Some(orders);
                 }
                 Err(e) => {
                     conn = None;
                     tracing::warn!(coordinator = %self.coordinator, error = format!("{e:#}"), "no orders from the coordinator; going on with the last ones");
                 }
+            }
+            if let Some(orders) = &last {
+                self.apply(orders);
             }
             tokio::time::sleep(interval).await;
         }
@@ -346,24 +358,24 @@ impl Member {
         if let Some(names) = &orders.names {
             *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names.clone();
         }
-        let held: HashSet<BundleId> = match (self.store.bundles(), self.store.incomplete_bundles())
-        {
-            (Ok(all), Ok(incomplete)) => all
-                .into_iter()
-                .map(|b| b.id)
-                .filter(|id| !incomplete.contains(id))
-                .collect(),
+        let (all, incomplete) = match (self.store.bundles(), self.store.incomplete_bundles()) {
+            (Ok(all), Ok(incomplete)) => (all, incomplete),
             (Err(e), _) | (_, Err(e)) => {
                 return tracing::error!(error = %e, "cannot list the store; orders not applied");
             }
         };
         let kept: HashSet<BundleId> = orders.hold.iter().map(|h| h.bundle).collect();
-        for release in orders.release.iter().filter(|b| !kept.contains(b)) {
-            match self.store.remove(release) {
-                Ok(_) => {
-                    tracing::info!(bundle = %release, "released: the coordinator placed it elsewhere")
+        let mut held = HashSet::new();
+        for id in all.into_iter().map(|b| b.id) {
+            if orders.release.contains(&id) && !kept.contains(&id) {
+                match self.store.remove(&id) {
+                    Ok(_) => {
+                        tracing::info!(bundle = %id, "released: the coordinator placed it elsewhere")
+                    }
+                    Err(e) => tracing::warn!(bundle = %id, error = %e, "could not release"),
                 }
-                Err(e) => tracing::warn!(bundle = %release, error = %e, "could not release"),
+            } else if !incomplete.contains(&id) {
+                held.insert(id);
             }
         }
         for order in &orders.hold {

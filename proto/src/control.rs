@@ -171,6 +171,34 @@ pub struct NameTable {
     pub names: Vec<(String, BundleId)>,
 }
 
+impl NameTable {
+    /// The bundle of the name that starts `path`, and the rest of the path.
+    pub fn resolve<'a>(&self, path: &'a str) -> Option<(BundleId, &'a str)> {
+        resolve_name(path, |name| {
+            self.names
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .ok()
+                .map(|i| self.names[i].1)
+        })
+    }
+}
+
+/// Splits `path` (`maths/6e/fractions/index.html`) into the longest name that
+/// `lookup` knows and the path after it (`index.html`): names hold slashes.
+pub fn resolve_name(
+    path: &str,
+    lookup: impl Fn(&str) -> Option<BundleId>,
+) -> Option<(BundleId, &str)> {
+    let mut cut = path.len();
+    loop {
+        let (name, tail) = path.split_at(cut);
+        if let Some(bundle) = lookup(name) {
+            return Some((bundle, tail.strip_prefix('/').unwrap_or(tail)));
+        }
+        cut = name.rfind('/')?;
+    }
+}
+
 /// The body of a frame, as JSON.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     serde_json::to_vec(message).expect("control messages always serialize")
@@ -220,6 +248,24 @@ mod tests {
             ..Orders::default()
         });
         assert_eq!(decode::<ControlResponse>(&encode(&orders)), Ok(orders));
+    }
+
+    #[test]
+    fn the_longest_known_name_wins() {
+        let (a, b) = (BundleId::of_manifest(b"a"), BundleId::of_manifest(b"b"));
+        let table = NameTable {
+            version: 1,
+            names: vec![("maths".into(), a), ("maths/6e".into(), b)],
+        };
+        assert_eq!(
+            table.resolve("maths/6e/index.html"),
+            Some((b, "index.html"))
+        );
+        assert_eq!(table.resolve("maths/6e/"), Some((b, "")));
+        assert_eq!(table.resolve("maths/5e/x"), Some((a, "5e/x")));
+        assert_eq!(table.resolve("maths"), Some((a, "")));
+        assert_eq!(table.resolve("physics/x"), None);
+        assert_eq!(table.resolve(""), None);
     }
 
     #[test]

@@ -111,6 +111,18 @@ fn a_published_lesson_gets_verified_copies_on_distinct_sites_and_survives_a_lost
     assert!(location.ends_with(&format!("/b/{bundle}/index.html")));
     let by_name = redirect(c, "/n/maths/fractions/index.html")?;
     assert_eq!(by_name, format!("/b/{bundle}/index.html"));
+    // Nodes learn the names with their orders and answer them too.
+    let client = HttpsClient::new(
+        holder.url.trim_start_matches("https://"),
+        &holder.cert_pem()?,
+        &[b"h2"],
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let at_node = wait_for(Duration::from_secs(10), "the node knows the name", || {
+        let reply = runtime.block_on(client.get("/n/maths/fractions/index.html", &[]))?;
+        Ok((reply.status == 302).then(|| reply.header("location").to_owned()))
+    })?;
+    assert_eq!(at_node, format!("/b/{bundle}/index.html"));
 
     // Kill one holder: after the repair delay a fourth site takes its place,
     // and at no point is there less than one complete copy or a redirect to it.

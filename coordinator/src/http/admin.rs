@@ -204,10 +204,15 @@ fn check_replicas(c: &Cluster, replicas: u8) -> Result<(), Failure> {
 }
 
 fn check_name(name: &str) -> Result<(), Failure> {
-    if name.len() > 256 || BundlePath::new(name.to_owned()).is_err() {
+    // URL-safe characters only: a name is matched against request paths as sent.
+    let safe = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
+    if name.len() > 256 || !safe || BundlePath::new(name.to_owned()).is_err() {
         return Err(fail(
             StatusCode::BAD_REQUEST,
-            "a name is a relative path such as maths/6e/fractions (no empty, . or .. part, at most 256 bytes)",
+            "a name is a relative path such as maths/6e/fractions: letters, digits, - _ . ~ and /, \
+             no empty, . or .. part, at most 256 bytes",
         ));
     }
     Ok(())

@@ -92,18 +92,10 @@ fn redirect_to_copy(
 
 fn redirect_name(coord: &Coordinator, rest: &str) -> Reply {
     let c = coord.lock();
-    // Names hold slashes: the longest name that prefixes the path wins.
-    let mut cut = rest.len();
-    loop {
-        let (name, tail) = rest.split_at(cut);
-        if let Some(bundle) = c.names.get(name).and_then(|r| r.current()) {
-            let tail = tail.strip_prefix('/').unwrap_or(tail);
-            return found(&format!("/b/{bundle}/{tail}"));
-        }
-        match name.rfind('/') {
-            Some(i) => cut = i,
-            None => return error(StatusCode::NOT_FOUND, "no such name"),
-        }
+    let lookup = |name: &str| c.names.get(name).and_then(|r| r.current());
+    match cartable_proto::control::resolve_name(rest, lookup) {
+        Some((bundle, tail)) => found(&format!("/b/{bundle}/{tail}")),
+        None => error(StatusCode::NOT_FOUND, "no such name"),
     }
 }
 

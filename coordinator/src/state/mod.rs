@@ -402,11 +402,11 @@ mod tests {
 
     #[test]
     fn state_survives_a_reload_from_the_same_tables() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
+        let tables = std::sync::Arc::new(MemoryKv::default());
         let now = Instant::now();
         let bundle = BundleId::of_manifest(b"m");
         {
-            let mut c = Cluster::load(Box::new(SledKv::open(dir.path())?), now)?;
+            let mut c = Cluster::load(Box::new(tables.clone()), now)?;
             c.save_node(node(1))?;
             c.save_node(node(2))?;
             c.save_bundle(
@@ -424,7 +424,7 @@ mod tests {
             c.remove_node(&node(2).id)?;
             c.flush()?;
         }
-        let c = Cluster::load(Box::new(SledKv::open(dir.path())?), now)?;
+        let c = Cluster::load(Box::new(tables), now)?;
         assert_eq!(c.nodes.len(), 1);
         assert_eq!(
             c.replicas[&bundle].len(),

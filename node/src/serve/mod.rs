@@ -51,6 +51,8 @@ pub struct ServeContext {
     pub through: Option<Arc<FetchThrough>>,
     /// The upload routes, when the node is a member of a coordinator.
     pub uploads: Option<Arc<Uploads>>,
+    /// Names and their bundles from the coordinator, for `/n/{name}/{path}`.
+    pub names: Option<Arc<std::sync::Mutex<cartable_proto::control::NameTable>>>,
 }
 
 /// A bound, not yet running, HTTPS server.

@@ -52,6 +52,17 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
     };
     let (id, manifest, path) = match target::parse(req.uri().path())? {
         Target::Health => return Ok(text(StatusCode::OK, "ok\n")),
+        Target::Name(rest) => {
+            let names = ctx
+                .names
+                .as_ref()
+                .ok_or(HttpError::NotFound("no such name"))?;
+            let names = names.lock().unwrap_or_else(|e| e.into_inner());
+            let (id, tail) = names
+                .resolve(&rest)
+                .ok_or(HttpError::NotFound("no such name"))?;
+            return Ok(redirect_for_now(&format!("/b/{id}/{tail}")));
+        }
         Target::BundleRoot(id) => return Ok(redirect(&format!("/b/{id}/"))),
         Target::Folder(id, folder) => {
             let manifest = manifest(ctx, &id).await?;
@@ -311,6 +322,16 @@ fn redirect(location: &str) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::LOCATION, value(location));
+    response
+}
+
+/// A redirect that must not be cached: a name points to a new bundle when the
+/// lesson gets a new version.
+fn redirect_for_now(location: &str) -> Response<Body> {
+    let mut response = text(StatusCode::FOUND, "found\n");
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, value(location));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -11,6 +11,8 @@ use super::error::HttpError;
 pub enum Target {
     /// `/healthz`
     Health,
+    /// `/n/{name}/{path}`: the rest of the path, as sent (names are URL-safe).
+    Name(String),
     /// `/b/{id}` without the slash: redirected to `/b/{id}/`.
     BundleRoot(BundleId),
     /// `/b/{id}/` or `/b/{id}/{folder}/`; `folder` is empty for the root.
@@ -23,6 +25,9 @@ pub enum Target {
 pub fn parse(raw: &str) -> Result<Target, HttpError> {
     if raw == "/healthz" {
         return Ok(Target::Health);
+    }
+    if let Some(rest) = raw.strip_prefix("/n/") {
+        return Ok(Target::Name(rest.to_owned()));
     }
     let rest = raw
         .strip_prefix("/b/")

@@ -59,6 +59,7 @@ impl Fixture {
             store: store.clone(),
             through: None,
             uploads: Some(Arc::new(uploads)),
+            names: None,
         });
         Ok(Self {
             ctx,
@@ -198,6 +199,7 @@ async fn an_upload_resumes_after_a_restart_and_takes_one_blob_twice_at_once() ->
                 f.node,
                 f.coordinator.id(),
             ))),
+            names: None,
         }),
         ..f
     };
@@ -330,6 +332,7 @@ async fn a_node_without_a_coordinator_takes_no_uploads() -> anyhow::Result<()> {
         store: f.store.clone(),
         through: None,
         uploads: None,
+        names: None,
     });
     assert_eq!(f.post(&f.grant()?).await.status(), StatusCode::NOT_FOUND);
     assert!(f.store.bundles()?.is_empty());

@@ -247,6 +247,7 @@ async fn a_removed_blob_answers_503_and_nothing_panics() -> anyhow::Result<()> {
         store: f.store.clone(),
         through: None,
         uploads: None,
+        names: None,
     });
     let get = |path: &str| {
         let uri = format!("/b/{}/{path}", f.a);
