@@ -276,15 +276,11 @@ pub fn apply_heartbeat(
             ReplicaState::Copying => {}
         }
     }
+    // Only copies the plan asked for are checked; any other published bundle
+    // the node holds is released by the orders that answer this heartbeat.
     let claims = held
         .iter()
-        .filter(|b| c.bundles.contains_key(b))
-        .filter(|b| {
-            !matches!(
-                c.replicas.get(b).and_then(|r| r.get(&node)),
-                Some(ReplicaState::Complete | ReplicaState::Releasing)
-            )
-        })
+        .filter(|b| c.replicas.get(b).and_then(|r| r.get(&node)) == Some(&ReplicaState::Copying))
         .copied()
         .collect();
     c.live.insert(
@@ -302,17 +298,12 @@ pub fn apply_heartbeat(
 
 /// Records a copy the coordinator verified on `node`.
 pub fn confirm_copy(c: &mut Cluster, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
-    if !c.bundles.contains_key(&bundle) || !c.nodes.contains_key(&node) {
+    // The plan may have moved on while the check ran: only a copy still awaited counts.
+    if c.replicas.get(&bundle).and_then(|r| r.get(&node)) != Some(&ReplicaState::Copying) {
         return Ok(());
     }
-    let state = match c.replicas.get(&bundle).and_then(|r| r.get(&node)) {
-        Some(ReplicaState::Copying) => ReplicaState::Complete,
-        // A copy the plan did not ask for still serves as a source until released.
-        None => ReplicaState::Releasing,
-        Some(_) => return Ok(()),
-    };
-    tracing::info!(bundle = %bundle, node = %node, ?state, "copy verified");
-    c.set_replica(bundle, node, Some(state))
+    tracing::info!(bundle = %bundle, node = %node, "copy verified");
+    c.set_replica(bundle, node, Some(ReplicaState::Complete))
 }
 
 /// Nodes holding a complete copy of `bundle` that are up, except `but`.

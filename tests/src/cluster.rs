@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use serde_json::Value;
+
 use crate::node::{Node, build_binary, cli_in, read_line_within, terminate_child};
+use crate::{HttpsClient, sample_lesson};
 
 /// Timings short enough for tests: heartbeats every 200 ms, down after 1.5 s,
 /// a down node's copies re-placed after 2 s.
@@ -187,4 +190,91 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Four sites over two regions.
+pub const PLACES: [(&str, &str); 4] = [
+    ("nord", "lille"),
+    ("nord", "amiens"),
+    ("sud", "nice"),
+    ("sud", "pau"),
+];
+
+/// A coordinator and one node per place of [`PLACES`], all up.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The coordinator.
+    pub coordinator: Coordinator,
+    /// The nodes, in the order of [`PLACES`]; `None` once killed by a test.
+    pub nodes: Vec<Option<Node>>,
+    _dirs: tempfile::TempDir,
+}
+
+/// Starts a cluster through the CLI: tokens, `join`, `serve`.
+pub fn cluster() -> anyhow::Result<Cluster> {
+    let dirs = tempfile::tempdir()?;
+    let coordinator = Coordinator::start_in(&dirs.path().join("coordinator"), FAST_POLICY)?;
+    let mut nodes = Vec::new();
+    for (i, (region, site)) in PLACES.iter().enumerate() {
+        let dir = dirs.path().join(format!("node{i}"));
+        nodes.push(Some(coordinator.join_node(&dir, region, site)?));
+    }
+    wait_for(Duration::from_secs(30), "four nodes up", || {
+        let nodes = coordinator.json(&["nodes"])?;
+        let up = nodes
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["state"] == "up").count());
+        Ok((up == PLACES.len()).then_some(()))
+    })?;
+    Ok(Cluster {
+        coordinator,
+        nodes,
+        _dirs: dirs,
+    })
+}
+
+/// Publishes the sample lesson with `cartable publish`; returns its id.
+pub fn publish(c: &Coordinator, args: &[&str]) -> anyhow::Result<String> {
+    publish_dir(c, &sample_lesson(), args)
+}
+
+/// Publishes `dir` with `cartable publish`; returns its id.
+pub fn publish_dir(c: &Coordinator, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["publish", dir.to_str().context("path not UTF-8")?];
+    all.extend_from_slice(args);
+    let out = c.cartable(&all)?;
+    ensure_success(&out, "cartable publish")?;
+    let stdout = String::from_utf8(out.stdout)?;
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bundle "))
+        .ok_or_else(|| anyhow::anyhow!("publish printed no bundle line: {stdout}"))?;
+    Ok(id.trim().to_owned())
+}
+
+/// Complete replicas of `bundle` on nodes that are up: (node, region, site).
+pub fn complete(c: &Coordinator, bundle: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let show = c.json(&["bundle", "show", bundle])?;
+    Ok(show["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] == "complete" && r["node_up"] == true)
+        .map(|r: &Value| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (text("node"), text("region"), text("site"))
+        })
+        .collect())
+}
+
+/// The `Location` of the coordinator's 302 answer to `path`.
+pub fn redirect(c: &Coordinator, path: &str) -> anyhow::Result<String> {
+    let client = HttpsClient::new(
+        c.url.trim_start_matches("https://"),
+        &std::fs::read(c.cert_path())?,
+        &[b"http/1.1"],
+    )?;
+    let reply = tokio::runtime::Runtime::new()?.block_on(client.get(path, &[]))?;
+    anyhow::ensure!(reply.status == 302, "{path}: status {}", reply.status);
+    Ok(reply.header("location").to_owned())
 }

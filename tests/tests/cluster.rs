@@ -5,84 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cartable_tests::cluster::{Coordinator, FAST_POLICY, ensure_success, wait_for};
-use cartable_tests::{HttpsClient, Node, sample_lesson};
-use serde_json::Value;
-
-const PLACES: [(&str, &str); 4] = [
-    ("nord", "lille"),
-    ("nord", "amiens"),
-    ("sud", "nice"),
-    ("sud", "pau"),
-];
-
-struct Cluster {
-    coordinator: Coordinator,
-    nodes: Vec<Option<Node>>,
-    _dirs: tempfile::TempDir,
-}
-
-fn cluster() -> anyhow::Result<Cluster> {
-    let dirs = tempfile::tempdir()?;
-    let coordinator = Coordinator::start_in(&dirs.path().join("coordinator"), FAST_POLICY)?;
-    let mut nodes = Vec::new();
-    for (i, (region, site)) in PLACES.iter().enumerate() {
-        let dir = dirs.path().join(format!("node{i}"));
-        nodes.push(Some(coordinator.join_node(&dir, region, site)?));
-    }
-    wait_for(Duration::from_secs(30), "four nodes up", || {
-        let nodes = coordinator.json(&["nodes"])?;
-        let up = nodes
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|n| n["state"] == "up").count());
-        Ok((up == PLACES.len()).then_some(()))
-    })?;
-    Ok(Cluster {
-        coordinator,
-        nodes,
-        _dirs: dirs,
-    })
-}
-
-fn publish(c: &Coordinator, args: &[&str]) -> anyhow::Result<String> {
-    let lesson = sample_lesson();
-    let mut all = vec!["publish", lesson.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = c.cartable(&all)?;
-    ensure_success(&out, "cartable publish")?;
-    let stdout = String::from_utf8(out.stdout)?;
-    let id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("bundle "))
-        .ok_or_else(|| anyhow::anyhow!("publish printed no bundle line: {stdout}"))?;
-    Ok(id.trim().to_owned())
-}
-
-/// Complete replicas of `bundle` on nodes that are up: (node, region, site).
-fn complete(c: &Coordinator, bundle: &str) -> anyhow::Result<Vec<(String, String, String)>> {
-    let show = c.json(&["bundle", "show", bundle])?;
-    Ok(show["replicas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["state"] == "complete" && r["node_up"] == true)
-        .map(|r: &Value| {
-            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
-            (text("node"), text("region"), text("site"))
-        })
-        .collect())
-}
-
-fn redirect(c: &Coordinator, path: &str) -> anyhow::Result<String> {
-    let client = HttpsClient::new(
-        c.url.trim_start_matches("https://"),
-        &std::fs::read(c.cert_path())?,
-        &[b"http/1.1"],
-    )?;
-    let reply = tokio::runtime::Runtime::new()?.block_on(client.get(path, &[]))?;
-    anyhow::ensure!(reply.status == 302, "{path}: status {}", reply.status);
-    Ok(reply.header("location").to_owned())
-}
+use cartable_tests::cluster::{
+    PLACES, cluster, complete, ensure_success, publish, redirect, wait_for,
+};
+use cartable_tests::{HttpsClient, Node};
 
 #[test]
 fn a_published_lesson_gets_verified_copies_on_distinct_sites_and_survives_a_lost_node()

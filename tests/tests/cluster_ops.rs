@@ -1,0 +1,221 @@
+//! Operating a cluster through the `cartable` CLI, with real processes: draining
+//! and removing a node, unpublishing, nodes finishing their copies while the
+//! coordinator is down, and a claimed copy the node cannot prove.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cartable_node::identity::Identity;
+use cartable_node::peer::PeerAddr;
+use cartable_node::peer::auth::Members;
+use cartable_node::peer::endpoint::PeerEndpoint;
+use cartable_node::peer::frame;
+use cartable_node::store::Store;
+use cartable_proto::control::{
+    self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest,
+};
+use cartable_proto::join::JoinToken;
+use cartable_tests::cluster::{
+    Cluster, cluster, complete, ensure_success, publish, publish_dir, wait_for,
+};
+use cartable_tests::peers::{Lie, lying_peer};
+use cartable_tests::{Node, cli_in};
+
+/// The bundles a node's store holds, asked through its CLI (its daemon answers).
+fn held(node: &Node) -> anyhow::Result<BTreeSet<String>> {
+    let out = cli_in(node.data_dir(), &["bundles", "--json"])?;
+    ensure_success(&out, "cartable-node bundles")?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+fn node<'a>(cl: &'a Cluster, id: &str) -> &'a Node {
+    cl.nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id == id)
+        .expect("a running node")
+}
+
+#[test]
+fn draining_a_node_moves_its_copies_before_it_lets_go() -> anyhow::Result<()> {
+    let cl = cluster()?;
+    let c = &cl.coordinator;
+    let bundle = publish(c, &["--replicas", "3", "--wait"])?;
+    let drained = complete(c, &bundle)?[0].0.clone();
+    ensure_success(&c.cartable(&["node", "drain", &drained])?, "node drain")?;
+    wait_for(
+        Duration::from_secs(60),
+        "copies moved off the drained node",
+        || {
+            let show = c.json(&["bundle", "show", &bundle])?;
+            let whole = show["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["state"] != "copying")
+                .count();
+            assert!(whole >= 3, "make before break: {show}");
+            let now = complete(c, &bundle)?;
+            let moved = now.len() == 3 && now.iter().all(|(id, _, _)| *id != drained);
+            Ok((moved && !held(node(&cl, &drained))?.contains(&bundle)).then_some(()))
+        },
+    )?;
+    let view = c.json(&["node", "show", &drained])?;
+    assert_eq!(view["state"], "draining");
+    assert_eq!(view["replicas"], 0);
+    ensure_success(&c.cartable(&["node", "remove", &drained])?, "node remove")?;
+    let nodes = c.json(&["nodes"])?;
+    assert!(
+        nodes
+            .as_array()
+            .is_some_and(|a| a.iter().all(|n| n["id"] != drained.as_str()))
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unpublished_bundle_is_deleted_from_every_node() -> anyhow::Result<()> {
+    let cl = cluster()?;
+    let c = &cl.coordinator;
+    let bundle = publish(c, &["--replicas", "2", "--wait"])?;
+    ensure_success(&c.cartable(&["rm", &bundle])?, "cartable rm")?;
+    assert_eq!(c.json(&["bundles"])?.as_array().map(Vec::len), Some(0));
+    wait_for(Duration::from_secs(20), "every copy deleted", || {
+        for n in cl.nodes.iter().flatten() {
+            if held(n)?.contains(&bundle) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+}
+
+#[test]
+fn nodes_finish_their_copies_while_the_coordinator_is_down() -> anyhow::Result<()> {
+    let mut cl = cluster()?;
+    let bundle = publish(&cl.coordinator, &["--replicas", "2", "--wait"])?;
+    let c = &cl.coordinator;
+    ensure_success(
+        &c.cartable(&["replicas", "set", &bundle, "4"])?,
+        "replicas set",
+    )?;
+    // The orders reach the nodes with their next heartbeat (200 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    cl.coordinator.kill()?;
+    wait_for(
+        Duration::from_secs(30),
+        "four copies without the coordinator",
+        || {
+            let mut holding = 0;
+            for n in cl.nodes.iter().flatten() {
+                holding += usize::from(held(n)?.contains(&bundle));
+            }
+            Ok((holding == 4).then_some(()))
+        },
+    )
+}
+
+/// A member that joins with a token like any node, claims every bundle it is
+/// asked to hold, and answers the coordinator's checks with a flipped bit.
+async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<String> {
+    let token: JoinToken = token.parse()?;
+    let store = Arc::new(Store::open(dir)?);
+    let bundle = store.add_folder(holds)?.summary.id;
+    let identity = Identity::load_or_create(dir)?;
+    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, &identity, Members::anyone())?;
+    let contact = Contact {
+        https_url: "https://127.0.0.1:9".into(),
+        quic: endpoint.local_addr()?,
+        https_cert_sha256: "00".repeat(32),
+    };
+    let coordinator = PeerAddr {
+        id: token.coordinator,
+        addr: token.quic,
+    };
+    let conn = endpoint.connect_for(coordinator, control::ALPN).await?;
+    let secret: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
+    let join = ControlRequest::Join(JoinRequest {
+        secret,
+        contact: contact.clone(),
+        capacity: 1 << 30,
+    });
+    anyhow::ensure!(matches!(
+        ask(&conn, &join).await?,
+        ControlResponse::Joined { .. }
+    ));
+    tokio::spawn(lying_peer(endpoint, store, Lie::FlipBit));
+    tokio::spawn(async move {
+        loop {
+            let beat = ControlRequest::Heartbeat(Heartbeat {
+                contact: contact.clone(),
+                capacity: 1 << 30,
+                used: 0,
+                load: 0,
+                held: vec![bundle],
+                failures: vec![],
+                damaged: 0,
+                names_version: 0,
+            });
+            if ask(&conn, &beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(identity.id().to_string())
+}
+
+async fn ask(
+    conn: &quinn::Connection,
+    request: &ControlRequest,
+) -> anyhow::Result<ControlResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write_frame(&mut send, &control::encode(request)).await?;
+    send.finish()?;
+    let body = frame::read_body(&mut recv, control::MAX_FRAME_BYTES).await?;
+    Ok(control::decode(&body)?)
+}
+
+#[test]
+fn a_claimed_copy_that_fails_its_spot_check_is_not_counted() -> anyhow::Result<()> {
+    let cl = cluster()?;
+    let c = &cl.coordinator;
+    let lesson = tempfile::tempdir()?;
+    std::fs::write(lesson.path().join("index.html"), b"<p>one small page</p>")?;
+    let bundle = publish_dir(c, lesson.path(), &["--replicas", "4", "--wait"])?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let liar_dir = tempfile::tempdir()?;
+    let token = c.token("sud", "bayonne")?;
+    let liar = runtime.block_on(lying_member(liar_dir.path(), &token, lesson.path()))?;
+    // A fifth site: the plan now wants a copy on the liar, which claims it at once.
+    ensure_success(
+        &c.cartable(&["replicas", "set", &bundle, "5"])?,
+        "replicas set",
+    )?;
+    let state = |show: &serde_json::Value| {
+        show["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["node"] == liar.as_str())
+            .map(|r| r["state"].clone())
+    };
+    wait_for(Duration::from_secs(10), "the liar placed", || {
+        Ok(state(&c.json(&["bundle", "show", &bundle])?).map(|_| ()))
+    })?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        let show = c.json(&["bundle", "show", &bundle])?;
+        assert_eq!(state(&show), Some("copying".into()), "{show}");
+        assert_eq!(show["complete"], 4);
+    }
+    Ok(())
+}
