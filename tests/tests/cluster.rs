@@ -146,13 +146,54 @@ fn bad_admin_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
         Ok((c.json(&["nodes"])?.as_array().map(Vec::len) == Some(5)).then_some(()))
     })?;
     let _b = Node::start_in(&b, &[])?;
+    // An expired token is refused too.
+    let out = c.cartable(&[
+        "token",
+        "create",
+        "--region",
+        "sud",
+        "--site",
+        "pau",
+        "--expires",
+        "1s",
+    ])?;
+    ensure_success(&out, "token create")?;
+    let expired = String::from_utf8(out.stdout)?.trim().to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = dirs.path().join("late");
+    ensure_success(
+        &cartable_tests::cli_in(&late, &["join", &expired])?,
+        "join late",
+    )?;
+    let _late = Node::start_in(&late, &[])?;
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         c.json(&["nodes"])?.as_array().map(Vec::len),
         Some(5),
-        "reused token refused"
+        "reused and expired tokens refused"
     );
+    let tokens = c.json(&["token", "ls"])?;
+    let unused = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["used_by"].is_null())
+        .count();
+    assert_eq!(unused, 1, "only the expired token is left unused: {tokens}");
     let garbage = cartable_tests::cli_in(&b, &["join", "cj1-garbage"])?;
     assert!(!garbage.status.success());
+
+    // The API itself, without the CLI: no token, no answer.
+    let client = HttpsClient::new(
+        c.url.trim_start_matches("https://"),
+        &std::fs::read(c.cert_path())?,
+        &[b"http/1.1"],
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let bare = runtime.block_on(client.get("/api/nodes", &[]))?;
+    assert_eq!(bare.status, 401);
+    assert!(String::from_utf8_lossy(&bare.body).contains("admin token"));
+    let wrong = runtime.block_on(client.get("/api/nodes", &[("authorization", "Bearer nope")]))?;
+    assert_eq!(wrong.status, 401);
     Ok(())
 }

@@ -219,3 +219,40 @@ fn a_claimed_copy_that_fails_its_spot_check_is_not_counted() -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[test]
+fn a_copy_rotting_on_disk_is_found_by_the_scrub_and_fetched_again() -> anyhow::Result<()> {
+    let mut cl = cluster()?;
+    let lesson = tempfile::tempdir()?;
+    let page = cartable_tests::peers::pattern(200_000, 7);
+    std::fs::write(lesson.path().join("cours.pdf"), &page)?;
+    let c = &cl.coordinator;
+    let bundle = publish_dir(c, lesson.path(), &["--replicas", "3", "--wait"])?;
+    let victim_id = complete(c, &bundle)?[0].0.clone();
+    let slot = cl
+        .nodes
+        .iter_mut()
+        .find(|n| n.as_ref().is_some_and(|n| n.id == victim_id))
+        .expect("a holder");
+    let dir = slot.as_ref().expect("running").data_dir().to_owned();
+    slot.take().expect("running").stop()?;
+    let blob = dir
+        .join("blobs")
+        .join(blake3::hash(&page).to_hex().as_str());
+    let mut bytes = std::fs::read(&blob)?;
+    bytes[150_000] ^= 1;
+    std::fs::write(&blob, bytes)?;
+    // The scrub's first pass runs as the node starts.
+    *slot = Some(Node::start_in(&dir, &[])?);
+    let c = &cl.coordinator;
+    wait_for(Duration::from_secs(30), "the rotten copy repaired", || {
+        let whole = std::fs::read(&blob).is_ok_and(|b| b == page);
+        let counted = complete(c, &bundle)?
+            .iter()
+            .any(|(id, _, _)| *id == victim_id);
+        Ok((whole && counted).then_some(()))
+    })?;
+    let view = c.json(&["node", "show", &victim_id])?;
+    assert_eq!(view["state"], "up");
+    Ok(())
+}
