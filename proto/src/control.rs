@@ -158,7 +158,8 @@ pub struct Member {
 pub struct HoldOrder {
     /// The bundle.
     pub bundle: BundleId,
-    /// Members holding a complete copy; empty while the publisher uploads it.
+    /// Other members holding a verified copy, to copy it from (or repair it
+    /// from, when this node already holds it); empty when no other has one.
     pub sources: Vec<NodeId>,
 }
 
