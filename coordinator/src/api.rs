@@ -81,7 +81,7 @@ pub struct NodeView {
     pub capacity: u64,
     /// Bytes its held bundles use, as last reported.
     pub used: u64,
-    /// Requests in flight, as last reported.
+    /// Browser connections open, as last reported.
     pub load: u32,
     /// Seconds since its last heartbeat (`None`: never heard from since the coordinator started).
     pub last_seen_secs: Option<u64>,

@@ -18,6 +18,9 @@ use crate::state::{NodeRecord, secret_hash, unix_now};
 
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request from a key that is not a member yet (a join is small):
+/// strangers cannot make the coordinator buffer much.
+const MAX_STRANGER_FRAME: usize = 64 * 1024;
 
 /// Answers nodes until the endpoint closes.
 pub async fn serve_nodes(coord: Arc<Coordinator>) {
@@ -44,20 +47,21 @@ async fn answer(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let response = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        frame::read_body(&mut recv, MAX_FRAME_BYTES),
-    )
-    .await
-    {
-        Err(_) => refused("no request within 10 s"),
-        Ok(Err(e)) => refused(&format!("bad frame: {e}")),
-        Ok(Ok(body)) => match control::decode::<ControlRequest>(&body) {
-            Err(e) => refused(&e.to_string()),
-            Ok(ControlRequest::Join(join)) => handle_join(&coord, node, &join),
-            Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
-        },
+    let max = if coord.lock().nodes.contains_key(&node) {
+        MAX_FRAME_BYTES
+    } else {
+        MAX_STRANGER_FRAME
     };
+    let response =
+        match tokio::time::timeout(REQUEST_TIMEOUT, frame::read_body(&mut recv, max)).await {
+            Err(_) => refused("no request within 10 s"),
+            Ok(Err(e)) => refused(&format!("bad frame: {e}")),
+            Ok(Ok(body)) => match control::decode::<ControlRequest>(&body) {
+                Err(e) => refused(&e.to_string()),
+                Ok(ControlRequest::Join(join)) => handle_join(&coord, node, &join),
+                Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
+            },
+        };
     if let ControlResponse::Refused { reason } = &response {
         tracing::warn!(node = %node, reason, "refused a node request");
     }

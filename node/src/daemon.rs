@@ -87,6 +87,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 reputation.clone(),
                 config.quic.fetch_rate,
                 damaged,
+                server.open_connections(),
             )?;
             let names = member.names.clone();
             (Some(tokio::spawn(member.run())), Some(names))

@@ -28,6 +28,7 @@ use crate::peer::frame;
 use crate::peer::reputation::Reputation;
 use crate::peer::through::FetchThrough;
 use crate::secret_file;
+use crate::serve::OpenConnections;
 use crate::store::Store;
 
 /// The join token and what came of it, under the data folder (mode 0600).
@@ -132,6 +133,8 @@ pub struct Member {
     pub fetch_rate: Option<u64>,
     /// Names and their bundles, from the orders.
     pub names: Arc<Mutex<control::NameTable>>,
+    /// Browser connections open: the load reported.
+    pub load: OpenConnections,
     fetching: Mutex<HashSet<BundleId>>,
     reported: Mutex<(BTreeMap<NodeId, u64>, u64)>,
 }
@@ -151,6 +154,7 @@ impl Member {
         reputation: Arc<Reputation>,
         fetch_rate: Option<u64>,
         damaged: Arc<AtomicU64>,
+        load: OpenConnections,
     ) -> anyhow::Result<Arc<Self>> {
         let token = membership.parsed_token()?;
         let member = Arc::new(Self {
@@ -168,6 +172,7 @@ impl Member {
             through,
             reputation,
             damaged,
+            load,
             fetch_rate,
             names: Arc::default(),
             fetching: Mutex::default(),

@@ -5,6 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cartable_proto::units::human_bytes;
+
 /// Redraws at most this often on a terminal.
 const REDRAW: Duration = Duration::from_millis(100);
 
@@ -57,9 +59,9 @@ impl Progress {
             "?".to_owned()
         };
         format!(
-            "{} / {} MiB, {:.1} MiB/s, {eta} left",
-            done >> 20,
-            total >> 20,
+            "{} / {}, {:.1} MiB/s, {eta} left",
+            human_bytes(done),
+            human_bytes(total),
             rate / f64::from(1 << 20)
         )
     }

@@ -85,7 +85,7 @@ pub struct Heartbeat {
     pub capacity: u64,
     /// Bytes its held bundles use.
     pub used: u64,
-    /// Requests being served right now (browsers and peers).
+    /// Browser connections open now.
     pub load: u32,
     /// Bundles held complete and verified.
     pub held: Vec<BundleId>,

@@ -141,6 +141,22 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
         addr: token.quic,
     };
     let conn = endpoint.connect_for(coordinator, control::ALPN).await?;
+    // Before joining, garbage and a heartbeat are refused with a reason.
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write_frame(&mut send, b"{not json").await?;
+    send.finish()?;
+    let body = frame::read_body(&mut recv, control::MAX_FRAME_BYTES).await?;
+    let answer: ControlResponse = control::decode(&body)?;
+    anyhow::ensure!(
+        matches!(&answer, ControlResponse::Refused { reason } if reason.contains("control message")),
+        "{answer:?}"
+    );
+    let early = ControlRequest::Heartbeat(heartbeat(&contact, vec![bundle]));
+    let answer = ask(&conn, &early).await?;
+    anyhow::ensure!(
+        matches!(&answer, ControlResponse::Refused { reason } if reason.contains("unknown node")),
+        "{answer:?}"
+    );
     let secret: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
     let join = ControlRequest::Join(JoinRequest {
         secret,
@@ -154,16 +170,7 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
     tokio::spawn(lying_peer(endpoint, store, Lie::FlipBit));
     tokio::spawn(async move {
         loop {
-            let beat = ControlRequest::Heartbeat(Heartbeat {
-                contact: contact.clone(),
-                capacity: 1 << 30,
-                used: 0,
-                load: 0,
-                held: vec![bundle],
-                failures: vec![],
-                damaged: 0,
-                names_version: 0,
-            });
+            let beat = ControlRequest::Heartbeat(heartbeat(&contact, vec![bundle]));
             if ask(&conn, &beat).await.is_err() {
                 return;
             }
@@ -171,6 +178,19 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
         }
     });
     Ok(identity.id().to_string())
+}
+
+fn heartbeat(contact: &Contact, held: Vec<cartable_proto::BundleId>) -> Heartbeat {
+    Heartbeat {
+        contact: contact.clone(),
+        capacity: 1 << 30,
+        used: 0,
+        load: 0,
+        held,
+        failures: vec![],
+        damaged: 0,
+        names_version: 0,
+    }
 }
 
 async fn ask(

@@ -162,9 +162,13 @@ fn main() -> Result<()> {
     );
     drop(again);
 
+    // The node that joins and the one that leaves have the mean capacity, so
+    // that their fair share is 1/N and the movement compares with r/N directly.
+    let mean = capacity / NODES as u64;
     let mut joined = topology.clone();
     joined.nodes.push(NodeSpec {
         id: NodeId::from_bytes(s.id()),
+        capacity: mean,
         ..topology.nodes[NODES / 2].clone()
     });
     let after_join = timed("re-plan, one node joined", || {
@@ -182,12 +186,15 @@ fn main() -> Result<()> {
     );
     drop(after_join);
 
+    let leaving = (0..NODES)
+        .min_by_key(|i| topology.nodes[*i].capacity.abs_diff(mean))
+        .expect("nodes");
     let mut left = topology.clone();
-    left.nodes.swap_remove(NODES / 3);
+    left.nodes.swap_remove(leaving);
     let after_leave = timed("re-plan, one node left", || {
         plan(&left, &bundles, &first.assignment)
     });
-    let leave_share = share(&topology.nodes[NODES / 3], capacity);
+    let leave_share = share(&topology.nodes[leaving], capacity);
     report_movement(
         "  one node left",
         &first.assignment,

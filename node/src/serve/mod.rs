@@ -60,6 +60,21 @@ pub struct HttpsServer {
     listener: TcpListener,
     tls: TlsAcceptor,
     config: HttpsConfig,
+    slots: Arc<Semaphore>,
+}
+
+/// How many browser connections a server has open: the load a node reports.
+#[derive(Debug, Clone)]
+pub struct OpenConnections {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
 }
 
 impl std::fmt::Debug for HttpsServer {
@@ -81,8 +96,17 @@ impl HttpsServer {
         Ok(Self {
             listener,
             tls: TlsAcceptor::from(tls),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             config,
         })
+    }
+
+    /// A gauge of the connections this server will have open.
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections {
+            slots: self.slots.clone(),
+            max: self.config.max_connections,
+        }
     }
 
     /// The address actually bound (port 0 resolved).
@@ -111,7 +135,7 @@ impl HttpsServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let builder = Arc::new(self.http_builder());
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let slots = self.slots.clone();
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
