@@ -49,6 +49,14 @@ fn a_published_lesson_gets_verified_copies_on_distinct_sites_and_survives_a_lost
         Ok((reply.status == 302).then(|| reply.header("location").to_owned()))
     })?;
     assert_eq!(at_node, format!("/b/{bundle}/index.html"));
+    // A pupil's browser given the coordinator's link lands on a copy and plays it.
+    let dom = cartable_tests::browser::dump_dom(
+        &format!("{}/n/maths/fractions/", c.url),
+        Duration::from_secs(10),
+    )?;
+    assert!(dom.contains("Les fractions"), "the page rendered: {dom}");
+    assert!(dom.contains("image: loaded"), "{dom}");
+    assert!(dom.contains("video: loaded"), "{dom}");
 
     // Kill one holder: after the repair delay a fourth site takes its place,
     // and at no point is there less than one complete copy or a redirect to it.

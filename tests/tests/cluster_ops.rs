@@ -276,3 +276,65 @@ fn a_copy_rotting_on_disk_is_found_by_the_scrub_and_fetched_again() -> anyhow::R
     assert_eq!(view["state"], "up");
     Ok(())
 }
+
+#[test]
+fn names_keep_their_history_tokens_can_be_revoked_and_plans_are_previewed() -> anyhow::Result<()> {
+    let cl = cluster()?;
+    let c = &cl.coordinator;
+    let first = publish(
+        c,
+        &["--replicas", "2", "--name", "maths/6e/fractions", "--wait"],
+    )?;
+    let lesson = tempfile::tempdir()?;
+    std::fs::write(lesson.path().join("index.html"), b"<p>version 2</p>")?;
+    let second = publish_dir(c, lesson.path(), &["--replicas", "2"])?;
+    ensure_success(
+        &c.cartable(&["name", "set", "maths/6e/fractions", &second])?,
+        "name set",
+    )?;
+    let history = c.json(&["name", "history", "maths/6e/fractions"])?;
+    let bundles: Vec<&str> = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["bundle"].as_str())
+        .collect();
+    assert_eq!(bundles, [first.as_str(), second.as_str()]);
+    let bad_name = c.cartable(&["name", "set", "../up", &second])?;
+    assert!(!bad_name.status.success());
+    // The name points to the new version: that one cannot be unpublished.
+    let named = c.cartable(&["rm", &second])?;
+    assert!(!named.status.success(), "a named bundle is not unpublished");
+
+    let token = c.token("sud", "nice")?;
+    let listed = c.json(&["token", "ls"])?;
+    let id = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["used_by"].is_null())
+        .and_then(|t| t["id"].as_str())
+        .expect("the unused token")
+        .to_owned();
+    ensure_success(&c.cartable(&["token", "revoke", &id])?, "token revoke")?;
+    let dir = tempfile::tempdir()?;
+    ensure_success(&cli_in(dir.path(), &["join", &token])?, "join")?;
+    let _late = Node::start_in(dir.path(), &[])?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.json(&["nodes"])?.as_array().map(Vec::len),
+        Some(4),
+        "revoked"
+    );
+
+    let holder = complete(c, &first)?[0].0.clone();
+    let preview = c.json(&["plan", "--dry-run", "--without", &holder])?;
+    assert!(preview["added"].as_u64() >= Some(1), "{preview}");
+    assert_eq!(preview["added"], preview["removed"]);
+    let still = complete(c, &first)?;
+    assert!(
+        still.iter().any(|(id, _, _)| *id == holder),
+        "a preview moves nothing"
+    );
+    Ok(())
+}
