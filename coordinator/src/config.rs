@@ -8,6 +8,14 @@
 //! https = "0.0.0.0:443"
 //! # QUIC for nodes. Default: 127.0.0.1:7444
 //! quic = "0.0.0.0:7444"
+//! # Where browsers and the CLI reach the HTTPS side, and where nodes reach the
+//! # QUIC side (join tokens carry it). Default: the listening addresses; set them
+//! # when listening on 0.0.0.0 or behind a NAT.
+//! public_url = "https://cartable.academie.example"
+//! public_quic = "203.0.113.10:7444"
+//! # PEM certificate chain and key for HTTPS. Default: a self-signed pair in DATA/tls/.
+//! tls_cert = "/etc/cartable/coordinator.pem"
+//! tls_key = "/etc/cartable/coordinator-key.pem"
 //! # Milliseconds between a node's heartbeats. Default: 5000.
 //! heartbeat_ms = 5000
 //! # A node silent this long (ms) is down. Default: 30000.
@@ -34,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use cartable_node::tls::TlsFiles;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +51,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     https: Option<SocketAddr>,
     quic: Option<SocketAddr>,
+    public_url: Option<String>,
+    public_quic: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     down_after_ms: Option<u64>,
     repair_delay_secs: Option<u64>,
@@ -79,6 +92,12 @@ pub struct CoordinatorConfig {
     pub https: SocketAddr,
     /// QUIC listening address.
     pub quic: SocketAddr,
+    /// Where browsers and the CLI reach HTTPS; `None`: the bound address.
+    pub public_url: Option<String>,
+    /// Where nodes reach QUIC; `None`: the bound address.
+    pub public_quic: Option<SocketAddr>,
+    /// Configured certificate; `None`: self-signed in the data folder.
+    pub tls: Option<TlsFiles>,
     /// The replica policy and timings.
     pub policy: Policy,
     /// Client networks and their regions.
@@ -215,6 +234,18 @@ impl CoordinatorConfig {
             policy.copies_per_node >= 1,
             "copies_per_node must be at least 1"
         );
+        let tls = match (file.tls_cert, file.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        let public_url = file.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(url) = &public_url {
+            anyhow::ensure!(
+                url.starts_with("https://") && url.len() > 8,
+                "public_url must start with https://"
+            );
+        }
         let regions = file
             .regions
             .iter()
@@ -233,6 +264,9 @@ impl CoordinatorConfig {
                 .quic
                 .or(file.quic)
                 .unwrap_or_else(|| "127.0.0.1:7444".parse().expect("valid default")),
+            public_url,
+            public_quic: file.public_quic,
+            tls,
             policy,
             regions,
         })
@@ -293,6 +327,8 @@ mod tests {
                 "ADDRESS/PREFIX",
             ),
             ("heartbeat = 1", "unknown field"),
+            ("tls_cert = \"/c.pem\"", "go together"),
+            ("public_url = \"http://x\"", "https://"),
         ] {
             let e = format!("{:#}", parse(text).unwrap_err());
             assert!(e.contains(says), "{text}: {e}");

@@ -149,7 +149,10 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     }
     let identity = Identity::load_or_create(&data_dir)?;
     let cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
-    let tls = TlsFiles::self_signed_in(&data_dir);
+    let tls = config
+        .tls
+        .clone()
+        .unwrap_or_else(|| TlsFiles::self_signed_in(&data_dir));
     let server = HttpsServer::bind(
         crate::http::https_config(config.https),
         tls.server_config()?,
@@ -160,14 +163,16 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         PeerEndpoint::bind_for(config.quic, &identity, Members::anyone(), control::ALPN)?;
     let https = format!("https://{}", server.local_addr()?);
     let quic = endpoint.local_addr()?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| https.clone());
+    let public_quic = config.public_quic.unwrap_or(quic);
     let coord = Arc::new(Coordinator {
         cluster: Mutex::new(cluster),
         policy: config.policy.clone(),
         config,
         identity,
         endpoint,
-        https_url: https.clone(),
-        quic_addr: quic,
+        https_url: public_url,
+        quic_addr: public_quic,
         checking: Mutex::new(HashSet::new()),
     });
     let nodes_task = tokio::spawn(crate::control::serve_nodes(coord.clone()));

@@ -39,8 +39,10 @@
 //! interval_secs = 3600
 //! ```
 //!
-//! `https.public_url` (default: `https://` and the listening address) is the
-//! address the coordinator sends browsers to, when this node is a member.
+//! When the node is a member of a coordinator, `https.public_url` (default:
+//! `https://` and the listening address) is where browsers are sent, and
+//! `quic.public_addr` (default: the listening address) where peers dial it:
+//! set both when the node listens on `0.0.0.0` or behind a NAT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,7 @@ struct FileScrub {
 #[serde(deny_unknown_fields)]
 struct FileQuic {
     listen: Option<SocketAddr>,
+    public_addr: Option<SocketAddr>,
     #[serde(default)]
     peers: Vec<String>,
     fetch_rate_mib_s: Option<u64>,
@@ -136,6 +139,8 @@ pub struct NodeConfig {
 pub struct QuicConfig {
     /// Listening address (UDP).
     pub listen: SocketAddr,
+    /// The address peers dial, as the coordinator tells them; `None`: the bound one.
+    pub public_addr: Option<SocketAddr>,
     /// Nodes allowed to connect.
     pub peers: Vec<PeerAddr>,
     /// Bandwidth cap of background copies, bytes per second.
@@ -247,6 +252,7 @@ impl NodeConfig {
                     .quic
                     .or(file.quic.listen)
                     .unwrap_or_else(|| DEFAULT_QUIC.parse().expect("valid default")),
+                public_addr: file.quic.public_addr,
                 peers,
                 fetch_rate: file.quic.fetch_rate_mib_s.map(|m| m << 20),
                 cache_max_bytes: file.quic.cache_max_mib.unwrap_or(10_240) << 20,

@@ -72,7 +72,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| info.https.clone()),
-                quic: info.quic,
+                quic: config.quic.public_addr.unwrap_or(info.quic),
                 https_cert_sha256: tls.cert_sha256()?,
             };
             let member = Member::new(
