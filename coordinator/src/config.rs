@@ -234,18 +234,8 @@ impl CoordinatorConfig {
             policy.copies_per_node >= 1,
             "copies_per_node must be at least 1"
         );
-        let tls = match (file.tls_cert, file.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
-        };
-        let public_url = file.public_url.map(|u| u.trim_end_matches('/').to_owned());
-        if let Some(url) = &public_url {
-            anyhow::ensure!(
-                url.starts_with("https://") && url.len() > 8,
-                "public_url must start with https://"
-            );
-        }
+        let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
+        let public_url = cartable_node::config::public_url("public_url", file.public_url)?;
         let regions = file
             .regions
             .iter()

@@ -62,10 +62,11 @@ pub fn eligibility(c: &mut Cluster, policy: &Policy, now: Instant) -> Eligibilit
     e
 }
 
-fn topology(c: &Cluster, nodes: &BTreeSet<NodeId>) -> Topology {
+/// The planner's view of `nodes`.
+pub fn topology<'a>(c: &Cluster, nodes: impl IntoIterator<Item = &'a NodeId>) -> Topology {
     Topology {
         nodes: nodes
-            .iter()
+            .into_iter()
             .map(|id| {
                 let n = &c.nodes[id];
                 NodeSpec {

@@ -180,20 +180,8 @@ pub fn status(c: &Cluster, policy: &Policy) -> Status {
 pub fn preview(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PlanPreview {
     let eligible = lifecycle::eligibility(c, policy, Instant::now());
     let without: BTreeSet<NodeId> = change.without.iter().copied().collect();
-    let mut nodes: Vec<NodeSpec> = eligible
-        .normal
-        .iter()
-        .filter(|id| !without.contains(id))
-        .map(|id| {
-            let n = &c.nodes[id];
-            NodeSpec {
-                id: *id,
-                region: n.region.clone(),
-                site: n.site.clone(),
-                capacity: n.capacity,
-            }
-        })
-        .collect();
+    let mut nodes =
+        lifecycle::topology(c, eligible.normal.iter().filter(|id| !without.contains(id))).nodes;
     let mut names = std::collections::BTreeMap::new();
     for (i, h) in change.with.iter().enumerate() {
         let id = NodeId::from_bytes(

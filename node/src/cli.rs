@@ -2,6 +2,7 @@
 //! the running daemon's admin socket when there is one, and open the store
 //! directly when there is not.
 
+use cartable_proto::units::{human_bytes, utc_minute};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -348,52 +349,4 @@ fn rebuild_index(config: &NodeConfig) -> anyhow::Result<()> {
     let store = Store::rebuild_index(&config.data_dir)?;
     println!("index rebuilt: {} bundles", store.bundles()?.len());
     Ok(())
-}
-
-/// `YYYY-MM-DD HH:MM` in UTC, from Unix seconds (Howard Hinnant's civil-from-days).
-fn utc_minute(unix: u64) -> String {
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60
-    )
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_sizes_read_well() {
-        assert_eq!(utc_minute(0), "1970-01-01 00:00");
-        assert_eq!(utc_minute(1_795_892_315), "2026-11-28 18:58");
-        assert_eq!(utc_minute(951_782_400), "2000-02-29 00:00");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(123_084), "120.2 KiB");
-    }
 }

@@ -184,11 +184,7 @@ impl NodeConfig {
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
         let h = file.https;
-        let tls = match (o.tls_cert.or(h.tls_cert), o.tls_key.or(h.tls_key)) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
-        };
+        let tls = TlsFiles::configured(o.tls_cert.or(h.tls_cert), o.tls_key.or(h.tls_key))?;
         let max_header_bytes = h.max_header_bytes.unwrap_or(16 * 1024);
         anyhow::ensure!(
             max_header_bytes >= MIN_HEADER_BYTES,
@@ -205,13 +201,7 @@ impl NodeConfig {
             .collect::<anyhow::Result<Vec<PeerAddr>>>()?;
         peers.extend(o.peers);
         let max_connections = h.max_connections.unwrap_or(4096);
-        let public_url = h.public_url.map(|u| u.trim_end_matches('/').to_owned());
-        if let Some(url) = &public_url {
-            anyhow::ensure!(
-                url.starts_with("https://") && url.len() > 8,
-                "https.public_url must start with https://"
-            );
-        }
+        let public_url = public_url("https.public_url", h.public_url)?;
         let defaults = ScrubSettings::default();
         let scrub = ScrubSettings {
             mib_per_s: file.scrub.mib_per_s.unwrap_or(defaults.mib_per_s),
@@ -268,6 +258,17 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| TlsFiles::self_signed_in(&self.data_dir))
     }
+}
+
+/// A base URL given as `name`: checked to be HTTPS, without a trailing slash.
+pub fn public_url(name: &str, url: Option<String>) -> anyhow::Result<Option<String>> {
+    let Some(url) = url else { return Ok(None) };
+    let url = url.trim_end_matches('/').to_owned();
+    anyhow::ensure!(
+        url.starts_with("https://") && url.len() > 8,
+        "{name} must start with https://"
+    );
+    Ok(Some(url))
 }
 
 fn seconds(name: &str, value: Option<u64>) -> anyhow::Result<Duration> {

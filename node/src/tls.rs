@@ -24,6 +24,15 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// A configured pair: both paths or neither (`None`: self-signed).
+    pub fn configured(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Option<Self>> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self { cert, key })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+        }
+    }
+
     /// The self-signed pair's location under a data folder.
     pub fn self_signed_in(data_dir: &Path) -> Self {
         let dir = data_dir.join("tls");
