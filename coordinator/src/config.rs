@@ -191,15 +191,7 @@ impl RegionNet {
 impl CoordinatorConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        let file = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("config {}", p.display()))?
-            }
-            None => FileConfig::default(),
-        };
-        Self::resolve(file, overrides)
+        Self::resolve(cartable_node::config::read_toml(path)?, overrides)
     }
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {

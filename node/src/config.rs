@@ -171,15 +171,7 @@ pub struct HttpsConfig {
 impl NodeConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        let file = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("config {}", p.display()))?
-            }
-            None => FileConfig::default(),
-        };
-        Self::resolve(file, overrides)
+        Self::resolve(read_toml(path)?, overrides)
     }
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
@@ -258,6 +250,18 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| TlsFiles::self_signed_in(&self.data_dir))
     }
+}
+
+/// The TOML file at `path`, or the defaults when there is none.
+pub fn read_toml<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 
 /// A base URL given as `name`: checked to be HTTPS, without a trailing slash.
