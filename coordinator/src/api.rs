@@ -11,10 +11,10 @@
 //! | `GET /api/nodes` | | `[NodeView]` |
 //! | `GET /api/nodes/{id}` | | [`NodeView`] |
 //! | `POST /api/nodes/{id}/drain` | | [`NodeView`] |
-//! | `DELETE /api/nodes/{id}` | | [`NodeView`] (removed at once, even with copies) |
+//! | `DELETE /api/nodes/{id}[?force=true]` | | [`NodeView`]; 409 while it holds complete copies (drain first), unless down past the repair delay or forced |
 //! | `GET /api/bundles` | | `[BundleView]` |
 //! | `GET /api/bundles/{id}` | | [`BundleView`] with `replicas` filled |
-//! | `POST /api/bundles?replicas=N&name=NAME` | manifest bytes (`application/octet-stream`) | [`Published`] |
+//! | `POST /api/bundles?replicas=N&name=NAME` | manifest bytes (`application/octet-stream`) | [`Published`]; the name moves once a copy is verified |
 //! | `DELETE /api/bundles/{id}` | | [`BundleView`] |
 //! | `PUT /api/bundles/{id}/replicas` | [`SetReplicas`] | [`BundleView`] |
 //! | `GET /api/names` | | `[NameView]` |

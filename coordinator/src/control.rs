@@ -9,7 +9,7 @@ use cartable_node::peer::auth::peer_node_id;
 use cartable_node::peer::frame;
 use cartable_proto::NodeId;
 use cartable_proto::control::{
-    self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
+    self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };
 
 use crate::Coordinator;
@@ -86,14 +86,21 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
         return refused("unknown join token (never made, or revoked)");
     };
     match token.used_by {
-        Some(user) if user == node => {
+        // The node's first answer was lost: it asks again.
+        Some(user) if user == node && c.nodes.contains_key(&node) => {
             return ControlResponse::Joined {
                 region: token.region,
                 site: token.site,
             };
         }
+        Some(user) if user == node => {
+            return refused("this node was removed from the cluster: ask for a new join token");
+        }
         Some(_) => return refused("join token already used by another node"),
         None => {}
+    }
+    if let Err(why) = check_contact(&join.contact) {
+        return refused(&why);
     }
     if token.expires <= unix_now() {
         return refused("join token expired");
@@ -141,7 +148,28 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
     }
 }
 
+/// A node's contact must be usable as is: the HTTPS URL goes into browsers'
+/// `Location` headers, the fingerprint into the CLI's pin.
+fn check_contact(contact: &Contact) -> Result<(), String> {
+    let authority = contact
+        .https_url
+        .strip_prefix("https://")
+        .ok_or("the node's https_url must start with https://")?;
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b);
+    if authority.is_empty() || authority.len() > 255 || !authority.bytes().all(allowed) {
+        return Err("the node's https_url must be https://HOST[:PORT], nothing after".into());
+    }
+    let hex = &contact.https_cert_sha256;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("the node's certificate fingerprint must be 64 lowercase hex digits".into());
+    }
+    Ok(())
+}
+
 fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) -> ControlResponse {
+    if let Err(why) = check_contact(&beat.contact) {
+        return refused(&why);
+    }
     let now = Instant::now();
     let (orders, claims) = {
         let mut c = coord.lock();
@@ -161,4 +189,38 @@ fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) ->
         coord.spot_check(node, bundle);
     }
     ControlResponse::Orders(orders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_contact_must_be_a_bare_https_origin_with_a_fingerprint() {
+        let good = Contact {
+            https_url: "https://ecole-12.example:8443".into(),
+            quic: "127.0.0.1:1".parse().unwrap(),
+            https_cert_sha256: "ab".repeat(32),
+        };
+        assert_eq!(check_contact(&good), Ok(()));
+        for url in [
+            "http://x",
+            "https://",
+            "https://evil.example/phish",
+            "https://x?y",
+            "https://a\r\nSet-Cookie: x",
+            "https://x y",
+        ] {
+            let bad = Contact {
+                https_url: url.into(),
+                ..good.clone()
+            };
+            assert!(check_contact(&bad).is_err(), "{url}");
+        }
+        let unpinned = Contact {
+            https_cert_sha256: "AB".repeat(32),
+            ..good
+        };
+        assert!(check_contact(&unpinned).is_err());
+    }
 }

@@ -247,10 +247,10 @@ pub fn apply_heartbeat(
             ..record
         })?;
     }
-    for report in &beat.failures {
+    for report in beat.failures.iter().filter(|r| r.peer != node) {
         if let Some(mut peer) = c.nodes.get(&report.peer).cloned() {
             tracing::warn!(reporter = %node, peer = %report.peer, count = report.count, "peer sent bytes that failed verification");
-            peer.reported_failures += report.count;
+            peer.reported_failures = peer.reported_failures.saturating_add(report.count);
             c.save_node(peer)?;
         }
     }
@@ -277,11 +277,16 @@ pub fn apply_heartbeat(
             ReplicaState::Copying => {}
         }
     }
-    // Only copies the plan asked for are checked; any other published bundle
-    // the node holds is released by the orders that answer this heartbeat.
+    // Copies the plan asked for are checked. So is a copy it did not ask for
+    // while the bundle is short of copies (an upload that finished after the
+    // plan moved on may be the only one): it is kept as a source until replaced.
+    // Any other published bundle the node holds is released by the orders.
     let claims = held
         .iter()
-        .filter(|b| c.replicas.get(b).and_then(|r| r.get(&node)) == Some(&ReplicaState::Copying))
+        .filter(|b| match c.replicas.get(b).and_then(|r| r.get(&node)) {
+            Some(state) => *state == ReplicaState::Copying,
+            None => c.short_of_copies(b),
+        })
         .copied()
         .collect();
     c.live.insert(
@@ -299,12 +304,31 @@ pub fn apply_heartbeat(
 
 /// Records a copy the coordinator verified on `node`.
 pub fn confirm_copy(c: &mut Cluster, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
-    // The plan may have moved on while the check ran: only a copy still awaited counts.
-    if c.replicas.get(&bundle).and_then(|r| r.get(&node)) != Some(&ReplicaState::Copying) {
+    if !c.nodes.contains_key(&node) {
         return Ok(());
     }
-    tracing::info!(bundle = %bundle, node = %node, "copy verified");
-    c.set_replica(bundle, node, Some(ReplicaState::Complete))
+    // The plan may have moved on while the check ran.
+    let state = match c.replicas.get(&bundle).and_then(|r| r.get(&node)) {
+        Some(ReplicaState::Copying) => ReplicaState::Complete,
+        None if c.short_of_copies(&bundle) => ReplicaState::Releasing,
+        _ => return Ok(()),
+    };
+    tracing::info!(bundle = %bundle, node = %node, ?state, "copy verified");
+    c.set_replica(bundle, node, Some(state))?;
+    name_when_whole(c, bundle)
+}
+
+/// Points a name given at publish at the bundle once a copy of it is verified.
+fn name_when_whole(c: &mut Cluster, bundle: BundleId) -> anyhow::Result<()> {
+    let Some(mut record) = c.bundles.get(&bundle).cloned() else {
+        return Ok(());
+    };
+    let Some(name) = record.pending_name.take() else {
+        return Ok(());
+    };
+    c.set_name(&name, bundle)?;
+    tracing::info!(bundle = %bundle, name, "name now points to the new bundle");
+    c.save_bundle(bundle, record)
 }
 
 /// Nodes holding a complete copy of `bundle` that are up, except `but`.
@@ -385,6 +409,7 @@ pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> 
             .filter(|b| {
                 c.retired.contains(b)
                     || (c.bundles.contains_key(b)
+                        && !c.short_of_copies(b)
                         && !c.replicas.get(b).is_some_and(|r| r.contains_key(node)))
             })
             .copied()

@@ -168,6 +168,7 @@ impl Sim {
             size: 1000,
             files: 1,
             replicas,
+            pending_name: None,
         };
         self.c.save_bundle(id, record)?;
         self.tick()?;
@@ -480,6 +481,61 @@ fn the_name_table_goes_only_to_stale_nodes() -> anyhow::Result<()> {
     assert_eq!(table.version, sim.c.names_version);
     assert_eq!(table.names, vec![("maths/6e".to_owned(), b)]);
     assert_eq!(sim.beat(node)?.names, None, "up to date: not sent");
+    Ok(())
+}
+
+#[test]
+fn a_name_given_at_publish_moves_only_once_a_copy_is_verified() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let old = sim.publish_complete("lesson v1", 3)?;
+    sim.c.set_name("maths/6e", old)?;
+    let new = BundleId::of_manifest(b"lesson v2");
+    let record = BundleRecord {
+        size: 1000,
+        files: 1,
+        replicas: 3,
+        pending_name: Some("maths/6e".into()),
+    };
+    sim.c.save_bundle(new, record)?;
+    sim.tick()?;
+    assert_eq!(
+        sim.c.names["maths/6e"].current(),
+        Some(old),
+        "still uploading"
+    );
+    let upload = sim.holders(&new, Copying)[0];
+    sim.fetch(new, upload)?;
+    assert_eq!(sim.c.names["maths/6e"].current(), Some(new));
+    assert_eq!(sim.c.bundles[&new].pending_name, None);
+    Ok(())
+}
+
+#[test]
+fn an_upload_finished_after_the_plan_moved_on_is_kept_until_replaced() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish("lesson", 2)?;
+    let outside = *sim
+        .nodes
+        .keys()
+        .find(|n| !sim.states(&b).contains_key(n))
+        .context("a node the plan left out")?;
+    // The upload lands on a node the plan no longer wants: the only copy.
+    let orders = sim.fetch(b, outside)?;
+    assert!(
+        !orders.release.contains(&b),
+        "the only copy is not released"
+    );
+    assert_eq!(sim.states(&b).get(&outside), Some(&Releasing));
+    sim.follow_orders = true;
+    for _ in 0..5 {
+        sim.next()?;
+    }
+    assert_eq!(sim.holders(&b, Complete).len(), 2, "{:?}", sim.states(&b));
+    assert!(
+        !sim.states(&b).contains_key(&outside),
+        "released once replaced"
+    );
+    assert!(!sim.nodes[&outside].store.contains(&b));
     Ok(())
 }
 

@@ -40,6 +40,9 @@ const FIRST_INTERVAL: Duration = Duration::from_secs(2);
 /// Bundles copied at once by the agent.
 const COPIES_AT_ONCE: usize = 4;
 
+/// Counts reported to the coordinator: lies per peer, damaged blobs.
+type Reported = (BTreeMap<NodeId, u64>, u64);
+
 /// What `cartable-node join` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Membership {
@@ -136,7 +139,7 @@ pub struct Member {
     /// Browser connections open: the load reported.
     pub load: OpenConnections,
     fetching: Mutex<HashSet<BundleId>>,
-    reported: Mutex<(BTreeMap<NodeId, u64>, u64)>,
+    reported: Mutex<Reported>,
 }
 
 impl Member {
@@ -263,9 +266,11 @@ impl Member {
                 other => bail!("unexpected answer to a join: {other:?}"),
             }
         }
-        match ask(&c, &ControlRequest::Heartbeat(self.heartbeat(capacity)?)).await? {
+        let (beat, counts) = self.heartbeat(capacity)?;
+        match ask(&c, &ControlRequest::Heartbeat(beat)).await? {
             ControlResponse::Orders(orders) => {
-                self.commit_report();
+                // The coordinator has these counts: later beats send only what is new.
+                *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = counts;
                 Ok(orders)
             }
             ControlResponse::Refused { reason } => bail!("heartbeat refused: {reason}"),
@@ -273,7 +278,8 @@ impl Member {
         }
     }
 
-    fn heartbeat(&self, capacity: u64) -> anyhow::Result<Heartbeat> {
+    /// The heartbeat to send, and the counts it reports (committed once it is answered).
+    fn heartbeat(&self, capacity: u64) -> anyhow::Result<(Heartbeat, Reported)> {
         let incomplete: HashSet<BundleId> = self.store.incomplete_bundles()?.into_iter().collect();
         let bundles = self.store.bundles()?;
         let (reported, damaged_reported) = self
@@ -281,44 +287,36 @@ impl Member {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let failures = self
-            .reputation
-            .failures()
-            .into_iter()
+        let now: Reported = (
+            self.reputation.failures(),
+            self.damaged.load(Ordering::Relaxed),
+        );
+        let failures = now
+            .0
+            .iter()
             .filter_map(|(peer, count)| {
-                let new = count.saturating_sub(reported.get(&peer).copied().unwrap_or(0));
-                (new > 0).then_some(FailureReport { peer, count: new })
+                let new = count.saturating_sub(reported.get(peer).copied().unwrap_or(0));
+                (new > 0).then_some(FailureReport {
+                    peer: *peer,
+                    count: new,
+                })
             })
             .collect();
-        Ok(Heartbeat {
+        let beat = Heartbeat {
             contact: self.contact.clone(),
             capacity,
             used: bundles.iter().map(|b| b.bytes).sum(),
-            load: self
-                .fetching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len() as u32,
+            load: u32::try_from(self.load.count()).unwrap_or(u32::MAX),
             held: bundles
                 .iter()
                 .map(|b| b.id)
                 .filter(|id| !incomplete.contains(id))
                 .collect(),
             failures,
-            damaged: self
-                .damaged
-                .load(Ordering::Relaxed)
-                .saturating_sub(damaged_reported),
+            damaged: now.1.saturating_sub(damaged_reported),
             names_version: self.names.lock().unwrap_or_else(|e| e.into_inner()).version,
-        })
-    }
-
-    /// The coordinator has the counts: later heartbeats send only what is new.
-    fn commit_report(&self) {
-        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = (
-            self.reputation.failures(),
-            self.damaged.load(Ordering::Relaxed),
-        );
+        };
+        Ok((beat, now))
     }
 
     fn save_orders(&self, orders: &Orders) {

@@ -71,10 +71,14 @@ pub enum NodeCommand {
         /// The node (id or prefix).
         id: String,
     },
-    /// Forget the node at once, even if it still holds copies.
+    /// Forget the node. Refused while it holds complete copies (drain it
+    /// first) unless it is down past the repair delay, or with --force.
     Remove {
         /// The node (id or prefix).
         id: String,
+        /// Forget its copies at once, even if they are the last ones.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -198,7 +202,7 @@ impl Command {
 
 impl NodeCommand {
     async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
-        let (id, drain) = match self {
+        let (id, drain, force) = match self {
             Self::Show { id, out } => {
                 let id = ids::node(api, &id).await?;
                 return show(
@@ -207,13 +211,14 @@ impl NodeCommand {
                     views::node,
                 );
             }
-            Self::Drain { id } => (ids::node(api, &id).await?, true),
-            Self::Remove { id } => (ids::node(api, &id).await?, false),
+            Self::Drain { id } => (ids::node(api, &id).await?, true, false),
+            Self::Remove { id, force } => (ids::node(api, &id).await?, false, force),
         };
         let view: api::NodeView = if drain {
             api.post(&format!("/api/nodes/{id}/drain")).await?
         } else {
-            api.delete(&format!("/api/nodes/{id}")).await?
+            let force = if force { "?force=true" } else { "" };
+            api.delete(&format!("/api/nodes/{id}{force}")).await?
         };
         let done = if drain { "draining" } else { "removed" };
         println!("node {id} ({} / {}) {done}", view.region, view.site);

@@ -105,7 +105,10 @@ async fn route(coord: &Arc<Coordinator>, req: Request<Incoming>) -> Result<Reply
             ok(&views::node(&coord.lock(), &coord.policy, &node_id(id)?)?)
         }
         (Method::POST, ["nodes", id, "drain"]) => ok(&drain(coord, &node_id(id)?)?),
-        (Method::DELETE, ["nodes", id]) => ok(&remove_node(coord, &node_id(id)?)?),
+        (Method::DELETE, ["nodes", id]) => {
+            let force = query_value(&query, "force") == Some("true");
+            ok(&remove_node(coord, &node_id(id)?, force)?)
+        }
         (Method::GET, ["bundles"]) => ok(&views::bundles(&coord.lock(), &coord.policy)),
         (Method::GET, ["bundles", id]) => ok(&views::bundle(
             &coord.lock(),
@@ -179,9 +182,23 @@ fn drain(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
     views::node(&c, &coord.policy, id)
 }
 
-fn remove_node(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
+fn remove_node(coord: &Coordinator, id: &NodeId, force: bool) -> Result<NodeView, Failure> {
     let mut c = coord.lock();
     let view = views::node(&c, &coord.policy, id)?;
+    let gone_for_good = c
+        .down_since
+        .get(id)
+        .is_some_and(|since| since.elapsed() >= coord.policy.repair_delay);
+    if view.complete > 0 && !gone_for_good && !force {
+        return Err(fail(
+            StatusCode::CONFLICT,
+            format!(
+                "the node still holds {} complete copies: drain it first, or remove it with \
+                 --force to forget them at once",
+                view.complete
+            ),
+        ));
+    }
     c.remove_node(id)
         .and_then(|()| c.flush())
         .map_err(internal)?;
@@ -251,16 +268,26 @@ fn publish(coord: &Coordinator, query: &str, bytes: &[u8]) -> Result<Published, 
         ),
     };
     check_replicas(&c, replicas)?;
+    let now = Instant::now();
+    let eligible = lifecycle::eligibility(&mut c, &coord.policy, now);
+    if eligible.urgent.is_empty() {
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no node is up to take the upload (see `cartable nodes`); nothing was changed",
+        ));
+    }
+    // A name moves to the new bundle at once only if a copy already exists;
+    // otherwise when the first copy is verified, so the link never breaks.
+    let whole = c.whole_copies(&id) > 0;
     let record = BundleRecord {
         size: manifest.total_size(),
         files: manifest.entries().len(),
         replicas,
+        pending_name: name.clone().filter(|_| !whole),
     };
     c.save_bundle(id, record).map_err(internal)?;
-    let now = Instant::now();
-    let eligible = lifecycle::eligibility(&mut c, &coord.policy, now);
     lifecycle::replan(&mut c, &coord.policy, now, &eligible).map_err(internal)?;
-    if let Some(name) = &name {
+    if let Some(name) = name.as_ref().filter(|_| whole) {
         c.set_name(name, id).map_err(internal)?;
     }
     c.flush().map_err(internal)?;

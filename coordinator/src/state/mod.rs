@@ -55,7 +55,7 @@ pub struct TokenRecord {
 }
 
 /// A published bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BundleRecord {
     /// Bytes of its files.
     pub size: u64,
@@ -63,6 +63,10 @@ pub struct BundleRecord {
     pub files: usize,
     /// Target number of copies.
     pub replicas: u8,
+    /// A name to point at the bundle once its first copy is verified: a
+    /// teacher's link keeps working while the new version uploads.
+    #[serde(default)]
+    pub pending_name: Option<String>,
 }
 
 /// A name and its past.
@@ -369,6 +373,22 @@ impl Cluster {
         })
     }
 
+    /// Copies of `bundle` known whole (complete or releasing), up or not.
+    pub fn whole_copies(&self, bundle: &BundleId) -> usize {
+        self.replicas.get(bundle).map_or(0, |r| {
+            r.values()
+                .filter(|s| matches!(s, ReplicaState::Complete | ReplicaState::Releasing))
+                .count()
+        })
+    }
+
+    /// Whether `bundle` is published and has fewer whole copies than it wants.
+    pub fn short_of_copies(&self, bundle: &BundleId) -> bool {
+        self.bundles
+            .get(bundle)
+            .is_some_and(|b| self.whole_copies(bundle) < usize::from(b.replicas))
+    }
+
     /// Distinct sites among nodes not draining.
     pub fn site_count(&self) -> usize {
         self.nodes
@@ -415,6 +435,7 @@ mod tests {
                     size: 5,
                     files: 1,
                     replicas: 2,
+                    pending_name: None,
                 },
             )?;
             c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
@@ -452,6 +473,7 @@ mod tests {
                 size: 5,
                 files: 1,
                 replicas: 2,
+                pending_name: None,
             },
         )?;
         c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
@@ -464,6 +486,7 @@ mod tests {
                 size: 5,
                 files: 1,
                 replicas: 2,
+                pending_name: None,
             },
         )?;
         assert!(!c.retired.contains(&bundle), "publishing again un-retires");
