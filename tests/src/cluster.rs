@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use serde_json::Value;
 
-use crate::node::{Node, build_binary, cli_in, read_line_within, terminate_child};
+use crate::node::{Node, binary, cli_in, read_line_within, terminate_child};
 use crate::{HttpsClient, sample_lesson};
 
 /// Timings short enough for tests: heartbeats every 200 ms, down after 1.5 s,
@@ -19,12 +19,12 @@ pub const FAST_POLICY: &str = "heartbeat_ms = 200\ndown_after_ms = 1500\nrepair_
 
 fn coordinator_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_binary("cartable-coordinator", "cartable-coordinator"))
+    BINARY.get_or_init(|| binary("cartable-coordinator"))
 }
 
 fn admin_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_binary("cartable-coordinator", "cartable"))
+    BINARY.get_or_init(|| binary("cartable"))
 }
 
 /// A running `cartable-coordinator serve`.

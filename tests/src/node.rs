@@ -11,26 +11,31 @@ use anyhow::{Context, bail};
 /// The `cartable-node` binary, built once per test process with the same profile.
 pub fn node_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_binary("cartable-node", "cartable-node"))
+    BINARY.get_or_init(|| binary("cartable-node"))
 }
 
-/// Builds binary `name` of `package` with the test's profile; returns its path.
-pub fn build_binary(package: &str, name: &str) -> PathBuf {
-    let root = crate::workspace_root();
-    let release = !cfg!(debug_assertions);
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(&root)
-        .args(["build", "-q", "-p", package, "--bin", name]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "building {name} failed");
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    target
-        .join(if release { "release" } else { "debug" })
+/// The workspace binary `name`, with the test's profile. Every binary is built
+/// at once, the way `scripts/test.sh` builds them: building one package alone
+/// would resolve features differently and rebuild shared dependencies.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = crate::workspace_root();
+            let release = !cfg!(debug_assertions);
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .current_dir(&root)
+                .args(["build", "-q", "--workspace", "--bins"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(status.success(), "building the binaries failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from);
+            target.join(if release { "release" } else { "debug" })
+        })
         .join(name)
 }
 

@@ -50,6 +50,12 @@ fn draining_a_node_moves_its_copies_before_it_lets_go() -> anyhow::Result<()> {
     let c = &cl.coordinator;
     let bundle = publish(c, &["--replicas", "3", "--wait"])?;
     let drained = complete(c, &bundle)?[0].0.clone();
+    let early = c.cartable(&["node", "remove", &drained])?;
+    assert!(
+        !early.status.success(),
+        "a node holding copies is not removed"
+    );
+    assert!(String::from_utf8_lossy(&early.stderr).contains("drain it first"));
     ensure_success(&c.cartable(&["node", "drain", &drained])?, "node drain")?;
     wait_for(
         Duration::from_secs(60),
