@@ -257,11 +257,7 @@ pub fn apply_heartbeat(
     if beat.damaged > 0 {
         tracing::warn!(node = %node, blobs = beat.damaged, "node found damaged blobs while scrubbing");
     }
-    let mine: Vec<(BundleId, ReplicaState)> = c
-        .replicas
-        .iter()
-        .filter_map(|(b, r)| r.get(&node).map(|s| (*b, *s)))
-        .collect();
+    let mine: Vec<(BundleId, ReplicaState)> = c.placed_on(&node).collect();
     for (bundle, state) in mine {
         if held.contains(&bundle) {
             continue;
@@ -351,36 +347,46 @@ pub fn sources(
     })
 }
 
-/// Copies that may run now (at most `copies_per_node` per node, most endangered
-/// first) and those that wait.
+/// The copies `node` should make now and those that wait their turn: its
+/// copies with a source, most endangered first (fewest complete copies), at most
+/// `copies_per_node` running. Only this node's replicas are looked at, so a
+/// heartbeat costs what the node holds, not what the cluster holds.
+fn copies_of(
+    c: &Cluster,
+    node: &NodeId,
+    policy: &Policy,
+    now: Instant,
+) -> (Vec<BundleId>, Vec<QueuedCopy>) {
+    let mut copies: Vec<(usize, BundleId)> = c
+        .placed_on(node)
+        .filter(|(_, state)| *state == ReplicaState::Copying)
+        .map(|(bundle, _)| (c.live_complete(&bundle, now, policy.down_after), bundle))
+        .filter(|(complete, _)| *complete > 0)
+        .collect();
+    copies.sort();
+    let waiting = copies.split_off(copies.len().min(policy.copies_per_node));
+    let queued = waiting
+        .into_iter()
+        .map(|(complete, bundle)| QueuedCopy {
+            bundle,
+            node: *node,
+            complete,
+        })
+        .collect();
+    (copies.into_iter().map(|(_, b)| b).collect(), queued)
+}
+
+/// Copies that may run now on every node, and those that wait, most endangered first.
 pub fn repair_queue(
     c: &Cluster,
     policy: &Policy,
     now: Instant,
 ) -> (BTreeSet<(BundleId, NodeId)>, Vec<QueuedCopy>) {
-    let mut per_node: BTreeMap<NodeId, Vec<(usize, BundleId)>> = BTreeMap::new();
-    for (bundle, replicas) in &c.replicas {
-        let complete = c.live_complete(bundle, now, policy.down_after);
-        for (node, state) in replicas {
-            if *state == ReplicaState::Copying && complete > 0 {
-                per_node.entry(*node).or_default().push((complete, *bundle));
-            }
-        }
-    }
     let (mut active, mut queued) = (BTreeSet::new(), Vec::new());
-    for (node, mut copies) in per_node {
-        copies.sort();
-        for (i, (complete, bundle)) in copies.into_iter().enumerate() {
-            if i < policy.copies_per_node {
-                active.insert((bundle, node));
-            } else {
-                queued.push(QueuedCopy {
-                    bundle,
-                    node,
-                    complete,
-                });
-            }
-        }
+    for node in c.nodes.keys() {
+        let (running, waiting) = copies_of(c, node, policy, now);
+        active.extend(running.into_iter().map(|b| (b, *node)));
+        queued.extend(waiting);
     }
     queued.sort_by_key(|q| (q.complete, q.bundle, q.node));
     (active, queued)
@@ -388,20 +394,15 @@ pub fn repair_queue(
 
 /// What `node` is told in answer to its heartbeat.
 pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> Orders {
-    let (active, _) = repair_queue(c, policy, now);
-    let mut hold = Vec::new();
-    for (bundle, replicas) in &c.replicas {
-        let Some(state) = replicas.get(node) else {
-            continue;
-        };
-        if *state == ReplicaState::Copying && !active.contains(&(*bundle, *node)) {
-            continue;
-        }
-        hold.push(HoldOrder {
-            bundle: *bundle,
-            sources: sources(c, bundle, Some(node), policy, now),
-        });
-    }
+    let (running, _) = copies_of(c, node, policy, now);
+    let hold = c
+        .placed_on(node)
+        .filter(|(bundle, state)| *state != ReplicaState::Copying || running.contains(bundle))
+        .map(|(bundle, _)| HoldOrder {
+            bundle,
+            sources: sources(c, &bundle, Some(node), policy, now),
+        })
+        .collect();
     let live = c.live.get(node);
     let release = live.map_or_else(Vec::new, |l| {
         l.held

@@ -148,6 +148,7 @@ impl Sim {
             }
         }
         self.tick()?;
+        assert!(self.c.index_is_consistent(), "the by-node index drifted");
         Ok(orders)
     }
 

@@ -32,9 +32,8 @@ pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, Failu
         .ok_or((StatusCode::NOT_FOUND, "no such node".to_owned()))?;
     let now = Instant::now();
     let live = c.live.get(id);
-    let mine = c.replicas.values().filter_map(|r| r.get(id));
-    let (replicas, complete) = mine.fold((0, 0), |(all, done), s| {
-        (all + 1, done + usize::from(*s != ReplicaState::Copying))
+    let (replicas, complete) = c.placed_on(id).fold((0, 0), |(all, done), (_, s)| {
+        (all + 1, done + usize::from(s != ReplicaState::Copying))
     });
     Ok(NodeView {
         id: *id,

@@ -111,6 +111,9 @@ pub struct Cluster {
     pub bundles: BTreeMap<BundleId, BundleRecord>,
     /// Replicas of each bundle and their states.
     pub replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>>,
+    /// The same replicas by node (kept by `set_replica`), so that a heartbeat
+    /// costs what the node holds.
+    by_node: HashMap<NodeId, BTreeSet<BundleId>>,
     /// Names.
     pub names: BTreeMap<String, NameRecord>,
     /// Unpublished bundles, which nodes are told to delete.
@@ -183,8 +186,10 @@ impl Cluster {
             Ok((bundle_key(&k[..32])?, NodeId::from_bytes(id32(&k[32..])?)))
         })?;
         let mut replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>> = BTreeMap::new();
+        let mut by_node: HashMap<NodeId, BTreeSet<BundleId>> = HashMap::new();
         for ((b, n), state) in flat {
             replicas.entry(b).or_default().insert(n, state);
+            by_node.entry(n).or_default().insert(b);
         }
         let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
         let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
@@ -213,6 +218,7 @@ impl Cluster {
             admin_hash: meta.get("admin_hash").cloned(),
             nodes,
             replicas,
+            by_node,
             live,
             unplaced: BTreeMap::new(),
             down_since: HashMap::new(),
@@ -251,12 +257,7 @@ impl Cluster {
         self.kv.delete(NODES, id.as_bytes())?;
         self.nodes.remove(id);
         self.live.remove(id);
-        let holding: Vec<BundleId> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.contains_key(id))
-            .map(|(b, _)| *b)
-            .collect();
+        let holding: Vec<BundleId> = self.placed_on(id).map(|(b, _)| b).collect();
         for b in holding {
             self.set_replica(b, *id, None)?;
         }
@@ -320,9 +321,16 @@ impl Cluster {
             Some(s) => {
                 self.put(REPLICAS, &key, &s)?;
                 self.replicas.entry(bundle).or_default().insert(node, s);
+                self.by_node.entry(node).or_default().insert(bundle);
             }
             None => {
                 self.kv.delete(REPLICAS, &key)?;
+                if let Some(held) = self.by_node.get_mut(&node) {
+                    held.remove(&bundle);
+                    if held.is_empty() {
+                        self.by_node.remove(&node);
+                    }
+                }
                 if let Some(r) = self.replicas.get_mut(&bundle) {
                     r.remove(&node);
                     if r.is_empty() {
@@ -332,6 +340,39 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The replicas placed on `node` and their states.
+    pub fn placed_on<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> impl Iterator<Item = (BundleId, ReplicaState)> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(move |b| {
+                self.replicas
+                    .get(b)
+                    .and_then(|r| r.get(node))
+                    .map(|s| (*b, *s))
+            })
+    }
+
+    /// Whether the by-node index lists exactly the replicas (checked by tests).
+    #[cfg(test)]
+    pub(crate) fn index_is_consistent(&self) -> bool {
+        let from_replicas: BTreeSet<(NodeId, BundleId)> = self
+            .replicas
+            .iter()
+            .flat_map(|(b, r)| r.keys().map(move |n| (*n, *b)))
+            .collect();
+        let from_index: BTreeSet<(NodeId, BundleId)> = self
+            .by_node
+            .iter()
+            .flat_map(|(n, bs)| bs.iter().map(move |b| (*n, *b)))
+            .collect();
+        from_replicas == from_index
     }
 
     /// Points `name` at `bundle`, keeping the history.
@@ -453,6 +494,8 @@ mod tests {
             "the removed node's replica is gone"
         );
         assert_eq!(c.replicas[&bundle][&node(1).id], ReplicaState::Complete);
+        assert!(c.index_is_consistent(), "the by-node index is rebuilt at load");
+        assert_eq!(c.placed_on(&node(1).id).count(), 1);
         assert_eq!(c.names["maths/6e"].current(), Some(bundle));
         assert_eq!(c.names_version, 1);
         assert_eq!(c.admin_hash, Some(secret_hash(b"t")));
