@@ -494,7 +494,10 @@ mod tests {
             "the removed node's replica is gone"
         );
         assert_eq!(c.replicas[&bundle][&node(1).id], ReplicaState::Complete);
-        assert!(c.index_is_consistent(), "the by-node index is rebuilt at load");
+        assert!(
+            c.index_is_consistent(),
+            "the by-node index is rebuilt at load"
+        );
         assert_eq!(c.placed_on(&node(1).id).count(), 1);
         assert_eq!(c.names["maths/6e"].current(), Some(bundle));
         assert_eq!(c.names_version, 1);
