@@ -128,7 +128,7 @@ pub fn init(data_dir: &Path) -> anyhow::Result<Option<String>> {
     ring::rand::SystemRandom::new()
         .fill(&mut secret)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let token = cartable_proto::join::hex(&secret);
     let mut cluster = Cluster::load(Box::new(open_state(data_dir)?), Instant::now())?;
     cluster.set_admin_hash(secret_hash(token.as_bytes()))?;
     cartable_node::secret_file::create(&path, &format!("{token}\n"))

@@ -249,9 +249,8 @@ impl Member {
             (m.parsed_token()?, m.capacity, m.joined)
         };
         if !joined {
-            let secret: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
             let join = ControlRequest::Join(JoinRequest {
-                secret,
+                secret: token.secret_text(),
                 contact: self.contact.clone(),
                 capacity,
             });
@@ -434,7 +433,8 @@ impl Member {
     }
 }
 
-async fn ask(
+/// Sends one control request and reads its answer.
+pub async fn ask(
     conn: &quinn::Connection,
     request: &ControlRequest,
 ) -> anyhow::Result<ControlResponse> {

@@ -79,6 +79,13 @@ impl FromStr for JoinToken {
     }
 }
 
+impl JoinToken {
+    /// The secret as sent in a join and hashed by the coordinator: 64 hex digits.
+    pub fn secret_text(&self) -> String {
+        hex(&self.secret)
+    }
+}
+
 /// A signed permission to upload one bundle to one node.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UploadGrant {
@@ -147,7 +154,8 @@ impl FromStr for UploadGrant {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`: how secrets, fingerprints and grants are written.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

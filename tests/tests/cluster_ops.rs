@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cartable_node::identity::Identity;
+use cartable_node::member::ask;
 use cartable_node::peer::PeerAddr;
 use cartable_node::peer::auth::Members;
 use cartable_node::peer::endpoint::PeerEndpoint;
@@ -163,9 +164,8 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
         matches!(&answer, ControlResponse::Refused { reason } if reason.contains("unknown node")),
         "{answer:?}"
     );
-    let secret: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
     let join = ControlRequest::Join(JoinRequest {
-        secret,
+        secret: token.secret_text(),
         contact: contact.clone(),
         capacity: 1 << 30,
     });
@@ -197,17 +197,6 @@ fn heartbeat(contact: &Contact, held: Vec<cartable_proto::BundleId>) -> Heartbea
         damaged: 0,
         names_version: 0,
     }
-}
-
-async fn ask(
-    conn: &quinn::Connection,
-    request: &ControlRequest,
-) -> anyhow::Result<ControlResponse> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    frame::write_frame(&mut send, &control::encode(request)).await?;
-    send.finish()?;
-    let body = frame::read_body(&mut recv, control::MAX_FRAME_BYTES).await?;
-    Ok(control::decode(&body)?)
 }
 
 #[test]

@@ -152,11 +152,9 @@ mod tests {
         let pem = dir.path().join("cert.pem");
         std::fs::write(&pem, cert.pem())?;
         let by_der = Pin::from_pem_file(&pem)?;
-        let hex: String = ring::digest::digest(&ring::digest::SHA256, cert.der())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = cartable_proto::join::hex(
+            ring::digest::digest(&ring::digest::SHA256, cert.der()).as_ref(),
+        );
         let by_hash = Pin::from_sha256_hex(&hex)?;
         for pin in [by_der, by_hash] {
             assert!(pin.matches(cert.der()));

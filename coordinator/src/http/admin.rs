@@ -436,8 +436,7 @@ fn create_token(coord: &Coordinator, create: CreateToken) -> Result<CreatedToken
         coordinator: coord.identity.id(),
         quic: coord.quic_addr,
     };
-    let secret_text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let hash = secret_hash(secret_text.as_bytes());
+    let hash = secret_hash(token.secret_text().as_bytes());
     let record = TokenRecord {
         region: create.region,
         site: create.site,

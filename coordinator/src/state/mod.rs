@@ -461,6 +461,15 @@ mod tests {
         }
     }
 
+    fn record() -> BundleRecord {
+        BundleRecord {
+            size: 5,
+            files: 1,
+            replicas: 2,
+            pending_name: None,
+        }
+    }
+
     #[test]
     fn state_survives_a_reload_from_the_same_tables() -> anyhow::Result<()> {
         let tables = std::sync::Arc::new(MemoryKv::default());
@@ -470,15 +479,7 @@ mod tests {
             let mut c = Cluster::load(Box::new(tables.clone()), now)?;
             c.save_node(node(1))?;
             c.save_node(node(2))?;
-            c.save_bundle(
-                bundle,
-                BundleRecord {
-                    size: 5,
-                    files: 1,
-                    replicas: 2,
-                    pending_name: None,
-                },
-            )?;
+            c.save_bundle(bundle, record())?;
             c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
             c.set_replica(bundle, node(2).id, Some(ReplicaState::Copying))?;
             c.set_name("maths/6e", bundle)?;
@@ -513,28 +514,12 @@ mod tests {
     fn retiring_a_bundle_forgets_its_replicas() -> anyhow::Result<()> {
         let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
         let bundle = BundleId::of_manifest(b"m");
-        c.save_bundle(
-            bundle,
-            BundleRecord {
-                size: 5,
-                files: 1,
-                replicas: 2,
-                pending_name: None,
-            },
-        )?;
+        c.save_bundle(bundle, record())?;
         c.set_replica(bundle, node(1).id, Some(ReplicaState::Complete))?;
         c.retire_bundle(bundle)?;
         assert!(c.replicas.is_empty() && c.bundles.is_empty());
         assert!(c.retired.contains(&bundle));
-        c.save_bundle(
-            bundle,
-            BundleRecord {
-                size: 5,
-                files: 1,
-                replicas: 2,
-                pending_name: None,
-            },
-        )?;
+        c.save_bundle(bundle, record())?;
         assert!(!c.retired.contains(&bundle), "publishing again un-retires");
         Ok(())
     }
