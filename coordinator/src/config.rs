@@ -31,6 +31,11 @@
 //! # endangered first. Default: 4.
 //! copies_per_node = 4
 //!
+//! # Caps and deadlines of HTTPS connections (browsers and the admin API), the
+//! # same table as a node's: see `cartable_node::https::limits`.
+//! [connections]
+//! max_connections = 20000
+//!
 //! # Which client networks are in which region, for redirects to a near copy.
 //! [[regions]]
 //! cidr = "10.12.0.0/16"
@@ -42,7 +47,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use cartable_node::https::limits::{ConnectionLimits, FileConnections};
 use cartable_node::tls::TlsFiles;
+use cartable_proto::cidr::Cidr;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +70,8 @@ struct FileConfig {
     copies_per_node: Option<usize>,
     #[serde(default)]
     regions: Vec<FileRegion>,
+    #[serde(default)]
+    connections: FileConnections,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +111,8 @@ pub struct CoordinatorConfig {
     pub policy: Policy,
     /// Client networks and their regions.
     pub regions: Vec<RegionNet>,
+    /// Caps and deadlines of HTTPS connections.
+    pub connections: ConnectionLimits,
 }
 
 /// How replicas are kept.
@@ -137,8 +148,7 @@ impl Default for Policy {
 /// A client network and its region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionNet {
-    network: IpAddr,
-    prefix: u8,
+    network: Cidr,
     /// The region.
     pub region: String,
 }
@@ -146,45 +156,15 @@ pub struct RegionNet {
 impl RegionNet {
     /// Parses `a.b.c.d/n` or an IPv6 CIDR.
     pub fn parse(cidr: &str, region: &str) -> anyhow::Result<Self> {
-        let (ip, prefix) = cidr
-            .split_once('/')
-            .with_context(|| format!("{cidr:?} is not ADDRESS/PREFIX"))?;
-        let network: IpAddr = ip
-            .parse()
-            .with_context(|| format!("{cidr:?}: bad address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .with_context(|| format!("{cidr:?}: bad prefix"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        anyhow::ensure!(prefix <= max, "{cidr:?}: prefix above {max}");
         Ok(Self {
-            network,
-            prefix,
+            network: cidr.parse()?,
             region: region.to_owned(),
         })
     }
 
     /// Whether `ip` is in this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.network.contains(ip)
     }
 }
 
@@ -251,6 +231,7 @@ impl CoordinatorConfig {
             tls,
             policy,
             regions,
+            connections: file.connections.check()?,
         })
     }
 
@@ -302,7 +283,7 @@ mod tests {
             ("min_replicas = 0", "at least 1"),
             (
                 "[[regions]]\ncidr = \"10.0.0.0/33\"\nregion = \"x\"",
-                "prefix above 32",
+                "at most 32 for IPv4",
             ),
             (
                 "[[regions]]\ncidr = \"10.0.0.0\"\nregion = \"x\"",

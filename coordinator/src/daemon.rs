@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cartable_node::https::HttpsServer;
 use cartable_node::identity::Identity;
 use cartable_node::peer::PeerAddr;
 use cartable_node::peer::auth::Members;
 use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_node::serve::HttpsServer;
 use cartable_node::tls::TlsFiles;
 use cartable_proto::{BundleId, NodeId, control};
 use ring::rand::SecureRandom;
@@ -154,8 +154,9 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| TlsFiles::self_signed_in(&data_dir));
     let server = HttpsServer::bind(
-        crate::http::https_config(config.https),
+        config.https,
         tls.server_config()?,
+        config.connections.clone(),
     )
     .await
     .with_context(|| format!("binding HTTPS on {}", config.https))?;

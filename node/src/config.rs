@@ -12,14 +12,11 @@
 //! # PEM certificate chain and key. Default: a self-signed pair made in DATA/tls/.
 //! tls_cert = "/etc/cartable/cert.pem"
 //! tls_key = "/etc/cartable/key.pem"
-//! # Open connections at most; more are closed at once. Default: 4096.
-//! max_connections = 4096
-//! # Largest request head, in bytes (431 beyond it). Default: 16384; at least 8192.
-//! max_header_bytes = 16384
-//! # Seconds a client has to finish the TLS handshake. Default: 10.
-//! handshake_timeout_secs = 10
-//! # Seconds a client has to send a request head once it started one. Default: 10.
-//! header_read_timeout_secs = 10
+//!
+//! # Caps and deadlines of browser connections: see `crate::https::limits`.
+//! [connections]
+//! max_connections = 20000
+//! idle_timeout_secs = 30
 //!
 //! [quic]
 //! # UDP address peers connect to. Default: 127.0.0.1:4433; port 0 picks a free port.
@@ -51,6 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::https::limits::{ConnectionLimits, FileConnections};
 use crate::peer::PeerAddr;
 use crate::store::ScrubSettings;
 use crate::tls::TlsFiles;
@@ -58,8 +56,6 @@ use crate::tls::TlsFiles;
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
 const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
 const DEFAULT_QUIC: &str = "127.0.0.1:4433";
-/// hyper will not read request heads into a smaller buffer.
-const MIN_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +67,8 @@ struct FileConfig {
     quic: FileQuic,
     #[serde(default)]
     scrub: FileScrub,
+    #[serde(default)]
+    connections: FileConnections,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,10 +96,6 @@ struct FileHttps {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
-    max_connections: Option<usize>,
-    max_header_bytes: Option<usize>,
-    handshake_timeout_secs: Option<u64>,
-    header_read_timeout_secs: Option<u64>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -132,6 +126,8 @@ pub struct NodeConfig {
     pub quic: QuicConfig,
     /// The background scrub.
     pub scrub: ScrubSettings,
+    /// Caps and deadlines of browser connections.
+    pub connections: ConnectionLimits,
 }
 
 /// The checked QUIC settings.
@@ -158,14 +154,6 @@ pub struct HttpsConfig {
     pub public_url: Option<String>,
     /// Configured certificate; `None` means self-signed in the data folder.
     pub tls: Option<TlsFiles>,
-    /// Open connections at most.
-    pub max_connections: usize,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// Time allowed for the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Time allowed to send a request head.
-    pub header_read_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -177,11 +165,6 @@ impl NodeConfig {
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
         let h = file.https;
         let tls = TlsFiles::configured(o.tls_cert.or(h.tls_cert), o.tls_key.or(h.tls_key))?;
-        let max_header_bytes = h.max_header_bytes.unwrap_or(16 * 1024);
-        anyhow::ensure!(
-            max_header_bytes >= MIN_HEADER_BYTES,
-            "https.max_header_bytes must be at least {MIN_HEADER_BYTES}"
-        );
         let mut peers = file
             .quic
             .peers
@@ -192,7 +175,6 @@ impl NodeConfig {
             })
             .collect::<anyhow::Result<Vec<PeerAddr>>>()?;
         peers.extend(o.peers);
-        let max_connections = h.max_connections.unwrap_or(4096);
         let public_url = public_url("https.public_url", h.public_url)?;
         let defaults = ScrubSettings::default();
         let scrub = ScrubSettings {
@@ -202,10 +184,6 @@ impl NodeConfig {
                 .interval_secs
                 .map_or(defaults.interval, Duration::from_secs),
         };
-        anyhow::ensure!(
-            max_connections > 0,
-            "https.max_connections must be positive"
-        );
         Ok(Self {
             data_dir: o
                 .data_dir
@@ -218,16 +196,6 @@ impl NodeConfig {
                     .unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default")),
                 public_url,
                 tls,
-                max_connections,
-                max_header_bytes,
-                handshake_timeout: seconds(
-                    "https.handshake_timeout_secs",
-                    h.handshake_timeout_secs,
-                )?,
-                header_read_timeout: seconds(
-                    "https.header_read_timeout_secs",
-                    h.header_read_timeout_secs,
-                )?,
             },
             quic: QuicConfig {
                 listen: o
@@ -240,6 +208,7 @@ impl NodeConfig {
                 cache_max_bytes: file.quic.cache_max_mib.unwrap_or(10_240) << 20,
             },
             scrub,
+            connections: file.connections.check()?,
         })
     }
 
@@ -273,12 +242,6 @@ pub fn public_url(name: &str, url: Option<String>) -> anyhow::Result<Option<Stri
         "{name} must start with https://"
     );
     Ok(Some(url))
-}
-
-fn seconds(name: &str, value: Option<u64>) -> anyhow::Result<Duration> {
-    let secs = value.unwrap_or(10);
-    anyhow::ensure!(secs > 0, "{name} must be positive");
-    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -323,7 +286,7 @@ mod tests {
         );
         let half = parse("[https]\ntls_cert = \"/c.pem\"").unwrap_err();
         assert!(half.to_string().contains("go together"));
-        let small = parse("[https]\nmax_header_bytes = 10").unwrap_err();
+        let small = parse("[connections]\nmax_header_bytes = 10").unwrap_err();
         assert!(small.to_string().contains("at least 8192"));
         assert!(parse("[https]\nlisten = \"nowhere\"").is_err());
         let peer = parse("[quic]\npeers = [\"abc@127.0.0.1:1\"]").unwrap_err();

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
+use crate::https::HttpsServer;
 use crate::identity::Identity;
 use crate::member::{Member, Membership};
 use crate::peer::auth::Members;
@@ -15,7 +16,7 @@ use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{HttpsServer, ServeContext, Uploads};
+use crate::serve::{ServeContext, Uploads};
 use crate::store::{Store, scrub_forever};
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
@@ -32,9 +33,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if config.https.tls.is_none() {
         tls.create_self_signed_if_missing()?;
     }
-    let server = HttpsServer::bind(config.https.clone(), tls.server_config()?)
-        .await
-        .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
+    let server = HttpsServer::bind(
+        config.https.listen,
+        tls.server_config()?,
+        config.connections.clone(),
+    )
+    .await
+    .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
     let peers = PeerEndpoint::bind(config.quic.listen, &identity, members.clone())?;
@@ -116,8 +121,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         through,
         uploads,
         names,
+        pressure: server.pressure(),
+        progress_timeout: config.connections.deadlines.progress,
     });
-    server.run(ctx, stop_signal()).await;
+    let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);
+    server.serve(handler, stop_signal()).await;
     peers.close();
     scrub_task.abort();
     if let Some(task) = member_task {

@@ -1,7 +1,8 @@
 //! The Cartable node: the daemon a school runs.
 //!
 //! - [`store`]: blob files and outboards named by hash, bundle manifests, a sled index.
-//! - [`serve`]: HTTPS for browsers (hyper 1 over rustls), every byte verified as it streams.
+//! - [`https`]: the HTTPS server shell both daemons run: admission, deadlines, shedding.
+//! - [`serve`]: what a node answers browsers, every byte verified as it streams.
 //! - [`admin`]: the local socket through which the CLI talks to a running daemon.
 //! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
 //! - [`member`]: membership of a coordinator: heartbeats, orders kept on disk, the replication agent.
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod https;
 pub mod identity;
 pub mod member;
 pub mod peer;

@@ -20,6 +20,7 @@ use cartable_proto::join::JoinToken;
 use cartable_proto::{BundleId, NodeId};
 use serde::{Deserialize, Serialize};
 
+use crate::https::OpenConnections;
 use crate::peer::PeerAddr;
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
@@ -28,7 +29,6 @@ use crate::peer::frame;
 use crate::peer::reputation::Reputation;
 use crate::peer::through::FetchThrough;
 use crate::secret_file;
-use crate::serve::OpenConnections;
 use crate::store::Store;
 
 /// The join token and what came of it, under the data folder (mode 0600).

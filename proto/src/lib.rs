@@ -7,12 +7,14 @@
 //! - [`content_type`]: the `Content-Type` a file gets from its extension.
 //! - [`decode`]: the bounded reader every decoder is built on, and [`DecodeError`].
 //! - [`cert`]: the node id in a peer's certificate.
+//! - [`cidr`]: client networks as operators write them in configuration.
 //! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
 //! - [`control`]: the node ↔ coordinator protocol, specified in its module docs.
 //! - [`units`]: sizes, durations and dates as operators type and read them.
 //! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
 
 pub mod cert;
+pub mod cidr;
 pub mod content_type;
 pub mod control;
 pub mod decode;

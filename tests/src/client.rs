@@ -2,6 +2,7 @@
 //! self-signed one), speaks HTTP/2 or HTTP/1.1 as ALPN decides, and can send raw
 //! request bytes that no client library would normalize.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,7 +14,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -47,6 +48,8 @@ impl Reply {
 pub struct HttpsClient {
     config: Arc<ClientConfig>,
     addr: String,
+    /// The address connections come from; `None`: the system's choice.
+    source: Option<IpAddr>,
 }
 
 impl HttpsClient {
@@ -59,6 +62,7 @@ impl HttpsClient {
         Ok(Self {
             config: Arc::new(config),
             addr: addr.to_owned(),
+            source: None,
         })
     }
 
@@ -73,12 +77,32 @@ impl HttpsClient {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
             config: Arc::new(config),
-            addr: self.addr.clone(),
+            ..self.clone()
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(&self.addr).await?;
+    /// The same client connecting from `source` (any 127.x address on loopback),
+    /// so one test plays several client networks.
+    pub fn from(&self, source: IpAddr) -> Self {
+        Self {
+            source: Some(source),
+            ..self.clone()
+        }
+    }
+
+    /// A TCP connection to the server, from the client's source address.
+    pub async fn connect_tcp(&self) -> anyhow::Result<TcpStream> {
+        let server: SocketAddr = self.addr.parse()?;
+        let socket = TcpSocket::new_v4()?;
+        if let Some(source) = self.source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        Ok(socket.connect(server).await?)
+    }
+
+    /// A TLS connection to the server, handshake done, nothing sent.
+    pub async fn connect(&self) -> anyhow::Result<TlsStream<TcpStream>> {
+        let tcp = self.connect_tcp().await?;
         let name = ServerName::try_from("localhost")?;
         Ok(TlsConnector::from(self.config.clone())
             .connect(name, tcp)

@@ -97,6 +97,11 @@ impl Coordinator {
         }
     }
 
+    /// The process id, to read its use of memory and descriptors in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The admin token `init` wrote.
     pub fn admin_token(&self) -> anyhow::Result<String> {
         Ok(std::fs::read_to_string(self.data_dir.join("admin-token"))?

@@ -28,3 +28,32 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("tests/ sits in the workspace")
         .to_owned()
 }
+
+/// What a process uses now, read from /proc.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessUse {
+    /// Resident memory, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors (sockets included).
+    pub fds: usize,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// What process `pid` uses now.
+pub fn process_use(pid: u32) -> anyhow::Result<ProcessUse> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))?;
+        let value = line[name.len()..].split_whitespace().next().unwrap_or("");
+        Ok(value.parse()?)
+    };
+    Ok(ProcessUse {
+        rss_kib: field("VmRSS:")?,
+        threads: field("Threads:")?,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+    })
+}

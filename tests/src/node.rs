@@ -109,7 +109,11 @@ impl Node {
             .arg(data_dir)
             .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
             .args(extra)
-            .env("CARTABLE_LOG", "warn")
+            // TEST_NODE_LOG (a tracing filter) shows a node's logs in a failing test.
+            .env(
+                "CARTABLE_LOG",
+                std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .context("starting cartable-node")?;
@@ -152,7 +156,12 @@ impl Node {
         format!("{}@{}", self.id, self.quic)
     }
 
-    /// `host:port` of the HTTPS server.
+    /// The process id, to read its use of memory and descriptors in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `IP:PORT` of its HTTPS side.
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("https://")
     }

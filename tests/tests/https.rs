@@ -264,7 +264,7 @@ async fn oversized_headers_get_431() -> anyhow::Result<()> {
 async fn slow_clients_are_cut_after_the_header_timeout() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[https]\nheader_read_timeout_secs = 1\n")?;
+    std::fs::write(&config, "[connections]\nheader_read_timeout_secs = 1\n")?;
     let data = dir.path().join("data");
     let node = Node::start_in(&data, &["--config", config.to_str().unwrap()])?;
     let client = HttpsClient::for_node(&node)?;

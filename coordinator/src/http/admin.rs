@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use cartable_node::https::RequestBody;
 use cartable_proto::join::{JoinToken, UploadGrant};
 use cartable_proto::{BundleId, BundlePath, Manifest, NodeId};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use ring::rand::SecureRandom;
 use serde::de::DeserializeOwned;
 
@@ -40,7 +40,7 @@ fn internal(e: anyhow::Error) -> Failure {
 }
 
 /// Answers one `/api/` request.
-pub async fn respond(coord: Arc<Coordinator>, req: Request<Incoming>) -> Reply {
+pub async fn respond(coord: Arc<Coordinator>, req: Request<RequestBody>) -> Reply {
     if !authorized(&coord, &req) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
@@ -50,7 +50,7 @@ pub async fn respond(coord: Arc<Coordinator>, req: Request<Incoming>) -> Reply {
     }
 }
 
-fn authorized(coord: &Coordinator, req: &Request<Incoming>) -> bool {
+fn authorized(coord: &Coordinator, req: &Request<RequestBody>) -> bool {
     let Some(token) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -65,7 +65,7 @@ fn authorized(coord: &Coordinator, req: &Request<Incoming>) -> bool {
     coord.lock().admin_hash.as_deref() == Some(given.as_str())
 }
 
-async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+async fn body(req: Request<RequestBody>, max: usize) -> Result<Bytes, Failure> {
     Limited::new(req.into_body(), max)
         .collect()
         .await
@@ -78,7 +78,7 @@ async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
         })
 }
 
-async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Failure> {
+async fn json_body<T: DeserializeOwned>(req: Request<RequestBody>) -> Result<T, Failure> {
     let bytes = body(req, MAX_JSON).await?;
     serde_json::from_slice(&bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("body: {e}")))
 }
@@ -93,7 +93,7 @@ fn bundle_id(text: &str) -> Result<BundleId, Failure> {
         .map_err(|_| fail(StatusCode::BAD_REQUEST, "malformed bundle id"))
 }
 
-async fn route(coord: &Arc<Coordinator>, req: Request<Incoming>) -> Result<Reply, Failure> {
+async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Reply, Failure> {
     let path = req.uri().path().trim_start_matches("/api/").to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let parts: Vec<&str> = path.split('/').collect();

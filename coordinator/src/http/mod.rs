@@ -6,14 +6,13 @@ mod admin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use cartable_node::config::HttpsConfig;
+use cartable_node::https::RequestBody;
 use cartable_proto::BundleId;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::Coordinator;
@@ -23,21 +22,12 @@ use crate::lifecycle;
 /// The response type of every route.
 pub type Reply = Response<Full<Bytes>>;
 
-/// HTTPS limits of the coordinator: those of a node.
-pub fn https_config(listen: SocketAddr) -> HttpsConfig {
-    HttpsConfig {
-        listen,
-        public_url: None,
-        tls: None,
-        max_connections: 4096,
-        max_header_bytes: 16 * 1024,
-        handshake_timeout: Duration::from_secs(10),
-        header_read_timeout: Duration::from_secs(10),
-    }
-}
-
 /// Answers one request.
-pub async fn respond(coord: Arc<Coordinator>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+pub async fn respond(
+    coord: Arc<Coordinator>,
+    req: Request<RequestBody>,
+    peer: SocketAddr,
+) -> Reply {
     let path = req.uri().path().to_owned();
     if path.starts_with("/api/") {
         return admin::respond(coord, req).await;

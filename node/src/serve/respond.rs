@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -17,15 +18,18 @@ use super::error::{HttpError, text};
 use super::listing;
 use super::target::{self, Target};
 use super::upload;
+use crate::https::shed::Level;
 use crate::peer::through::{FetchThrough, Source};
-use crate::store::{BlobFiles, Store, verify::GROUP_BYTES};
+use crate::store::verify::{GROUP_BYTES, VerifyError, io_means_damage};
+use crate::store::{BlobFiles, Store};
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Verified pieces buffered between the disk reader and the connection.
 const PIECES_IN_FLIGHT: usize = 4;
-/// Fetch-through fetches and serves this much at a time (64 chunk groups).
-const THROUGH_SEGMENT: u64 = 1 << 20;
+/// Files are read (and fetch-through fetched) this much at a time: 64 chunk
+/// groups, four pieces.
+const SEGMENT: u64 = 1 << 20;
 
 /// Answers a request; never fails (failures are error responses).
 pub async fn respond<B>(ctx: Arc<ServeContext>, req: Request<B>) -> Response<Body>
@@ -169,9 +173,13 @@ async fn serve_file(
     if !head && !range.is_empty() {
         *response.body_mut() = match &ctx.through {
             Some(through) if store.blob_size(&entry.hash).is_none() => {
-                through_body(store, through, entry, range).await?
+                if ctx.pressure.level() > Level::Calm {
+                    // Held bundles first: fetch-through waits for a quieter moment.
+                    return Err(HttpError::Unavailable("busy, retry shortly"));
+                }
+                through_body(ctx, through, entry, range).await?
             }
-            _ => verified_body(store, entry, range).await?,
+            _ => verified_body(ctx, entry, range).await?,
         };
     }
     Ok(response)
@@ -180,37 +188,89 @@ async fn serve_file(
 /// Starts a verified read and waits for its first piece, so a file found corrupt
 /// at its start gets a 503 rather than a cut 200.
 async fn verified_body(
-    store: &Arc<Store>,
+    ctx: &ServeContext,
     entry: &ManifestEntry,
-    range: std::ops::Range<u64>,
+    range: Range<u64>,
 ) -> Result<Body, HttpError> {
+    let store = &ctx.store;
     let files = store.open_blob(&entry.hash, entry.size).map_err(|e| {
-        store.mark_damaged(&entry.hash, &format!("cannot open: {e}"));
-        HttpError::Unavailable("file missing on this node, repair pending")
+        if io_means_damage(&e) {
+            store.mark_damaged(&entry.hash, &format!("cannot open: {e}"));
+            return HttpError::Unavailable("file missing on this node, repair pending");
+        }
+        tracing::warn!(blob = %entry.hash, error = %e, "cannot open blob now");
+        HttpError::Unavailable("cannot read this file right now")
     })?;
     let len = range.end - range.start;
     if entry.size <= GROUP_BYTES {
         // One chunk group: cheaper to verify in place than to hand to a thread.
-        let mut bytes = bytes::Bytes::new();
-        read(store, &files, range, |b| {
-            bytes = b;
-            true
-        })
-        .map_err(|()| HttpError::Unavailable("file damaged on this node, repair pending"))?;
+        let mut bytes = Bytes::new();
+        files
+            .read_verified(range, |b| {
+                bytes = b;
+                true
+            })
+            .map_err(|e| failed(store, &files.hash, &e))?;
         return Ok(Body::full(bytes));
     }
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
-    let reader_store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let sent = read(&reader_store, &files, range, |b| {
-            tx.blocking_send(Ok(b)).is_ok()
-        });
-        if sent.is_err() {
-            let cut = std::io::Error::other("blob failed verification");
-            let _ = tx.blocking_send(Err(cut));
+    let (store, files, progress) = (store.clone(), Arc::new(files), ctx.progress_timeout);
+    tokio::spawn(async move {
+        for segment in segments(range) {
+            if let Err(stop) = send_segment(files.clone(), segment, &tx, progress).await {
+                if let Stopped::Failed(e) = stop {
+                    failed(&store, &files.hash, &e);
+                    let _ = tx.try_send(Err(std::io::Error::other("blob failed verification")));
+                }
+                return;
+            }
         }
     });
     first_piece(rx, len, "file damaged on this node, repair pending").await
+}
+
+/// Why a streamed response stopped early.
+#[derive(Debug)]
+enum Stopped {
+    /// The client went away.
+    Gone,
+    /// The client took no piece for the progress deadline.
+    Stalled,
+    /// Reading or verifying failed.
+    Failed(VerifyError),
+}
+
+/// Reads one segment verified on a blocking thread, then hands its pieces to the
+/// connection. The thread is held only while it reads: a client that does not
+/// read holds a task, at most a segment and the channel's pieces, and only
+/// until the progress deadline.
+async fn send_segment(
+    files: Arc<BlobFiles>,
+    segment: Range<u64>,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    progress: Duration,
+) -> Result<(), Stopped> {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut pieces = Vec::new();
+        files
+            .read_verified(segment, |b| {
+                pieces.push(b);
+                true
+            })
+            .map(|()| pieces)
+    });
+    let pieces = match read.await {
+        Ok(read) => read.map_err(Stopped::Failed)?,
+        Err(e) => return Err(Stopped::Failed(std::io::Error::other(e).into())),
+    };
+    for piece in pieces {
+        match tokio::time::timeout(progress, tx.send(Ok(piece))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Stopped::Gone),
+            Err(_) => return Err(Stopped::Stalled),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for a reader's first piece before the response head goes out, so a
@@ -233,14 +293,15 @@ async fn first_piece(
 /// Streams a range of a blob only peers hold: segment by segment, each fetched
 /// (verified) from a peer when missing, then read back verified.
 async fn through_body(
-    store: &Arc<Store>,
+    ctx: &ServeContext,
     through: &Arc<FetchThrough>,
     entry: &ManifestEntry,
     range: Range<u64>,
 ) -> Result<Body, HttpError> {
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let len = range.end - range.start;
-    let (store, through, hash, size) = (store.clone(), through.clone(), entry.hash, entry.size);
+    let (store, through, hash, size) = (ctx.store.clone(), through.clone(), entry.hash, entry.size);
+    let progress = ctx.progress_timeout;
     tokio::spawn(async move {
         for segment in segments(range) {
             let source = through.ensure(hash, size, segment.clone()).await;
@@ -250,18 +311,14 @@ async fn through_body(
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             let sent = match files {
-                Ok(files) => {
-                    let tx = tx.clone();
-                    let read =
-                        move || files.read_verified(segment, |b| tx.blocking_send(Ok(b)).is_ok());
-                    matches!(tokio::task::spawn_blocking(read).await, Ok(Ok(())))
-                }
-                Err(_) => false,
+                Ok(files) => send_segment(Arc::new(files), segment, &tx, progress).await,
+                Err(e) => Err(Stopped::Failed(e.into())),
             };
-            if !sent {
-                let _ = tx
-                    .send(Err(std::io::Error::other("fetch-through failed")))
-                    .await;
+            if let Err(stop) = sent {
+                if let Stopped::Failed(e) = stop {
+                    tracing::debug!(blob = %hash, error = %e, "fetch-through failed");
+                    let _ = tx.try_send(Err(std::io::Error::other("fetch-through failed")));
+                }
                 return;
             }
         }
@@ -269,30 +326,29 @@ async fn through_body(
     first_piece(rx, len, "not available from any peer right now").await
 }
 
-/// Cuts a range at [`THROUGH_SEGMENT`] boundaries: the unit fetched then served.
+/// Cuts a range at [`SEGMENT`] boundaries: the unit read (or fetched) then sent.
 fn segments(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
     let mut start = range.start;
     std::iter::from_fn(move || {
         if start >= range.end {
             return None;
         }
-        let end = ((start / THROUGH_SEGMENT + 1) * THROUGH_SEGMENT).min(range.end);
+        let end = ((start / SEGMENT + 1) * SEGMENT).min(range.end);
         let segment = start..end;
         start = end;
         Some(segment)
     })
 }
 
-/// A verified read that marks the blob damaged when it fails.
-fn read(
-    store: &Store,
-    files: &BlobFiles,
-    range: std::ops::Range<u64>,
-    emit: impl FnMut(bytes::Bytes) -> bool,
-) -> Result<(), ()> {
-    files.read_verified(range, emit).map_err(|e| {
-        store.mark_damaged(&files.hash, &e.to_string());
-    })
+/// A failed verified read: the blob is marked damaged when its bytes are wrong,
+/// not when the system is short of something.
+fn failed(store: &Store, hash: &cartable_proto::BlobHash, e: &VerifyError) -> HttpError {
+    if e.means_damage() {
+        store.mark_damaged(hash, &e.to_string());
+        return HttpError::Unavailable("file damaged on this node, repair pending");
+    }
+    tracing::warn!(blob = %hash, error = %e, "cannot read blob now");
+    HttpError::Unavailable("cannot read this file right now")
 }
 
 fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body> {
@@ -351,7 +407,7 @@ mod tests {
 
     #[test]
     fn segments_follow_megabyte_boundaries() {
-        let mib = THROUGH_SEGMENT;
+        let mib = SEGMENT;
         let cut: Vec<_> = segments(10..2 * mib + 5).collect();
         assert_eq!(cut, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
         assert_eq!(segments(5..5).count(), 0);

@@ -56,10 +56,8 @@ impl Fixture {
         ])?;
         let uploads = Uploads::new(store.clone(), node, coordinator.id());
         let ctx = Arc::new(ServeContext {
-            store: store.clone(),
-            through: None,
             uploads: Some(Arc::new(uploads)),
-            names: None,
+            ..ServeContext::new(store.clone())
         });
         Ok(Self {
             ctx,
@@ -192,14 +190,12 @@ async fn an_upload_resumes_after_a_restart_and_takes_one_blob_twice_at_once() ->
     // A restart forgets the pending manifest but keeps what was received.
     let restarted = Fixture {
         ctx: Arc::new(ServeContext {
-            store: f.store.clone(),
-            through: None,
             uploads: Some(Arc::new(Uploads::new(
                 f.store.clone(),
                 f.node,
                 f.coordinator.id(),
             ))),
-            names: None,
+            ..ServeContext::new(f.store.clone())
         }),
         ..f
     };
@@ -328,12 +324,7 @@ async fn a_manifest_must_match_the_bundle_id_and_decode() -> anyhow::Result<()> 
 #[tokio::test]
 async fn a_node_without_a_coordinator_takes_no_uploads() -> anyhow::Result<()> {
     let mut f = Fixture::new()?;
-    f.ctx = Arc::new(ServeContext {
-        store: f.store.clone(),
-        through: None,
-        uploads: None,
-        names: None,
-    });
+    f.ctx = Arc::new(ServeContext::new(f.store.clone()));
     assert_eq!(f.post(&f.grant()?).await.status(), StatusCode::NOT_FOUND);
     assert!(f.store.bundles()?.is_empty());
     Ok(())

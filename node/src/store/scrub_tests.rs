@@ -243,12 +243,7 @@ fn a_damaged_cached_blob_is_dropped_from_the_cache() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_removed_blob_answers_503_and_nothing_panics() -> anyhow::Result<()> {
     let f = Fixture::new()?;
-    let ctx = Arc::new(crate::serve::ServeContext {
-        store: f.store.clone(),
-        through: None,
-        uploads: None,
-        names: None,
-    });
+    let ctx = Arc::new(crate::serve::ServeContext::new(f.store.clone()));
     let get = |path: &str| {
         let uri = format!("/b/{}/{path}", f.a);
         crate::serve::respond(

@@ -57,6 +57,27 @@ pub enum VerifyError {
     Io(#[from] io::Error),
 }
 
+impl VerifyError {
+    /// Whether the blob on disk is wrong (corrupt, truncated, missing), rather
+    /// than the system short of something for now (descriptors, memory): only
+    /// the first marks a blob damaged.
+    pub fn means_damage(&self) -> bool {
+        match self {
+            Self::Corrupt { .. } | Self::WrongLength { .. } => true,
+            Self::Io(e) => io_means_damage(e),
+        }
+    }
+}
+
+/// Whether an error opening or reading a blob's files says the blob is gone or
+/// cut short, rather than that the system is short of something for now.
+pub fn io_means_damage(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+    )
+}
+
 /// The open files of one stored blob.
 #[derive(Debug)]
 pub struct BlobFiles {
@@ -104,7 +125,11 @@ impl BlobFiles {
                 io::ErrorKind::NotFound,
                 "outboard missing",
             ))),
-            Some(file) if self.tree().outboard_size() <= OUTBOARD_IN_MEMORY => {
+            // Read whole only when that costs little next to the range itself.
+            Some(file)
+                if self.tree().outboard_size() <= OUTBOARD_IN_MEMORY
+                    && self.tree().outboard_size() <= (range.end - range.start) / 16 =>
+            {
                 // A partial outboard may be shorter: pairs not written yet stay
                 // zero, which never verifies.
                 let full = self.tree().outboard_size();

@@ -1,0 +1,334 @@
+//! The HTTPS server shell both daemons run: hyper 1 over rustls, with admission
+//! before work, a deadline on every phase of a connection, and shedding.
+//!
+//! For each accepted TCP connection, in order:
+//! 1. [`admission`]: the client's network must have a connection place and rate
+//!    left, else the socket is closed before any TLS work.
+//! 2. The TLS handshake within `handshake_timeout`.
+//! 3. HTTP/2 or HTTP/1.1 by the negotiated ALPN, never by guessing from the first
+//!    bytes (a guess waits for bytes with no deadline).
+//! 4. [`watch`]: the first request within `first_bytes_timeout`, then idle,
+//!    header and progress deadlines until the connection ends.
+//! 5. Per request: the network's rate (429 past it), then [`shed`]ding past
+//!    `max_pending` waiting requests (503 with `Retry-After`), then the handler.
+//!
+//! Limits come from the `[connections]` table ([`limits`]).
+
+pub mod admission;
+pub mod limits;
+pub mod shed;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch as signal;
+use tokio_rustls::TlsAcceptor;
+
+use admission::{Admission, Refusal, Ticket};
+use limits::ConnectionLimits;
+use shed::{Pressure, shed_response};
+use watch::{Activity, Ended, Watched};
+
+/// How long open connections get to finish when the server stops.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 data buffered per stream ahead of the client's window: one verified piece.
+const H2_SEND_BUFFER: usize = 256 * 1024;
+/// Refused connections are logged as a count at most this often: a flood must
+/// not become a flood of log lines.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The request body handlers get: the client's upload, watched for progress.
+pub type RequestBody = Watched<Incoming>;
+/// The response body the shell sends: the handler's, or its own refusal.
+pub type ResponseBody<B> = Watched<Either<B, Full<Bytes>>>;
+
+/// A bound, not yet running, HTTPS server.
+pub struct HttpsServer {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    limits: ConnectionLimits,
+    admission: Arc<Admission>,
+    pressure: Arc<Pressure>,
+}
+
+impl std::fmt::Debug for HttpsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsServer")
+            .field("listener", &self.listener)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many browser connections a server has open: the load a node reports.
+#[derive(Debug, Clone)]
+pub struct OpenConnections(Arc<Admission>);
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.0.open()
+    }
+}
+
+/// What every connection task shares.
+struct Shared<H> {
+    tls: TlsAcceptor,
+    limits: ConnectionLimits,
+    admission: Arc<Admission>,
+    pressure: Arc<Pressure>,
+    handler: H,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl HttpsServer {
+    /// Binds the listening socket.
+    pub async fn bind(
+        listen: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        Ok(Self {
+            listener,
+            tls: TlsAcceptor::from(tls),
+            admission: Admission::new(limits.clone()),
+            pressure: Pressure::new(limits.max_pending),
+            limits,
+        })
+    }
+
+    /// A gauge of the connections this server will have open.
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections(self.admission.clone())
+    }
+
+    /// How pressed the server is: what background work and lower priorities follow.
+    pub fn pressure(&self) -> Arc<Pressure> {
+        self.pressure.clone()
+    }
+
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves requests with `handler` (given each request and the client's address)
+    /// until `shutdown` completes, then lets open connections finish for a while.
+    pub async fn serve<H, F, B>(self, handler: H, shutdown: impl Future<Output = ()>)
+    where
+        H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let shared = Arc::new(Shared {
+            h1: h1_builder(&self.limits),
+            h2: h2_builder(&self.limits),
+            tls: self.tls,
+            limits: self.limits,
+            admission: self.admission,
+            pressure: self.pressure,
+            handler,
+        });
+        let (stop, stopping) = signal::channel(false);
+        let refusals = Refusals::default();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors, usually: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            match shared.admission.admit(peer.ip(), Instant::now()) {
+                Ok(ticket) => {
+                    let (shared, stopping) = (shared.clone(), stopping.clone());
+                    tokio::spawn(connection(shared, tcp, peer, ticket, stopping));
+                }
+                Err(why) => refusals.note(why),
+            }
+        }
+        let open = shared.admission.open();
+        tracing::info!(open, "stopping: letting open connections finish");
+        let _ = stop.send(true);
+        drop(stopping);
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), stop.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain timeout");
+        }
+    }
+}
+
+/// One connection, from the TLS handshake to its end; its place is given back
+/// when the ticket drops.
+async fn connection<H, F, B>(
+    shared: Arc<Shared<H>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _ticket: Ticket,
+    mut stopping: signal::Receiver<bool>,
+) where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = tcp.set_nodelay(true);
+    let deadlines = shared.limits.deadlines;
+    let stream = match tokio::time::timeout(deadlines.handshake, shared.tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let activity = Activity::new();
+    let service_activity = activity.clone();
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let answer = answer(&service_shared, &service_activity, req, peer);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let stop = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let io = TokioIo::new(stream);
+    let ended = if is_h2 {
+        let conn = shared.h2.serve_connection(io, service);
+        watch::drive(conn, &activity, &deadlines, stop).await
+    } else {
+        let conn = shared.h1.serve_connection(io, service);
+        watch::drive(conn, &activity, &deadlines, stop).await
+    };
+    if matches!(ended, Ended::Stalled | Ended::Idle) {
+        tracing::debug!(%peer, ?ended, "connection closed by its deadline");
+    }
+}
+
+/// Admits one request and runs the handler, or answers a refusal at once.
+fn answer<H, F, B>(
+    shared: &Shared<H>,
+    activity: &Arc<Activity>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> impl Future<Output = Response<ResponseBody<B>>> + use<H, F, B>
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+    F: Future<Output = Response<B>>,
+{
+    let in_flight = activity.start();
+    let too_fast = match shared.admission.request(peer.ip(), Instant::now()) {
+        Err(Refusal::TooFast(wait)) => Some(wait),
+        _ => None,
+    };
+    let pending = too_fast
+        .is_none()
+        .then(|| shared.pressure.enter())
+        .flatten();
+    let work = match pending {
+        Some(pending) => {
+            let req = req.map(|body| Watched::request(body, activity.clone()));
+            Ok(((shared.handler)(req, peer), pending))
+        }
+        None => {
+            let (status, why, wait) = match too_fast {
+                Some(wait) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests from your network",
+                    wait,
+                ),
+                None => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests at once",
+                    shared.limits.retry_after,
+                ),
+            };
+            Err(shed_response(status, why, wait, req.headers()))
+        }
+    };
+    async move {
+        match work {
+            Ok((answer, pending)) => {
+                let response = answer.await;
+                drop(pending);
+                response.map(|body| Watched::response(Either::Left(body), in_flight))
+            }
+            Err(refusal) => refusal.map(|body| Watched::response(Either::Right(body), in_flight)),
+        }
+    }
+}
+
+fn h1_builder(limits: &ConnectionLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.deadlines.header_read)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+}
+
+fn h2_builder(limits: &ConnectionLimits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        // Pings find peers that vanished without closing the connection; they
+        // do not keep an idle one open (the watchdog counts requests, not pings).
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(limits.max_header_bytes as u32);
+    builder
+}
+
+/// Refused connections, counted and logged now and then.
+#[derive(Debug, Default)]
+struct Refusals {
+    counts: [AtomicU64; 3],
+    logged: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn note(&self, why: Refusal) {
+        let i = match why {
+            Refusal::Full => 0,
+            Refusal::NetworkFull => 1,
+            Refusal::TooFast(_) => 2,
+        };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        let [full, network, rate] = self.counts.each_ref().map(|c| c.swap(0, Ordering::Relaxed));
+        tracing::warn!(
+            full,
+            network_full = network,
+            too_fast = rate,
+            "connections refused since the last report"
+        );
+    }
+}

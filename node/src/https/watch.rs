@@ -1,0 +1,257 @@
+//! The deadlines of an established connection, which hyper does not give in full:
+//! the first request's first bytes, idleness between requests (HTTP/2 pings do
+//! not count as use), and the progress of every response and upload body.
+//!
+//! Each connection has an [`Activity`]: requests in flight, when the last one
+//! ended, and when a body last moved a byte. Request and response bodies are
+//! [`Watched`]; a watchdog beside the connection compares the activity with the
+//! deadlines. An idle connection is shut down gracefully (HTTP/2 GOAWAY, or a
+//! close between HTTP/1.1 requests) and dropped if it lingers; a connection whose
+//! bodies stopped moving is dropped at once, which frees what they held.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::Notify;
+
+use super::limits::Deadlines;
+
+/// How long a connection told to shut down may take before it is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The use of one connection.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    any_request: AtomicBool,
+    /// Milliseconds since `opened` when the connection last had a byte moved by a
+    /// body, a request start, or the end of the last request in flight.
+    touched_ms: AtomicU64,
+    /// Told when the last request in flight ends: the deadline may then be
+    /// shorter than the one the watchdog sleeps for.
+    settled: Notify,
+}
+
+impl Activity {
+    /// A connection opened now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            any_request: AtomicBool::new(false),
+            touched_ms: AtomicU64::new(0),
+            settled: Notify::new(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.touched_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// A request started: it is in flight until the returned guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.any_request.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// When the connection passes its deadline if nothing happens before.
+    fn deadline(&self, d: &Deadlines) -> Instant {
+        let touched = self.opened + Duration::from_millis(self.touched_ms.load(Ordering::Relaxed));
+        let allowed = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            d.progress
+        } else if self.any_request.load(Ordering::Relaxed) {
+            d.idle
+        } else {
+            d.first_bytes
+        };
+        touched + allowed
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The idle clock starts when the last request ends.
+        self.0.touch();
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.settled.notify_one();
+        }
+    }
+}
+
+/// A body whose every frame counts as progress on its connection; a response
+/// body also carries its request's [`InFlight`].
+#[derive(Debug)]
+pub struct Watched<B> {
+    inner: B,
+    activity: Arc<Activity>,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B> Watched<B> {
+    /// A request body.
+    pub fn request(inner: B, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            activity,
+            _in_flight: None,
+        }
+    }
+
+    /// A response body: the request is in flight until it is dropped.
+    pub fn response(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            activity: in_flight.0.clone(),
+            _in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a connection was ended by its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It finished by itself (or with an error of its own).
+    ByItself,
+    /// No request came in time: shut down gracefully.
+    Idle,
+    /// A body stopped moving: dropped.
+    Stalled,
+    /// The server is stopping.
+    Stopping,
+}
+
+/// Drives `conn` to its end under the deadlines, or until `stop` completes.
+pub async fn drive<C, E>(
+    conn: C,
+    activity: &Activity,
+    deadlines: &Deadlines,
+    stop: impl Future<Output = ()>,
+) -> Ended
+where
+    C: GracefulConnection<Error = E>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn, stop);
+    let ended = loop {
+        let deadline = activity.deadline(deadlines);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return Ended::ByItself;
+            }
+            () = &mut stop => break Ended::Stopping,
+            () = activity.settled.notified() => continue,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if Instant::now() < activity.deadline(deadlines) {
+                    continue;
+                }
+                if activity.is_busy() {
+                    // A stalled body never completes a graceful shutdown.
+                    return Ended::Stalled;
+                }
+                break Ended::Idle;
+            }
+        }
+    };
+    conn.as_mut().graceful_shutdown();
+    let grace = if ended == Ended::Stopping {
+        super::DRAIN_TIMEOUT
+    } else {
+        SHUTDOWN_GRACE
+    };
+    let _ = tokio::time::timeout(grace, conn).await;
+    ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadlines() -> Deadlines {
+        let s = Duration::from_secs;
+        Deadlines {
+            handshake: s(1),
+            first_bytes: s(2),
+            header_read: s(3),
+            idle: s(4),
+            progress: s(5),
+        }
+    }
+
+    #[test]
+    fn each_phase_has_its_deadline() {
+        let a = Activity::new();
+        let d = deadlines();
+        let since_open = |a: &Activity| a.deadline(&d) - a.opened;
+        assert_eq!(since_open(&a), Duration::from_secs(2), "first bytes");
+        let request = a.start();
+        assert!(since_open(&a) >= Duration::from_secs(5), "progress");
+        drop(request);
+        let idle = since_open(&a);
+        assert!(
+            idle >= Duration::from_secs(4) && idle < Duration::from_secs(5),
+            "{idle:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn body_frames_are_progress_and_the_request_ends_with_its_body() {
+        let a = Activity::new();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let body = http_body_util::Full::new(Bytes::from_static(b"x"));
+        let mut watched = Watched::response(body, a.start());
+        assert!(a.is_busy());
+        let before = a.touched_ms.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut watched).poll_frame(cx)).await;
+        assert!(frame.is_some());
+        assert!(a.touched_ms.load(Ordering::Relaxed) > before);
+        drop(watched);
+        assert!(!a.is_busy());
+    }
+}
