@@ -15,7 +15,7 @@ use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{HttpsServer, ServeContext, Uploads};
+use crate::serve::{DEFAULT_DISK_MARGIN, HttpsServer, ServeContext, UploadLimits, Uploads};
 use crate::store::{Store, scrub_forever};
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
@@ -61,6 +61,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             store.clone(),
             info.id,
             m.parsed_token()?.coordinator,
+            UploadLimits {
+                capacity: m.capacity,
+                disk_margin: DEFAULT_DISK_MARGIN,
+            },
         ))),
         None => None,
     };

@@ -10,6 +10,7 @@ mod body;
 mod conditional;
 mod error;
 mod listing;
+mod reserve;
 mod respond;
 mod target;
 mod upload;
@@ -31,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 pub use respond::respond;
-pub use upload::Uploads;
+pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 
 use crate::config::HttpsConfig;
 use crate::peer::through::FetchThrough;

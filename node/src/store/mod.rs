@@ -31,6 +31,7 @@ use std::time::UNIX_EPOCH;
 
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, ManifestError};
 
+pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
