@@ -290,19 +290,10 @@ fn validate_sorted(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// One size per hash, each file under [`MAX_FILE_BYTES`], the checked total
-/// under [`MAX_BUNDLE_BYTES`].
+/// One size per hash, and the size caps.
 fn check_sizes(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
     let mut sizes: HashMap<BlobHash, u64> = HashMap::with_capacity(entries.len());
-    let mut total = 0u64;
     for e in entries {
-        if e.size > MAX_FILE_BYTES {
-            return Err(ManifestError::FileTooLarge {
-                path: e.path.clone(),
-                size: e.size,
-                max: MAX_FILE_BYTES,
-            });
-        }
         let first = *sizes.entry(e.hash).or_insert(e.size);
         if first != e.size {
             return Err(ManifestError::ConflictingSizes {
@@ -312,9 +303,29 @@ fn check_sizes(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
                 path: e.path.clone(),
             });
         }
+    }
+    check_size_caps(entries.iter().map(|e| (&e.path, e.size)))?;
+    Ok(())
+}
+
+/// Checks files' sizes against [`MAX_FILE_BYTES`] each and [`MAX_BUNDLE_BYTES`]
+/// in all, with checked arithmetic, and returns the total. The manifest
+/// rules call it; so can a publisher before reading a byte of a folder.
+pub fn check_size_caps<'a>(
+    files: impl IntoIterator<Item = (&'a BundlePath, u64)>,
+) -> Result<u64, ManifestError> {
+    let mut total = 0u64;
+    for (path, size) in files {
+        if size > MAX_FILE_BYTES {
+            return Err(ManifestError::FileTooLarge {
+                path: path.clone(),
+                size,
+                max: MAX_FILE_BYTES,
+            });
+        }
         // Each size is at most MAX_FILE_BYTES and the total so far at most
         // MAX_BUNDLE_BYTES, so this cannot overflow; checked all the same.
-        total = match total.checked_add(e.size) {
+        total = match total.checked_add(size) {
             Some(t) if t <= MAX_BUNDLE_BYTES => t,
             sum => {
                 return Err(ManifestError::BundleTooLarge {
@@ -324,7 +335,7 @@ fn check_sizes(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
             }
         };
     }
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -438,7 +449,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                DecodeError::Manifest(ManifestError::FileTooLarge { .. })
+                DecodeError::Manifest(ManifestError::ConflictingSizes { first: 1, .. })
             ),
             "{err:?}"
         );
