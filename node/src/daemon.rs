@@ -15,7 +15,7 @@ use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{DEFAULT_DISK_MARGIN, HttpsServer, ServeContext, UploadLimits, Uploads};
+use crate::serve::{HttpsServer, ServeContext, UploadLimits, Uploads};
 use crate::store::{Store, scrub_forever};
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
@@ -63,7 +63,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             m.parsed_token()?.coordinator,
             UploadLimits {
                 capacity: m.capacity,
-                disk_margin: DEFAULT_DISK_MARGIN,
+                disk_margin: config.uploads_keep_free,
             },
         ))),
         None => None,
