@@ -118,6 +118,15 @@ impl Fixture {
             .await
     }
 
+    /// Posts another bundle's manifest with a grant for it.
+    async fn post_manifest(&self, m: &Manifest) -> anyhow::Result<Response<Body>> {
+        let grant = self.grant_for(m.id(), self.node, u64::MAX)?;
+        let path = format!("/upload/{}", m.id());
+        Ok(self
+            .send(Method::POST, &path, Some(&grant), &m.encode())
+            .await)
+    }
+
     async fn put(&self, grant: &str, blob: &BlobHash, body: &[u8]) -> Response<Body> {
         let path = format!("/upload/{}/{blob}", self.id);
         self.send(Method::PUT, &path, Some(grant), body).await
@@ -412,11 +421,7 @@ async fn two_uploads_cannot_together_overrun_the_capacity() -> anyhow::Result<()
     let grant = f.grant()?;
     missing(f.post(&grant).await).await?;
     let other = Manifest::new(vec![entry("other.bin", &f.big[..BIG / 2])?])?;
-    let other_grant = f.grant_for(other.id(), f.node, u64::MAX)?;
-    let path = format!("/upload/{}", other.id());
-    let second = f
-        .send(Method::POST, &path, Some(&other_grant), &other.encode())
-        .await;
+    let second = f.post_manifest(&other).await?;
     assert_eq!(second.status(), StatusCode::INSUFFICIENT_STORAGE);
     // The first upload goes on and completes within its reservation.
     let (big, small) = (BlobHash::of(&f.big), BlobHash::of(SMALL));
@@ -424,9 +429,7 @@ async fn two_uploads_cannot_together_overrun_the_capacity() -> anyhow::Result<()
     assert!(missing(f.put(&grant, &big, &f.big).await).await?.is_empty());
     assert_eq!(f.store.bundles()?.len(), 1);
     // Held now, it counts as used: the second still does not fit.
-    let again = f
-        .send(Method::POST, &path, Some(&other_grant), &other.encode())
-        .await;
+    let again = f.post_manifest(&other).await?;
     assert_eq!(again.status(), StatusCode::INSUFFICIENT_STORAGE);
     Ok(())
 }
@@ -474,5 +477,23 @@ async fn a_manifest_with_one_blob_at_two_sizes_is_refused() -> anyhow::Result<()
         assert_eq!(put.status(), StatusCode::NOT_FOUND, "nothing pending");
     }
     assert_eq!(f.files_kept()?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn of_two_uploads_posted_at_once_only_the_one_that_fits_starts() -> anyhow::Result<()> {
+    // Room for one of two bundles of 60% of the capacity each, never both.
+    let f = Fixture::with_limits(UploadLimits {
+        capacity: 100_000,
+        disk_margin: 0,
+    })?;
+    let bundles = [
+        Manifest::new(vec![entry("a.bin", &f.big[..60_000])?])?,
+        Manifest::new(vec![entry("b.bin", &f.big[60_000..120_000])?])?,
+    ];
+    let (a, b) = tokio::join!(f.post_manifest(&bundles[0]), f.post_manifest(&bundles[1]));
+    let mut statuses = [a?.status(), b?.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::INSUFFICIENT_STORAGE]);
     Ok(())
 }
