@@ -278,14 +278,19 @@ impl Uploads {
         }
         let received = receive(&self.store, body, &blob, size).await?;
         blocking(move || {
-            self.store
+            let new = self
+                .store
                 .import_received(&received.0, &blob, size)
                 .map_err(|e| {
                     tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
                     HttpError::Internal
                 })?;
             drop(received);
-            self.pending().written(&bundle, disk_bytes(size));
+            // Only bytes new on disk leave the claim: a blob sent again must
+            // not wear down the room reserved for the blobs still to come.
+            if new {
+                self.pending().written(&bundle, disk_bytes(size));
+            }
             self.settle(bundle, &manifest)
         })
         .await

@@ -72,14 +72,14 @@ impl Store {
     /// the outboard then the data into place and syncs the folder. A crash
     /// leaves nothing under `hash` or a complete blob. A copy marked damaged is
     /// replaced; a sound copy already stored is kept and `temp` left to the
-    /// caller. Fails with `InvalidData`, keeping nothing, if the file is not
-    /// `size` bytes hashing to `hash`.
+    /// caller. Returns whether the blob is new here. Fails with `InvalidData`,
+    /// keeping nothing, if the file is not `size` bytes hashing to `hash`.
     pub fn import_received(
         &self,
         temp: &Path,
         hash: &BlobHash,
         size: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.remove_if_damaged(hash)?;
         let temp_outboard = self.layout.temp_path("obao");
         let result = outboard_of(temp, size, &temp_outboard)
@@ -94,12 +94,16 @@ impl Store {
                 }
             })
             .and_then(|()| place(&self.layout, *hash, size, temp, &temp_outboard))
-            .and_then(|_| layout::sync_dir(&self.layout.blobs_dir()));
+            .and_then(|placed| {
+                layout::sync_dir(&self.layout.blobs_dir())?;
+                Ok(placed.new)
+            });
         let _ = layout::remove_if_present(&temp_outboard);
-        result.map_err(io_at(temp))?;
+        let new = result.map_err(io_at(temp))?;
         self.index
             .clear_damaged(hash)
-            .map_err(|e| self.index_err(e))
+            .map_err(|e| self.index_err(e))?;
+        Ok(new)
     }
 
     /// Removes the files of a blob marked damaged: `place` keeps a stored file
@@ -286,7 +290,7 @@ mod tests {
             let (hash, size) = (BlobHash::of(&data), len as u64);
             let temp = received(&store, &data)?;
             let inode = fs::metadata(&temp)?.ino();
-            store.import_received(&temp, &hash, size)?;
+            assert!(store.import_received(&temp, &hash, size)?, "new");
             assert!(!temp.exists(), "renamed away");
             let stored = fs::metadata(store.layout().blob(&hash))?;
             assert_eq!(stored.ino(), inode, "the very file written, not a copy");
@@ -334,13 +338,16 @@ mod tests {
         store.import_received(&received(&store, &data)?, &hash, size)?;
         let first = fs::metadata(store.layout().blob(&hash))?.ino();
         let again = received(&store, &data)?;
-        store.import_received(&again, &hash, size)?;
+        assert!(!store.import_received(&again, &hash, size)?, "not new");
         assert!(again.exists(), "a duplicate is left to the caller");
         assert_eq!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
 
         store.mark_damaged(&hash, "test");
         let repair = received(&store, &data)?;
-        store.import_received(&repair, &hash, size)?;
+        assert!(
+            store.import_received(&repair, &hash, size)?,
+            "written afresh"
+        );
         assert!(!store.is_damaged(&hash));
         assert_ne!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
         assert_eq!(read_verified(&store, &hash, size)?, data);
