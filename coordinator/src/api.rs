@@ -14,7 +14,7 @@
 //! | `DELETE /api/nodes/{id}[?force=true]` | | [`NodeView`]; 409 while it holds complete copies (drain first), unless down past the repair delay or forced |
 //! | `GET /api/bundles` | | `[BundleView]` |
 //! | `GET /api/bundles/{id}` | | [`BundleView`] with `replicas` filled |
-//! | `POST /api/bundles?replicas=N&name=NAME` | manifest bytes (`application/octet-stream`) | [`Published`]; the name moves once a copy is verified |
+//! | `POST /api/bundles?replicas=N&name=NAME` | manifest bytes (`application/octet-stream`) | [`Published`]; the name moves once a copy is verified; 400 for a manifest breaking its rules (one size per blob, size caps), 503 when no node is up, 507 when no node that is up has room |
 //! | `DELETE /api/bundles/{id}` | | [`BundleView`] |
 //! | `PUT /api/bundles/{id}/replicas` | [`SetReplicas`] | [`BundleView`] |
 //! | `GET /api/names` | | `[NameView]` |
@@ -36,7 +36,9 @@
 //! routes, both with `Authorization: Bearer <grant>`:
 //!
 //! - `POST /upload/{bundle}` with the manifest bytes → [`UploadState`]: the blobs the
-//!   node still lacks.
+//!   node still lacks. The node reserves room for them first: 507 (nothing kept)
+//!   when the bundle exceeds its declared capacity left or its free disk space,
+//!   uploads in progress counted; 503 when too many uploads are in progress.
 //! - `PUT /upload/{bundle}/{blob}` with the blob's bytes → [`UploadState`]. The node
 //!   hashes what it receives and keeps it only when it matches `{blob}`; the bundle
 //!   becomes held (and is reported to the coordinator) once nothing is missing.

@@ -34,6 +34,11 @@
 //! mib_per_s = 16
 //! # Seconds between two passes. Default: 3600.
 //! interval_secs = 3600
+//!
+//! [uploads]
+//! # Disk space uploads leave free on the data folder's filesystem, in MiB: an
+//! # upload that would eat into it is refused (507) before it starts. Default: 256.
+//! keep_free_mib = 256
 //! ```
 //!
 //! When the node is a member of a coordinator, `https.public_url` (default:
@@ -50,6 +55,7 @@ use serde::Deserialize;
 
 use crate::https::limits::{ConnectionLimits, FileConnections};
 use crate::peer::PeerAddr;
+use crate::serve::DEFAULT_DISK_MARGIN;
 use crate::store::ScrubSettings;
 use crate::tls::TlsFiles;
 
@@ -69,6 +75,14 @@ struct FileConfig {
     scrub: FileScrub,
     #[serde(default)]
     connections: FileConnections,
+    #[serde(default)]
+    uploads: FileUploads,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUploads {
+    keep_free_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +142,8 @@ pub struct NodeConfig {
     pub scrub: ScrubSettings,
     /// Caps and deadlines of browser connections.
     pub connections: ConnectionLimits,
+    /// Bytes of the data folder's filesystem that uploads leave free.
+    pub uploads_keep_free: u64,
 }
 
 /// The checked QUIC settings.
@@ -184,6 +200,13 @@ impl NodeConfig {
                 .interval_secs
                 .map_or(defaults.interval, Duration::from_secs),
         };
+        let keep_free_mib = file
+            .uploads
+            .keep_free_mib
+            .unwrap_or(DEFAULT_DISK_MARGIN >> 20);
+        let uploads_keep_free = keep_free_mib
+            .checked_mul(1 << 20)
+            .context("uploads.keep_free_mib is too large")?;
         Ok(Self {
             data_dir: o
                 .data_dir
@@ -209,6 +232,7 @@ impl NodeConfig {
             },
             scrub,
             connections: file.connections.check()?,
+            uploads_keep_free,
         })
     }
 
@@ -258,6 +282,11 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./cartable-data"));
         assert_eq!(c.https.listen.to_string(), "127.0.0.1:8443");
         assert!(c.https.tls.is_none());
+        assert_eq!(c.uploads_keep_free, 256 << 20);
+        assert_eq!(
+            parse("[uploads]\nkeep_free_mib = 1")?.uploads_keep_free,
+            1 << 20
+        );
         Ok(())
     }
 
@@ -291,5 +320,7 @@ mod tests {
         assert!(parse("[https]\nlisten = \"nowhere\"").is_err());
         let peer = parse("[quic]\npeers = [\"abc@127.0.0.1:1\"]").unwrap_err();
         assert!(peer.to_string().contains("node id"), "{peer}");
+        let huge = parse("[uploads]\nkeep_free_mib = 18446744073709551615").unwrap_err();
+        assert!(huge.to_string().contains("keep_free_mib"), "{huge}");
     }
 }

@@ -16,7 +16,7 @@ use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{ServeContext, Uploads};
+use crate::serve::{ServeContext, UploadLimits, Uploads};
 use crate::store::{Store, scrub_forever};
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
@@ -66,6 +66,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             store.clone(),
             info.id,
             m.parsed_token()?.coordinator,
+            UploadLimits {
+                capacity: m.capacity,
+                disk_margin: config.uploads_keep_free,
+            },
         ))),
         None => None,
     };

@@ -38,6 +38,11 @@ pub enum DecodeError {
     /// The fields decoded but break a rule of the format.
     #[error("{0}")]
     Invalid(String),
+    /// A manifest whose entries decoded but break a manifest rule: one hash
+    /// with two sizes, a file or a bundle over its size cap, a file that is
+    /// also a folder.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
 }
 
 /// A cursor over untrusted bytes.

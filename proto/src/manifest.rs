@@ -22,8 +22,17 @@
 //! Canonical form: entries strictly increasing by path bytes (so no duplicates),
 //! no path that is also a folder of another path, nothing after the last entry.
 //! The decoder refuses anything else, so one manifest has exactly one encoding.
+//!
+//! Sizes: a manifest comes from strangers (publishers, peers), and nodes size
+//! files, records and reservations from it. So one blob hash has exactly one size
+//! within a manifest (two sizes for one content are a lie, and would make a node
+//! fetch or verify the same blob under two lengths), no file is over
+//! [`MAX_FILE_BYTES`] and the sum of the sizes, computed with checked arithmetic,
+//! is at most [`MAX_BUNDLE_BYTES`]. [`Manifest::decode`] and [`Manifest::new`]
+//! both refuse a manifest that breaks these rules ([`ManifestError`]), so every
+//! [`Manifest`] in memory obeys them and [`Manifest::total_size`] cannot wrap.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::content_type;
 use crate::decode::{DecodeError, Reader, check_limit};
@@ -35,6 +44,15 @@ const MAGIC: &[u8; 4] = b"CRTM";
 pub const VERSION: u8 = 1;
 /// Most files in one bundle.
 pub const MAX_ENTRIES: usize = 262_144;
+/// Largest file in a bundle: 64 GiB, far above hours of HD video, the largest
+/// file a lesson has. Nodes size what they keep per blob from it (the record of
+/// verified 16 KiB groups is `size / 16 KiB` bytes, 4 MiB at this cap), so a
+/// manifest must not be able to claim an exabyte.
+pub const MAX_FILE_BYTES: u64 = 64 << 30;
+/// Largest bundle, the sum of its files' sizes: 256 GiB, a whole course of video.
+/// It bounds what one publish can ask of a node's capacity and disk, and keeps
+/// every total far from `u64` overflow.
+pub const MAX_BUNDLE_BYTES: u64 = 256 << 30;
 /// Smallest encoded entry: 1-byte path and 1-byte type.
 const MIN_ENTRY_BYTES: usize = 2 + 1 + 32 + 8 + 1 + 1;
 
@@ -71,6 +89,36 @@ pub enum ManifestError {
     /// A content type that cannot be sent as a header.
     #[error("invalid content type for {0}")]
     BadContentType(BundlePath),
+    /// One blob hash listed with two sizes: one content has one length.
+    #[error("blob {hash} is listed with two sizes, {first} and {second} bytes ({path})")]
+    ConflictingSizes {
+        /// The blob.
+        hash: BlobHash,
+        /// The size of its first entry.
+        first: u64,
+        /// The other size, at `path`.
+        second: u64,
+        /// The entry with the other size.
+        path: BundlePath,
+    },
+    /// A file over [`MAX_FILE_BYTES`].
+    #[error("{path} is {size} bytes, more than the limit {max} per file")]
+    FileTooLarge {
+        /// The file.
+        path: BundlePath,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Files adding up to more than [`MAX_BUNDLE_BYTES`].
+    #[error("the files add up to at least {total} bytes, more than the limit {max} per bundle")]
+    BundleTooLarge {
+        /// The sum when it passed the limit (`u64::MAX` if it overflowed).
+        total: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// A bundle's list of files, sorted by path. Build one with [`Manifest::new`] or
@@ -124,9 +172,13 @@ impl Manifest {
         self.files_under(path).next().is_some()
     }
 
-    /// Sum of the files' sizes.
+    /// Sum of the files' sizes, at most [`MAX_BUNDLE_BYTES`] (checked when built).
     pub fn total_size(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        // Saturating only so that no arithmetic here can panic or wrap; the
+        // checks at construction keep the sum under the cap.
+        self.entries
+            .iter()
+            .fold(0u64, |total, e| total.saturating_add(e.size))
     }
 
     /// The canonical encoding.
@@ -187,7 +239,7 @@ impl Manifest {
                 pair[1].path
             )));
         }
-        validate_sorted(&entries).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        validate_sorted(&entries)?;
         Ok(Self { entries })
     }
 }
@@ -224,6 +276,7 @@ fn validate_sorted(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
     {
         return Err(ManifestError::BadContentType(e.path.clone()));
     }
+    check_sizes(entries)?;
     let files: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     for e in entries {
         let path = e.path.as_str();
@@ -235,6 +288,54 @@ fn validate_sorted(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+/// One size per hash, and the size caps.
+fn check_sizes(entries: &[ManifestEntry]) -> Result<(), ManifestError> {
+    let mut sizes: HashMap<BlobHash, u64> = HashMap::with_capacity(entries.len());
+    for e in entries {
+        let first = *sizes.entry(e.hash).or_insert(e.size);
+        if first != e.size {
+            return Err(ManifestError::ConflictingSizes {
+                hash: e.hash,
+                first,
+                second: e.size,
+                path: e.path.clone(),
+            });
+        }
+    }
+    check_size_caps(entries.iter().map(|e| (&e.path, e.size)))?;
+    Ok(())
+}
+
+/// Checks files' sizes against [`MAX_FILE_BYTES`] each and [`MAX_BUNDLE_BYTES`]
+/// in all, with checked arithmetic, and returns the total. The manifest
+/// rules call it; so can a publisher before reading a byte of a folder.
+pub fn check_size_caps<'a>(
+    files: impl IntoIterator<Item = (&'a BundlePath, u64)>,
+) -> Result<u64, ManifestError> {
+    let mut total = 0u64;
+    for (path, size) in files {
+        if size > MAX_FILE_BYTES {
+            return Err(ManifestError::FileTooLarge {
+                path: path.clone(),
+                size,
+                max: MAX_FILE_BYTES,
+            });
+        }
+        // Each size is at most MAX_FILE_BYTES and the total so far at most
+        // MAX_BUNDLE_BYTES, so this cannot overflow; checked all the same.
+        total = match total.checked_add(size) {
+            Some(t) if t <= MAX_BUNDLE_BYTES => t,
+            sum => {
+                return Err(ManifestError::BundleTooLarge {
+                    total: sum.unwrap_or(u64::MAX),
+                    max: MAX_BUNDLE_BYTES,
+                });
+            }
+        };
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -325,6 +426,103 @@ mod tests {
         assert!(matches!(
             Manifest::decode(&bytes),
             Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    fn sized(path: &str, seed: &[u8], size: u64) -> ManifestEntry {
+        ManifestEntry {
+            size,
+            ..entry(path, seed)
+        }
+    }
+
+    /// Encodes entries as a crafted manifest would be, skipping every check.
+    fn crafted(entries: Vec<ManifestEntry>) -> Vec<u8> {
+        Manifest { entries }.encode()
+    }
+
+    #[test]
+    fn one_hash_with_two_sizes_is_refused() {
+        // The measured attack: one blob listed twice, once with a size near 2^64.
+        let bytes = crafted(vec![sized("a", b"x", 1), sized("b", b"x", u64::MAX - 1)]);
+        let err = Manifest::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Manifest(ManifestError::ConflictingSizes { first: 1, .. })
+            ),
+            "{err:?}"
+        );
+        let bytes = crafted(vec![sized("a", b"x", 1), sized("b", b"x", 2)]);
+        let err = Manifest::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                DecodeError::Manifest(ManifestError::ConflictingSizes { first: 1, second: 2, path, .. })
+                    if path.as_str() == "b"
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("two sizes, 1 and 2 bytes"),
+            "{err}"
+        );
+        let built = Manifest::new(vec![sized("b", b"x", 2), sized("a", b"x", 1)]);
+        assert!(matches!(built, Err(ManifestError::ConflictingSizes { .. })));
+    }
+
+    #[test]
+    fn one_hash_at_two_paths_with_one_size_is_fine() {
+        let m = Manifest::new(vec![entry("a", b"same"), entry("b", b"same")]).unwrap();
+        assert_eq!(Manifest::decode(&m.encode()), Ok(m.clone()));
+        assert_eq!(m.total_size(), 8);
+    }
+
+    #[test]
+    fn file_sizes_are_capped() {
+        let at_cap = Manifest::new(vec![sized("big.mp4", b"v", MAX_FILE_BYTES)]).unwrap();
+        assert_eq!(Manifest::decode(&at_cap.encode()), Ok(at_cap));
+        let over = crafted(vec![sized("big.mp4", b"v", MAX_FILE_BYTES + 1)]);
+        assert_eq!(
+            Manifest::decode(&over),
+            Err(DecodeError::Manifest(ManifestError::FileTooLarge {
+                path: BundlePath::new("big.mp4").unwrap(),
+                size: MAX_FILE_BYTES + 1,
+                max: MAX_FILE_BYTES,
+            }))
+        );
+    }
+
+    #[test]
+    fn bundle_totals_are_capped_without_wrapping() {
+        let files = |n: u64| -> Vec<ManifestEntry> {
+            (0..n)
+                .map(|i| sized(&format!("f{i}"), &i.to_le_bytes(), MAX_FILE_BYTES))
+                .collect()
+        };
+        let n_at_cap = MAX_BUNDLE_BYTES / MAX_FILE_BYTES;
+        let full = Manifest::new(files(n_at_cap)).unwrap();
+        assert_eq!(full.total_size(), MAX_BUNDLE_BYTES);
+        let err = Manifest::decode(&crafted(files(n_at_cap + 1))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Manifest(ManifestError::BundleTooLarge {
+                    max: MAX_BUNDLE_BYTES,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("per bundle"), "{err}");
+        // Sizes that would wrap a u64 sum are refused, never summed to a small total.
+        let wrapping = crafted(vec![
+            sized("a", b"1", u64::MAX / 2 + 1),
+            sized("b", b"2", u64::MAX / 2 + 1),
+        ]);
+        assert!(matches!(
+            Manifest::decode(&wrapping),
+            Err(DecodeError::Manifest(_))
         ));
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
@@ -114,12 +114,23 @@ impl HttpsClient {
         self.request("GET", path, headers).await
     }
 
-    /// One request on a fresh connection.
+    /// One request without a body on a fresh connection.
     pub async fn request(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        self.send(method, path, headers, Bytes::new()).await
+    }
+
+    /// One request with `body` on a fresh connection.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
     ) -> anyhow::Result<Reply> {
         let tls = self.connect().await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -133,7 +144,7 @@ impl HttpsClient {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let request = builder.body(Empty::<Bytes>::new())?;
+        let request = builder.body(Full::new(body))?;
         // Each request owns its connection, closed once the body is read, so a
         // stopping node never waits on an idle test connection.
         let (response, conn) = if h2 {

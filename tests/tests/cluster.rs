@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use cartable_tests::cluster::{
     PLACES, cluster, complete, ensure_success, publish, redirect, wait_for,
 };
@@ -143,6 +145,43 @@ fn bad_admin_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     assert!(!refused.status.success());
     assert_eq!(c.json(&["bundles"])?.as_array().map(Vec::len), Some(1));
 
+    let client = HttpsClient::new(
+        c.url.trim_start_matches("https://"),
+        &std::fs::read(c.cert_path())?,
+        &[b"http/1.1"],
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Crafted manifests, sent as no CLI would: refused, and nothing recorded.
+    let admin = format!("Bearer {}", c.admin_token()?);
+    let ids = || -> anyhow::Result<Vec<serde_json::Value>> {
+        let bundles = c.json(&["bundles"])?;
+        let list = bundles.as_array().context("a list of bundles")?;
+        Ok(list.iter().map(|b| b["id"].clone()).collect())
+    };
+    let before = ids()?;
+    let post = |manifest: Vec<u8>| {
+        let auth = [("authorization", admin.as_str())];
+        runtime.block_on(client.send("POST", "/api/bundles", &auth, manifest.into()))
+    };
+    let gib = 1 << 30;
+    let two_sizes = post(crafted_manifest(&[
+        ("a", b"same", 4),
+        ("b", b"same", u64::MAX - 3),
+    ]))?;
+    assert_eq!(two_sizes.status, 400);
+    assert!(
+        String::from_utf8_lossy(&two_sizes.body).contains("two sizes"),
+        "{}",
+        String::from_utf8_lossy(&two_sizes.body)
+    );
+    // Each file fits the caps, but no node offers 2 GiB (the four nodes join with 1 GB).
+    let too_big = post(crafted_manifest(&[("a", b"1", gib), ("b", b"2", gib)]))?;
+    assert_eq!(too_big.status, 507);
+    let reason = String::from_utf8_lossy(&too_big.body);
+    assert!(reason.contains("no node that is up has room"), "{reason}");
+    assert_eq!(ids()?, before, "no record left behind");
+    assert_eq!(before.len(), 1);
+
     // A token works once: a second node with the same token never joins.
     let token = c.token("nord", "lille")?;
     let dirs = tempfile::tempdir()?;
@@ -192,16 +231,25 @@ fn bad_admin_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     assert!(!garbage.status.success());
 
     // The API itself, without the CLI: no token, no answer.
-    let client = HttpsClient::new(
-        c.url.trim_start_matches("https://"),
-        &std::fs::read(c.cert_path())?,
-        &[b"http/1.1"],
-    )?;
-    let runtime = tokio::runtime::Runtime::new()?;
     let bare = runtime.block_on(client.get("/api/nodes", &[]))?;
     assert_eq!(bare.status, 401);
     assert!(String::from_utf8_lossy(&bare.body).contains("admin token"));
     let wrong = runtime.block_on(client.get("/api/nodes", &[("authorization", "Bearer nope")]))?;
     assert_eq!(wrong.status, 401);
     Ok(())
+}
+
+/// A manifest encoded by hand, skipping every rule the encoder enforces.
+fn crafted_manifest(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
+    let mut out = b"CRTM\x01".to_vec();
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (path, content, size) in entries {
+        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(blake3::hash(content).as_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.push(10);
+        out.extend_from_slice(b"text/plain");
+    }
+    out
 }

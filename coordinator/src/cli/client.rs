@@ -39,7 +39,8 @@ const MAX_REPLY: usize = 256 << 20;
 pub struct HttpError {
     /// The status code.
     pub status: u16,
-    /// The `error` field of the JSON answer, or the reason phrase.
+    /// The `error` field of the JSON answer, a node's one-line text reason, or
+    /// the reason phrase.
     pub message: String,
 }
 
@@ -262,7 +263,8 @@ pub fn parse_answer<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> any
     if !status.is_success() {
         let message = match serde_json::from_slice::<crate::api::ApiError>(body) {
             Ok(e) => e.error,
-            Err(_) => status.canonical_reason().unwrap_or("error").to_owned(),
+            Err(_) => one_line_reason(body)
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
         };
         return Err(HttpError {
             status: status.as_u16(),
@@ -271,6 +273,14 @@ pub fn parse_answer<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> any
         .into());
     }
     serde_json::from_slice(body).context("the answer is not the expected JSON")
+}
+
+/// A node answers errors with a short plain-text reason ("the bundle needs more
+/// capacity than this node has left"): worth showing, unlike markup or a page.
+fn one_line_reason(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let plain = text.chars().all(|c| !c.is_control() && c != '<');
+    (!text.is_empty() && text.len() <= 200 && plain).then(|| text.to_owned())
 }
 
 /// `text` percent-encoded for a query value or one path segment: everything but
@@ -309,6 +319,17 @@ mod tests {
         let err =
             parse_answer::<serde_json::Value>(StatusCode::BAD_GATEWAY, b"<html>").unwrap_err();
         assert_eq!(err.to_string(), "502 Bad Gateway");
+        let node = b"the bundle needs more capacity than this node has left\n";
+        let err =
+            parse_answer::<serde_json::Value>(StatusCode::INSUFFICIENT_STORAGE, node).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "507 the bundle needs more capacity than this node has left"
+        );
+        let long = "x".repeat(201);
+        let err = parse_answer::<serde_json::Value>(StatusCode::BAD_REQUEST, long.as_bytes())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "400 Bad Request");
     }
 
     #[test]

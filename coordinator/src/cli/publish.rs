@@ -58,7 +58,9 @@ pub struct Packed {
 /// Reads and hashes the folder `dir`, reporting bytes hashed to `progress`.
 pub fn pack(dir: &Path, progress: Option<&Progress>) -> anyhow::Result<Packed> {
     let files = walk(dir)?;
-    let total: u64 = files.iter().map(|f| f.size).sum();
+    // The manifest's caps, before hashing gigabytes only to be refused.
+    let total = cartable_proto::manifest::check_size_caps(files.iter().map(|f| (&f.path, f.size)))
+        .with_context(|| format!("{}", dir.display()))?;
     if progress.is_some() {
         eprintln!("hashing {} files ({})", files.len(), human_bytes(total));
     }
@@ -226,6 +228,20 @@ mod tests {
         assert!(format!("{err:#}").contains("holds no file"), "{err:#}");
         let err = pack(&empty.path().join("absent"), None).unwrap_err();
         assert!(format!("{err:#}").contains("absent"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_over_the_cap_fails_before_it_is_hashed() -> anyhow::Result<()> {
+        let lesson = tempfile::tempdir()?;
+        fs::write(lesson.path().join("index.html"), "ok")?;
+        // Sparse: hashing it would read 64 GiB of zeros.
+        let huge = fs::File::create(lesson.path().join("film.mp4"))?;
+        huge.set_len(cartable_proto::manifest::MAX_FILE_BYTES + 1)?;
+        let err = pack(lesson.path(), None).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("film.mp4 is 68719476737 bytes"), "{text}");
+        assert!(text.contains("per file"), "{text}");
         Ok(())
     }
 }

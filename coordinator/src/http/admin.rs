@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use super::{Reply, error, json};
 use crate::Coordinator;
 use crate::api::*;
+use crate::config::Policy;
 use crate::state::{BundleRecord, Cluster, TokenRecord, secret_hash, unix_now};
 use crate::{lifecycle, views};
 
@@ -246,55 +247,29 @@ fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 fn publish(coord: &Coordinator, query: &str, bytes: &[u8]) -> Result<Published, Failure> {
     let manifest = Manifest::decode(bytes)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("manifest: {e}")))?;
-    let id = BundleId::of_manifest(bytes);
     let name = query_value(query, "name").map(percent_decode).transpose()?;
     if let Some(name) = &name {
         check_name(name)?;
     }
-    let mut c = coord.lock();
-    let replicas = match query_value(query, "replicas") {
-        Some(r) => r.parse().map_err(|_| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                "replicas must be a number from 1 to 255",
-            )
-        })?,
-        None => c.bundles.get(&id).map_or(
-            coord
-                .policy
-                .default_replicas
-                .min(c.site_count().max(1) as u8),
-            |b| b.replicas,
-        ),
-    };
-    check_replicas(&c, replicas)?;
-    let now = Instant::now();
-    let eligible = lifecycle::eligibility(&mut c, &coord.policy, now);
-    if eligible.urgent.is_empty() {
-        return Err(fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no node is up to take the upload (see `cartable nodes`); nothing was changed",
-        ));
-    }
-    // A name moves to the new bundle at once only if a copy already exists;
-    // otherwise when the first copy is verified, so the link never breaks.
-    let whole = c.whole_copies(&id) > 0;
-    let record = BundleRecord {
-        size: manifest.total_size(),
-        files: manifest.entries().len(),
+    let replicas = query_value(query, "replicas")
+        .map(|r| {
+            r.parse().map_err(|_| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    "replicas must be a number from 1 to 255",
+                )
+            })
+        })
+        .transpose()?;
+    let request = PublishRequest {
+        id: BundleId::of_manifest(bytes),
+        manifest: &manifest,
+        name,
         replicas,
-        pending_name: name.clone().filter(|_| !whole),
     };
-    c.save_bundle(id, record).map_err(internal)?;
-    lifecycle::replan(&mut c, &coord.policy, now, &eligible).map_err(internal)?;
-    if let Some(name) = name.as_ref().filter(|_| whole) {
-        c.set_name(name, id).map_err(internal)?;
-    }
-    c.flush().map_err(internal)?;
-    let upload = upload_node(&c, &id, coord, now).ok_or(fail(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no node that is up could be given the bundle (see `cartable status`)",
-    ))?;
+    let mut c = coord.lock();
+    let upload = record_publish(&mut c, &coord.policy, Instant::now(), &request)?;
+    let id = request.id;
     let node = &c.nodes[&upload];
     let expires = unix_now() + GRANT_SECS;
     let signature = coord
@@ -308,7 +283,12 @@ fn publish(coord: &Coordinator, query: &str, bytes: &[u8]) -> Result<Published, 
         signature,
     };
     let mut urls = vec![format!("{}/b/{id}/", coord.https_url)];
-    urls.extend(name.iter().map(|n| format!("{}/n/{n}/", coord.https_url)));
+    urls.extend(
+        request
+            .name
+            .iter()
+            .map(|n| format!("{}/n/{n}/", coord.https_url)),
+    );
     tracing::info!(bundle = %id, upload = %upload, "bundle published");
     Ok(Published {
         bundle: id,
@@ -320,15 +300,105 @@ fn publish(coord: &Coordinator, query: &str, bytes: &[u8]) -> Result<Published, 
     })
 }
 
+/// A publish call, its manifest decoded and its name checked.
+#[derive(Debug)]
+struct PublishRequest<'a> {
+    id: BundleId,
+    manifest: &'a Manifest,
+    name: Option<String>,
+    /// Copies asked for; `None` keeps the bundle's or takes the default.
+    replicas: Option<u8>,
+}
+
+/// Records and places a published bundle; returns the node the publisher
+/// uploads to. Every refusal comes before any change: the change is made
+/// first on a scratch copy of the state, and for real only if that copy gives
+/// the bundle a node that is up.
+fn record_publish(
+    c: &mut Cluster,
+    policy: &Policy,
+    now: Instant,
+    request: &PublishRequest<'_>,
+) -> Result<NodeId, Failure> {
+    let id = request.id;
+    let replicas = request.replicas.unwrap_or_else(|| {
+        c.bundles.get(&id).map_or(
+            policy.default_replicas.min(c.site_count().max(1) as u8),
+            |b| b.replicas,
+        )
+    });
+    check_replicas(c, replicas)?;
+    let eligible = lifecycle::eligibility(c, policy, now);
+    if eligible.urgent.is_empty() {
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no node is up to take the upload (see `cartable nodes`); nothing was changed",
+        ));
+    }
+    let record = BundleRecord {
+        size: request.manifest.total_size(),
+        files: request.manifest.entries().len(),
+        replicas,
+        pending_name: None,
+    };
+    let apply = |c: &mut Cluster| {
+        apply_publish(c, policy, now, &eligible, id, record.clone(), &request.name)
+    };
+    let mut trial = c.scratch();
+    apply(&mut trial).map_err(internal)?;
+    if upload_node(&trial, &id, policy, now).is_none() {
+        return Err(match trial.unplaced.get(&id) {
+            Some(why) => fail(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "no node that is up has room for the bundle ({why}; see `cartable status`); \
+                     nothing was changed"
+                ),
+            ),
+            None => fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no node that is up could be given the bundle (see `cartable status`); \
+                 nothing was changed",
+            ),
+        });
+    }
+    apply(c).and_then(|()| c.flush()).map_err(internal)?;
+    // The plan is deterministic: the real change gives what the trial gave.
+    upload_node(c, &id, policy, now)
+        .ok_or_else(|| internal(anyhow::anyhow!("publish placed {id} unlike its trial")))
+}
+
+/// The changes of a publish: the record, a new plan, and the name, which moves
+/// at once only if a copy already exists, otherwise when the first copy is
+/// verified, so that the link never breaks.
+fn apply_publish(
+    c: &mut Cluster,
+    policy: &Policy,
+    now: Instant,
+    eligible: &lifecycle::Eligibility,
+    id: BundleId,
+    mut record: BundleRecord,
+    name: &Option<String>,
+) -> anyhow::Result<()> {
+    let whole = c.whole_copies(&id) > 0;
+    record.pending_name = name.clone().filter(|_| !whole);
+    c.save_bundle(id, record)?;
+    lifecycle::replan(c, policy, now, eligible)?;
+    if let Some(name) = name.as_ref().filter(|_| whole) {
+        c.set_name(name, id)?;
+    }
+    Ok(())
+}
+
 /// Where the publisher uploads: a node already holding it, else the first placed node that is up.
-fn upload_node(c: &Cluster, id: &BundleId, coord: &Coordinator, now: Instant) -> Option<NodeId> {
-    if let Some(n) = lifecycle::sources(c, id, None, &coord.policy, now).first() {
+fn upload_node(c: &Cluster, id: &BundleId, policy: &Policy, now: Instant) -> Option<NodeId> {
+    if let Some(n) = lifecycle::sources(c, id, None, policy, now).first() {
         return Some(*n);
     }
     c.replicas
         .get(id)?
         .keys()
-        .find(|n| c.is_up(n, now, coord.policy.down_after))
+        .find(|n| c.is_up(n, now, policy.down_after))
         .copied()
 }
 
@@ -473,4 +543,172 @@ fn revoke_token(coord: &Coordinator, id: &str) -> Result<TokenView, Failure> {
         .and_then(|()| c.flush())
         .map_err(internal)?;
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use cartable_proto::control::Contact;
+    use cartable_proto::{BlobHash, ManifestEntry};
+
+    use super::*;
+    use crate::state::{Liveness, MemoryKv, NodeRecord};
+
+    /// Two up nodes on two sites, each offering `capacity` bytes, over `kv`.
+    fn cluster(kv: &Arc<MemoryKv>, capacity: u64, now: Instant) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::load(Box::new(kv.clone()), now)?;
+        for (i, site) in (1u8..).zip(["metz", "nancy"]) {
+            let id = NodeId::from_bytes([i; 32]);
+            c.save_node(NodeRecord {
+                id,
+                region: "est".into(),
+                site: site.into(),
+                capacity,
+                contact: Contact {
+                    https_url: format!("https://127.0.0.1:{i}"),
+                    quic: "127.0.0.1:9".parse()?,
+                    https_cert_sha256: String::new(),
+                },
+                draining: false,
+                reported_failures: 0,
+            })?;
+            c.live.insert(
+                id,
+                Liveness {
+                    last_seen: now,
+                    used: 0,
+                    load: 0,
+                    held: BTreeSet::new(),
+                    names_version: 0,
+                },
+            );
+        }
+        c.flush()?;
+        Ok(c)
+    }
+
+    fn manifest(file: &str, size: u64) -> anyhow::Result<Manifest> {
+        Ok(Manifest::new(vec![ManifestEntry {
+            path: BundlePath::new(file)?,
+            hash: BlobHash::of(file.as_bytes()),
+            size,
+            content_type: "text/html".into(),
+        }])?)
+    }
+
+    fn request<'a>(
+        m: &'a Manifest,
+        name: Option<&str>,
+        replicas: Option<u8>,
+    ) -> PublishRequest<'a> {
+        PublishRequest {
+            id: m.id(),
+            manifest: m,
+            name: name.map(str::to_owned),
+            replicas,
+        }
+    }
+
+    /// Publishes, turning a refusal into a test failure with its message.
+    fn publish_ok(
+        c: &mut Cluster,
+        policy: &Policy,
+        now: Instant,
+        request: &PublishRequest<'_>,
+    ) -> anyhow::Result<NodeId> {
+        record_publish(c, policy, now, request)
+            .map_err(|(status, message)| anyhow::anyhow!("refused ({status}): {message}"))
+    }
+
+    /// What `cartable bundles` and `cartable names` would show.
+    fn listing(c: &Cluster, policy: &Policy) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(&(
+            views::bundles(c, policy),
+            views::names(c),
+            &c.replicas,
+        ))?)
+    }
+
+    #[test]
+    fn a_publish_that_fits_is_recorded_placed_and_named() -> anyhow::Result<()> {
+        let (kv, now, policy) = (
+            Arc::new(MemoryKv::default()),
+            Instant::now(),
+            Policy::default(),
+        );
+        let mut c = cluster(&kv, 1000, now)?;
+        let m = manifest("index.html", 600)?;
+        let upload = publish_ok(&mut c, &policy, now, &request(&m, Some("maths/6e"), None))?;
+        assert!(c.nodes.contains_key(&upload));
+        let reloaded = Cluster::load(Box::new(kv), now)?;
+        assert_eq!(reloaded.bundles[&m.id()].size, 600);
+        assert_eq!(reloaded.bundles[&m.id()].replicas, 2);
+        assert_eq!(
+            reloaded.bundles[&m.id()].pending_name.as_deref(),
+            Some("maths/6e"),
+            "the name waits for a verified copy"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_publish_refused_for_room_leaves_nothing_behind() -> anyhow::Result<()> {
+        let (kv, now, policy) = (
+            Arc::new(MemoryKv::default()),
+            Instant::now(),
+            Policy::default(),
+        );
+        let mut c = cluster(&kv, 1000, now)?;
+        let fits = manifest("index.html", 600)?;
+        publish_ok(&mut c, &policy, now, &request(&fits, None, None))?;
+        let before = listing(&c, &policy)?;
+
+        let big = manifest("video.mp4", 5000)?;
+        let (status, message) =
+            record_publish(&mut c, &policy, now, &request(&big, Some("big"), None)).unwrap_err();
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(message.contains("no node that is up has room"), "{message}");
+        assert!(message.contains("nothing was changed"), "{message}");
+        // Room left by the first bundle, but not enough for a second copy of it.
+        let second = manifest("more.html", 600)?;
+        let refused = record_publish(&mut c, &policy, now, &request(&second, None, Some(2)));
+        assert_eq!(refused.unwrap_err().0, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(listing(&c, &policy)?, before, "in memory");
+        let reloaded = Cluster::load(Box::new(kv), now)?;
+        assert_eq!(listing(&reloaded, &policy)?, before, "on disk");
+        Ok(())
+    }
+
+    #[test]
+    fn a_publish_refused_for_replicas_or_no_node_up_leaves_nothing_behind() -> anyhow::Result<()> {
+        let (kv, now, policy) = (
+            Arc::new(MemoryKv::default()),
+            Instant::now(),
+            Policy::default(),
+        );
+        let mut c = cluster(&kv, 1000, now)?;
+        let m = manifest("index.html", 100)?;
+        publish_ok(&mut c, &policy, now, &request(&m, None, Some(1)))?;
+        let before = listing(&c, &policy)?;
+
+        // Publishing it again asking for more copies than there are sites.
+        let (status, message) =
+            record_publish(&mut c, &policy, now, &request(&m, None, Some(3))).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("2 sites"), "{message}");
+        assert_eq!(c.bundles[&m.id()].replicas, 1);
+
+        let later = now + policy.down_after * 2;
+        let other = manifest("other.html", 100)?;
+        let (status, message) =
+            record_publish(&mut c, &policy, later, &request(&other, None, None)).unwrap_err();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(message.contains("no node is up"), "{message}");
+        assert_eq!(listing(&c, &policy)?, before);
+        let reloaded = Cluster::load(Box::new(kv), now)?;
+        assert_eq!(listing(&reloaded, &policy)?, before);
+        Ok(())
+    }
 }

@@ -27,8 +27,11 @@ pub enum HttpError {
         /// The file's length, for `Content-Range: bytes */len`.
         len: u64,
     },
-    /// The content is here but cannot be served now (damaged, pending repair): 503.
+    /// The content is here but cannot be served now (damaged, pending repair),
+    /// or too many uploads are in progress: 503.
     Unavailable(&'static str),
+    /// An upload that would overrun the node's capacity or its disk: 507.
+    InsufficientStorage(&'static str),
     /// Something failed on our side: 500.
     Internal,
 }
@@ -45,6 +48,7 @@ impl HttpError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,7 +60,8 @@ impl HttpError {
             | Self::Forbidden(r)
             | Self::NotFound(r)
             | Self::TooLarge(r)
-            | Self::Unavailable(r) => r,
+            | Self::Unavailable(r)
+            | Self::InsufficientStorage(r) => r,
             Self::MethodNotAllowed => "only GET and HEAD are allowed",
             Self::LengthRequired => "Content-Length required",
             Self::RangeNotSatisfiable { .. } => "range not satisfiable",

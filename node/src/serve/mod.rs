@@ -7,6 +7,7 @@ mod body;
 mod conditional;
 mod error;
 mod listing;
+mod reserve;
 mod respond;
 mod target;
 mod upload;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use respond::respond;
-pub use upload::Uploads;
+pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 
 use crate::https::shed::Pressure;
 use crate::peer::through::FetchThrough;

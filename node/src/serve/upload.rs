@@ -3,10 +3,15 @@
 //!
 //! - `POST /upload/{bundle}`, body the encoded manifest, answers
 //!   `{"missing": [<blob hash>...]}`: the blobs this node lacks. The manifest is
-//!   kept pending in memory until the bundle is complete or its grant expires.
+//!   kept pending in memory until the bundle is complete or its grant expires,
+//!   and room is reserved for it first ([`reserve`](super::reserve)): an upload
+//!   that would overrun the node's declared capacity or its free disk space
+//!   (less [`UploadLimits::disk_margin`]), beside the uploads in progress, is
+//!   refused with 507 before any byte is received.
 //! - `PUT /upload/{bundle}/{blob}`, body the blob's bytes, answers the same. The
-//!   body streams to a file in `tmp/` while it is hashed and is imported (with
-//!   its outboard) only when it hashes to `{blob}`; otherwise nothing is kept.
+//!   body streams to a file in `tmp/` while it is hashed; only when it hashes to
+//!   `{blob}` is that file given its outboard, synced and renamed into place
+//!   (the bytes are written once); otherwise nothing is kept.
 //!
 //! Once nothing is missing the bundle is committed as held. Received blobs are
 //! stored at once, so after a restart (which forgets pending manifests) a new
@@ -15,7 +20,7 @@
 //! node, unexpired, signed by the coordinator. A node without a coordinator
 //! takes no uploads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,21 +36,35 @@ use tokio::io::AsyncWriteExt;
 
 use super::body::Body;
 use super::error::{HttpError, text};
+use super::reserve::{Claim, Reservations, Room};
 use crate::identity::signed_by;
-use crate::store::{Store, layout};
+use crate::store::{Store, disk_bytes, layout};
 
 /// Bytes of a received blob buffered before each write to its temporary file.
 const WRITE_BUFFER: usize = 1 << 20;
+/// Disk space uploads leave free by default: room for the index, manifests and
+/// logs to go on growing when uploads have taken the rest.
+pub const DEFAULT_DISK_MARGIN: u64 = 256 << 20;
 
-/// What the upload routes need: the store, this node's id and the key of the
-/// coordinator that signs grants.
+/// What uploads may take on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// The capacity declared at join: bytes of the bundles held, uploads included.
+    pub capacity: u64,
+    /// Bytes of the data folder's filesystem that uploads leave free.
+    pub disk_margin: u64,
+}
+
+/// What the upload routes need: the store, this node's id, the key of the
+/// coordinator that signs grants, and the limits uploads reserve room within.
 #[derive(Debug)]
 pub struct Uploads {
     store: Arc<Store>,
     node: NodeId,
     coordinator: NodeId,
-    /// Manifests posted and not yet complete, with the latest expiry of their grants.
-    pending: Mutex<HashMap<BundleId, (Arc<Manifest>, u64)>>,
+    limits: UploadLimits,
+    /// Manifests posted and not yet complete, and the room each has reserved.
+    pending: Mutex<Reservations>,
 }
 
 /// The answer of both routes (the admin API's `UploadState`).
@@ -97,12 +116,13 @@ where
 
 impl Uploads {
     /// Upload routes for the node `node`, taking grants signed by `coordinator`.
-    pub fn new(store: Arc<Store>, node: NodeId, coordinator: NodeId) -> Self {
+    pub fn new(store: Arc<Store>, node: NodeId, coordinator: NodeId, limits: UploadLimits) -> Self {
         Self {
             store,
             node,
             coordinator,
-            pending: Mutex::new(HashMap::new()),
+            limits,
+            pending: Mutex::new(Reservations::default()),
         }
     }
 
@@ -157,22 +177,72 @@ impl Uploads {
                 "the manifest does not hash to the bundle id",
             ));
         }
-        let manifest = Manifest::decode(&bytes)
-            .map_err(|_| HttpError::BadRequest("the body is not a valid manifest"))?;
+        let manifest = Manifest::decode(&bytes).map_err(|e| {
+            tracing::debug!(bundle = %bundle, error = %e, "refused an upload's manifest");
+            HttpError::BadRequest("the body is not a valid manifest")
+        })?;
         let manifest = Arc::new(manifest);
-        blocking(move || {
-            let state = self.settle(bundle, &manifest)?;
-            let mut pending = self.pending();
-            // Grants of abandoned uploads expire: forget their manifests.
-            let now = unix_now();
-            pending.retain(|_, (_, until)| *until > now);
-            if !state.missing.is_empty() {
-                let until = pending.get(&bundle).map_or(expires, |p| p.1.max(expires));
-                pending.insert(bundle, (manifest, until));
-            }
-            Ok(state)
+        blocking(move || self.begin(bundle, expires, manifest)).await
+    }
+
+    /// Commits the bundle if nothing is missing; otherwise reserves room for
+    /// what is, refusing (and keeping nothing) when there is too little.
+    fn begin(
+        &self,
+        bundle: BundleId,
+        expires: u64,
+        manifest: Arc<Manifest>,
+    ) -> Result<UploadState, HttpError> {
+        let missing = self.missing(&manifest);
+        if missing.is_empty() {
+            return self.settle(bundle, &manifest);
+        }
+        let held = self.store.manifest(&bundle).map_err(|e| {
+            tracing::error!(bundle = %bundle, error = %e, "reading manifest");
+            HttpError::Internal
+        })?;
+        let claim = Claim {
+            capacity: if held.is_some() {
+                0
+            } else {
+                manifest.total_size()
+            },
+            disk: missing
+                .iter()
+                .fold(0u64, |sum, (_, size)| sum.saturating_add(disk_bytes(*size))),
+        };
+        // Room is measured under the table's lock, so that what two posts see
+        // and claim cannot interleave.
+        let mut pending = self.pending();
+        let room = self.room()?;
+        pending
+            .reserve(bundle, manifest, expires, claim, room, unix_now())
+            .map_err(|refusal| {
+                tracing::warn!(bundle = %bundle, ?refusal, "upload refused for room");
+                HttpError::from(refusal)
+            })?;
+        Ok(UploadState {
+            missing: missing.into_iter().map(|(hash, _)| hash).collect(),
         })
-        .await
+    }
+
+    /// The capacity and disk space left, uploads in progress not counted.
+    fn room(&self) -> Result<Room, HttpError> {
+        let bundles = self.store.bundles().map_err(|e| {
+            tracing::error!(error = %e, "listing bundles");
+            HttpError::Internal
+        })?;
+        let used = bundles
+            .iter()
+            .fold(0u64, |sum, b| sum.saturating_add(b.bytes));
+        let free = self.store.layout().free_bytes().map_err(|e| {
+            tracing::error!(error = %e, "reading the free disk space");
+            HttpError::Internal
+        })?;
+        Ok(Room {
+            capacity: self.limits.capacity.saturating_sub(used),
+            disk: free.saturating_sub(self.limits.disk_margin),
+        })
     }
 
     async fn put<B>(
@@ -185,7 +255,7 @@ impl Uploads {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
-        let manifest = self.manifest(&bundle)?;
+        let (manifest, pending) = self.manifest(&bundle)?;
         let size = manifest
             .entries()
             .iter()
@@ -201,27 +271,50 @@ impl Uploads {
             }
             Some(_) => {}
         }
+        if !pending {
+            // A blob sent again for a bundle held here: no reservation covers it.
+            let this = self.clone();
+            blocking(move || this.check_disk(&blob, size)).await?;
+        }
         let received = receive(&self.store, body, &blob, size).await?;
         blocking(move || {
-            self.store
-                .import_blob(&received.0, &blob, size)
+            let new = self
+                .store
+                .import_received(&received.0, &blob, size)
                 .map_err(|e| {
-                    tracing::error!(bundle = %bundle, blob = %blob, error = %e, "importing an uploaded blob");
+                    tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
                     HttpError::Internal
                 })?;
             drop(received);
+            // Only bytes new on disk leave the claim: a blob sent again must
+            // not wear down the room reserved for the blobs still to come.
+            if new {
+                self.pending().written(&bundle, disk_bytes(size));
+            }
             self.settle(bundle, &manifest)
         })
         .await
     }
 
-    /// The manifest of a bundle being uploaded, or held here already.
-    fn manifest(&self, bundle: &BundleId) -> Result<Arc<Manifest>, HttpError> {
-        if let Some((manifest, _)) = self.pending().get(bundle) {
-            return Ok(manifest.clone());
+    /// Refuses a blob that would not fit on disk beside the uploads' claims.
+    fn check_disk(&self, blob: &BlobHash, size: u64) -> Result<(), HttpError> {
+        if self.store.has_blob_file(blob, size) {
+            return Ok(());
+        }
+        let pending = self.pending();
+        let room = self.room()?;
+        pending
+            .check_disk(disk_bytes(size), room.disk)
+            .map_err(HttpError::from)
+    }
+
+    /// The manifest of a bundle being uploaded (true), or held here already (false).
+    fn manifest(&self, bundle: &BundleId) -> Result<(Arc<Manifest>, bool), HttpError> {
+        if let Some(upload) = self.pending().get(bundle) {
+            return Ok((upload.manifest.clone(), true));
         }
         match self.store.manifest(bundle) {
-            Ok(Some(manifest)) => Ok(manifest),
+            Ok(Some(manifest)) => Ok((manifest, false)),
             Ok(None) => Err(HttpError::NotFound(
                 "no upload of this bundle in progress: POST its manifest first",
             )),
@@ -232,27 +325,38 @@ impl Uploads {
         }
     }
 
-    /// What is still missing; when nothing is, commits the bundle as held.
-    fn settle(&self, bundle: BundleId, manifest: &Manifest) -> Result<UploadState, HttpError> {
+    /// The blobs of `manifest` not stored here, once each, with their sizes.
+    fn missing(&self, manifest: &Manifest) -> Vec<(BlobHash, u64)> {
         let mut seen = HashSet::new();
-        let missing: Vec<BlobHash> = manifest
+        manifest
             .entries()
             .iter()
             .filter(|e| seen.insert(e.hash) && !self.store.has_blob_file(&e.hash, e.size))
-            .map(|e| e.hash)
+            .map(|e| (e.hash, e.size))
+            .collect()
+    }
+
+    /// What is still missing; when nothing is, commits the bundle as held and
+    /// releases its reservation (after the commit, so that the room it takes
+    /// is counted at every moment, by the claim or by the bundles held).
+    fn settle(&self, bundle: BundleId, manifest: &Manifest) -> Result<UploadState, HttpError> {
+        let missing: Vec<BlobHash> = self
+            .missing(manifest)
+            .into_iter()
+            .map(|(hash, _)| hash)
             .collect();
         if missing.is_empty() {
             self.store.add_fetched_bundle(manifest).map_err(|e| {
                 tracing::error!(bundle = %bundle, error = %e, "committing an uploaded bundle");
                 HttpError::Internal
             })?;
-            self.pending().remove(&bundle);
+            self.pending().release(&bundle);
             tracing::info!(bundle = %bundle, "uploaded bundle held");
         }
         Ok(UploadState { missing })
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<BundleId, (Arc<Manifest>, u64)>> {
+    fn pending(&self) -> MutexGuard<'_, Reservations> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -12,12 +12,17 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use super::body::Body;
-use super::{ServeContext, Uploads, respond};
+use super::{ServeContext, UploadLimits, Uploads, respond};
 use crate::identity::Identity;
 use crate::store::Store;
 
 const BIG: usize = 200_000;
 const SMALL: &[u8] = b"a small lesson file";
+/// Limits no test upload reaches.
+const ROOMY: UploadLimits = UploadLimits {
+    capacity: u64::MAX,
+    disk_margin: 0,
+};
 
 /// A store and the upload routes of node `node`, whose coordinator is
 /// `coordinator`, and a bundle to upload: a big file, a small one and a copy of it.
@@ -44,6 +49,10 @@ fn entry(path: &str, bytes: &[u8]) -> anyhow::Result<ManifestEntry> {
 
 impl Fixture {
     fn new() -> anyhow::Result<Self> {
+        Self::with_limits(ROOMY)
+    }
+
+    fn with_limits(limits: UploadLimits) -> anyhow::Result<Self> {
         let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
         let store = Arc::new(Store::open(dirs[0].path())?);
         let coordinator = Identity::load_or_create(dirs[1].path())?;
@@ -54,7 +63,7 @@ impl Fixture {
             entry("small.txt", SMALL)?,
             entry("copy/small.txt", SMALL)?,
         ])?;
-        let uploads = Uploads::new(store.clone(), node, coordinator.id());
+        let uploads = Uploads::new(store.clone(), node, coordinator.id(), limits);
         let ctx = Arc::new(ServeContext {
             uploads: Some(Arc::new(uploads)),
             ..ServeContext::new(store.clone())
@@ -105,6 +114,15 @@ impl Fixture {
         let path = format!("/upload/{}", self.id);
         self.send(Method::POST, &path, Some(grant), &self.manifest)
             .await
+    }
+
+    /// Posts another bundle's manifest with a grant for it.
+    async fn post_manifest(&self, m: &Manifest) -> anyhow::Result<Response<Body>> {
+        let grant = self.grant_for(m.id(), self.node, u64::MAX)?;
+        let path = format!("/upload/{}", m.id());
+        Ok(self
+            .send(Method::POST, &path, Some(&grant), &m.encode())
+            .await)
     }
 
     async fn put(&self, grant: &str, blob: &BlobHash, body: &[u8]) -> Response<Body> {
@@ -194,6 +212,7 @@ async fn an_upload_resumes_after_a_restart_and_takes_one_blob_twice_at_once() ->
                 f.store.clone(),
                 f.node,
                 f.coordinator.id(),
+                ROOMY,
             ))),
             ..ServeContext::new(f.store.clone())
         }),
@@ -327,5 +346,145 @@ async fn a_node_without_a_coordinator_takes_no_uploads() -> anyhow::Result<()> {
     f.ctx = Arc::new(ServeContext::new(f.store.clone()));
     assert_eq!(f.post(&f.grant()?).await.status(), StatusCode::NOT_FOUND);
     assert!(f.store.bundles()?.is_empty());
+    Ok(())
+}
+
+/// The status and one-line reason of an answer.
+async fn refusal(response: Response<Body>) -> anyhow::Result<(StatusCode, String)> {
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?))
+}
+
+/// The bytes of the fixture's bundle, on disk once held.
+fn bundle_bytes() -> u64 {
+    (BIG + 2 * SMALL.len()) as u64
+}
+
+#[tokio::test]
+async fn an_upload_over_the_capacity_left_is_refused_before_any_byte() -> anyhow::Result<()> {
+    let f = Fixture::with_limits(UploadLimits {
+        capacity: bundle_bytes() - 1,
+        disk_margin: 0,
+    })?;
+    let grant = f.grant()?;
+    let (status, reason) = refusal(f.post(&grant).await).await?;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert!(
+        reason.contains("more capacity than this node has left"),
+        "{reason}"
+    );
+    // Nothing reserved, nothing pending: a blob is refused as for an unknown upload.
+    let small = BlobHash::of(SMALL);
+    assert_eq!(
+        f.put(&grant, &small, SMALL).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(f.files_kept()?, 0);
+    assert!(f.store.bundles()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upload_over_the_free_disk_space_is_refused() -> anyhow::Result<()> {
+    // A margin larger than any disk: whatever is free, nothing is left for uploads.
+    let f = Fixture::with_limits(UploadLimits {
+        capacity: u64::MAX,
+        disk_margin: u64::MAX / 2,
+    })?;
+    let (status, reason) = refusal(f.post(&f.grant()?).await).await?;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert!(
+        reason.contains("more disk space than this node has free"),
+        "{reason}"
+    );
+    assert_eq!(f.files_kept()?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_uploads_cannot_together_overrun_the_capacity() -> anyhow::Result<()> {
+    // Room for the fixture's bundle and a little more, not for a second one.
+    let f = Fixture::with_limits(UploadLimits {
+        capacity: bundle_bytes() + 1000,
+        disk_margin: 0,
+    })?;
+    let grant = f.grant()?;
+    missing(f.post(&grant).await).await?;
+    let other = Manifest::new(vec![entry("other.bin", &f.big[..BIG / 2])?])?;
+    let second = f.post_manifest(&other).await?;
+    assert_eq!(second.status(), StatusCode::INSUFFICIENT_STORAGE);
+    // The first upload goes on and completes within its reservation.
+    let (big, small) = (BlobHash::of(&f.big), BlobHash::of(SMALL));
+    missing(f.put(&grant, &small, SMALL).await).await?;
+    assert!(missing(f.put(&grant, &big, &f.big).await).await?.is_empty());
+    assert_eq!(f.store.bundles()?.len(), 1);
+    // Held now, it counts as used: the second still does not fit.
+    let again = f.post_manifest(&other).await?;
+    assert_eq!(again.status(), StatusCode::INSUFFICIENT_STORAGE);
+    Ok(())
+}
+
+/// Encodes a manifest by hand, as an attacker would, skipping every rule.
+fn crafted_manifest(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
+    let mut out = b"CRTM\x01".to_vec();
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (path, content, size) in entries {
+        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(BlobHash::of(content).as_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.push(10);
+        out.extend_from_slice(b"text/plain");
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_manifest_with_one_blob_at_two_sizes_is_refused() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    // The measured attack: one hash twice, the second size near 2^64.
+    let cases = [
+        crafted_manifest(&[("a", SMALL, 19), ("b", SMALL, u64::MAX - 7)]),
+        crafted_manifest(&[("a", SMALL, 19), ("b", SMALL, 20)]),
+        crafted_manifest(&[("a", b"1", u64::MAX / 2 + 1), ("b", b"2", u64::MAX / 2 + 1)]),
+    ];
+    for bytes in &cases {
+        let id = BundleId::of_manifest(bytes);
+        let grant = f.grant_for(id, f.node, u64::MAX)?;
+        let answer = f
+            .send(Method::POST, &format!("/upload/{id}"), Some(&grant), bytes)
+            .await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+        let blob = BlobHash::of(SMALL);
+        let put = f
+            .send(
+                Method::PUT,
+                &format!("/upload/{id}/{blob}"),
+                Some(&grant),
+                SMALL,
+            )
+            .await;
+        assert_eq!(put.status(), StatusCode::NOT_FOUND, "nothing pending");
+    }
+    assert_eq!(f.files_kept()?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn of_two_uploads_posted_at_once_only_the_one_that_fits_starts() -> anyhow::Result<()> {
+    // Room for one of two bundles of 60% of the capacity each, never both.
+    let f = Fixture::with_limits(UploadLimits {
+        capacity: 100_000,
+        disk_margin: 0,
+    })?;
+    let bundles = [
+        Manifest::new(vec![entry("a.bin", &f.big[..60_000])?])?,
+        Manifest::new(vec![entry("b.bin", &f.big[60_000..120_000])?])?,
+    ];
+    let (a, b) = tokio::join!(f.post_manifest(&bundles[0]), f.post_manifest(&bundles[1]));
+    let mut statuses = [a?.status(), b?.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::INSUFFICIENT_STORAGE]);
     Ok(())
 }

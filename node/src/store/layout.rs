@@ -48,6 +48,13 @@ impl Layout {
         &self.root
     }
 
+    /// Bytes an unprivileged process may still write on the data folder's
+    /// filesystem (`statvfs`: available blocks times the fragment size).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.root)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     pub(crate) fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs")
     }

@@ -29,8 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
+use cartable_proto::manifest::check_size_caps;
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, ManifestError};
 
+pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
@@ -121,6 +123,9 @@ impl Store {
     /// gives the same id and writes nothing new.
     pub fn add_folder(&self, dir: &Path) -> Result<AddReport, StoreError> {
         let files = walk::walk(dir)?;
+        // Refused before a byte is imported (sizes as listed: a file that
+        // grows while imported fails the import).
+        check_size_caps(files.iter().map(|f| (&f.path, f.size)))?;
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let mut entries = Vec::with_capacity(files.len());
         let mut new_bytes = 0;

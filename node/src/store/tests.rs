@@ -151,6 +151,28 @@ fn a_refused_folder_imports_nothing() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_folder_over_the_size_caps_is_refused_before_anything_is_read() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(a.path(), &[("a.bin", pattern(30_000, 5))]);
+    // Sparse: listed as over the cap, taking no disk.
+    let huge = fs::File::create(a.path().join("huge.mp4"))?;
+    huge.set_len(cartable_proto::manifest::MAX_FILE_BYTES + 1)?;
+    let store = Store::open(data.path())?;
+    let err = store.add_folder(a.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Manifest(ManifestError::FileTooLarge { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.mp4"), "{err}");
+    assert_eq!(blob_bytes_on_disk(&store), 0);
+    assert!(store.bundles()?.is_empty());
+    Ok(())
+}
+
+#[test]
 fn losing_the_index_loses_no_lesson() -> anyhow::Result<()> {
     let (data, a, b) = (
         tempfile::tempdir()?,
