@@ -140,7 +140,7 @@ impl FetchThrough {
             unknown: Default::default(),
             holders: Default::default(),
             lookups: Semaphore::new(LOOKUPS_AT_ONCE),
-            slots: Mutex::new(Slots::new(MAX_OPEN_SLOTS)),
+            slots: Mutex::new(Slots::new(slots::open_slots_cap())),
             received: Default::default(),
         };
         through.trim_partials();

@@ -1,5 +1,6 @@
 //! The blobs being fetched through, each with its open partial files (two file
-//! descriptors): at most [`MAX_OPEN_SLOTS`] at once. Idle ones (no request
+//! descriptors): at most [`MAX_OPEN_SLOTS`] at once, fewer under a low
+//! descriptor limit ([`open_slots_cap`]). Idle ones (no request
 //! using them) are closed when unused for [`IDLE_CLOSE`] or, when the map is
 //! full, least recently used first; when every slot is in use, a new blob is
 //! refused (the browser gets a 503) rather than opening more files. A closed
@@ -12,12 +13,47 @@ use std::time::{Duration, Instant};
 
 use cartable_proto::BlobHash;
 
-/// Blobs with partial files open for fetch-through at most: 512 descriptors,
-/// half of the common 1024 soft limit, leaving the rest to browsers and peers.
+/// Blobs with partial files open for fetch-through at most (512 descriptors),
+/// and fewer under a low descriptor limit: see [`open_slots_cap`].
 pub const MAX_OPEN_SLOTS: usize = 256;
+/// Slots allowed even under a tiny descriptor limit, so fetch-through works.
+const MIN_OPEN_SLOTS: usize = 4;
+/// Descriptors one slot holds: the data file and the outboard.
+const FILES_PER_SLOT: u64 = 2;
+/// Slots take at most this fraction (1/4) of the process's descriptor limit:
+/// the rest is for browsers' connections, peers, the index and reads.
+const SHARE_OF_LIMIT: u64 = 4;
 /// An idle slot unused this long is closed at the next new slot, so descriptors
 /// do not stay open for blobs nobody reads any more.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// The cap on open slots for this process: [`MAX_OPEN_SLOTS`], or a quarter
+/// of its descriptor limit (`ulimit -n`) when that is lower.
+pub(super) fn open_slots_cap() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    cap_for(soft_open_files(&limits))
+}
+
+/// The slot cap under a soft descriptor limit (`None`: unlimited or unknown).
+fn cap_for(limit: Option<u64>) -> usize {
+    let Some(limit) = limit else {
+        return MAX_OPEN_SLOTS;
+    };
+    let slots = limit / (FILES_PER_SLOT * SHARE_OF_LIMIT);
+    usize::try_from(slots)
+        .unwrap_or(MAX_OPEN_SLOTS)
+        .clamp(MIN_OPEN_SLOTS, MAX_OPEN_SLOTS)
+}
+
+/// The soft limit in the `Max open files` line of `/proc/self/limits`.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// Whether a slot is in use by anyone but the map.
 pub(super) trait Idle {
@@ -161,6 +197,19 @@ mod tests {
         slots.take(&fresh, t0 + IDLE_CLOSE, || Ok(Fake))?;
         assert_eq!(slots.len(), 1, "the idle ones closed, the new one open");
         Ok(())
+    }
+
+    #[test]
+    fn slots_take_a_quarter_of_a_low_descriptor_limit() {
+        let limits = "Limit  Soft Limit  Hard Limit  Units\n\
+                      Max open files            256                  4096                 files\n";
+        assert_eq!(soft_open_files(limits), Some(256));
+        assert_eq!(cap_for(Some(256)), 32);
+        assert_eq!(cap_for(Some(1024)), 128);
+        assert_eq!(cap_for(Some(1 << 20)), MAX_OPEN_SLOTS);
+        assert_eq!(cap_for(Some(10)), MIN_OPEN_SLOTS);
+        let unlimited = "Max open files            unlimited            unlimited            files";
+        assert_eq!(cap_for(soft_open_files(unlimited)), MAX_OPEN_SLOTS);
     }
 
     #[test]
