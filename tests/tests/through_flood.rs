@@ -77,14 +77,22 @@ struct Pair {
 fn pair(dir: &Path) -> anyhow::Result<Pair> {
     let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
     let files = many_files(&dir.join("lesson"))?;
-    let a = Node::start_in(&a_dir, &["--peer", &format!("{}@127.0.0.1:9", node_id(&b_dir)?)])?;
+    let a = Node::start_in(
+        &a_dir,
+        &["--peer", &format!("{}@127.0.0.1:9", node_id(&b_dir)?)],
+    )?;
     let bundle = a.add(&dir.join("lesson"))?;
     let config = dir.join("b.toml");
     std::fs::write(&config, format!("[quic]\ncache_max_mib = {CACHE_MIB}\n"))?;
     let b = Node::start_with_open_files_in(
         &b_dir,
         OPEN_FILES,
-        &["--config", config.to_str().unwrap(), "--peer", &a.peer_addr()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--peer",
+            &a.peer_addr(),
+        ],
     )?;
     let held = b.add(&sample_lesson())?;
     Ok(Pair {
@@ -130,32 +138,56 @@ async fn a_flood_of_one_byte_ranges_leaves_descriptors_and_partial_files_bounded
     for batch in p.files[1..].chunks(AT_ONCE) {
         let replies = one_byte_of_each(&client, &p.bundle, batch).await?;
         for reply in &replies {
-            assert_eq!(reply.status, 206, "{}", String::from_utf8_lossy(&reply.body));
+            assert_eq!(
+                reply.status,
+                206,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
             assert_eq!(reply.body, b"f", "each file starts with its name");
         }
         busiest = busiest.max(open_descriptors(&p.b)?);
         let held = client.get(&held_path, &[]).await?;
-        assert!(held.status == 200 && held.body == expected, "{}", held.status);
+        assert!(
+            held.status == 200 && held.body == expected,
+            "{}",
+            held.status
+        );
     }
     // Slots hold two descriptors each; each request in flight at most a
     // connection and a verified read (two files).
     let bound = baseline + 2 * SLOTS + 3 * AT_ONCE;
-    assert!(busiest <= bound, "{busiest} descriptors open, bound {bound}");
+    assert!(
+        busiest <= bound,
+        "{busiest} descriptors open, bound {bound}"
+    );
     let settled = baseline + 2 * SLOTS + 4;
     let deadline = Instant::now() + Duration::from_secs(3);
     while open_descriptors(&p.b)? > settled && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = open_descriptors(&p.b)?;
-    assert!(after <= settled, "{after} descriptors left open, bound {settled}");
+    assert!(
+        after <= settled,
+        "{after} descriptors left open, bound {settled}"
+    );
     let (blobs, files, bytes) = partial_usage(&p.b)?;
     // The cache's 1 MiB, plus the partial blobs open in slots (never trimmed).
     let max_bytes = (CACHE_MIB << 20) + (SLOTS * 3 * FILE_LEN) as u64;
-    assert!(bytes <= max_bytes, "partial/ takes {bytes} bytes, bound {max_bytes}");
+    assert!(
+        bytes <= max_bytes,
+        "partial/ takes {bytes} bytes, bound {max_bytes}"
+    );
     assert!(blobs < FILES / 2, "{blobs} partial blobs of {FILES} left");
-    assert!(files <= 3 * blobs, "{files} files for {blobs} partial blobs");
+    assert!(
+        files <= 3 * blobs,
+        "{files} files for {blobs} partial blobs"
+    );
     let held = client.get(&held_path, &[]).await?;
-    assert!(held.status == 200 && held.body == expected, "never marked damaged");
+    assert!(
+        held.status == 200 && held.body == expected,
+        "never marked damaged"
+    );
     Ok(())
 }
 
@@ -163,7 +195,10 @@ async fn a_flood_of_one_byte_ranges_leaves_descriptors_and_partial_files_bounded
 async fn made_up_bundle_ids_are_answered_quickly_despite_a_dead_peer() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Node::start_in(&a_dir, &["--peer", &format!("{}@127.0.0.1:9", node_id(&b_dir)?)])?;
+    let a = Node::start_in(
+        &a_dir,
+        &["--peer", &format!("{}@127.0.0.1:9", node_id(&b_dir)?)],
+    )?;
     let bundle = a.add(&sample_lesson())?;
     // Nothing answers QUIC on the discard port: a dial there only times out.
     let dead = format!("{}@127.0.0.1:9", "ab".repeat(32));
@@ -182,7 +217,10 @@ async fn made_up_bundle_ids_are_answered_quickly_despite_a_dead_peer() -> anyhow
     }
     let flood = started.elapsed();
     // One dial to the dead peer (3 s) for all of them, not one each.
-    assert!(flood < Duration::from_secs(12), "200 unknown ids took {flood:?}");
+    assert!(
+        flood < Duration::from_secs(12),
+        "200 unknown ids took {flood:?}"
+    );
     let page = client.get(&format!("/b/{bundle}/"), &[]).await?;
     assert_eq!(page.status, 200, "a bundle the live peer holds is served");
     Ok(())

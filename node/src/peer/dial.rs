@@ -109,10 +109,12 @@ impl Dialer {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.retain(|id, link| {
             let kept = keep.iter().any(|p| p.id == *id);
-            if !kept && let Ok(mut link) = link.try_lock() {
-                if let Some(conn) = link.conn.take() {
-                    conn.close(0u32.into(), b"no longer a peer");
-                }
+            // A link busy dialing closes with the last request holding it.
+            if !kept
+                && let Ok(mut link) = link.try_lock()
+                && let Some(conn) = link.conn.take()
+            {
+                conn.close(0u32.into(), b"no longer a peer");
             }
             kept
         });

@@ -354,7 +354,10 @@ fn partial_blobs_count_against_the_cache_size() -> anyhow::Result<()> {
     let after = store.trim_partials(cap, usize::MAX)?;
     assert_eq!(after.removed, 0, "cache and partials fit the cap exactly");
     let after = store.trim_partials(cap - 1, usize::MAX)?;
-    assert_eq!(after.removed, 1, "one over the cap: the oldest partial goes");
+    assert_eq!(
+        after.removed, 1,
+        "one over the cap: the oldest partial goes"
+    );
     assert!(after.bytes + 50_000 < cap);
     Ok(())
 }
