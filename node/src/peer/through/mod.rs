@@ -51,6 +51,10 @@ const LOOKUP_QUEUE_WAIT: Duration = Duration::from_secs(2);
 const MANIFEST_ASK_LIMIT: Duration = STALL_LIMIT;
 /// A lookup asks no more peers after this long: a browser is waiting.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// `partial/` is trimmed once every this many new partial blobs: a trim lists
+/// the folder and the cache index, too dear for every 1-byte request of a
+/// flood, and the folder overshoots its bounds by at most this many.
+const TRIM_EVERY_NEW_PARTIALS: u64 = 16;
 
 /// Where verified bytes of a blob can be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,8 @@ pub struct FetchThrough {
     lookups: Semaphore,
     slots: Mutex<Slots<Slot>>,
     received: Arc<AtomicU64>,
+    /// Partial blobs started since this node started, for trimming.
+    started: AtomicU64,
     reputation: Arc<Reputation>,
     /// Bytes of fetched-through blobs (and partial files) kept before the
     /// least recently used go.
@@ -142,6 +148,7 @@ impl FetchThrough {
             lookups: Semaphore::new(LOOKUPS_AT_ONCE),
             slots: Mutex::new(Slots::new(slots::open_slots_cap())),
             received: Default::default(),
+            started: Default::default(),
         };
         through.trim_partials();
         through
@@ -265,8 +272,8 @@ impl FetchThrough {
         self.dialer.drop_peer(peer).await;
     }
 
-    /// The blob's slot, opening its partial files if needed; a new partial blob
-    /// trims the abandoned ones.
+    /// The blob's slot, opening its partial files if needed; every
+    /// [`TRIM_EVERY_NEW_PARTIALS`]th new partial blob trims the abandoned ones.
     fn slot(&self, hash: &BlobHash, size: u64) -> Result<Arc<Slot>, Unavailable> {
         let taken = lock(&self.slots).take(hash, Instant::now(), || {
             Ok(Slot {
@@ -276,7 +283,8 @@ impl FetchThrough {
         });
         match taken {
             Ok((slot, new)) => {
-                if new {
+                let nth = || self.started.fetch_add(1, Ordering::Relaxed) + 1;
+                if new && nth() % TRIM_EVERY_NEW_PARTIALS == 0 {
                     self.trim_partials();
                 }
                 Ok(slot)
