@@ -124,6 +124,77 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
+    use crate::peer::auth::Members;
+
+    fn endpoint(keys: &std::path::Path, name: &str) -> anyhow::Result<(PeerEndpoint, NodeId)> {
+        let identity = Identity::load_or_create(&keys.join(name))?;
+        let bound = PeerEndpoint::bind("127.0.0.1:0".parse()?, &identity, Members::anyone())?;
+        Ok((bound, identity.id()))
+    }
+
+    #[tokio::test]
+    async fn requests_for_a_silent_peer_share_one_dial_then_skip_it() -> anyhow::Result<()> {
+        let keys = tempfile::tempdir()?;
+        let (ours, _) = endpoint(keys.path(), "us")?;
+        // A socket that takes QUIC packets and never answers: a stalled peer.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let peer = PeerAddr {
+            id: NodeId::from_bytes([9; 32]),
+            addr: silent.local_addr()?,
+        };
+        let dialer = Arc::new(Dialer::new(ours));
+        let started = Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let dialer = dialer.clone();
+            asks.spawn(async move { dialer.connection(peer).await.is_none() });
+        }
+        while let Some(unreachable) = asks.join_next().await {
+            assert!(unreachable?);
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= CONNECT_TIMEOUT && waited < CONNECT_TIMEOUT * 2,
+            "eight requests waited {waited:?}: one dial, not eight"
+        );
+        let again = Instant::now();
+        assert!(dialer.connection(peer).await.is_none());
+        assert!(
+            again.elapsed() < Duration::from_millis(100),
+            "resting: no dial"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_live_connection_is_reused() -> anyhow::Result<()> {
+        let keys = tempfile::tempdir()?;
+        let (ours, _) = endpoint(keys.path(), "us")?;
+        let (theirs, id) = endpoint(keys.path(), "them")?;
+        let accept = theirs.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accept.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        conn.closed().await;
+                    }
+                });
+            }
+        });
+        let peer = PeerAddr {
+            id,
+            addr: theirs.local_addr()?,
+        };
+        let dialer = Dialer::new(ours);
+        let first = dialer.connection(peer).await.expect("a live peer");
+        let second = dialer.connection(peer).await.expect("a live peer");
+        assert_eq!(first.stable_id(), second.stable_id());
+        dialer.drop_peer(peer.id).await;
+        assert!(first.close_reason().is_some(), "dropped peers are closed");
+        assert!(dialer.connection(peer).await.is_none(), "and rested");
+        Ok(())
+    }
 
     #[test]
     fn a_failed_peer_rests_then_is_dialed_again() {

@@ -399,3 +399,68 @@ impl FetchThrough {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::peer::auth::Members;
+    use crate::peer::respond::serve_peers;
+
+    /// A node with an empty store answering peers, and fetch-through towards it.
+    struct Setup {
+        _dirs: tempfile::TempDir,
+        peer_endpoint: PeerEndpoint,
+        through: FetchThrough,
+    }
+
+    fn setup() -> anyhow::Result<Setup> {
+        let dirs = tempfile::tempdir()?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
+        let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
+        let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
+        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store));
+        let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
+        let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
+        let peer = PeerAddr {
+            id: peer_key.id(),
+            addr: peer_endpoint.local_addr()?,
+        };
+        let store = Arc::new(Store::open(dirs.path().join("us"))?);
+        let through = FetchThrough::new(ours, vec![peer], store, Arc::default(), 1 << 20);
+        Ok(Setup {
+            _dirs: dirs,
+            peer_endpoint,
+            through,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_id_no_peer_holds_is_answered_from_memory_afterwards() -> anyhow::Result<()> {
+        let s = setup()?;
+        let (made_up, other) = (BundleId::of_manifest(b"x"), BundleId::of_manifest(b"y"));
+        assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
+        // With the peer gone, only memory can answer "unknown".
+        s.peer_endpoint.close();
+        s.through.dialer.drop_peer(s.through.peers()[0].id).await;
+        assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
+        assert_eq!(
+            s.through.lookup(&other).await,
+            Err(LookupError::Unavailable),
+            "no peer could be asked: not known unknown"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn orders_naming_holders_make_an_unknown_id_asked_again() -> anyhow::Result<()> {
+        let s = setup()?;
+        let id = BundleId::of_manifest(b"x");
+        assert_eq!(s.through.lookup(&id).await, Err(LookupError::Unknown));
+        s.through
+            .set_holders(HashMap::from([(id, vec![s.through.peers()[0].id])]));
+        assert!(!lock(&s.through.unknown).contains(&id, Instant::now()));
+        Ok(())
+    }
+}
