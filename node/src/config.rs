@@ -26,7 +26,9 @@
 //! # Bandwidth cap of background copies (`fetch`), in MiB/s. Default: none.
 //! fetch_rate_mib_s = 20
 //! # Space for bundles served to browsers from peers (fetch-through), in MiB;
-//! # beyond it the oldest cached files are evicted. Default: 10240.
+//! # beyond it the oldest cached files are evicted. The partial files of blobs
+//! # being fetched count against it too: abandoned ones are deleted, oldest
+//! # first, to fit. Default: 10240.
 //! cache_max_mib = 10240
 //!
 //! [scrub]

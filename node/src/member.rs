@@ -357,6 +357,13 @@ impl Member {
                 .copied()
                 .collect(),
         );
+        self.through.set_holders(
+            orders
+                .hold
+                .iter()
+                .map(|h| (h.bundle, h.sources.clone()))
+                .collect(),
+        );
         if let Some(names) = &orders.names {
             *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names.clone();
         }

@@ -104,7 +104,30 @@ impl Node {
     /// Starts a node on `data_dir` with extra `serve` arguments, and waits for
     /// its listening line.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(node_binary())
+        Self::spawn(Command::new(node_binary()), data_dir, extra)
+    }
+
+    /// Like [`Node::start_in`], under a limit of `open_files` descriptors
+    /// (`prlimit` from util-linux, which runs the node in its own process).
+    pub fn start_with_open_files_in(
+        data_dir: &Path,
+        open_files: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(node_binary());
+        Self::spawn(command, data_dir, extra)
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
@@ -154,11 +177,6 @@ impl Node {
     /// `NODEID@IP:PORT`, as `--peer` and `--from` take it.
     pub fn peer_addr(&self) -> String {
         format!("{}@{}", self.id, self.quic)
-    }
-
-    /// The process id, to read its use of memory and descriptors in /proc.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// `IP:PORT` of its HTTPS side.

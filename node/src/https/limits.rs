@@ -159,9 +159,12 @@ impl FileConnections {
             max_header_bytes >= MIN_HEADER_BYTES,
             "connections.max_header_bytes must be at least {MIN_HEADER_BYTES}"
         );
+        // Raised whether or not the cap is configured: every connection and
+        // every file read takes a descriptor.
+        let files = open_file_limit();
         let max_connections = self
             .max_connections
-            .unwrap_or_else(|| connections_for(open_file_limit()));
+            .unwrap_or_else(|| connections_for(files));
         anyhow::ensure!(
             max_connections > 0,
             "connections.max_connections must be positive"

@@ -2,6 +2,7 @@
 //!
 //! - [`auth`]: mutual authentication by node key, members only.
 //! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
+//! - [`dial`]: shared connections to peers, one dial per peer at a time, with a deadline.
 //! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
 //! - [`respond`]: answering peers' requests from the store, verified.
 //! - [`exchange`]: one request to one peer, its answer verified into a partial blob.
@@ -11,6 +12,7 @@
 //! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
 pub mod auth;
+pub mod dial;
 pub mod endpoint;
 pub mod exchange;
 pub mod fetch;

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::endpoint::PeerEndpoint;
 use super::frame::{self, FrameError};
-use crate::store::Store;
+use crate::store::{ReadFault, Store, VerifyError};
 
 /// Encoded bytes handed from the disk reader to the stream at a time.
 const PIECE_BYTES: usize = 256 * 1024;
@@ -154,13 +154,13 @@ async fn send_blob(
     hash: BlobHash,
     groups: GroupRanges,
 ) -> Result<(), FrameError> {
-    let files = store
-        .blob_size(&hash)
-        .and_then(|size| store.open_blob(&hash, size).ok());
-    let Some(files) = files else {
-        frame::write_frame(&mut send, &not_found("blob").encode()).await?;
-        let _ = send.finish();
-        return Ok(());
+    let files = match open_held(store, &hash) {
+        Ok(files) => files,
+        Err(refusal) => {
+            frame::write_frame(&mut send, &refusal.encode()).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
     };
     frame::write_frame(&mut send, &Response::Blob { size: files.size }.encode()).await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -171,8 +171,10 @@ async fn send_blob(
             buf: BytesMut::with_capacity(PIECE_BYTES),
         };
         let result = files.encode_groups(groups.ranges(), out);
-        if let Err(crate::store::VerifyError::Corrupt { .. }) = &result {
-            reader_store.mark_damaged(&files.hash, "failed verification while serving a peer");
+        if let Err(e) = &result {
+            // Marks only a blob shown wrong on disk; a reset stream or a node
+            // short of memory is not the blob's fault.
+            reader_store.read_failed(&files.hash, e);
         }
         result
     });
@@ -189,6 +191,21 @@ async fn send_blob(
         }
     }
     Ok(())
+}
+
+/// Opens a blob held whole, or the answer for a peer: not held (or missing on
+/// disk, then marked damaged), or busy when this node cannot open files now.
+fn open_held(store: &Store, hash: &BlobHash) -> Result<crate::store::BlobFiles, Response> {
+    let size = store.blob_size(hash).ok_or_else(|| not_found("blob"))?;
+    store
+        .open_blob(hash, size)
+        .map_err(|e| match store.read_failed(hash, &VerifyError::Io(e)) {
+            ReadFault::Damaged => not_found("blob"),
+            ReadFault::Transient => Response::Error(WireError {
+                retry_after_ms: BUSY_RETRY_MS,
+                ..WireError::new(ErrorKind::Busy, "cannot open the blob now")
+            }),
+        })
 }
 
 /// A blocking writer feeding an async stream through a bounded channel.

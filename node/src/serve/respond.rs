@@ -19,9 +19,9 @@ use super::listing;
 use super::target::{self, Target};
 use super::upload;
 use crate::https::shed::Level;
-use crate::peer::through::{FetchThrough, Source};
-use crate::store::verify::{GROUP_BYTES, VerifyError, io_means_damage};
-use crate::store::{BlobFiles, Store};
+use crate::peer::through::{FetchThrough, LookupError, Source};
+use crate::store::verify::{GROUP_BYTES, VerifyError};
+use crate::store::{BlobFiles, ReadFault, Store};
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -100,10 +100,12 @@ async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<Arc<Manifest>, Ht
     match ctx.store.manifest(id) {
         Ok(Some(m)) => Ok(m),
         Ok(None) => match &ctx.through {
-            Some(through) => through
-                .manifest(id)
-                .await
-                .ok_or(HttpError::NotFound("no such bundle here")),
+            Some(through) => through.lookup(id).await.map_err(|e| match e {
+                LookupError::Unknown => HttpError::NotFound("no such bundle here"),
+                LookupError::Unavailable => {
+                    HttpError::Unavailable("peers cannot be asked right now")
+                }
+            }),
             None => Err(HttpError::NotFound("no such bundle here")),
         },
         Err(e) => {
@@ -193,14 +195,9 @@ async fn verified_body(
     range: Range<u64>,
 ) -> Result<Body, HttpError> {
     let store = &ctx.store;
-    let files = store.open_blob(&entry.hash, entry.size).map_err(|e| {
-        if io_means_damage(&e) {
-            store.mark_damaged(&entry.hash, &format!("cannot open: {e}"));
-            return HttpError::Unavailable("file missing on this node, repair pending");
-        }
-        tracing::warn!(blob = %entry.hash, error = %e, "cannot open blob now");
-        HttpError::Unavailable("cannot read this file right now")
-    })?;
+    let files = store
+        .open_blob(&entry.hash, entry.size)
+        .map_err(|e| failed(store, &entry.hash, &VerifyError::Io(e)))?;
     let len = range.end - range.start;
     if entry.size <= GROUP_BYTES {
         // One chunk group: cheaper to verify in place than to hand to a thread.
@@ -340,15 +337,13 @@ fn segments(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
     })
 }
 
-/// A failed verified read: the blob is marked damaged when its bytes are wrong,
-/// not when the system is short of something.
+/// A failed open or verified read: the blob is marked damaged when its files
+/// are wrong or gone, not when the node is short of something.
 fn failed(store: &Store, hash: &cartable_proto::BlobHash, e: &VerifyError) -> HttpError {
-    if e.means_damage() {
-        store.mark_damaged(hash, &e.to_string());
-        return HttpError::Unavailable("file damaged on this node, repair pending");
+    match store.read_failed(hash, e) {
+        ReadFault::Damaged => HttpError::Unavailable("file damaged on this node, repair pending"),
+        ReadFault::Transient => HttpError::Unavailable("busy, retry shortly"),
     }
-    tracing::warn!(blob = %hash, error = %e, "cannot read blob now");
-    HttpError::Unavailable("cannot read this file right now")
 }
 
 fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body> {

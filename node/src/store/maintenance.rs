@@ -5,7 +5,7 @@ use std::fs;
 
 use cartable_proto::{BlobHash, BundleId};
 
-use super::{Store, StoreError, io_at, layout};
+use super::{ReadFault, Store, StoreError, VerifyError, io_at, layout};
 
 /// One thing `check` found wrong.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -84,8 +84,13 @@ impl Store {
                         .clear_damaged(hash)
                         .map_err(|e| self.index_err(e))?;
                 }
-                Err(what) => {
-                    self.mark_damaged(hash, &what);
+                Err(e) => {
+                    // Marked only when the files are wrong or gone; a check
+                    // run short of descriptors reports the blob, marks nothing.
+                    let what = match self.read_failed(hash, &e) {
+                        ReadFault::Damaged => e.to_string(),
+                        ReadFault::Transient => format!("cannot read now: {e}"),
+                    };
                     report.problems.push(Problem {
                         id: hash.to_hex(),
                         what,
@@ -105,13 +110,8 @@ impl Store {
         Ok(report)
     }
 
-    fn verify_blob(&self, hash: &BlobHash, size: u64) -> Result<(), String> {
-        let files = self
-            .open_blob(hash, size)
-            .map_err(|e| format!("missing: {e}"))?;
-        files
-            .read_verified(0..size, |_| true)
-            .map_err(|e| e.to_string())
+    fn verify_blob(&self, hash: &BlobHash, size: u64) -> Result<(), VerifyError> {
+        self.open_blob(hash, size)?.read_verified(0..size, |_| true)
     }
 
     /// Deletes the index of the store in `dir` and builds a new one from the

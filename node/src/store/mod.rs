@@ -13,6 +13,7 @@ mod index;
 pub mod layout;
 mod maintenance;
 mod partial;
+mod partial_space;
 mod scrub;
 pub mod verify;
 pub mod walk;
@@ -37,8 +38,9 @@ pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
 pub use partial::PartialBlob;
+pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
-pub use verify::{BlobFiles, VerifyError};
+pub use verify::{BlobFiles, VerifyError, io_shows_damage};
 pub use walk::WalkError;
 
 use index::Index;
@@ -83,6 +85,16 @@ pub struct AddReport {
     pub new_bytes: u64,
 }
 
+/// What a failed read of a stored blob means, from [`Store::read_failed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// Its bytes or files are wrong or gone: marked damaged, repair pending.
+    Damaged,
+    /// The node could not read it now (descriptors, memory, a timeout):
+    /// nothing was marked; a later request may succeed.
+    Transient,
+}
+
 /// A node's blob store.
 #[derive(Debug)]
 pub struct Store {
@@ -90,6 +102,8 @@ pub struct Store {
     index: Index,
     writes: Mutex<()>,
     manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
+    /// Partial blobs open now, never trimmed.
+    open_partials: partial_space::OpenPartials,
 }
 
 impl Store {
@@ -108,6 +122,7 @@ impl Store {
             index,
             writes: Mutex::new(()),
             manifests: RwLock::new(HashMap::new()),
+            open_partials: Default::default(),
         };
         store.reconcile()?;
         Ok(store)
@@ -239,11 +254,27 @@ impl Store {
         self.index.blob_size(hash)
     }
 
-    /// Records that a blob failed verification, so it is not trusted until repaired.
+    /// Records that a blob failed verification, so it is not trusted until
+    /// repaired. Callers holding an error use [`Store::read_failed`], which
+    /// marks only what shows damage.
     pub fn mark_damaged(&self, hash: &BlobHash, why: &str) {
         tracing::error!(blob = %hash, reason = why, "blob damaged on disk, marked for repair");
         if let Err(e) = self.index.mark_damaged(hash, why) {
             tracing::error!(blob = %hash, error = %e, "could not record damaged blob");
+        }
+    }
+
+    /// Judges a failed open or verified read of a stored blob: the blob is
+    /// marked damaged only when the failure shows its files wrong or gone
+    /// ([`VerifyError::shows_damage`]); a node short of descriptors, memory or
+    /// time marks nothing and answers "try again later".
+    pub fn read_failed(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
+        if error.shows_damage() {
+            self.mark_damaged(hash, &error.to_string());
+            ReadFault::Damaged
+        } else {
+            tracing::warn!(blob = %hash, error = %error, "cannot read blob now; not marked damaged");
+            ReadFault::Transient
         }
     }
 

@@ -13,6 +13,7 @@ use bao_tree::io::sync::{OutboardMut, WriteAt};
 use bao_tree::{BaoTree, TreeNode};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
+use super::partial_space::OpenMark;
 use super::verify::{BLOCK_SIZE, GROUP_BYTES};
 use super::{BlobFiles, BundleSummary, Store, StoreError, io_at, layout};
 
@@ -26,6 +27,8 @@ pub struct PartialBlob {
     /// One byte per chunk group: 1 once written and verified.
     done: Vec<u8>,
     paths: [PathBuf; 3],
+    /// Keeps the files from being trimmed while open.
+    _open: OpenMark,
 }
 
 impl PartialBlob {
@@ -108,7 +111,7 @@ fn done_groups(path: &Path, size: u64) -> Vec<u8> {
 }
 
 impl Store {
-    fn partial_paths(&self, hash: &BlobHash) -> [PathBuf; 3] {
+    pub(super) fn partial_paths(&self, hash: &BlobHash) -> [PathBuf; 3] {
         let dir = self.layout.partial_dir();
         let hex = hash.to_hex();
         [
@@ -125,6 +128,9 @@ impl Store {
 
     /// Opens (resuming) or starts the partial files of a blob to fetch.
     pub fn partial(&self, hash: &BlobHash, size: u64) -> io::Result<PartialBlob> {
+        // Marked before the files are touched, so a trim running meanwhile
+        // leaves them alone.
+        let open_mark = self.open_partials.mark(*hash);
         fs::create_dir_all(self.layout.partial_dir())?;
         let paths = self.partial_paths(hash);
         let open = |p: &PathBuf| {
@@ -150,6 +156,7 @@ impl Store {
             },
             done,
             paths,
+            _open: open_mark,
         })
     }
 

@@ -13,7 +13,6 @@
 //! bandwidth it takes, so that it never competes with pupils.
 
 use std::fs;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,7 +205,7 @@ impl Store {
                     .map_err(|e| self.index_err(e))?;
                 Ok(Verdict::Whole)
             }
-            Err(e) if shows_damage(&e) => self.remove_damaged(hash, seen, &e.to_string()),
+            Err(e) if e.shows_damage() => self.remove_damaged(hash, seen, &e.to_string()),
             Err(e) => {
                 tracing::warn!(blob = %hash, error = %e, "scrub: cannot read blob now, retried next pass");
                 Ok(Verdict::Skipped)
@@ -243,21 +242,6 @@ impl Store {
             layout::remove_if_present(&path).map_err(io_at(&path))?;
         }
         Ok(Verdict::Removed)
-    }
-}
-
-/// Whether a failed read shows the blob damaged or gone, rather than the node
-/// short of something the next pass may have (file handles, permissions):
-/// a good blob must never be removed for that.
-fn shows_damage(e: &VerifyError) -> bool {
-    match e {
-        VerifyError::Corrupt { .. } | VerifyError::WrongLength { .. } => true,
-        VerifyError::Io(e) => {
-            matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
-            ) || e.raw_os_error() == Some(libc::EIO)
-        }
     }
 }
 
@@ -329,23 +313,6 @@ mod tests {
         let now = Instant::now();
         assert_eq!(Pace::new(0, now).after(u64::MAX, now), Duration::ZERO);
         assert_eq!(Pace::new(u64::MAX, now).after(BLOCK, now), Duration::ZERO);
-    }
-
-    #[test]
-    fn only_failures_of_the_disk_count_as_damage() {
-        let hash = BlobHash::of(b"x");
-        let io = |e: io::Error| shows_damage(&VerifyError::Io(e));
-        assert!(shows_damage(&VerifyError::Corrupt { hash, offset: 0 }));
-        assert!(shows_damage(&VerifyError::WrongLength {
-            hash,
-            expected: 2,
-            actual: 1
-        }));
-        assert!(io(io::ErrorKind::NotFound.into()));
-        assert!(io(io::ErrorKind::UnexpectedEof.into()));
-        assert!(io(io::Error::from_raw_os_error(libc::EIO)));
-        assert!(!io(io::Error::from_raw_os_error(libc::EMFILE)));
-        assert!(!io(io::ErrorKind::PermissionDenied.into()));
     }
 
     #[test]

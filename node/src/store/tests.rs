@@ -325,3 +325,97 @@ fn the_fetch_through_cache_evicts_the_oldest_beyond_its_cap() -> anyhow::Result<
     assert!(present(&third) && present(&fourth));
     Ok(())
 }
+
+/// Starts the partial files of `count` blobs of `len` bytes, one group written
+/// each, and closes them (an abandoned fetch).
+fn abandoned_partials(store: &Store, count: u8, len: usize) -> anyhow::Result<Vec<BlobHash>> {
+    let mut hashes = Vec::new();
+    for seed in 0..count {
+        let data = pattern(len, seed);
+        let hash = BlobHash::of(&data);
+        let mut partial = store.partial(&hash, len as u64)?;
+        partial.write_group(0, &data[..verify::GROUP_BYTES as usize])?;
+        partial.checkpoint(store)?;
+        hashes.push(hash);
+        // File times tick at the kernel's clock granularity: keep the order clear.
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+    Ok(hashes)
+}
+
+fn partial_files(store: &Store) -> usize {
+    fs::read_dir(store.layout().partial_dir()).map_or(0, |d| d.count())
+}
+
+#[test]
+fn abandoned_partial_blobs_are_trimmed_to_the_count_oldest_first() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let store = Store::open(data.path())?;
+    let hashes = abandoned_partials(&store, 6, 40_000)?;
+    assert_eq!(partial_files(&store), 18, "data, outboard and groups each");
+    let open = store.partial(&hashes[0], 40_000)?;
+    let usage = store.trim_partials(u64::MAX, 2)?;
+    assert_eq!((usage.blobs, usage.removed), (2, 4));
+    assert_eq!(partial_files(&store), 6);
+    let kept = |h: &BlobHash| store.layout().partial_dir().join(h.to_hex()).exists();
+    assert!(kept(&hashes[0]), "an open partial blob is never trimmed");
+    assert!(kept(&hashes[5]), "the newest abandoned one stays");
+    drop(open);
+    Ok(())
+}
+
+#[test]
+fn partial_blobs_count_against_the_cache_size() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let store = Store::open(data.path())?;
+    abandoned_partials(&store, 4, 40_000)?;
+    let before = store.trim_partials(u64::MAX, usize::MAX)?;
+    assert_eq!((before.blobs, before.removed), (4, 0));
+    let cap = before.bytes + 50_000;
+    cache(&store, &pattern(50_000, 99), cap)?;
+    let after = store.trim_partials(cap, usize::MAX)?;
+    assert_eq!(after.removed, 0, "cache and partials fit the cap exactly");
+    let after = store.trim_partials(cap - 1, usize::MAX)?;
+    assert_eq!(
+        after.removed, 1,
+        "one over the cap: the oldest partial goes"
+    );
+    assert!(after.bytes + 50_000 < cap);
+    Ok(())
+}
+
+#[test]
+fn stale_partials_of_an_earlier_run_are_counted_and_trimmed() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    {
+        let store = Store::open(data.path())?;
+        abandoned_partials(&store, 5, 20_000)?;
+    }
+    let store = Store::open(data.path())?;
+    let usage = store.trim_partials(u64::MAX, 3)?;
+    assert_eq!((usage.blobs, usage.removed), (3, 2));
+    assert_eq!(partial_files(&store), 9);
+    Ok(())
+}
+
+#[test]
+fn a_blob_that_cannot_be_opened_now_is_not_marked_damaged() -> anyhow::Result<()> {
+    let (data, src) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let store = Store::open(data.path())?;
+    let bytes = pattern(50_000, 7);
+    lesson(src.path(), &[("a.bin", bytes.clone())]);
+    store.add_folder(src.path())?;
+    let hash = BlobHash::of(&bytes);
+    for transient in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+        let e = VerifyError::Io(io::Error::from_raw_os_error(transient));
+        assert_eq!(store.read_failed(&hash, &e), ReadFault::Transient);
+    }
+    let timeout = VerifyError::Io(io::ErrorKind::TimedOut.into());
+    assert_eq!(store.read_failed(&hash, &timeout), ReadFault::Transient);
+    assert!(!store.is_damaged(&hash));
+    assert_eq!(store.blob_size(&hash), Some(50_000), "still served");
+    let gone = VerifyError::Io(io::ErrorKind::NotFound.into());
+    assert_eq!(store.read_failed(&hash, &gone), ReadFault::Damaged);
+    assert!(store.is_damaged(&hash));
+    Ok(())
+}

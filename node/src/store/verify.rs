@@ -58,24 +58,28 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// Whether the blob on disk is wrong (corrupt, truncated, missing), rather
-    /// than the system short of something for now (descriptors, memory): only
-    /// the first marks a blob damaged.
-    pub fn means_damage(&self) -> bool {
+    /// Whether the failure shows the blob wrong or gone on disk (bytes that do
+    /// not verify, a file of the wrong length or missing, a disk that cannot
+    /// read the sector), rather than the node short of something a later try
+    /// may have (file descriptors, memory, time): only the first marks a blob
+    /// damaged, so a flood of requests cannot get a good blob repaired.
+    pub fn shows_damage(&self) -> bool {
         match self {
             Self::Corrupt { .. } | Self::WrongLength { .. } => true,
-            Self::Io(e) => io_means_damage(e),
+            Self::Io(e) => io_shows_damage(e),
         }
     }
 }
 
-/// Whether an error opening or reading a blob's files says the blob is gone or
-/// cut short, rather than that the system is short of something for now.
-pub fn io_means_damage(e: &io::Error) -> bool {
+/// Whether an IO error on a blob's files shows the files missing or unreadable
+/// on disk: `NotFound`, a file shorter than its size (`UnexpectedEof`), `EIO`.
+/// Everything else (`EMFILE`, `ENFILE`, `ENOMEM`, `EACCES`, timeouts,
+/// interruptions) is the node's trouble, not the blob's.
+pub fn io_shows_damage(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
-    )
+    ) || e.raw_os_error() == Some(libc::EIO)
 }
 
 /// The open files of one stored blob.
@@ -338,5 +342,32 @@ fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3
         merge_subtrees_root(&l, &r, Mode::Hash)
     } else {
         blake3::Hash::from(merge_subtrees_non_root(&l, &r, Mode::Hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_the_disk_count_as_damage() {
+        let hash = BlobHash::of(b"x");
+        let io = |e: io::Error| VerifyError::Io(e).shows_damage();
+        assert!(VerifyError::Corrupt { hash, offset: 0 }.shows_damage());
+        let short = VerifyError::WrongLength {
+            hash,
+            expected: 2,
+            actual: 1,
+        };
+        assert!(short.shows_damage());
+        assert!(io(io::ErrorKind::NotFound.into()));
+        assert!(io(io::ErrorKind::UnexpectedEof.into()));
+        assert!(io(io::Error::from_raw_os_error(libc::EIO)));
+        for transient in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            assert!(!io(io::Error::from_raw_os_error(transient)), "{transient}");
+        }
+        assert!(!io(io::ErrorKind::PermissionDenied.into()));
+        assert!(!io(io::ErrorKind::TimedOut.into()));
+        assert!(!io(io::ErrorKind::Interrupted.into()));
     }
 }

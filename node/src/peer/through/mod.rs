@@ -1,0 +1,466 @@
+//! Fetch-through: a browser asks this node for a bundle it does not hold; the
+//! node fetches from its peers only the chunk groups the request needs,
+//! verified, into the blob's partial files, and serves them from there. A blob
+//! whose every group has arrived moves into the store as cache: past the cap,
+//! the cached blobs fetched longest ago are evicted (no bundle held here uses
+//! them; those a held bundle uses are never evicted). Concurrent requests for
+//! one blob wait for one upstream fetch rather than starting their own, and
+//! then find their groups already here.
+//!
+//! What a stranger can make it cost is bounded: [`slots`] caps the blobs with
+//! partial files open (descriptors) and the store trims abandoned partial
+//! files past a count and the cache size; [`lookup`] asks the likely holders
+//! first and remembers ids no peer had; dials happen outside any shared lock,
+//! with a deadline ([`super::dial`]); manifest lookups run a few at a time.
+
+mod lookup;
+mod slots;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cartable_proto::wire::GroupRanges;
+use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
+use tokio::sync::Semaphore;
+
+use super::PeerAddr;
+use super::dial::Dialer;
+use super::endpoint::PeerEndpoint;
+use super::exchange::{GroupSink, PeerFailure, STALL_LIMIT, ask_manifest, request_groups};
+use super::reputation::Reputation;
+use crate::store::verify::GROUP_BYTES;
+use crate::store::{MAX_PARTIAL_BLOBS, PartialBlob, Store};
+
+use lookup::{Holders, Unknown, likely_first};
+pub use lookup::{MAX_UNKNOWN, UNKNOWN_TTL};
+pub use slots::{IDLE_CLOSE, MAX_OPEN_SLOTS};
+use slots::{Idle, SlotError, Slots};
+
+/// Remote manifests remembered; the map is emptied when full.
+const MAX_MANIFESTS: usize = 4096;
+/// Manifest lookups running at once; each may ask every peer, so a flood of
+/// unknown ids asks peers at most this many requests at a time.
+const LOOKUPS_AT_ONCE: usize = 8;
+/// How long a lookup waits for its turn before the browser gets "busy".
+const LOOKUP_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// How long one peer may take to answer a manifest request (stream credit
+/// included, which a stalling peer may never give).
+const MANIFEST_ASK_LIMIT: Duration = STALL_LIMIT;
+/// A lookup asks no more peers after this long: a browser is waiting.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// `partial/` is trimmed once every this many new partial blobs: a trim lists
+/// the folder and the cache index, too dear for every 1-byte request of a
+/// flood, and the folder overshoots its bounds by at most this many.
+const TRIM_EVERY_NEW_PARTIALS: u64 = 16;
+
+/// Where verified bytes of a blob can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The store holds the whole blob.
+    Stored,
+    /// The groups asked for are verified in the blob's partial files.
+    Partial,
+}
+
+/// Why the groups of a blob could not be made available.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// No peer could provide them.
+    #[error("no peer could provide blob {0}")]
+    NoPeer(BlobHash),
+    /// Too many blobs are being fetched through at once: try again later.
+    #[error("{0} blobs are being fetched through already")]
+    Busy(usize),
+    /// This node could not open the blob's partial files now.
+    #[error("opening the partial files of blob {0}: {1}")]
+    Local(BlobHash, std::io::Error),
+}
+
+/// Why no manifest came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// Every peer that answered said it does not hold the bundle (404).
+    #[error("no peer holds this bundle")]
+    Unknown,
+    /// No peer answered, or the node is busy looking up others (503).
+    #[error("no peer could be asked now")]
+    Unavailable,
+}
+
+/// One blob being fetched through.
+#[derive(Debug)]
+struct Slot {
+    /// Held while fetching from upstream: one fetch per blob at a time.
+    fetching: tokio::sync::Mutex<()>,
+    partial: Arc<Mutex<Option<PartialBlob>>>,
+}
+
+impl Idle for Slot {
+    /// Idle when no request holds the slot and no fetch still writes into its
+    /// files (a fetch outlives a browser that went away).
+    fn is_idle(slot: &Arc<Self>) -> bool {
+        Arc::strong_count(slot) == 1 && Arc::strong_count(&slot.partial) == 1
+    }
+}
+
+/// Fetch-through for one node.
+#[derive(Debug)]
+pub struct FetchThrough {
+    dialer: Dialer,
+    peers: Mutex<Vec<PeerAddr>>,
+    store: Arc<Store>,
+    manifests: Mutex<HashMap<BundleId, Arc<Manifest>>>,
+    unknown: Mutex<Unknown>,
+    holders: Mutex<Holders>,
+    lookups: Semaphore,
+    slots: Mutex<Slots<Slot>>,
+    received: Arc<AtomicU64>,
+    /// Partial blobs started since this node started, for trimming.
+    started: AtomicU64,
+    reputation: Arc<Reputation>,
+    /// Bytes of fetched-through blobs (and partial files) kept before the
+    /// least recently used go.
+    cache_max_bytes: u64,
+}
+
+impl FetchThrough {
+    /// Fetch-through from `peers`, into `store`; liars are counted in
+    /// `reputation`. Partial files an earlier run left are trimmed to the cap.
+    pub fn new(
+        endpoint: PeerEndpoint,
+        peers: Vec<PeerAddr>,
+        store: Arc<Store>,
+        reputation: Arc<Reputation>,
+        cache_max_bytes: u64,
+    ) -> Self {
+        let through = Self {
+            dialer: Dialer::new(endpoint),
+            peers: Mutex::new(peers),
+            store,
+            reputation,
+            cache_max_bytes,
+            manifests: Default::default(),
+            unknown: Default::default(),
+            holders: Default::default(),
+            lookups: Semaphore::new(LOOKUPS_AT_ONCE),
+            slots: Mutex::new(Slots::new(slots::open_slots_cap())),
+            received: Default::default(),
+            started: Default::default(),
+        };
+        through.trim_partials();
+        through
+    }
+
+    /// Replaces the peers asked (a new member list from the coordinator).
+    pub fn set_peers(&self, peers: Vec<PeerAddr>) {
+        self.dialer.retain(&peers);
+        *lock(&self.peers) = peers;
+    }
+
+    /// Records, from the orders, the members holding each bundle this node
+    /// is to hold: they are asked first. Those ids are no longer "unknown".
+    pub fn set_holders(&self, holders: HashMap<BundleId, Vec<NodeId>>) {
+        let mut unknown = lock(&self.unknown);
+        for id in holders.keys() {
+            unknown.forget(id);
+        }
+        lock(&self.holders).set_assigned(holders);
+    }
+
+    fn peers(&self) -> Vec<PeerAddr> {
+        lock(&self.peers).clone()
+    }
+
+    /// Verified bytes received from peers so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The manifest of a bundle a peer holds, checked against its id; `None`
+    /// when no peer holds it or none can be asked now (see [`Self::lookup`]).
+    pub async fn manifest(&self, id: &BundleId) -> Option<Arc<Manifest>> {
+        self.lookup(id).await.ok()
+    }
+
+    /// The manifest of a bundle a peer holds, checked against its id: asked of
+    /// the likely holders first, then the other peers; ids no peer had are
+    /// answered [`LookupError::Unknown`] for [`UNKNOWN_TTL`] without asking.
+    pub async fn lookup(&self, id: &BundleId) -> Result<Arc<Manifest>, LookupError> {
+        if let Some(m) = self.cached_manifest(id) {
+            return Ok(m);
+        }
+        if lock(&self.unknown).contains(id, Instant::now()) {
+            return Err(LookupError::Unknown);
+        }
+        let _turn = tokio::time::timeout(LOOKUP_QUEUE_WAIT, self.lookups.acquire())
+            .await
+            .map_err(|_| LookupError::Unavailable)?
+            .map_err(|_| LookupError::Unavailable)?;
+        // Another lookup of the same id may have finished while this one waited.
+        if let Some(m) = self.cached_manifest(id) {
+            return Ok(m);
+        }
+        if lock(&self.unknown).contains(id, Instant::now()) {
+            return Err(LookupError::Unknown);
+        }
+        self.ask_peers(id).await
+    }
+
+    fn cached_manifest(&self, id: &BundleId) -> Option<Arc<Manifest>> {
+        lock(&self.manifests).get(id).cloned()
+    }
+
+    async fn ask_peers(&self, id: &BundleId) -> Result<Arc<Manifest>, LookupError> {
+        let likely = lock(&self.holders).of_bundle(id);
+        let deadline = Instant::now() + LOOKUP_DEADLINE;
+        // `unsure`: a peer that may hold it was busy, stalled or not asked in time.
+        let (mut missing, mut unsure) = (0, false);
+        for peer in likely_first(&self.peers(), &likely) {
+            if Instant::now() >= deadline {
+                unsure = true;
+                break;
+            }
+            // An unreachable peer is passed over: were it the only holder, the
+            // bundle could not be served anyway.
+            let Some(conn) = self.dialer.connection(peer).await else {
+                continue;
+            };
+            let asked = tokio::time::timeout(MANIFEST_ASK_LIMIT, ask_manifest(&conn, *id)).await;
+            let failure = match asked {
+                Ok(Ok(m)) => return Ok(self.remember(m, peer.id)),
+                Ok(Err(PeerFailure::Missing)) => {
+                    missing += 1;
+                    continue;
+                }
+                Ok(Err(PeerFailure::Busy(_))) => {
+                    unsure = true;
+                    continue;
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => PeerFailure::Gone("stalled".into()),
+            };
+            unsure = true;
+            self.peer_failed(peer.id, &failure).await;
+        }
+        if unsure || missing == 0 {
+            return Err(LookupError::Unavailable);
+        }
+        lock(&self.unknown).insert(*id, Instant::now());
+        Err(LookupError::Unknown)
+    }
+
+    fn remember(&self, manifest: Manifest, peer: NodeId) -> Arc<Manifest> {
+        let m = Arc::new(manifest);
+        lock(&self.holders).learn(&m, peer);
+        let mut cache = lock(&self.manifests);
+        if cache.len() >= MAX_MANIFESTS {
+            cache.clear();
+        }
+        cache.insert(m.id(), m.clone());
+        m
+    }
+
+    /// Drops a peer that failed a request (reporting a liar) and rests it.
+    async fn peer_failed(&self, peer: NodeId, failure: &PeerFailure) {
+        if let PeerFailure::Lied(why) = failure {
+            self.reputation.report(peer, why);
+        }
+        tracing::warn!(peer = %peer, ?failure, "fetch-through from peer failed");
+        self.dialer.drop_peer(peer).await;
+    }
+
+    /// The blob's slot, opening its partial files if needed; every
+    /// [`TRIM_EVERY_NEW_PARTIALS`]th new partial blob trims the abandoned ones.
+    fn slot(&self, hash: &BlobHash, size: u64) -> Result<Arc<Slot>, Unavailable> {
+        let taken = lock(&self.slots).take(hash, Instant::now(), || {
+            Ok(Slot {
+                fetching: Default::default(),
+                partial: Arc::new(Mutex::new(Some(self.store.partial(hash, size)?))),
+            })
+        });
+        match taken {
+            Ok((slot, new)) => {
+                let nth = || self.started.fetch_add(1, Ordering::Relaxed) + 1;
+                if new && nth() % TRIM_EVERY_NEW_PARTIALS == 0 {
+                    self.trim_partials();
+                }
+                Ok(slot)
+            }
+            Err(SlotError::Full(n)) => Err(Unavailable::Busy(n)),
+            Err(SlotError::Open(e)) => Err(Unavailable::Local(*hash, e)),
+        }
+    }
+
+    /// Deletes abandoned partial files past [`MAX_PARTIAL_BLOBS`] or the cache size.
+    fn trim_partials(&self) {
+        if let Err(e) = self
+            .store
+            .trim_partials(self.cache_max_bytes, MAX_PARTIAL_BLOBS)
+        {
+            tracing::error!(error = %e, "trimming partial blobs");
+        }
+    }
+
+    /// Makes sure the groups covering `range` of a blob are verified here,
+    /// fetching the missing ones from a peer.
+    pub async fn ensure(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        range: Range<u64>,
+    ) -> Result<Source, Unavailable> {
+        if self.store.has_blob_file(&hash, size) {
+            return Ok(Source::Stored);
+        }
+        let slot = self.slot(&hash, size)?;
+        let _fetching = slot.fetching.lock().await;
+        if self.store.has_blob_file(&hash, size) {
+            return Ok(Source::Stored);
+        }
+        let wanted = range.start / GROUP_BYTES..range.end.div_ceil(GROUP_BYTES).max(1);
+        let missing = {
+            let partial = lock(&slot.partial);
+            let ranges = partial
+                .as_ref()
+                .map(PartialBlob::missing)
+                .unwrap_or_default();
+            let clipped = ranges
+                .iter()
+                .map(|r| r.start.max(wanted.start)..r.end.min(wanted.end));
+            GroupRanges::new(clipped.collect())
+        };
+        if let Some(missing) = missing {
+            self.fetch_groups(hash, size, missing, &slot).await?;
+        }
+        self.commit_if_complete(&hash, &slot);
+        Ok(if self.store.has_blob_file(&hash, size) {
+            Source::Stored
+        } else {
+            Source::Partial
+        })
+    }
+
+    async fn fetch_groups(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        groups: GroupRanges,
+        slot: &Slot,
+    ) -> Result<(), Unavailable> {
+        let likely = lock(&self.holders).of_blob(&hash);
+        for peer in likely_first(&self.peers(), &likely) {
+            let Some(conn) = self.dialer.connection(peer).await else {
+                continue;
+            };
+            let sink = GroupSink {
+                partial: slot.partial.clone(),
+                store: self.store.clone(),
+                received: self.received.clone(),
+                rate: None,
+            };
+            match request_groups(&conn, hash, size, groups.clone(), sink).await {
+                Ok(()) => return Ok(()),
+                Err(PeerFailure::Missing | PeerFailure::Busy(_)) => {}
+                Err(failure) => self.peer_failed(peer.id, &failure).await,
+            }
+        }
+        Err(Unavailable::NoPeer(hash))
+    }
+
+    /// Keeps a fetched-through blob as cache, evicting the oldest beyond the cap.
+    fn keep(&self, hash: &BlobHash, size: u64) {
+        if let Err(e) = self.store.use_cached(hash, size, self.cache_max_bytes) {
+            tracing::error!(blob = %hash, error = %e, "updating the fetch-through cache");
+        }
+    }
+
+    fn commit_if_complete(&self, hash: &BlobHash, slot: &Slot) {
+        let mut partial = lock(&slot.partial);
+        if !partial.as_ref().is_some_and(PartialBlob::is_complete) {
+            return;
+        }
+        if let Some(complete) = partial.take() {
+            let size = complete.size();
+            match self.store.commit_partial(complete) {
+                Ok(()) => self.keep(hash, size),
+                Err(e) => {
+                    tracing::error!(blob = %hash, error = %e, "storing a fetched-through blob")
+                }
+            }
+        }
+        lock(&self.slots).remove(hash);
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::peer::auth::Members;
+    use crate::peer::respond::serve_peers;
+
+    /// A node with an empty store answering peers, and fetch-through towards it.
+    struct Setup {
+        _dirs: tempfile::TempDir,
+        peer_endpoint: PeerEndpoint,
+        through: FetchThrough,
+    }
+
+    fn setup() -> anyhow::Result<Setup> {
+        let dirs = tempfile::tempdir()?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
+        let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
+        let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
+        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store));
+        let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
+        let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
+        let peer = PeerAddr {
+            id: peer_key.id(),
+            addr: peer_endpoint.local_addr()?,
+        };
+        let store = Arc::new(Store::open(dirs.path().join("us"))?);
+        let through = FetchThrough::new(ours, vec![peer], store, Arc::default(), 1 << 20);
+        Ok(Setup {
+            _dirs: dirs,
+            peer_endpoint,
+            through,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_id_no_peer_holds_is_answered_from_memory_afterwards() -> anyhow::Result<()> {
+        let s = setup()?;
+        let (made_up, other) = (BundleId::of_manifest(b"x"), BundleId::of_manifest(b"y"));
+        assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
+        // With the peer gone, only memory can answer "unknown".
+        s.peer_endpoint.close();
+        s.through.dialer.drop_peer(s.through.peers()[0].id).await;
+        assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
+        assert_eq!(
+            s.through.lookup(&other).await,
+            Err(LookupError::Unavailable),
+            "no peer could be asked: not known unknown"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn orders_naming_holders_make_an_unknown_id_asked_again() -> anyhow::Result<()> {
+        let s = setup()?;
+        let id = BundleId::of_manifest(b"x");
+        assert_eq!(s.through.lookup(&id).await, Err(LookupError::Unknown));
+        s.through
+            .set_holders(HashMap::from([(id, vec![s.through.peers()[0].id])]));
+        assert!(!lock(&s.through.unknown).contains(&id, Instant::now()));
+        Ok(())
+    }
+}
