@@ -60,7 +60,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ))
     });
     let damaged = Arc::new(AtomicU64::new(0));
-    let scrub_task = tokio::spawn(scrub_forever(store.clone(), config.scrub, damaged.clone()));
+    let scrub_task = tokio::spawn(scrub_forever(
+        store.clone(),
+        config.scrub,
+        damaged.clone(),
+        server.load().pressure().clone(),
+    ));
     let uploads = match &membership {
         Some(m) => Some(Arc::new(Uploads::new(
             store.clone(),
@@ -96,7 +101,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 reputation.clone(),
                 config.quic.fetch_rate,
                 damaged,
-                server.open_connections(),
+                server.load(),
             )?;
             let names = member.names.clone();
             (Some(tokio::spawn(member.run())), Some(names))
@@ -125,7 +130,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         through,
         uploads,
         names,
-        pressure: server.pressure(),
+        pressure: server.load().pressure().clone(),
         progress_timeout: config.connections.deadlines.progress,
     });
     let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);

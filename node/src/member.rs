@@ -20,7 +20,7 @@ use cartable_proto::join::JoinToken;
 use cartable_proto::{BundleId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::https::OpenConnections;
+use crate::https::Load;
 use crate::peer::PeerAddr;
 use crate::peer::auth::Members;
 use crate::peer::endpoint::PeerEndpoint;
@@ -136,8 +136,8 @@ pub struct Member {
     pub fetch_rate: Option<u64>,
     /// Names and their bundles, from the orders.
     pub names: Arc<Mutex<control::NameTable>>,
-    /// Browser connections open: the load reported.
-    pub load: OpenConnections,
+    /// Browser connections open (the load reported) and the pressure copies yield to.
+    pub load: Load,
     fetching: Mutex<HashSet<BundleId>>,
     reported: Mutex<Reported>,
 }
@@ -157,7 +157,7 @@ impl Member {
         reputation: Arc<Reputation>,
         fetch_rate: Option<u64>,
         damaged: Arc<AtomicU64>,
-        load: OpenConnections,
+        load: Load,
     ) -> anyhow::Result<Arc<Self>> {
         let token = membership.parsed_token()?;
         let member = Arc::new(Self {
@@ -305,7 +305,7 @@ impl Member {
             contact: self.contact.clone(),
             capacity,
             used: bundles.iter().map(|b| b.bytes).sum(),
-            load: u32::try_from(self.load.count()).unwrap_or(u32::MAX),
+            load: u32::try_from(self.load.connections()).unwrap_or(u32::MAX),
             held: bundles
                 .iter()
                 .map(|b| b.id)
@@ -412,6 +412,7 @@ impl Member {
             let options = FetchOptions {
                 rate: member.fetch_rate,
                 reputation: member.reputation.clone(),
+                yield_to: Some(member.load.pressure().clone()),
                 ..FetchOptions::default()
             };
             tracing::info!(bundle = %bundle, sources = sources.len(), "copying an assigned bundle");

@@ -83,7 +83,12 @@ fn pair(dir: &Path) -> anyhow::Result<Pair> {
     )?;
     let bundle = a.add(&dir.join("lesson"))?;
     let config = dir.join("b.toml");
-    std::fs::write(&config, format!("[quic]\ncache_max_mib = {CACHE_MIB}\n"))?;
+    // One test client plays every pupil: its network may hold all the
+    // connections the descriptor limit allows (64 of the 256 files).
+    std::fs::write(
+        &config,
+        format!("[quic]\ncache_max_mib = {CACHE_MIB}\n[connections]\nnetwork_share = 1.0\n"),
+    )?;
     let b = Node::start_with_open_files_in(
         &b_dir,
         OPEN_FILES,

@@ -73,14 +73,23 @@ impl std::fmt::Debug for HttpsServer {
     }
 }
 
-/// How many browser connections a server has open: the load a node reports.
+/// How loaded a server is: the connections it has open (what a node reports)
+/// and how pressed it is (what its background work yields to).
 #[derive(Debug, Clone)]
-pub struct OpenConnections(Arc<Admission>);
+pub struct Load {
+    admission: Arc<Admission>,
+    pressure: Arc<Pressure>,
+}
 
-impl OpenConnections {
+impl Load {
     /// Connections open now.
-    pub fn count(&self) -> usize {
-        self.0.open()
+    pub fn connections(&self) -> usize {
+        self.admission.open()
+    }
+
+    /// How pressed the server is.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        &self.pressure
     }
 }
 
@@ -112,14 +121,12 @@ impl HttpsServer {
         })
     }
 
-    /// A gauge of the connections this server will have open.
-    pub fn open_connections(&self) -> OpenConnections {
-        OpenConnections(self.admission.clone())
-    }
-
-    /// How pressed the server is: what background work and lower priorities follow.
-    pub fn pressure(&self) -> Arc<Pressure> {
-        self.pressure.clone()
+    /// A gauge of this server's load.
+    pub fn load(&self) -> Load {
+        Load {
+            admission: self.admission.clone(),
+            pressure: self.pressure.clone(),
+        }
     }
 
     /// The address actually bound (port 0 resolved).

@@ -2,20 +2,19 @@
 //! answer, new ones get 503 at once with `Retry-After`; a page navigation gets a
 //! tiny page that retries by itself (browsers ignore `Retry-After` there).
 //!
-//! [`Pressure`] is also what lower priorities look at: a node sheds fetch-through
-//! from half the threshold, and background copies and the scrub pause while
-//! browsers wait (see [`Level`]).
+//! [`Pressure`] is also what lower priorities look at: from half the threshold a
+//! node sheds fetch-through, and background copies and the scrub pause until
+//! browsers are served again (see [`Level`]). Waiting requests, not their
+//! latency, are the signal: a fetch-through answer is slow by nature (it waits
+//! on peers) without the server being pressed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-
-/// Answers taking longer than this on average mean browsers are waiting.
-const LATENCY_TARGET: Duration = Duration::from_millis(250);
 
 /// How pressed a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,31 +27,20 @@ pub enum Level {
     Overloaded,
 }
 
-/// Requests waiting for their answer, and how long answers take.
+/// Requests waiting for their answer.
 #[derive(Debug)]
 pub struct Pressure {
     pending: AtomicUsize,
     max_pending: usize,
-    /// Moving average of the time to a response head, in microseconds.
-    latency_us: AtomicU64,
 }
 
-/// A request waiting for its answer; measured when dropped.
+/// A request waiting for its answer.
 #[derive(Debug)]
-pub struct Pending {
-    pressure: Arc<Pressure>,
-    since: Instant,
-}
+pub struct Pending(Arc<Pressure>);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let took = self.since.elapsed().as_micros() as u64;
-        let p = &self.pressure;
-        p.pending.fetch_sub(1, Ordering::Relaxed);
-        // One eighth of each new sample: a burst moves it within a few dozen answers.
-        let old = p.latency_us.load(Ordering::Relaxed);
-        let new = old - old / 8 + took / 8;
-        p.latency_us.store(new, Ordering::Relaxed);
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -62,7 +50,6 @@ impl Pressure {
         Arc::new(Self {
             pending: AtomicUsize::new(0),
             max_pending,
-            latency_us: AtomicU64::new(0),
         })
     }
 
@@ -71,19 +58,11 @@ impl Pressure {
         let pending = self.pending.load(Ordering::Relaxed);
         if pending >= self.max_pending {
             Level::Overloaded
-        } else if pending >= self.max_pending / 2
-            || (pending > 0 && self.latency() > LATENCY_TARGET)
-        {
+        } else if pending >= self.max_pending / 2 {
             Level::Busy
         } else {
             Level::Calm
         }
-    }
-
-    /// The moving average of the time to a response head. It only counts while
-    /// requests wait: an idle server is calm whatever its last answers took.
-    fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
     }
 
     /// A request starts waiting, unless the server is overloaded.
@@ -92,10 +71,7 @@ impl Pressure {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(Pending {
-            pressure: self.clone(),
-            since: Instant::now(),
-        })
+        Some(Pending(self.clone()))
     }
 
     /// Waits while the server is busier than `Calm`, checking now and then, so

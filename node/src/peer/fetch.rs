@@ -21,6 +21,7 @@ use super::endpoint::PeerEndpoint;
 use super::exchange::{GroupSink, PeerFailure, ask_manifest, request_groups};
 use super::rate::RateLimit;
 use super::reputation::Reputation;
+use crate::https::shed::Pressure;
 use crate::store::{PartialBlob, Store};
 
 /// Largest unit of work: 4 MiB, so a large file spreads over every peer.
@@ -37,6 +38,8 @@ pub struct FetchOptions {
     pub progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
     /// Where peers that lie are counted.
     pub reputation: Arc<Reputation>,
+    /// Browsers this copy yields to: it pauses while they wait.
+    pub yield_to: Option<Arc<Pressure>>,
 }
 
 impl std::fmt::Debug for FetchOptions {
@@ -53,6 +56,7 @@ impl Default for FetchOptions {
             rate: None,
             progress: Arc::new(|_, _| {}),
             reputation: Arc::default(),
+            yield_to: None,
         }
     }
 }
@@ -284,6 +288,9 @@ impl Fetch {
     /// One worker: takes units until none is left or the fetch failed.
     async fn work(self: Arc<Self>) {
         loop {
+            if let Some(pressure) = &self.options.yield_to {
+                pressure.wait_calm().await;
+            }
             if self
                 .failed
                 .lock()

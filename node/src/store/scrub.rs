@@ -21,6 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use cartable_proto::{BlobHash, BundleId};
 
 use super::{Store, StoreError, VerifyError, io_at, layout};
+use crate::https::shed::{Level, Pressure};
+
+/// How long a scrub paused for browsers waits before it looks again.
+const YIELD_PAUSE: Duration = Duration::from_millis(200);
 
 /// How fast and how often the scrub runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,15 +89,23 @@ impl Drop for StopOnDrop {
 /// Runs scrub passes until the future is dropped: a pass, `settings.interval`
 /// of rest, and again. Each blob found corrupt or missing adds one to `found`
 /// as soon as it is found. Dropping the future stops the pass under way within
-/// one verified block.
-pub async fn scrub_forever(store: Arc<Store>, settings: ScrubSettings, found: Arc<AtomicU64>) {
+/// one verified block. The pass pauses while browsers wait (`yield_to`).
+pub async fn scrub_forever(
+    store: Arc<Store>,
+    settings: ScrubSettings,
+    found: Arc<AtomicU64>,
+    yield_to: Arc<Pressure>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
     loop {
         let started = Instant::now();
         let (store, stop, found) = (store.clone(), stop.clone(), found.clone());
+        let pressure = yield_to.clone();
+        let busy = move || pressure.level() > Level::Calm;
         let pass =
-            tokio::task::spawn_blocking(move || store.scrub_pass(&settings, &stop, &found)).await;
+            tokio::task::spawn_blocking(move || store.scrub_pass(&settings, &stop, &found, &busy))
+                .await;
         match pass {
             Ok(Ok(r)) => tracing::info!(
                 blobs_ok = r.blobs_ok,
@@ -115,11 +127,13 @@ impl Store {
     /// thread for the whole pass (run it with `spawn_blocking`). A blob found
     /// corrupt or missing is marked damaged, its files are removed, and `found`
     /// grows by one. Returns early, with what was done, once `stop` is set.
+    /// While `busy` says so, it pauses between verified blocks.
     pub fn scrub_pass(
         &self,
         settings: &ScrubSettings,
         stop: &AtomicBool,
         found: &AtomicU64,
+        busy: &dyn Fn() -> bool,
     ) -> Result<ScrubReport, StoreError> {
         let mut pace = Pace::new(settings.mib_per_s, Instant::now());
         let mut report = ScrubReport::default();
@@ -127,7 +141,7 @@ impl Store {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.scrub_blob(&hash, size, &mut pace, stop)? {
+            match self.scrub_blob(&hash, size, &mut pace, stop, busy)? {
                 Verdict::Whole => {
                     report.blobs_ok += 1;
                     report.bytes_verified += size;
@@ -175,6 +189,7 @@ impl Store {
         size: u64,
         pace: &mut Pace,
         stop: &AtomicBool,
+        busy: &dyn Fn() -> bool,
     ) -> Result<Verdict, StoreError> {
         if !self.index.is_referenced(hash) && !self.index.is_cached(hash) {
             // An orphan: `check` deletes those.
@@ -190,6 +205,9 @@ impl Store {
             .and_then(|files| {
                 files.read_verified(0..size, |piece| {
                     std::thread::sleep(pace.after(piece.len() as u64, Instant::now()));
+                    while busy() && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(YIELD_PAUSE);
+                    }
                     !stop.load(Ordering::Relaxed)
                 })
             });

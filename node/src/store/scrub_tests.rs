@@ -63,7 +63,7 @@ impl Fixture {
         };
         let report = self
             .store
-            .scrub_pass(&settings, &AtomicBool::new(false), &found)?;
+            .scrub_pass(&settings, &AtomicBool::new(false), &found, &|| false)?;
         Ok((report, found.load(Ordering::Relaxed)))
     }
 }
@@ -180,9 +180,12 @@ fn a_stopped_pass_judges_nothing() -> anyhow::Result<()> {
     let f = Fixture::new()?;
     flip_byte(&f.store.layout().blob(&f.entry(&f.a, "big.bin")?.hash), 0)?;
     let found = AtomicU64::new(0);
-    let report = f
-        .store
-        .scrub_pass(&ScrubSettings::default(), &AtomicBool::new(true), &found)?;
+    let report = f.store.scrub_pass(
+        &ScrubSettings::default(),
+        &AtomicBool::new(true),
+        &found,
+        &|| false,
+    )?;
     assert_eq!(report, ScrubReport::default());
     assert!(f.store.incomplete_bundles()?.is_empty());
     Ok(())
@@ -274,7 +277,13 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
         mib_per_s: 0,
         interval: Duration::from_millis(10),
     };
-    let task = tokio::spawn(scrub_forever(f.store.clone(), settings, found.clone()));
+    let calm = crate::https::shed::Pressure::new(8);
+    let task = tokio::spawn(scrub_forever(
+        f.store.clone(),
+        settings,
+        found.clone(),
+        calm,
+    ));
     // Several passes run; the one blob is counted once.
     for _ in 0..1000 {
         if found.load(Ordering::Relaxed) == 1 {
@@ -325,5 +334,33 @@ async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow:
     assert_eq!(damaged.scrub()?, healthy.scrub()?, "whole again");
     server.close();
     client.close();
+    Ok(())
+}
+
+#[test]
+fn a_scrub_waits_while_browsers_wait() -> anyhow::Result<()> {
+    let f = Fixture::new()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = stop.clone();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let report = f.store.scrub_pass(
+        &ScrubSettings::default(),
+        &stop,
+        &AtomicU64::new(0),
+        &|| true,
+    )?;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(report.blobs_ok, 0, "nothing verified while browsers wait");
+    let calm = f.store.scrub_pass(
+        &ScrubSettings::default(),
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+        &|| false,
+    )?;
+    assert!(calm.blobs_ok > 0);
     Ok(())
 }
