@@ -174,6 +174,11 @@ impl Server {
             .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its CPU time so far.
     pub fn cpu(&self) -> Result<Cpu> {
         process_cpu(self.child.id())
