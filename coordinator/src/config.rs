@@ -30,6 +30,17 @@
 //! # Copies a node makes at once; the rest wait in the repair queue, most
 //! # endangered first. Default: 4.
 //! copies_per_node = 4
+//! # QUIC connections held at once (handshakes included), all peers together;
+//! # beyond, attempts are refused before any handshake work. Default: 4096.
+//! quic_max_connections = 4096
+//! # The same, from one client network (an IPv4 address, an IPv6 /64): several
+//! # nodes of a school behind one NAT fit. Default: 64.
+//! quic_max_per_network = 64
+//! # Past this many handshakes in progress, or this many connections, a new
+//! # address must prove it receives at its address first (a QUIC retry, one
+//! # round trip). Defaults: 32 and 1024.
+//! quic_retry_above_handshakes = 32
+//! quic_retry_above_connections = 1024
 //!
 //! # Which client networks are in which region, for redirects to a near copy.
 //! [[regions]]
@@ -42,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use cartable_node::peer::admission::Limits;
 use cartable_node::tls::TlsFiles;
 use serde::Deserialize;
 
@@ -61,6 +73,10 @@ struct FileConfig {
     default_replicas: Option<u8>,
     min_replicas: Option<u8>,
     copies_per_node: Option<usize>,
+    quic_max_connections: Option<usize>,
+    quic_max_per_network: Option<usize>,
+    quic_retry_above_handshakes: Option<usize>,
+    quic_retry_above_connections: Option<usize>,
     #[serde(default)]
     regions: Vec<FileRegion>,
 }
@@ -102,6 +118,8 @@ pub struct CoordinatorConfig {
     pub policy: Policy,
     /// Client networks and their regions.
     pub regions: Vec<RegionNet>,
+    /// Connection caps of the QUIC endpoint.
+    pub quic_limits: Limits,
 }
 
 /// How replicas are kept.
@@ -188,6 +206,26 @@ impl RegionNet {
     }
 }
 
+/// The QUIC caps from the file, defaults where absent.
+fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_connections: file.quic_max_connections.unwrap_or(d.max_connections),
+        max_per_network: file.quic_max_per_network.unwrap_or(d.max_per_network),
+        retry_above_handshakes: file
+            .quic_retry_above_handshakes
+            .unwrap_or(d.retry_above_handshakes),
+        retry_above_connections: file
+            .quic_retry_above_connections
+            .unwrap_or(d.retry_above_connections),
+    };
+    anyhow::ensure!(
+        limits.max_per_network >= 1 && limits.max_per_network <= limits.max_connections,
+        "quic_max_per_network must be between 1 and quic_max_connections"
+    );
+    Ok(limits)
+}
+
 impl CoordinatorConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
@@ -226,6 +264,7 @@ impl CoordinatorConfig {
             policy.copies_per_node >= 1,
             "copies_per_node must be at least 1"
         );
+        let quic_limits = quic_limits(&file)?;
         let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
         let public_url = cartable_node::config::public_url("public_url", file.public_url)?;
         let regions = file
@@ -251,6 +290,7 @@ impl CoordinatorConfig {
             tls,
             policy,
             regions,
+            quic_limits,
         })
     }
 
@@ -276,6 +316,7 @@ mod tests {
         let c = parse("")?;
         assert_eq!(c.https.to_string(), "127.0.0.1:7443");
         assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.quic_limits, Limits::default());
         Ok(())
     }
 
@@ -300,6 +341,11 @@ mod tests {
             ("heartbeat_ms = 0", "positive"),
             ("heartbeat_ms = 5000\ndown_after_ms = 100", "longer than"),
             ("min_replicas = 0", "at least 1"),
+            ("quic_max_per_network = 0", "between 1 and"),
+            (
+                "quic_max_connections = 10\nquic_max_per_network = 11",
+                "between 1 and",
+            ),
             (
                 "[[regions]]\ncidr = \"10.0.0.0/33\"\nregion = \"x\"",
                 "prefix above 32",

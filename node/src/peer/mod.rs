@@ -1,5 +1,7 @@
 //! Node ↔ node copying over QUIC (protocol: [`cartable_proto::wire`]).
 //!
+//! - [`admission`]: connection caps per network and in total, retry under load,
+//!   a stranger's small limits raised for members.
 //! - [`auth`]: mutual authentication by node key, members only.
 //! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
 //! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
@@ -10,6 +12,7 @@
 //! - [`reputation`]: verification failures counted per peer.
 //! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
+pub mod admission;
 pub mod auth;
 pub mod endpoint;
 pub mod exchange;
