@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use cartable_node::peer::admission;
 use cartable_node::peer::endpoint::{Arriving, PeerConnection};
-use cartable_node::peer::frame;
-use cartable_proto::NodeId;
+use cartable_node::peer::frame::{self, FrameError};
 use cartable_proto::control::{
     self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };
+use cartable_proto::{DecodeError, NodeId};
 
 use crate::Coordinator;
 use crate::lifecycle;
@@ -24,9 +24,11 @@ use crate::state::{NodeRecord, secret_hash, unix_now};
 
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request from a key that is not a member yet (a join is small):
-/// strangers cannot make the coordinator buffer much.
-const MAX_STRANGER_FRAME: usize = 64 * 1024;
+/// The largest request from a key that is not a member yet: a join is under
+/// 1 KiB (token, contact, capacity). With [`admission::STRANGER_STREAMS`]
+/// streams, a stranger's connection makes the coordinator hold at most twice
+/// this in request buffers, whatever it sends.
+const MAX_STRANGER_FRAME: usize = 16 * 1024;
 /// A key that is not a member must become one (join) this soon after its
 /// handshake, or its connection is closed: a stranger cannot keep a connection
 /// by keeping it busy, and a join takes one round trip.
@@ -85,7 +87,7 @@ fn is_member(coord: &Coordinator, node: &NodeId) -> bool {
 }
 
 fn close_stranger(peer: &PeerConnection) {
-    tracing::info!(node = %peer.peer, "closing a connection that did not join in time");
+    tracing::debug!(node = %peer.peer, "closing a connection that did not join in time");
     peer.conn
         .close(CLOSED_NOT_JOINED.into(), b"join within 10 s of connecting");
 }
@@ -97,7 +99,8 @@ async fn answer(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = if coord.lock().nodes.contains_key(&node) {
+    let member = is_member(&coord, &node);
+    let max = if member {
         MAX_FRAME_BYTES
     } else {
         MAX_STRANGER_FRAME
@@ -105,6 +108,9 @@ async fn answer(
     let response =
         match tokio::time::timeout(REQUEST_TIMEOUT, frame::read_body(&mut recv, max)).await {
             Err(_) => refused("no request within 10 s"),
+            Ok(Err(FrameError::Decode(DecodeError::TooLarge { .. }))) if !member => {
+                refused("unknown node: join with a token first (a join is small)")
+            }
             Ok(Err(e)) => refused(&format!("bad frame: {e}")),
             Ok(Ok(body)) => match control::decode::<ControlRequest>(&body) {
                 Err(e) => refused(&e.to_string()),
@@ -112,19 +118,28 @@ async fn answer(
                 Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
             },
         };
-    match &response {
-        ControlResponse::Refused { reason } => {
-            tracing::warn!(node = %node, reason, "refused a node request")
-        }
-        // A member now: its connection gets a member's limits.
-        ControlResponse::Joined { .. } => admission::trust(&conn),
-        _ => {}
-    }
+    after_answer(&conn, node, member, &response);
     if frame::write_frame(&mut send, &control::encode(&response))
         .await
         .is_ok()
     {
         let _ = send.finish();
+    }
+}
+
+/// Logs a refusal; gives a member's limits to a connection that just joined.
+fn after_answer(conn: &quinn::Connection, node: NodeId, member: bool, response: &ControlResponse) {
+    match response {
+        ControlResponse::Refused { reason } if member => {
+            tracing::warn!(node = %node, reason, "refused a member's request")
+        }
+        // Strangers are refused at debug level: at warn, a flood of garbage
+        // would become a flood of log lines. The joining node logs its refusal.
+        ControlResponse::Refused { reason } => {
+            tracing::debug!(node = %node, reason, "refused a stranger's request")
+        }
+        ControlResponse::Joined { .. } => admission::trust(conn),
+        ControlResponse::Orders(_) => {}
     }
 }
 
