@@ -30,17 +30,20 @@
 //! # Copies a node makes at once; the rest wait in the repair queue, most
 //! # endangered first. Default: 4.
 //! copies_per_node = 4
-//! # QUIC connections held at once (handshakes included), all peers together;
-//! # beyond, attempts are refused before any handshake work. Default: 4096.
-//! quic_max_connections = 4096
-//! # The same, from one client network (an IPv4 address, an IPv6 /64): several
-//! # nodes of a school behind one NAT fit. Default: 64.
-//! quic_max_per_network = 64
-//! # Past this many handshakes in progress, or this many connections, a new
+//! # QUIC connections held at once (handshakes included), members and keys
+//! # that have not joined (strangers) together; beyond, attempts are refused
+//! # before any handshake work. Default: 65536.
+//! quic_max_connections = 65536
+//! # Strangers' connections and handshakes at once (each costs up to ~75 KiB
+//! # while it sends partial requests; it must join within 10 s). Default: 1024.
+//! quic_max_strangers = 1024
+//! # The same, from one client network (an IPv4 address, an IPv6 /64). Default: 32.
+//! quic_max_strangers_per_network = 32
+//! # Past this many handshakes in progress, or this many strangers, a new
 //! # address must prove it receives at its address first (a QUIC retry, one
-//! # round trip). Defaults: 32 and 1024.
+//! # round trip). Defaults: 32 and 256.
 //! quic_retry_above_handshakes = 32
-//! quic_retry_above_connections = 1024
+//! quic_retry_above_strangers = 256
 //!
 //! # Which client networks are in which region, for redirects to a near copy.
 //! [[regions]]
@@ -74,9 +77,10 @@ struct FileConfig {
     min_replicas: Option<u8>,
     copies_per_node: Option<usize>,
     quic_max_connections: Option<usize>,
-    quic_max_per_network: Option<usize>,
+    quic_max_strangers: Option<usize>,
+    quic_max_strangers_per_network: Option<usize>,
     quic_retry_above_handshakes: Option<usize>,
-    quic_retry_above_connections: Option<usize>,
+    quic_retry_above_strangers: Option<usize>,
     #[serde(default)]
     regions: Vec<FileRegion>,
 }
@@ -211,17 +215,24 @@ fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
     let d = Limits::default();
     let limits = Limits {
         max_connections: file.quic_max_connections.unwrap_or(d.max_connections),
-        max_per_network: file.quic_max_per_network.unwrap_or(d.max_per_network),
+        max_strangers: file.quic_max_strangers.unwrap_or(d.max_strangers),
+        max_strangers_per_network: file
+            .quic_max_strangers_per_network
+            .unwrap_or(d.max_strangers_per_network),
         retry_above_handshakes: file
             .quic_retry_above_handshakes
             .unwrap_or(d.retry_above_handshakes),
-        retry_above_connections: file
-            .quic_retry_above_connections
-            .unwrap_or(d.retry_above_connections),
+        retry_above_strangers: file
+            .quic_retry_above_strangers
+            .unwrap_or(d.retry_above_strangers),
     };
     anyhow::ensure!(
-        limits.max_per_network >= 1 && limits.max_per_network <= limits.max_connections,
-        "quic_max_per_network must be between 1 and quic_max_connections"
+        (1..=limits.max_connections).contains(&limits.max_strangers),
+        "quic_max_strangers must be between 1 and quic_max_connections"
+    );
+    anyhow::ensure!(
+        (1..=limits.max_strangers).contains(&limits.max_strangers_per_network),
+        "quic_max_strangers_per_network must be between 1 and quic_max_strangers"
     );
     Ok(limits)
 }
@@ -341,10 +352,10 @@ mod tests {
             ("heartbeat_ms = 0", "positive"),
             ("heartbeat_ms = 5000\ndown_after_ms = 100", "longer than"),
             ("min_replicas = 0", "at least 1"),
-            ("quic_max_per_network = 0", "between 1 and"),
+            ("quic_max_strangers_per_network = 0", "between 1 and"),
             (
-                "quic_max_connections = 10\nquic_max_per_network = 11",
-                "between 1 and",
+                "quic_max_connections = 10\nquic_max_strangers = 11",
+                "between 1 and quic_max_connections",
             ),
             (
                 "[[regions]]\ncidr = \"10.0.0.0/33\"\nregion = \"x\"",

@@ -3,14 +3,13 @@
 //! a join needs a valid token, a heartbeat a registered key.
 //!
 //! A connection from a key that is not a member (a stranger) keeps the small
-//! limits every connection starts with ([`admission`]) and must join within
+//! limits every connection starts with (`cartable_node::peer::admission`) and must join within
 //! [`STRANGER_DEADLINE`]; a member's connection gets a member's limits. The
 //! endpoint's caps bound how many connections strangers hold at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartable_node::peer::admission;
 use cartable_node::peer::endpoint::{Arriving, PeerConnection};
 use cartable_node::peer::frame::{self, FrameError};
 use cartable_proto::control::{
@@ -25,7 +24,7 @@ use crate::state::{NodeRecord, secret_hash, unix_now};
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request from a key that is not a member yet: a join is under
-/// 1 KiB (token, contact, capacity). With [`admission::STRANGER_STREAMS`]
+/// 1 KiB (token, contact, capacity). With `admission::STRANGER_STREAMS`
 /// streams, a stranger's connection makes the coordinator hold at most twice
 /// this in request buffers, whatever it sends.
 const MAX_STRANGER_FRAME: usize = 16 * 1024;
@@ -48,7 +47,7 @@ pub async fn serve_nodes(coord: Arc<Coordinator>) {
 async fn serve_connection(coord: Arc<Coordinator>, arriving: Arriving) {
     let remote = arriving.remote_address();
     let peer = match arriving.handshake().await {
-        Ok(peer) => peer,
+        Ok(peer) => Arc::new(peer),
         Err(e) => {
             return tracing::debug!(%remote, error = format!("{e:#}"), "node handshake failed");
         }
@@ -72,13 +71,7 @@ async fn serve_connection(coord: Arc<Coordinator>, arriving: Arriving) {
             },
         };
         let Ok((send, recv)) = accepted else { return };
-        tokio::spawn(answer(
-            coord.clone(),
-            peer.conn.clone(),
-            peer.peer,
-            send,
-            recv,
-        ));
+        tokio::spawn(answer(coord.clone(), peer.clone(), send, recv));
     }
 }
 
@@ -94,11 +87,11 @@ fn close_stranger(peer: &PeerConnection) {
 
 async fn answer(
     coord: Arc<Coordinator>,
-    conn: quinn::Connection,
-    node: NodeId,
+    peer: Arc<PeerConnection>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let node = peer.peer;
     let member = is_member(&coord, &node);
     let max = if member {
         MAX_FRAME_BYTES
@@ -118,7 +111,7 @@ async fn answer(
                 Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
             },
         };
-    after_answer(&conn, node, member, &response);
+    after_answer(&peer, member, &response);
     if frame::write_frame(&mut send, &control::encode(&response))
         .await
         .is_ok()
@@ -128,7 +121,8 @@ async fn answer(
 }
 
 /// Logs a refusal; gives a member's limits to a connection that just joined.
-fn after_answer(conn: &quinn::Connection, node: NodeId, member: bool, response: &ControlResponse) {
+fn after_answer(peer: &PeerConnection, member: bool, response: &ControlResponse) {
+    let node = peer.peer;
     match response {
         ControlResponse::Refused { reason } if member => {
             tracing::warn!(node = %node, reason, "refused a member's request")
@@ -138,7 +132,7 @@ fn after_answer(conn: &quinn::Connection, node: NodeId, member: bool, response: 
         ControlResponse::Refused { reason } => {
             tracing::debug!(node = %node, reason, "refused a stranger's request")
         }
-        ControlResponse::Joined { .. } => admission::trust(conn),
+        ControlResponse::Joined { .. } => peer.trust(),
         ControlResponse::Orders(_) => {}
     }
 }

@@ -1,16 +1,22 @@
 //! Which QUIC connection attempts a listening endpoint takes, and how much a
 //! connection may hold before and after its peer is known.
 //!
+//! A connection is a *stranger's* from its first packet until [`Slot::trust`]
+//! (its key proved to be a member): on a node's peer port right after the
+//! handshake, on the coordinator once the key has joined. Strangers are what the
+//! caps bound; members are accountable (their keys can be removed) and only
+//! count towards the total.
+//!
 //! An attempt is judged at `quinn::Incoming`, before any handshake work:
 //!
-//! 1. over [`Limits::max_connections`] (live connections and handshakes
-//!    together): refused;
+//! 1. over [`Limits::max_connections`] in all, or [`Limits::max_strangers`]
+//!    strangers: refused;
 //! 2. the server is busy (more than [`Limits::retry_above_handshakes`] handshakes
-//!    in progress, or more than [`Limits::retry_above_connections`] connections)
-//!    and the address is not validated: asked to retry, so that a spoofed source
+//!    in progress, or more than [`Limits::retry_above_strangers`] strangers) and
+//!    the address is not validated: asked to retry, so that a spoofed source
 //!    address costs one stateless packet and no slot;
 //! 3. its client network (an IPv4 address, an IPv6 /64) already holds
-//!    [`Limits::max_per_network`]: refused;
+//!    [`Limits::max_strangers_per_network`] strangers: refused;
 //! 4. otherwise taken, with a [`Slot`] that counts it until it is dropped (the
 //!    connection's task ends).
 //!
@@ -24,26 +30,31 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quinn::VarInt;
 
-/// Default of [`Limits::max_connections`]: with a stranger holding at most
-/// [`STRANGER_RECEIVE_WINDOW`] of unread data plus quinn's connection state
-/// (measured at about 30 KiB), 4,096 strangers stay under 400 MiB, and a
-/// national deployment has fewer nodes than that talking to one listener.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default of [`Limits::max_per_network`]: several nodes of one school behind
-/// one NAT address, each with a few connections, fit; one client network
-/// cannot take more than 1/64 of [`DEFAULT_MAX_CONNECTIONS`].
-pub const DEFAULT_MAX_PER_NETWORK: usize = 64;
+/// Default of [`Limits::max_connections`]: members keep one connection each to
+/// the coordinator, and a national deployment has tens of thousands of nodes
+/// (60,000 in the placement benchmark); an idle member connection costs a few
+/// KiB. It bounds descriptors and tasks, not strangers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+/// Default of [`Limits::max_strangers`]: measured, a stranger holding partial
+/// frames on all its streams costs the coordinator about 75 KiB of resident
+/// memory (`tests/tests/quic_limits.rs`), so 1,024 strangers stay under 100 MiB.
+pub const DEFAULT_MAX_STRANGERS: usize = 1024;
+/// Default of [`Limits::max_strangers_per_network`]: a school's nodes behind one
+/// NAT address join a few at a time; one client network cannot take more than
+/// 1/32 of [`DEFAULT_MAX_STRANGERS`].
+pub const DEFAULT_MAX_STRANGERS_PER_NETWORK: usize = 32;
 /// Default of [`Limits::retry_above_handshakes`]: members reconnect a few at a
 /// time; many handshakes at once look like a flood, whose sources must prove
 /// their address before costing a handshake.
 pub const DEFAULT_RETRY_ABOVE_HANDSHAKES: usize = 32;
-/// Default of [`Limits::retry_above_connections`]: past a quarter of the cap,
-/// every new address proves itself first (one more round trip for it).
-pub const DEFAULT_RETRY_ABOVE_CONNECTIONS: usize = DEFAULT_MAX_CONNECTIONS / 4;
+/// Default of [`Limits::retry_above_strangers`]: past a quarter of the strangers'
+/// cap, every new address proves itself first (one more round trip for it).
+pub const DEFAULT_RETRY_ABOVE_STRANGERS: usize = DEFAULT_MAX_STRANGERS / 4;
 
 /// Bidirectional streams a connection may open before its peer is trusted: a
 /// join needs one at a time, and two let a request overlap the previous answer.
@@ -67,23 +78,26 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// constants of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections and handshakes at once, all peers together.
+    /// Connections and handshakes at once, members and strangers together.
     pub max_connections: usize,
-    /// Connections and handshakes at once from one client network.
-    pub max_per_network: usize,
+    /// Strangers' connections and handshakes at once.
+    pub max_strangers: usize,
+    /// Strangers' connections and handshakes at once from one client network.
+    pub max_strangers_per_network: usize,
     /// Handshakes in progress past which unvalidated addresses must retry.
     pub retry_above_handshakes: usize,
-    /// Connections past which unvalidated addresses must retry.
-    pub retry_above_connections: usize,
+    /// Strangers past which unvalidated addresses must retry.
+    pub retry_above_strangers: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_per_network: DEFAULT_MAX_PER_NETWORK,
+            max_strangers: DEFAULT_MAX_STRANGERS,
+            max_strangers_per_network: DEFAULT_MAX_STRANGERS_PER_NETWORK,
             retry_above_handshakes: DEFAULT_RETRY_ABOVE_HANDSHAKES,
-            retry_above_connections: DEFAULT_RETRY_ABOVE_CONNECTIONS,
+            retry_above_strangers: DEFAULT_RETRY_ABOVE_STRANGERS,
         }
     }
 }
@@ -122,9 +136,9 @@ pub enum Verdict {
     Accept,
     /// Send a retry packet: the client must prove it receives at its address.
     Retry,
-    /// Refuse it: the endpoint is full.
+    /// Refuse it: the endpoint holds all the connections or strangers it may.
     RefuseFull,
-    /// Refuse it: its network holds its share.
+    /// Refuse it: its network holds its share of strangers.
     RefuseNetwork,
 }
 
@@ -133,21 +147,23 @@ pub enum Verdict {
 struct Counts {
     total: usize,
     handshaking: usize,
-    per_network: HashMap<Network, usize>,
+    strangers: usize,
+    strangers_per_network: HashMap<Network, usize>,
 }
 
 impl Counts {
     /// The verdict for an attempt from `network`; see the module doc for the order.
     fn verdict(&self, limits: &Limits, network: Network, validated: bool) -> Verdict {
-        if self.total >= limits.max_connections {
+        if self.total >= limits.max_connections || self.strangers >= limits.max_strangers {
             return Verdict::RefuseFull;
         }
         let busy = self.handshaking >= limits.retry_above_handshakes
-            || self.total >= limits.retry_above_connections;
+            || self.strangers >= limits.retry_above_strangers;
         if busy && !validated {
             return Verdict::Retry;
         }
-        if self.per_network.get(&network).copied().unwrap_or(0) >= limits.max_per_network {
+        let here = self.strangers_per_network.get(&network).copied();
+        if here.unwrap_or(0) >= limits.max_strangers_per_network {
             return Verdict::RefuseNetwork;
         }
         Verdict::Accept
@@ -156,16 +172,16 @@ impl Counts {
     fn add(&mut self, network: Network) {
         self.total += 1;
         self.handshaking += 1;
-        *self.per_network.entry(network).or_default() += 1;
+        self.strangers += 1;
+        *self.strangers_per_network.entry(network).or_default() += 1;
     }
 
-    fn remove(&mut self, network: Network, handshaking: bool) {
-        self.total -= 1;
-        self.handshaking -= usize::from(handshaking);
-        if let Some(count) = self.per_network.get_mut(&network) {
+    fn stranger_gone(&mut self, network: Network) {
+        self.strangers -= 1;
+        if let Some(count) = self.strangers_per_network.get_mut(&network) {
             *count -= 1;
             if *count == 0 {
-                self.per_network.remove(&network);
+                self.strangers_per_network.remove(&network);
             }
         }
     }
@@ -195,56 +211,63 @@ impl Admission {
     /// Judges an attempt from `ip`; an accepted one is counted until its slot drops.
     pub fn consider(&self, ip: IpAddr, validated: bool) -> Result<Slot, Verdict> {
         let network = Network::of(ip);
-        let mut counts = self.lock();
+        let mut counts = lock(&self.counts);
         match counts.verdict(&self.limits, network, validated) {
             Verdict::Accept => {
                 counts.add(network);
                 Ok(Slot {
                     counts: self.counts.clone(),
                     network,
-                    handshaking: true,
+                    handshaking: AtomicBool::new(true),
+                    stranger: AtomicBool::new(true),
                 })
             }
             other => Err(other),
         }
     }
 
-    /// Connections (handshakes included) counted now.
-    pub fn open(&self) -> usize {
-        self.lock().total
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    /// Connections (handshakes included) counted now: in all, and strangers.
+    pub fn open(&self) -> (usize, usize) {
+        let counts = lock(&self.counts);
+        (counts.total, counts.strangers)
     }
 }
 
-/// One accepted connection, counted until dropped.
+fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+    counts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One accepted connection, counted until dropped: as a handshake until
+/// [`Slot::handshake_done`], as a stranger's until [`Slot::trust`].
 #[derive(Debug)]
 pub struct Slot {
     counts: Arc<Mutex<Counts>>,
     network: Network,
-    handshaking: bool,
+    handshaking: AtomicBool,
+    stranger: AtomicBool,
 }
 
 impl Slot {
     /// The handshake is over: the connection stops counting as a handshake.
-    pub fn handshake_done(&mut self) {
-        if std::mem::take(&mut self.handshaking) {
-            self.counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .handshaking -= 1;
+    pub fn handshake_done(&self) {
+        if self.handshaking.swap(false, Ordering::Relaxed) {
+            lock(&self.counts).handshaking -= 1;
+        }
+    }
+
+    /// The peer is a member: the connection stops counting as a stranger's.
+    pub fn trust(&self) {
+        if self.stranger.swap(false, Ordering::Relaxed) {
+            lock(&self.counts).stranger_gone(self.network);
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.network, self.handshaking);
+        self.handshake_done();
+        self.trust();
+        lock(&self.counts).total -= 1;
     }
 }
 
@@ -272,10 +295,11 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            max_connections: 6,
-            max_per_network: 3,
+            max_connections: 8,
+            max_strangers: 6,
+            max_strangers_per_network: 3,
             retry_above_handshakes: 4,
-            retry_above_connections: 5,
+            retry_above_strangers: 5,
         }
     }
 
@@ -283,11 +307,15 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn take(admission: &Admission, from: &str, validated: bool) -> Slot {
+        admission.consider(ip(from), validated).unwrap()
+    }
+
     #[test]
-    fn one_network_gets_its_share_and_others_still_get_in() {
+    fn one_network_gets_its_share_of_strangers_and_others_still_get_in() {
         let admission = Admission::new(limits());
         let mut mine: Vec<Slot> = (0..3)
-            .map(|_| admission.consider(ip("192.0.2.1"), false).unwrap())
+            .map(|_| take(&admission, "192.0.2.1", false))
             .collect();
         assert_eq!(
             admission.consider(ip("192.0.2.1"), true).unwrap_err(),
@@ -298,6 +326,20 @@ mod tests {
         assert!(
             admission.consider(ip("192.0.2.1"), false).is_ok(),
             "a closed connection frees its place"
+        );
+    }
+
+    #[test]
+    fn members_leave_their_networks_share_to_strangers() {
+        let admission = Admission::new(limits());
+        let members: Vec<Slot> = (0..3)
+            .map(|_| take(&admission, "192.0.2.1", false))
+            .collect();
+        members.iter().for_each(Slot::trust);
+        assert_eq!(admission.open(), (3, 0));
+        assert!(
+            admission.consider(ip("192.0.2.1"), false).is_ok(),
+            "a school with three members behind one address can add a fourth"
         );
     }
 
@@ -318,43 +360,48 @@ mod tests {
     }
 
     #[test]
-    fn many_handshakes_make_unvalidated_addresses_retry() {
+    fn many_handshakes_or_strangers_make_unvalidated_addresses_retry() {
         let admission = Admission::new(limits());
-        let mut slots: Vec<Slot> = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+        let slots: Vec<Slot> = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
             .iter()
-            .map(|a| admission.consider(ip(a), false).unwrap())
+            .map(|a| take(&admission, a, false))
             .collect();
         assert_eq!(
             admission.consider(ip("192.0.2.9"), false).unwrap_err(),
             Verdict::Retry
         );
-        let validated = admission.consider(ip("192.0.2.9"), true);
-        assert!(validated.is_ok(), "a validated address gets in");
-        slots.iter_mut().for_each(Slot::handshake_done);
-        // 5 connections, no handshakes: still busy by connection count.
+        let _validated = take(&admission, "192.0.2.9", true);
+        slots.iter().for_each(Slot::handshake_done);
+        // One handshake left, but five strangers: still busy.
         assert_eq!(
             admission.consider(ip("192.0.2.10"), false).unwrap_err(),
             Verdict::Retry
         );
+        slots.iter().for_each(Slot::trust);
+        assert!(admission.consider(ip("192.0.2.10"), false).is_ok());
     }
 
     #[test]
     fn a_full_endpoint_refuses_even_validated_addresses_until_one_closes() {
         let admission = Admission::new(limits());
         let mut slots: Vec<Slot> = (1..=6)
-            .map(|i| {
-                admission
-                    .consider(ip(&format!("192.0.2.{i}")), true)
-                    .unwrap()
-            })
+            .map(|i| take(&admission, &format!("192.0.2.{i}"), true))
             .collect();
-        assert_eq!(admission.open(), 6);
         assert_eq!(
             admission.consider(ip("192.0.2.99"), true).unwrap_err(),
-            Verdict::RefuseFull
+            Verdict::RefuseFull,
+            "six strangers is the cap"
+        );
+        slots.iter().for_each(Slot::trust);
+        slots.push(take(&admission, "192.0.2.7", true));
+        slots.push(take(&admission, "192.0.2.8", true));
+        assert_eq!(
+            admission.consider(ip("192.0.2.99"), true).unwrap_err(),
+            Verdict::RefuseFull,
+            "eight connections is the cap, members included"
         );
         slots.truncate(2);
-        assert_eq!(admission.open(), 2);
+        assert_eq!(admission.open(), (2, 0));
         assert!(admission.consider(ip("192.0.2.99"), false).is_ok());
     }
 }

@@ -184,8 +184,9 @@ impl PeerEndpoint {
         None
     }
 
-    /// Connections (handshakes included) this endpoint counts now.
-    pub fn open_connections(&self) -> usize {
+    /// Connections (handshakes included) this endpoint counts now: in all, and
+    /// strangers'.
+    pub fn open_connections(&self) -> (usize, usize) {
         self.admission.open()
     }
 
@@ -226,7 +227,7 @@ impl Arriving {
     pub async fn handshake(self) -> anyhow::Result<PeerConnection> {
         let Self {
             incoming,
-            mut slot,
+            slot,
             listed,
         } = self;
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
@@ -239,7 +240,7 @@ impl Arriving {
         Ok(PeerConnection {
             conn,
             peer,
-            _slot: slot,
+            slot,
             _listing: listing,
         })
     }
@@ -253,14 +254,16 @@ pub struct PeerConnection {
     pub conn: quinn::Connection,
     /// The key the peer proved.
     pub peer: NodeId,
-    _slot: Slot,
+    slot: Slot,
     _listing: Listing,
 }
 
 impl PeerConnection {
-    /// Raises the limits from a stranger's to a member's.
+    /// Raises the limits from a stranger's to a member's, and stops counting
+    /// the connection as a stranger's.
     pub fn trust(&self) {
         admission::trust(&self.conn);
+        self.slot.trust();
     }
 }
 
