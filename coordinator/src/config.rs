@@ -34,7 +34,7 @@
 //! # that have not joined (strangers) together; beyond, attempts are refused
 //! # before any handshake work. Default: 65536.
 //! quic_max_connections = 65536
-//! # Strangers' connections and handshakes at once (each costs up to ~75 KiB
+//! # Strangers' connections and handshakes at once (each costs up to ~90 KiB
 //! # while it sends partial requests; it must join within 10 s). Default: 1024.
 //! quic_max_strangers = 1024
 //! # The same, from one client network (an IPv4 address, an IPv6 /64). Default: 32.

@@ -40,9 +40,10 @@ use quinn::VarInt;
 /// (60,000 in the placement benchmark); an idle member connection costs a few
 /// KiB. It bounds descriptors and tasks, not strangers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
-/// Default of [`Limits::max_strangers`]: measured, a stranger holding partial
-/// frames on all its streams costs the coordinator about 75 KiB of resident
-/// memory (`tests/tests/quic_limits.rs`), so 1,024 strangers stay under 100 MiB.
+/// Default of [`Limits::max_strangers`]: measured, a stranger holding a frame
+/// short of its last byte on each of its streams costs the coordinator about
+/// 90 KiB of resident memory (`tests/tests/quic_limits.rs`), so 1,024
+/// strangers stay around 100 MiB.
 pub const DEFAULT_MAX_STRANGERS: usize = 1024;
 /// Default of [`Limits::max_strangers_per_network`]: a school's nodes behind one
 /// NAT address join a few at a time; one client network cannot take more than
