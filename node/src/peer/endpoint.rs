@@ -310,3 +310,94 @@ impl Drop for Listing {
         self.listed.lock().remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listening endpoint under `limits` that serves every accepted connection
+    /// (trusted, one echo of a byte per stream), and a client of it.
+    async fn pair(limits: Limits) -> anyhow::Result<(PeerEndpoint, PeerEndpoint, PeerAddr)> {
+        let keys = tempfile::tempdir()?;
+        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
+        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let server =
+            PeerEndpoint::bind_for(loopback, &server_key, Members::anyone(), wire::ALPN, limits)?;
+        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
+        let addr = PeerAddr {
+            id: server_key.id(),
+            addr: server.local_addr()?,
+        };
+        let listening = server.clone();
+        tokio::spawn(async move {
+            while let Some(arriving) = listening.accept().await {
+                tokio::spawn(async move {
+                    let Ok(peer) = arriving.handshake().await else {
+                        return;
+                    };
+                    peer.trust();
+                    // Held until the client closes, so that the slot stays counted.
+                    let _ = peer.conn.closed().await;
+                });
+            }
+        });
+        Ok((server, client, addr))
+    }
+
+    /// Waits (up to 1 s) for the server to count `expected` (in all, strangers').
+    async fn counted(server: &PeerEndpoint, expected: (usize, usize)) -> (usize, usize) {
+        for _ in 0..50 {
+            if server.open_connections() == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.open_connections()
+    }
+
+    fn refused(e: &anyhow::Error) -> bool {
+        matches!(
+            e.downcast_ref::<quinn::ConnectionError>(),
+            Some(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        )
+    }
+
+    #[tokio::test]
+    async fn a_busy_endpoint_makes_new_addresses_retry_and_they_still_connect() -> anyhow::Result<()>
+    {
+        let (server, client, addr) = pair(Limits {
+            retry_above_handshakes: 0,
+            ..Limits::default()
+        })
+        .await?;
+        let conn = client.connect(addr).await?;
+        assert!(conn.close_reason().is_none());
+        assert_eq!(
+            counted(&server, (1, 0)).await,
+            (1, 0),
+            "counted, as a member"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn attempts_past_the_cap_are_refused_until_a_connection_closes() -> anyhow::Result<()> {
+        let (server, client, addr) = pair(Limits {
+            max_connections: 2,
+            max_strangers: 2,
+            max_strangers_per_network: 2,
+            ..Limits::default()
+        })
+        .await?;
+        let first = client.connect(addr).await?;
+        let _second = client.connect(addr).await?;
+        let third = client.connect(addr).await.unwrap_err();
+        assert!(refused(&third), "{third:#}");
+        first.close(0u32.into(), b"done");
+        assert_eq!(counted(&server, (1, 0)).await, (1, 0));
+        assert!(client.connect(addr).await.is_ok(), "a freed place is taken");
+        Ok(())
+    }
+}
