@@ -3,9 +3,10 @@
 //! a join needs a valid token, a heartbeat a registered key.
 //!
 //! A connection from a key that is not a member (a stranger) keeps the small
-//! limits every connection starts with (`cartable_node::peer::admission`) and must join within
-//! [`STRANGER_DEADLINE`]; a member's connection gets a member's limits. The
-//! endpoint's caps bound how many connections strangers hold at all.
+//! limits every connection starts with (`cartable_node::peer::admission`) and
+//! must join within [`STRANGER_DEADLINE`]; a member's connection gets a
+//! member's limits. The endpoint's caps bound how many connections strangers
+//! hold at all; a removed member's connections are closed by the admin API.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
