@@ -36,11 +36,15 @@ pub async fn server(argv: &[String]) -> Result<()> {
         endpoint.local_addr()?,
         identity.id()
     );
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(arriving) = endpoint.accept().await {
         let file = file.clone();
         tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            while let Ok((send, recv)) = conn.accept_bi().await {
+            let Ok(peer) = arriving.handshake().await else {
+                return;
+            };
+            // The handshake checked the client's key: a member's limits.
+            peer.trust();
+            while let Ok((send, recv)) = peer.conn.accept_bi().await {
                 let file = file.clone();
                 tokio::spawn(async move {
                     if let Err(e) = send_range(send, recv, file).await {

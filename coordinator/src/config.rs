@@ -30,6 +30,20 @@
 //! # Copies a node makes at once; the rest wait in the repair queue, most
 //! # endangered first. Default: 4.
 //! copies_per_node = 4
+//! # QUIC connections held at once (handshakes included), members and keys
+//! # that have not joined (strangers) together; beyond, attempts are refused
+//! # before any handshake work. Default: 65536.
+//! quic_max_connections = 65536
+//! # Strangers' connections and handshakes at once (each costs up to ~90 KiB
+//! # while it sends partial requests; it must join within 10 s). Default: 1024.
+//! quic_max_strangers = 1024
+//! # The same, from one client network (an IPv4 address, an IPv6 /64). Default: 32.
+//! quic_max_strangers_per_network = 32
+//! # Past this many handshakes in progress, or this many strangers, a new
+//! # address must prove it receives at its address first (a QUIC retry, one
+//! # round trip). Defaults: 32 and 256.
+//! quic_retry_above_handshakes = 32
+//! quic_retry_above_strangers = 256
 //!
 //! # Caps and deadlines of HTTPS connections (browsers and the admin API), the
 //! # same table as a node's: see `cartable_node::https::limits`.
@@ -48,6 +62,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartable_node::https::limits::{ConnectionLimits, FileConnections};
+use cartable_node::peer::admission::Limits;
 use cartable_node::tls::TlsFiles;
 use cartable_proto::cidr::Cidr;
 use serde::Deserialize;
@@ -68,6 +83,11 @@ struct FileConfig {
     default_replicas: Option<u8>,
     min_replicas: Option<u8>,
     copies_per_node: Option<usize>,
+    quic_max_connections: Option<usize>,
+    quic_max_strangers: Option<usize>,
+    quic_max_strangers_per_network: Option<usize>,
+    quic_retry_above_handshakes: Option<usize>,
+    quic_retry_above_strangers: Option<usize>,
     #[serde(default)]
     regions: Vec<FileRegion>,
     #[serde(default)]
@@ -113,6 +133,8 @@ pub struct CoordinatorConfig {
     pub regions: Vec<RegionNet>,
     /// Caps and deadlines of HTTPS connections.
     pub connections: ConnectionLimits,
+    /// Connection caps of the QUIC endpoint.
+    pub quic_limits: Limits,
 }
 
 /// How replicas are kept.
@@ -168,6 +190,33 @@ impl RegionNet {
     }
 }
 
+/// The QUIC caps from the file, defaults where absent.
+fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_connections: file.quic_max_connections.unwrap_or(d.max_connections),
+        max_strangers: file.quic_max_strangers.unwrap_or(d.max_strangers),
+        max_strangers_per_network: file
+            .quic_max_strangers_per_network
+            .unwrap_or(d.max_strangers_per_network),
+        retry_above_handshakes: file
+            .quic_retry_above_handshakes
+            .unwrap_or(d.retry_above_handshakes),
+        retry_above_strangers: file
+            .quic_retry_above_strangers
+            .unwrap_or(d.retry_above_strangers),
+    };
+    anyhow::ensure!(
+        (1..=limits.max_connections).contains(&limits.max_strangers),
+        "quic_max_strangers must be between 1 and quic_max_connections"
+    );
+    anyhow::ensure!(
+        (1..=limits.max_strangers).contains(&limits.max_strangers_per_network),
+        "quic_max_strangers_per_network must be between 1 and quic_max_strangers"
+    );
+    Ok(limits)
+}
+
 impl CoordinatorConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
@@ -206,6 +255,7 @@ impl CoordinatorConfig {
             policy.copies_per_node >= 1,
             "copies_per_node must be at least 1"
         );
+        let quic_limits = quic_limits(&file)?;
         let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
         let public_url = cartable_node::config::public_url("public_url", file.public_url)?;
         let regions = file
@@ -232,6 +282,7 @@ impl CoordinatorConfig {
             policy,
             regions,
             connections: file.connections.check()?,
+            quic_limits,
         })
     }
 
@@ -257,6 +308,7 @@ mod tests {
         let c = parse("")?;
         assert_eq!(c.https.to_string(), "127.0.0.1:7443");
         assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.quic_limits, Limits::default());
         Ok(())
     }
 
@@ -281,6 +333,11 @@ mod tests {
             ("heartbeat_ms = 0", "positive"),
             ("heartbeat_ms = 5000\ndown_after_ms = 100", "longer than"),
             ("min_replicas = 0", "at least 1"),
+            ("quic_max_strangers_per_network = 0", "between 1 and"),
+            (
+                "quic_max_connections = 10\nquic_max_strangers = 11",
+                "between 1 and quic_max_connections",
+            ),
             (
                 "[[regions]]\ncidr = \"10.0.0.0/33\"\nregion = \"x\"",
                 "at most 32 for IPv4",

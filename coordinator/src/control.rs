@@ -1,16 +1,22 @@
 //! The coordinator's side of the node protocol ([`cartable_proto::control`]):
 //! joins and heartbeats over QUIC, one request per stream. Any key may connect;
 //! a join needs a valid token, a heartbeat a registered key.
+//!
+//! A connection from a key that is not a member (a stranger) keeps the small
+//! limits every connection starts with (`cartable_node::peer::admission`) and
+//! must join within [`STRANGER_DEADLINE`]; a member's connection gets a
+//! member's limits. The endpoint's caps bound how many connections strangers
+//! hold at all; a removed member's connections are closed by the admin API.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartable_node::peer::auth::peer_node_id;
-use cartable_node::peer::frame;
-use cartable_proto::NodeId;
+use cartable_node::peer::endpoint::{Arriving, PeerConnection};
+use cartable_node::peer::frame::{self, FrameError};
 use cartable_proto::control::{
     self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };
+use cartable_proto::{DecodeError, NodeId};
 
 use crate::Coordinator;
 use crate::lifecycle;
@@ -18,36 +24,77 @@ use crate::state::{NodeRecord, secret_hash, unix_now};
 
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request from a key that is not a member yet (a join is small):
-/// strangers cannot make the coordinator buffer much.
-const MAX_STRANGER_FRAME: usize = 64 * 1024;
+/// The largest request from a key that is not a member yet: a join is under
+/// 1 KiB (token, contact, capacity). With `admission::STRANGER_STREAMS`
+/// streams, a stranger's connection makes the coordinator hold at most twice
+/// this in request buffers, whatever it sends.
+const MAX_STRANGER_FRAME: usize = 16 * 1024;
+/// A key that is not a member must become one (join) this soon after its
+/// handshake, or its connection is closed: a stranger cannot keep a connection
+/// by keeping it busy, and a join takes one round trip.
+pub const STRANGER_DEADLINE: Duration = Duration::from_secs(10);
+/// The application close code sent to a stranger past its deadline.
+const CLOSED_NOT_JOINED: u32 = 3;
 
 /// Answers nodes until the endpoint closes.
 pub async fn serve_nodes(coord: Arc<Coordinator>) {
-    while let Some(incoming) = coord.endpoint.accept().await {
-        let coord = coord.clone();
-        tokio::spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => return tracing::debug!(error = %e, "node handshake failed"),
-            };
-            let Some(node) = peer_node_id(&conn) else {
-                return;
-            };
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(answer(coord.clone(), node, send, recv));
-            }
-        });
+    while let Some(arriving) = coord.endpoint.accept().await {
+        tokio::spawn(serve_connection(coord.clone(), arriving));
     }
+}
+
+/// One connection: its requests answered, each on a task of its own, until it
+/// closes, or until a stranger's deadline passes.
+async fn serve_connection(coord: Arc<Coordinator>, arriving: Arriving) {
+    let remote = arriving.remote_address();
+    let peer = match arriving.handshake().await {
+        Ok(peer) => Arc::new(peer),
+        Err(e) => {
+            return tracing::debug!(%remote, error = format!("{e:#}"), "node handshake failed");
+        }
+    };
+    let mut deadline = if is_member(&coord, &peer.peer) {
+        peer.trust();
+        None
+    } else {
+        Some(tokio::time::Instant::now() + STRANGER_DEADLINE)
+    };
+    loop {
+        let accepted = match deadline {
+            None => peer.conn.accept_bi().await,
+            Some(at) => match tokio::time::timeout_at(at, peer.conn.accept_bi()).await {
+                Ok(accepted) => accepted,
+                Err(_) if is_member(&coord, &peer.peer) => {
+                    deadline = None;
+                    continue;
+                }
+                Err(_) => return close_stranger(&peer),
+            },
+        };
+        let Ok((send, recv)) = accepted else { return };
+        tokio::spawn(answer(coord.clone(), peer.clone(), send, recv));
+    }
+}
+
+fn is_member(coord: &Coordinator, node: &NodeId) -> bool {
+    coord.lock().nodes.contains_key(node)
+}
+
+fn close_stranger(peer: &PeerConnection) {
+    tracing::debug!(node = %peer.peer, "closing a connection that did not join in time");
+    peer.conn
+        .close(CLOSED_NOT_JOINED.into(), b"join within 10 s of connecting");
 }
 
 async fn answer(
     coord: Arc<Coordinator>,
-    node: NodeId,
+    peer: Arc<PeerConnection>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = if coord.lock().nodes.contains_key(&node) {
+    let node = peer.peer;
+    let member = is_member(&coord, &node);
+    let max = if member {
         MAX_FRAME_BYTES
     } else {
         MAX_STRANGER_FRAME
@@ -55,6 +102,9 @@ async fn answer(
     let response =
         match tokio::time::timeout(REQUEST_TIMEOUT, frame::read_body(&mut recv, max)).await {
             Err(_) => refused("no request within 10 s"),
+            Ok(Err(FrameError::Decode(DecodeError::TooLarge { .. }))) if !member => {
+                refused("unknown node: join with a token first (a join is small)")
+            }
             Ok(Err(e)) => refused(&format!("bad frame: {e}")),
             Ok(Ok(body)) => match control::decode::<ControlRequest>(&body) {
                 Err(e) => refused(&e.to_string()),
@@ -62,14 +112,29 @@ async fn answer(
                 Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
             },
         };
-    if let ControlResponse::Refused { reason } = &response {
-        tracing::warn!(node = %node, reason, "refused a node request");
-    }
+    after_answer(&peer, member, &response);
     if frame::write_frame(&mut send, &control::encode(&response))
         .await
         .is_ok()
     {
         let _ = send.finish();
+    }
+}
+
+/// Logs a refusal; gives a member's limits to a connection that just joined.
+fn after_answer(peer: &PeerConnection, member: bool, response: &ControlResponse) {
+    let node = peer.peer;
+    match response {
+        ControlResponse::Refused { reason } if member => {
+            tracing::warn!(node = %node, reason, "refused a member's request")
+        }
+        // Strangers are refused at debug level: at warn, a flood of garbage
+        // would become a flood of log lines. The joining node logs its refusal.
+        ControlResponse::Refused { reason } => {
+            tracing::debug!(node = %node, reason, "refused a stranger's request")
+        }
+        ControlResponse::Joined { .. } => peer.trust(),
+        ControlResponse::Orders(_) => {}
     }
 }
 

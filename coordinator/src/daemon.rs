@@ -160,8 +160,13 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("binding HTTPS on {}", config.https))?;
-    let endpoint =
-        PeerEndpoint::bind_for(config.quic, &identity, Members::anyone(), control::ALPN)?;
+    let endpoint = PeerEndpoint::bind_for(
+        config.quic,
+        &identity,
+        Members::anyone(),
+        control::ALPN,
+        config.quic_limits,
+    )?;
     let https = format!("https://{}", server.local_addr()?);
     let quic = endpoint.local_addr()?;
     let public_url = config.public_url.clone().unwrap_or_else(|| https.clone());

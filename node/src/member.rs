@@ -350,6 +350,8 @@ impl Member {
                 .chain([self.coordinator.id])
                 .filter(|id| *id != self.id),
         );
+        // A peer dropped from the list keeps no connection it opened before.
+        self.endpoint.close_unlisted();
         self.through.set_peers(
             addrs
                 .values()

@@ -106,9 +106,10 @@ pub enum Lie {
 /// A peer speaking the real protocol from its own store, lying as `lie` says:
 /// what a fetcher must catch, drop and report without storing a wrong byte.
 pub async fn lying_peer(endpoint: PeerEndpoint, store: Arc<Store>, lie: Lie) -> anyhow::Result<()> {
-    while let Some(incoming) = endpoint.accept().await {
-        let conn = incoming.await?;
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+    while let Some(arriving) = endpoint.accept().await {
+        let peer = arriving.handshake().await?;
+        peer.trust();
+        while let Ok((mut send, mut recv)) = peer.conn.accept_bi().await {
             let (header, body) = match read_request(&mut recv).await? {
                 Request::Manifest(id) => {
                     let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;

@@ -203,6 +203,9 @@ fn remove_node(coord: &Coordinator, id: &NodeId, force: bool) -> Result<NodeView
     c.remove_node(id)
         .and_then(|()| c.flush())
         .map_err(internal)?;
+    drop(c);
+    // A removed key is a stranger now: its open connections go with its membership.
+    coord.endpoint.close_peer(id);
     tracing::info!(node = %id, "removed");
     Ok(view)
 }

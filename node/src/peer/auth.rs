@@ -50,8 +50,9 @@ impl Members {
                 .contains(id)
     }
 
-    /// Replaces the list (a new member list from the coordinator); connections
-    /// already open stay open until they close.
+    /// Replaces the list (a new member list from the coordinator). Connections
+    /// already open are not touched here: the endpoint's `close_unlisted` closes
+    /// those of keys no longer listed.
     pub fn replace(&self, ids: impl IntoIterator<Item = NodeId>) {
         *self.ids.write().unwrap_or_else(|e| e.into_inner()) = ids.into_iter().collect();
     }

@@ -176,8 +176,8 @@ mod tests {
         tokio::spawn(async move {
             while let Some(incoming) = accept.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        conn.closed().await;
+                    if let Ok(peer) = incoming.handshake().await {
+                        peer.conn.closed().await;
                     }
                 });
             }

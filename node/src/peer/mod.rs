@@ -1,5 +1,7 @@
 //! Node ↔ node copying over QUIC (protocol: [`cartable_proto::wire`]).
 //!
+//! - [`admission`]: connection caps per network and in total, retry under load,
+//!   a stranger's small limits raised for members.
 //! - [`auth`]: mutual authentication by node key, members only.
 //! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
 //! - [`dial`]: shared connections to peers, one dial per peer at a time, with a deadline.
@@ -11,6 +13,7 @@
 //! - [`reputation`]: verification failures counted per peer.
 //! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
 
+pub mod admission;
 pub mod auth;
 pub mod dial;
 pub mod endpoint;

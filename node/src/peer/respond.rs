@@ -30,23 +30,27 @@ const BUSY_RETRY_MS: u32 = 1000;
 pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
     let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
     let streams = Arc::new(Semaphore::new(MAX_BLOB_STREAMS));
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(arriving) = endpoint.accept().await {
         let (store, open, streams) = (store.clone(), open.clone(), streams.clone());
         tokio::spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => return tracing::debug!(error = %e, "peer handshake failed"),
+            let remote = arriving.remote_address();
+            let peer = match arriving.handshake().await {
+                Ok(peer) => peer,
+                Err(e) => {
+                    return tracing::debug!(%remote, error = format!("{e:#}"), "peer handshake failed");
+                }
             };
-            let Some(_slot) = ConnectionSlot::take(&open, &conn) else {
-                conn.close(1u32.into(), b"too many connections");
+            let Some(_slot) = ConnectionSlot::take(&open, peer.peer) else {
+                peer.conn.close(1u32.into(), b"too many connections");
                 return;
             };
-            let peer = conn.remote_address();
-            while let Ok((send, recv)) = conn.accept_bi().await {
+            // The handshake checked the key against the member list.
+            peer.trust();
+            while let Ok((send, recv)) = peer.conn.accept_bi().await {
                 let (store, streams) = (store.clone(), streams.clone());
                 tokio::spawn(async move {
                     if let Err(e) = answer(send, recv, store, streams).await {
-                        tracing::debug!(%peer, error = %e, "peer stream ended");
+                        tracing::debug!(%remote, error = %e, "peer stream ended");
                     }
                 });
             }
@@ -61,8 +65,7 @@ struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
-    fn take(open: &Arc<Mutex<HashMap<NodeId, usize>>>, conn: &quinn::Connection) -> Option<Self> {
-        let peer = super::auth::peer_node_id(conn)?;
+    fn take(open: &Arc<Mutex<HashMap<NodeId, usize>>>, peer: NodeId) -> Option<Self> {
         let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(peer).or_default();
         if *count >= MAX_CONNECTIONS_PER_PEER {
