@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cartable_proto::fuzzing::crafted_manifest;
 use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, BundlePath, Manifest, ManifestEntry, content_type};
 
@@ -39,8 +40,8 @@ fn main() -> std::io::Result<()> {
     ];
     // Regressions: the measured attack (one blob at two sizes, one near 2^64)
     // and sizes whose sum wraps a u64. Both must be refused.
-    let two_sizes = crafted(&[("a", b"x", 1), ("b", b"x", u64::MAX - 1)]);
-    let wrapping = crafted(&[("a", b"1", 1 << 63), ("b", b"2", 1 << 63)]);
+    let two_sizes = crafted_manifest(&[("a", b"x", 1), ("b", b"x", u64::MAX - 1)]);
+    let wrapping = crafted_manifest(&[("a", b"1", 1 << 63), ("b", b"2", 1 << 63)]);
     for refused in [&two_sizes, &wrapping] {
         assert!(
             Manifest::decode(refused).is_err(),
@@ -66,22 +67,6 @@ fn main() -> std::io::Result<()> {
         responses.iter().map(Response::encode),
     )?;
     Ok(())
-}
-
-/// A version 1 manifest encoded by hand, as an attacker would, skipping every
-/// rule `Manifest::new` enforces.
-fn crafted(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
-    let mut out = b"CRTM\x01".to_vec();
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (path, content, size) in entries {
-        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(BlobHash::of(content).as_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.push(10);
-        out.extend_from_slice(b"text/plain");
-    }
-    out
 }
 
 fn write_all(dir: &Path, seeds: impl IntoIterator<Item = Vec<u8>>) -> std::io::Result<()> {

@@ -28,23 +28,36 @@ pub enum CidrError {
 }
 
 impl Cidr {
+    /// The network of the first `v4_len` (IPv4) or `v6_len` (IPv6) bits of
+    /// `ip`: a client's network, as the daemons count clients. IPv4-mapped IPv6
+    /// addresses count as IPv4; lengths past the address's are clamped.
+    pub fn enclosing(ip: IpAddr, v4_len: u8, v6_len: u8) -> Self {
+        match unmapped(ip) {
+            IpAddr::V4(v4) => {
+                let prefix = v4_len.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                Self {
+                    network: IpAddr::V4((u32::from(v4) & mask).into()),
+                    prefix,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let prefix = v6_len.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                Self {
+                    network: IpAddr::V6((u128::from(v6) & mask).into()),
+                    prefix,
+                }
+            }
+        }
+    }
+
     /// Whether `ip` is in this network; IPv4-mapped IPv6 addresses count as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, unmapped(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        let ip = unmapped(ip);
+        ip.is_ipv4() == self.network.is_ipv4()
+            && Self::enclosing(ip, self.prefix, self.prefix).network
+                == Self::enclosing(self.network, self.prefix, self.prefix).network
     }
 
     /// The prefix length.
@@ -107,6 +120,17 @@ mod tests {
         assert!(!v6.contains(ip("10.12.0.1")));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn a_client_network_is_its_addresss_first_bits() {
+        let v4 = Cidr::enclosing(ip("192.0.2.77"), 24, 56);
+        assert_eq!(v4.to_string(), "192.0.2.0/24");
+        assert_eq!(v4, Cidr::enclosing(ip("::ffff:192.0.2.1"), 24, 56));
+        let v6 = Cidr::enclosing(ip("2001:db8:0:ab:1::9"), 24, 56);
+        assert_eq!(v6.to_string(), "2001:db8::/56");
+        assert!(v6.contains(ip("2001:db8:0:ff::1")));
+        assert_eq!(Cidr::enclosing(ip("10.1.2.3"), 40, 200).prefix_len(), 32);
     }
 
     #[test]

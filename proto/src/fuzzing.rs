@@ -36,3 +36,20 @@ pub fn decode_response(data: &[u8]) {
         assert_eq!(r.encode(), data, "accepted response is not canonical");
     }
 }
+
+/// A version 1 manifest encoded by hand, as an attacker would, skipping every
+/// rule `Manifest::new` enforces: each entry is a path, the content its hash is
+/// taken of, and the size claimed.
+pub fn crafted_manifest(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
+    let mut out = b"CRTM\x01".to_vec();
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (path, content, size) in entries {
+        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(crate::BlobHash::of(content).as_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.push(10);
+        out.extend_from_slice(b"text/plain");
+    }
+    out
+}

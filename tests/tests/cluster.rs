@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use cartable_proto::fuzzing::crafted_manifest;
 use cartable_tests::cluster::{
     PLACES, cluster, complete, ensure_success, publish, redirect, wait_for,
 };
@@ -237,19 +238,4 @@ fn bad_admin_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     let wrong = runtime.block_on(client.get("/api/nodes", &[("authorization", "Bearer nope")]))?;
     assert_eq!(wrong.status, 401);
     Ok(())
-}
-
-/// A manifest encoded by hand, skipping every rule the encoder enforces.
-fn crafted_manifest(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
-    let mut out = b"CRTM\x01".to_vec();
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (path, content, size) in entries {
-        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(blake3::hash(content).as_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.push(10);
-        out.extend_from_slice(b"text/plain");
-    }
-    out
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cartable_proto::cidr::unmapped;
+use cartable_proto::cidr::Cidr;
 
 use super::limits::ConnectionLimits;
 
@@ -33,8 +33,8 @@ pub enum Refusal {
 enum NetworkKey {
     /// A listed network, by its index in the rules.
     Listed(usize),
-    /// An address's prefix, masked.
-    Prefix(IpAddr),
+    /// An address's first bits.
+    Prefix(Cidr),
 }
 
 /// What one client network holds and may still spend.
@@ -149,7 +149,6 @@ impl Admission {
     /// The network `ip` belongs to and its caps; `None` when exempt.
     fn network_of(&self, ip: IpAddr) -> Option<(NetworkKey, Caps)> {
         let l = &self.limits;
-        let ip = unmapped(ip);
         let caps = |share: f64| Caps {
             connections: ((l.max_connections as f64 * share) as usize).max(1),
             rate: f64::from(l.network_rate) * share / l.network_share,
@@ -163,20 +162,7 @@ impl Admission {
         {
             return rule.share.map(|s| (NetworkKey::Listed(i), caps(s)));
         }
-        let prefix = match ip {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(l.ipv4_prefix))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(v4) & mask).into())
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(l.ipv6_prefix))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        };
+        let prefix = Cidr::enclosing(ip, l.ipv4_prefix, l.ipv6_prefix);
         Some((NetworkKey::Prefix(prefix), caps(l.network_share)))
     }
 

@@ -29,10 +29,11 @@
 //! connection window is what bounds a stranger.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cartable_proto::cidr::Cidr;
 use quinn::VarInt;
 
 /// Default of [`Limits::max_connections`]: members keep one connection each to
@@ -105,29 +106,11 @@ impl Default for Limits {
 
 /// A client network: what one subscriber or one school controls. An IPv6 user
 /// gets a whole /64, so counting addresses there would count nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Network {
-    /// One IPv4 address (IPv4-mapped IPv6 included).
-    V4(Ipv4Addr),
-    /// The first 64 bits of an IPv6 address.
-    V6([u8; 8]),
-}
+pub type Network = Cidr;
 
-impl Network {
-    /// The network `ip` belongs to.
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::V4(v4),
-                None => {
-                    let mut prefix = [0u8; 8];
-                    prefix.copy_from_slice(&v6.octets()[..8]);
-                    Self::V6(prefix)
-                }
-            },
-        }
-    }
+/// The network `ip` belongs to: the address itself for IPv4, its /64 for IPv6.
+fn network_of(ip: IpAddr) -> Network {
+    Cidr::enclosing(ip, 32, 64)
 }
 
 /// What to do with a connection attempt.
@@ -211,7 +194,7 @@ impl Admission {
 
     /// Judges an attempt from `ip`; an accepted one is counted until its slot drops.
     pub fn consider(&self, ip: IpAddr, validated: bool) -> Result<Slot, Verdict> {
-        let network = Network::of(ip);
+        let network = network_of(ip);
         let mut counts = lock(&self.counts);
         match counts.verdict(&self.limits, network, validated) {
             Verdict::Accept => {
@@ -347,16 +330,16 @@ mod tests {
     #[test]
     fn an_ipv6_slash_64_is_one_network_and_mapped_ipv4_is_ipv4() {
         assert_eq!(
-            Network::of(ip("2001:db8:1:2::1")),
-            Network::of(ip("2001:db8:1:2:ffff::9"))
+            network_of(ip("2001:db8:1:2::1")),
+            network_of(ip("2001:db8:1:2:ffff::9"))
         );
         assert_ne!(
-            Network::of(ip("2001:db8:1:2::1")),
-            Network::of(ip("2001:db8:1:3::1"))
+            network_of(ip("2001:db8:1:2::1")),
+            network_of(ip("2001:db8:1:3::1"))
         );
         assert_eq!(
-            Network::of(ip("::ffff:192.0.2.1")),
-            Network::of(ip("192.0.2.1"))
+            network_of(ip("::ffff:192.0.2.1")),
+            network_of(ip("192.0.2.1"))
         );
     }
 

@@ -6,6 +6,7 @@ use std::fs;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cartable_proto::fuzzing::crafted_manifest;
 use cartable_proto::join::UploadGrant;
 use cartable_proto::{BlobHash, BundleId, BundlePath, Manifest, ManifestEntry, NodeId};
 use http::{Method, Request, Response, StatusCode, header};
@@ -423,21 +424,6 @@ async fn two_uploads_cannot_together_overrun_the_capacity() -> anyhow::Result<()
     let again = f.post_manifest(&other).await?;
     assert_eq!(again.status(), StatusCode::INSUFFICIENT_STORAGE);
     Ok(())
-}
-
-/// Encodes a manifest by hand, as an attacker would, skipping every rule.
-fn crafted_manifest(entries: &[(&str, &[u8], u64)]) -> Vec<u8> {
-    let mut out = b"CRTM\x01".to_vec();
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (path, content, size) in entries {
-        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(BlobHash::of(content).as_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.push(10);
-        out.extend_from_slice(b"text/plain");
-    }
-    out
 }
 
 #[tokio::test]
