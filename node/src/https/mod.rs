@@ -36,6 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch as signal;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use admission::{Admission, Refusal, Ticket};
 use limits::ConnectionLimits;
@@ -205,11 +206,14 @@ async fn connection<H, F, B>(
 {
     let _ = tcp.set_nodelay(true);
     let deadlines = shared.limits.deadlines;
-    let stream = match tokio::time::timeout(deadlines.handshake, shared.tls.accept(tcp)).await {
+    let mut stream = match tokio::time::timeout(deadlines.handshake, shared.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
+    if !first_bytes(&mut stream, deadlines.first_bytes).await {
+        return tracing::debug!(%peer, "no request before the first-bytes deadline");
+    }
     let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Activity::new();
     let service_activity = activity.clone();
@@ -232,6 +236,24 @@ async fn connection<H, F, B>(
     if matches!(ended, Ended::Stalled | Ended::Idle) {
         tracing::debug!(%peer, ?ended, "connection closed by its deadline");
     }
+}
+
+/// Waits, within `deadline`, until the client has sent something after the
+/// handshake: a silent connection costs its TLS state and no HTTP buffers.
+/// Bytes that came with the handshake are already inside rustls, where the
+/// socket would never signal them again.
+async fn first_bytes(stream: &mut TlsStream<TcpStream>, deadline: Duration) -> bool {
+    let (tcp, tls) = stream.get_mut();
+    if tls
+        .process_new_packets()
+        .is_ok_and(|state| state.plaintext_bytes_to_read() > 0 || state.peer_has_closed())
+    {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(deadline, tcp.readable()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Admits one request and runs the handler, or answers a refusal at once.
