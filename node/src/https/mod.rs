@@ -211,7 +211,11 @@ async fn connection<H, F, B>(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    if !first_bytes(&mut stream, deadlines.first_bytes).await {
+    let started = tokio::select! {
+        started = first_bytes(&mut stream, deadlines.first_bytes) => started,
+        _ = stopping.wait_for(|stop| *stop) => false,
+    };
+    if !started {
         return tracing::debug!(%peer, "no request before the first-bytes deadline");
     }
     let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
