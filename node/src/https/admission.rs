@@ -4,9 +4,12 @@
 //!
 //! A client network is the first `ipv4_prefix` / `ipv6_prefix` bits of its
 //! address, or a network the operator listed. Each holds at most its share of
-//! the connections and spends a token bucket (`network_rate` per second, up to
-//! `network_burst`) for each new connection and each request. Time is passed
-//! in, so the rules are tested without sleeping.
+//! the connections and of the requests in flight (from their start to the end
+//! of their response: what a response buffers is bounded by these), and spends
+//! a token bucket (`network_rate` per second, up to `network_burst`) for each
+//! new connection and each request. The last `max_connections / 16` places are
+//! kept for listed and exempt networks, so an operator gets in when strangers
+//! fill the rest. Time is passed in, so the rules are tested without sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +27,10 @@ pub enum Refusal {
     Full,
     /// The client's network holds its share of the connections.
     NetworkFull,
+    /// The server has all the requests in flight it may: come back shortly.
+    Busy,
+    /// The client's network has its share of the requests in flight.
+    NetworkBusy,
     /// The client's network spent its rate; it may come back after this long.
     TooFast(Duration),
 }
@@ -37,25 +44,37 @@ enum NetworkKey {
     Prefix(Cidr),
 }
 
+/// What a ticket holds a place of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Connection,
+    Request,
+}
+
 /// What one client network holds and may still spend.
 #[derive(Debug)]
 struct Network {
     open: usize,
+    requests: usize,
     tokens: f64,
     refreshed: Instant,
 }
 
-/// The caps of one network: connections and rate.
+/// The caps of one network: connections, requests in flight and rate.
 #[derive(Debug, Clone, Copy)]
 struct Caps {
     connections: usize,
+    requests: usize,
     rate: f64,
     burst: f64,
+    /// Listed or exempt: may use the places kept back.
+    listed: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     open: usize,
+    requests: usize,
     networks: HashMap<NetworkKey, Network>,
 }
 
@@ -66,19 +85,32 @@ pub struct Admission {
     state: Mutex<State>,
 }
 
-/// A connection's place, given back when dropped.
+/// A connection's or a request's place, given back when dropped.
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
     network: Option<NetworkKey>,
+    resource: Resource,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut state = self.admission.lock();
-        state.open = state.open.saturating_sub(1);
-        if let Some(n) = self.network.and_then(|k| state.networks.get_mut(&k)) {
-            n.open = n.open.saturating_sub(1);
+        let mut guard = self.admission.lock();
+        let state = &mut *guard;
+        let network = self.network.and_then(|k| state.networks.get_mut(&k));
+        match self.resource {
+            Resource::Connection => {
+                state.open = state.open.saturating_sub(1);
+                if let Some(n) = network {
+                    n.open = n.open.saturating_sub(1);
+                }
+            }
+            Resource::Request => {
+                state.requests = state.requests.saturating_sub(1);
+                if let Some(n) = network {
+                    n.requests = n.requests.saturating_sub(1);
+                }
+            }
         }
     }
 }
@@ -104,19 +136,23 @@ impl Admission {
 
     /// Takes a place for a new connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
+        let l = &self.limits;
+        let caps = self.network_of(ip);
+        let listed = caps.is_none_or(|(_, c)| c.listed);
+        let cap = if listed {
+            l.max_connections
+        } else {
+            l.max_connections - l.max_connections / 16
+        };
         let mut state = self.lock();
-        if state.open >= self.limits.max_connections {
+        if state.open >= cap {
             return Err(Refusal::Full);
         }
-        let network = match self.network_of(ip) {
+        let network = match caps {
             None => None,
             Some((key, caps)) => {
                 self.prune(&mut state);
-                let n = state.networks.entry(key).or_insert_with(|| Network {
-                    open: 0,
-                    tokens: caps.burst,
-                    refreshed: now,
-                });
+                let n = network_entry(&mut state, key, caps, now);
                 if n.open >= caps.connections {
                     return Err(Refusal::NetworkFull);
                 }
@@ -126,33 +162,49 @@ impl Admission {
             }
         };
         state.open += 1;
-        Ok(Ticket {
-            admission: self.clone(),
-            network,
-        })
+        Ok(self.ticket(network, Resource::Connection))
     }
 
-    /// Spends one request of `ip`'s network, or says when it may come back.
-    pub fn request(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        let Some((key, caps)) = self.network_of(ip) else {
-            return Ok(());
-        };
+    /// Takes a place for a request from `ip` until its response ends: its
+    /// network's rate, its share of the requests in flight, and the total.
+    pub fn request(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
         let mut state = self.lock();
-        match state.networks.get_mut(&key) {
-            Some(n) => spend(n, caps, now),
-            // A request on a connection admitted before a prune: its network
-            // has an open connection, so it is never pruned; nothing to spend.
-            None => Ok(()),
+        if state.requests >= self.limits.max_in_flight {
+            return Err(Refusal::Busy);
+        }
+        let network = match self.network_of(ip) {
+            None => None,
+            Some((key, caps)) => {
+                let n = network_entry(&mut state, key, caps, now);
+                if n.requests >= caps.requests {
+                    return Err(Refusal::NetworkBusy);
+                }
+                spend(n, caps, now)?;
+                n.requests += 1;
+                Some(key)
+            }
+        };
+        state.requests += 1;
+        Ok(self.ticket(network, Resource::Request))
+    }
+
+    fn ticket(self: &Arc<Self>, network: Option<NetworkKey>, resource: Resource) -> Ticket {
+        Ticket {
+            admission: self.clone(),
+            network,
+            resource,
         }
     }
 
     /// The network `ip` belongs to and its caps; `None` when exempt.
     fn network_of(&self, ip: IpAddr) -> Option<(NetworkKey, Caps)> {
         let l = &self.limits;
-        let caps = |share: f64| Caps {
+        let caps = |share: f64, listed: bool| Caps {
             connections: ((l.max_connections as f64 * share) as usize).max(1),
+            requests: ((l.max_in_flight as f64 * share) as usize).max(1),
             rate: f64::from(l.network_rate) * share / l.network_share,
-            burst: f64::from(l.network_burst) * share / l.network_share,
+            burst: (f64::from(l.network_burst) * share / l.network_share).max(1.0),
+            listed,
         };
         if let Some((i, rule)) = l
             .networks
@@ -160,10 +212,10 @@ impl Admission {
             .enumerate()
             .find(|(_, r)| r.cidr.contains(ip))
         {
-            return rule.share.map(|s| (NetworkKey::Listed(i), caps(s)));
+            return rule.share.map(|s| (NetworkKey::Listed(i), caps(s, true)));
         }
         let prefix = Cidr::enclosing(ip, l.ipv4_prefix, l.ipv6_prefix);
-        Some((NetworkKey::Prefix(prefix), caps(l.network_share)))
+        Some((NetworkKey::Prefix(prefix), caps(l.network_share, false)))
     }
 
     /// Forgets networks with nothing open once there are many: what a network
@@ -171,7 +223,7 @@ impl Admission {
     /// the client, and keeps the map within twice the connection cap.
     fn prune(&self, state: &mut State) {
         if state.networks.len() > 2 * self.limits.max_connections + 1024 {
-            state.networks.retain(|_, n| n.open > 0);
+            state.networks.retain(|_, n| n.open > 0 || n.requests > 0);
         }
     }
 
@@ -180,11 +232,21 @@ impl Admission {
     }
 }
 
+/// A network's entry, made with a full bucket if it is new.
+fn network_entry(state: &mut State, key: NetworkKey, caps: Caps, now: Instant) -> &mut Network {
+    state.networks.entry(key).or_insert_with(|| Network {
+        open: 0,
+        requests: 0,
+        tokens: caps.burst,
+        refreshed: now,
+    })
+}
+
 /// Takes one token from a network's bucket, refilled for the time since.
 fn spend(n: &mut Network, caps: Caps, now: Instant) -> Result<(), Refusal> {
     let elapsed = now.saturating_duration_since(n.refreshed).as_secs_f64();
     n.tokens = (n.tokens + elapsed * caps.rate).min(caps.burst);
-    n.refreshed = now;
+    n.refreshed = n.refreshed.max(now);
     if n.tokens >= 1.0 {
         n.tokens -= 1.0;
         return Ok(());
@@ -296,6 +358,44 @@ mod tests {
         assert_eq!(a.admit(ip("10.30.0.200"), now).unwrap_err(), Refusal::Full);
         drop((listed, exempt));
         assert_eq!(a.open(), 0);
+    }
+
+    #[test]
+    fn one_network_has_only_its_share_of_requests_in_flight() {
+        let a = admission("max_in_flight = 100\nnetwork_share = 0.1");
+        let now = Instant::now();
+        let _conn = a.admit(ip("192.0.2.1"), now).unwrap();
+        let held: Vec<_> = (0..10)
+            .map(|_| a.request(ip("192.0.2.1"), now).unwrap())
+            .collect();
+        assert_eq!(
+            a.request(ip("192.0.2.9"), now).unwrap_err(),
+            Refusal::NetworkBusy
+        );
+        assert!(
+            a.request(ip("198.51.100.1"), now).is_ok(),
+            "others unaffected"
+        );
+        drop(held);
+        assert!(a.request(ip("192.0.2.1"), now).is_ok(), "places come back");
+    }
+
+    #[test]
+    fn listed_networks_get_in_when_strangers_filled_the_rest() {
+        let a = admission(
+            "max_connections = 32\nnetwork_share = 1.0\n\
+             [[networks]]\ncidr = \"10.20.0.0/16\"\nexempt = true\n",
+        );
+        let now = Instant::now();
+        let strangers: Vec<_> = (0..30)
+            .map_while(|_| a.admit(ip("203.0.113.1"), now).ok())
+            .collect();
+        assert_eq!(strangers.len(), 30, "all but the places kept back");
+        assert_eq!(a.admit(ip("198.51.100.1"), now).unwrap_err(), Refusal::Full);
+        assert!(
+            a.admit(ip("10.20.0.1"), now).is_ok(),
+            "the operator gets in"
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! # Open connections at most. Default: derived from the open-file limit (raised
 //! # to the hard limit at start): three quarters of it, at most 50000.
 //! max_connections = 20000
-//! # Share of max_connections one client network may hold. Default: 0.25, so a
-//! # school's NAT with a thousand pupils fits under the defaults.
-//! network_share = 0.25
+//! # Share of max_connections (and of max_in_flight) one client network may
+//! # hold. Default: 0.1, so ten networks are needed to fill a node, and a
+//! # school's NAT with a thousand pupils fits when the open-file limit allows
+//! # 14,000 connections.
+//! network_share = 0.1
 //! # What a "client network" is: the address's first bits. Default: 24 and 56.
 //! ipv4_prefix = 24
 //! ipv6_prefix = 56
@@ -17,7 +19,9 @@
 //! network_rate = 1000
 //! network_burst = 10000
 //! # Seconds for the TLS handshake, for the first request's first bytes, and for
-//! # a request head once started. Default: 10 each.
+//! # a request head once started. Default: 10 each. (HTTP/1.1 counts the head's
+//! # deadline from the end of the previous request: a keep-alive connection
+//! # idles at most header_read_timeout_secs there.)
 //! handshake_timeout_secs = 10
 //! first_bytes_timeout_secs = 10
 //! header_read_timeout_secs = 10
@@ -34,6 +38,11 @@
 //! # Requests waiting for their answer beyond which new ones get 503 at once,
 //! # with Retry-After. Default: 512.
 //! max_pending = 512
+//! # Requests in flight, from their start to their response head, and for
+//! # answers over 64 KiB to the end of their body: what responses buffer
+//! # (about 0.5 MiB for a stalled one) is bounded by this, in total and, by
+//! # network_share, per network. Default: 2048.
+//! max_in_flight = 2048
 //! # Seconds a shed client is told to wait. Default: 2.
 //! retry_after_secs = 2
 //!
@@ -76,6 +85,7 @@ pub struct FileConnections {
     max_header_bytes: Option<usize>,
     max_streams: Option<u32>,
     max_pending: Option<usize>,
+    max_in_flight: Option<usize>,
     retry_after_secs: Option<u64>,
     #[serde(default)]
     networks: Vec<FileNetwork>,
@@ -113,6 +123,8 @@ pub struct ConnectionLimits {
     pub max_streams: u32,
     /// Requests waiting for their answer beyond which new ones are shed.
     pub max_pending: usize,
+    /// Requests in flight until their response ends, in total.
+    pub max_in_flight: usize,
     /// What shed clients are told to wait.
     pub retry_after: Duration,
     /// Networks with a share of their own, or exempt.
@@ -169,7 +181,7 @@ impl FileConnections {
             max_connections > 0,
             "connections.max_connections must be positive"
         );
-        let network_share = share("connections.network_share", self.network_share, 0.25)?;
+        let network_share = share("connections.network_share", self.network_share, 0.1)?;
         let ipv4_prefix = self.ipv4_prefix.unwrap_or(24);
         let ipv6_prefix = self.ipv6_prefix.unwrap_or(56);
         anyhow::ensure!(
@@ -212,6 +224,7 @@ impl FileConnections {
             max_header_bytes,
             max_streams: self.max_streams.unwrap_or(100).max(1),
             max_pending: self.max_pending.unwrap_or(512).max(1),
+            max_in_flight: self.max_in_flight.unwrap_or(2048).max(1),
             retry_after: secs("retry_after_secs", self.retry_after_secs, 2)?,
             networks,
         })
@@ -287,6 +300,7 @@ mod tests {
     #[test]
     fn a_school_nat_fits_under_the_defaults_when_files_allow() {
         let limits = parse("max_connections = 14000").unwrap();
+        assert!(limits.max_in_flight as f64 * limits.network_share >= 200.0);
         let per_network = limits.max_connections as f64 * limits.network_share;
         assert!(per_network >= 1000.0, "{per_network}");
     }

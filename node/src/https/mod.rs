@@ -45,6 +45,9 @@ use watch::{Activity, Ended, Watched};
 
 /// How long open connections get to finish when the server stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses up to this size give their admission place back as soon as their
+/// head is ready: what they buffer is bounded by the connection's own limits.
+const SMALL_RESPONSE: u64 = 64 * 1024;
 /// HTTP/2 data buffered per stream ahead of the client's window: one verified piece.
 const H2_SEND_BUFFER: usize = 256 * 1024;
 /// Refused connections are logged as a count at most this often: a flood must
@@ -211,6 +214,9 @@ async fn connection<H, F, B>(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
+    // The first-bytes deadline counts from the handshake, for the wait below
+    // and for the watchdog after it alike.
+    let activity = Activity::new();
     let started = tokio::select! {
         started = first_bytes(&mut stream, deadlines.first_bytes) => started,
         _ = stopping.wait_for(|stop| *stop) => false,
@@ -219,7 +225,6 @@ async fn connection<H, F, B>(
         return tracing::debug!(%peer, "no request before the first-bytes deadline");
     }
     let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let activity = Activity::new();
     let service_activity = activity.clone();
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
@@ -270,29 +275,29 @@ fn answer<H, F, B>(
 where
     H: Fn(Request<RequestBody>, SocketAddr) -> F,
     F: Future<Output = Response<B>>,
+    B: hyper::body::Body,
 {
     let in_flight = activity.start();
-    let too_fast = match shared.admission.request(peer.ip(), Instant::now()) {
-        Err(Refusal::TooFast(wait)) => Some(wait),
-        _ => None,
-    };
-    let pending = too_fast
-        .is_none()
-        .then(|| shared.pressure.enter())
-        .flatten();
-    let work = match pending {
-        Some(pending) => {
-            let req = req.map(|body| Watched::request(body, activity.clone()));
-            Ok(((shared.handler)(req, peer), pending))
+    let place = shared.admission.request(peer.ip(), Instant::now());
+    let pending = place.as_ref().ok().and_then(|_| shared.pressure.enter());
+    let work = match (place, pending) {
+        (Ok(place), Some(pending)) => {
+            let req = req.map(|body| Watched::request(body, in_flight.progress()));
+            Ok(((shared.handler)(req, peer), pending, place))
         }
-        None => {
-            let (status, why, wait) = match too_fast {
-                Some(wait) => (
+        (refused, _) => {
+            let (status, why, wait) = match refused {
+                Err(Refusal::TooFast(wait)) => (
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many requests from your network",
                     wait,
                 ),
-                None => (
+                Err(Refusal::NetworkBusy) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests from your network at once",
+                    shared.limits.retry_after,
+                ),
+                _ => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many requests at once",
                     shared.limits.retry_after,
@@ -303,10 +308,16 @@ where
     };
     async move {
         match work {
-            Ok((answer, pending)) => {
+            Ok((answer, pending, place)) => {
                 let response = answer.await;
                 drop(pending);
-                response.map(|body| Watched::response(Either::Left(body), in_flight))
+                // A small answer buffers nothing worth counting: its place goes
+                // back now; a large one keeps it until its body ends.
+                let large = hyper::body::Body::size_hint(response.body())
+                    .upper()
+                    .is_none_or(|len| len > SMALL_RESPONSE);
+                let place = large.then_some(place);
+                response.map(|body| Watched::response(Either::Left(body), in_flight).holding(place))
             }
             Err(refusal) => refusal.map(|body| Watched::response(Either::Right(body), in_flight)),
         }
@@ -346,8 +357,8 @@ struct Refusals {
 impl Refusals {
     fn note(&self, why: Refusal) {
         let i = match why {
-            Refusal::Full => 0,
-            Refusal::NetworkFull => 1,
+            Refusal::Full | Refusal::Busy => 0,
+            Refusal::NetworkFull | Refusal::NetworkBusy => 1,
             Refusal::TooFast(_) => 2,
         };
         self.counts[i].fetch_add(1, Ordering::Relaxed);

@@ -58,7 +58,7 @@ impl Pressure {
         let pending = self.pending.load(Ordering::Relaxed);
         if pending >= self.max_pending {
             Level::Overloaded
-        } else if pending >= self.max_pending / 2 {
+        } else if pending >= (self.max_pending / 2).max(1) {
             Level::Busy
         } else {
             Level::Calm

@@ -2,16 +2,18 @@
 //! the first request's first bytes, idleness between requests (HTTP/2 pings do
 //! not count as use), and the progress of every response and upload body.
 //!
-//! Each connection has an [`Activity`]: requests in flight, when the last one
-//! ended, and when a body last moved a byte. Request and response bodies are
-//! [`Watched`]; a watchdog beside the connection compares the activity with the
-//! deadlines. An idle connection is shut down gracefully (HTTP/2 GOAWAY, or a
+//! Each connection has an [`Activity`]: its requests in flight, each with when
+//! its own body last moved a byte, and when the last one ended. Request and
+//! response bodies are [`Watched`]; a watchdog beside the connection compares
+//! the activity with the deadlines. Progress is counted per request: a client
+//! cannot keep a stalled stream alive by moving another. An idle connection is shut down gracefully (HTTP/2 GOAWAY, or a
 //! close between HTTP/1.1 requests) and dropped if it lingers; a connection whose
 //! bodies stopped moving is dropped at once, which frees what they held.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 
+use super::admission::Ticket;
 use super::limits::Deadlines;
 
 /// How long a connection told to shut down may take before it is dropped.
@@ -29,10 +32,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
-    in_flight: AtomicUsize,
+    /// Requests in flight, by number: milliseconds since `opened` when each
+    /// started or last moved a byte of its bodies.
+    in_flight: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    next_request: AtomicU64,
     any_request: AtomicBool,
-    /// Milliseconds since `opened` when the connection last had a byte moved by a
-    /// body, a request start, or the end of the last request in flight.
+    /// Milliseconds since `opened` when the last request in flight ended.
     touched_ms: AtomicU64,
     /// Told when the last request in flight ends: the deadline may then be
     /// shorter than the one the watchdog sleeps for.
@@ -44,74 +49,122 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Mutex::default(),
+            next_request: AtomicU64::new(0),
             any_request: AtomicBool::new(false),
             touched_ms: AtomicU64::new(0),
             settled: Notify::new(),
         })
     }
 
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.touched_ms.fetch_max(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A request started: it is in flight until the returned guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.any_request.store(true, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-        InFlight(self.clone())
+        let number = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let moved = Arc::new(AtomicU64::new(self.now_ms()));
+        self.requests().insert(number, moved.clone());
+        InFlight {
+            activity: self.clone(),
+            number,
+            moved,
+        }
     }
 
-    /// When the connection passes its deadline if nothing happens before.
+    /// When the connection passes its deadline if nothing happens before: the
+    /// request that moved least recently plus the progress deadline, or, with
+    /// none in flight, the idle (or first-bytes) deadline.
     fn deadline(&self, d: &Deadlines) -> Instant {
-        let touched = self.opened + Duration::from_millis(self.touched_ms.load(Ordering::Relaxed));
-        let allowed = if self.in_flight.load(Ordering::Relaxed) > 0 {
-            d.progress
-        } else if self.any_request.load(Ordering::Relaxed) {
-            d.idle
-        } else {
-            d.first_bytes
+        let oldest = self
+            .requests()
+            .values()
+            .map(|moved| moved.load(Ordering::Relaxed))
+            .min();
+        let (since_ms, allowed) = match oldest {
+            Some(moved) => (moved, d.progress),
+            None if self.any_request.load(Ordering::Relaxed) => {
+                (self.touched_ms.load(Ordering::Relaxed), d.idle)
+            }
+            None => (0, d.first_bytes),
         };
-        touched + allowed
+        self.opened + Duration::from_millis(since_ms) + allowed
     }
 
     fn is_busy(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
+        !self.requests().is_empty()
     }
 }
 
 /// A request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    number: u64,
+    moved: Arc<AtomicU64>,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // The idle clock starts when the last request ends.
-        self.0.touch();
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.settled.notify_one();
+impl InFlight {
+    /// What the request's bodies stamp when they move a byte.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            activity: self.activity.clone(),
+            moved: self.moved.clone(),
         }
     }
 }
 
-/// A body whose every frame counts as progress on its connection; a response
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        // The idle clock starts when the last request ends.
+        a.touched_ms.fetch_max(a.now_ms(), Ordering::Relaxed);
+        let mut requests = a.requests();
+        requests.remove(&self.number);
+        if requests.is_empty() {
+            a.settled.notify_one();
+        }
+    }
+}
+
+/// Where one request's bodies record that they moved a byte.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    activity: Arc<Activity>,
+    moved: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.moved
+            .fetch_max(self.activity.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A body whose every frame counts as progress of its request; a response
 /// body also carries its request's [`InFlight`].
 #[derive(Debug)]
 pub struct Watched<B> {
     inner: B,
-    activity: Arc<Activity>,
+    progress: Progress,
     _in_flight: Option<InFlight>,
+    _place: Option<Ticket>,
 }
 
 impl<B> Watched<B> {
     /// A request body.
-    pub fn request(inner: B, activity: Arc<Activity>) -> Self {
+    pub fn request(inner: B, progress: Progress) -> Self {
         Self {
             inner,
-            activity,
+            progress,
             _in_flight: None,
+            _place: None,
         }
     }
 
@@ -119,9 +172,16 @@ impl<B> Watched<B> {
     pub fn response(inner: B, in_flight: InFlight) -> Self {
         Self {
             inner,
-            activity: in_flight.0.clone(),
+            progress: in_flight.progress(),
             _in_flight: Some(in_flight),
+            _place: None,
         }
+    }
+
+    /// The same body, holding the request's admission place (if any) until it ends.
+    pub fn holding(mut self, place: Option<Ticket>) -> Self {
+        self._place = place;
+        self
     }
 }
 
@@ -136,7 +196,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
-            this.activity.touch();
+            this.progress.touch();
         }
         polled
     }
@@ -246,12 +306,28 @@ mod tests {
         let body = http_body_util::Full::new(Bytes::from_static(b"x"));
         let mut watched = Watched::response(body, a.start());
         assert!(a.is_busy());
-        let before = a.touched_ms.load(Ordering::Relaxed);
+        let d = deadlines();
+        let before = a.deadline(&d);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let frame = std::future::poll_fn(|cx| Pin::new(&mut watched).poll_frame(cx)).await;
         assert!(frame.is_some());
-        assert!(a.touched_ms.load(Ordering::Relaxed) > before);
+        assert!(a.deadline(&d) > before, "a frame moves the deadline");
         drop(watched);
         assert!(!a.is_busy());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_request_is_not_kept_alive_by_another() {
+        let a = Activity::new();
+        let d = deadlines();
+        let stalled = a.start();
+        let stalled_deadline = a.deadline(&d);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let busy = a.start();
+        busy.progress().touch();
+        assert_eq!(a.deadline(&d), stalled_deadline, "the oldest stamp rules");
+        drop(stalled);
+        assert!(a.deadline(&d) > stalled_deadline);
+        drop(busy);
     }
 }

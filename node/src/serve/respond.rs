@@ -25,10 +25,13 @@ use crate::store::{BlobFiles, ReadFault, Store};
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// Verified pieces buffered between the disk reader and the connection.
-const PIECES_IN_FLIGHT: usize = 4;
-/// Files are read (and fetch-through fetched) this much at a time: 64 chunk
-/// groups, four pieces.
+/// Verified pieces buffered between the disk reader and the connection: one,
+/// read only once the connection took the one before, so a client that does
+/// not read holds at most this piece and the one hyper holds.
+const PIECES_IN_FLIGHT: usize = 1;
+/// Files are read this much at a time: one verified block.
+const PIECE: u64 = 256 * 1024;
+/// Fetch-through fetches this much at a time: 64 chunk groups.
 const SEGMENT: u64 = 1 << 20;
 
 /// Answers a request; never fails (failures are error responses).
@@ -100,6 +103,10 @@ async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<Arc<Manifest>, Ht
     match ctx.store.manifest(id) {
         Ok(Some(m)) => Ok(m),
         Ok(None) => match &ctx.through {
+            // Held bundles first: asking peers waits for a quieter moment.
+            Some(_) if ctx.pressure.level() > Level::Calm => {
+                Err(HttpError::Unavailable("busy, retry shortly"))
+            }
             Some(through) => through.lookup(id).await.map_err(|e| match e {
                 LookupError::Unknown => HttpError::NotFound("no such bundle here"),
                 LookupError::Unavailable => {
@@ -213,14 +220,9 @@ async fn verified_body(
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let (store, files, progress) = (store.clone(), Arc::new(files), ctx.progress_timeout);
     tokio::spawn(async move {
-        for segment in segments(range) {
-            if let Err(stop) = send_segment(files.clone(), segment, &tx, progress).await {
-                if let Stopped::Failed(e) = stop {
-                    failed(&store, &files.hash, &e);
-                    let _ = tx.try_send(Err(std::io::Error::other("blob failed verification")));
-                }
-                return;
-            }
+        if let Err(Stopped::Failed(e)) = send_range(files.clone(), range, &tx, progress).await {
+            failed(&store, &files.hash, &e);
+            let _ = tx.try_send(Err(std::io::Error::other("blob failed verification")));
         }
     });
     first_piece(rx, len, "file damaged on this node, repair pending").await
@@ -237,34 +239,41 @@ enum Stopped {
     Failed(VerifyError),
 }
 
-/// Reads one segment verified on a blocking thread, then hands its pieces to the
-/// connection. The thread is held only while it reads: a client that does not
-/// read holds a task, at most a segment and the channel's pieces, and only
-/// until the progress deadline.
-async fn send_segment(
+/// Sends `range` verified, piece by piece: a piece is read (on a blocking
+/// thread, held only while it reads) once the connection has room for it. A
+/// client that does not read holds a task and one piece, and only until the
+/// progress deadline.
+async fn send_range(
     files: Arc<BlobFiles>,
-    segment: Range<u64>,
+    range: Range<u64>,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     progress: Duration,
 ) -> Result<(), Stopped> {
-    let read = tokio::task::spawn_blocking(move || {
-        let mut pieces = Vec::new();
-        files
-            .read_verified(segment, |b| {
-                pieces.push(b);
-                true
-            })
-            .map(|()| pieces)
-    });
-    let pieces = match read.await {
-        Ok(read) => read.map_err(Stopped::Failed)?,
-        Err(e) => return Err(Stopped::Failed(std::io::Error::other(e).into())),
-    };
-    for piece in pieces {
-        match tokio::time::timeout(progress, tx.send(Ok(piece))).await {
-            Ok(Ok(())) => {}
+    for piece in cut(range, PIECE) {
+        let room = match tokio::time::timeout(progress, tx.reserve()).await {
+            Ok(Ok(room)) => room,
             Ok(Err(_)) => return Err(Stopped::Gone),
             Err(_) => return Err(Stopped::Stalled),
+        };
+        let files = files.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            // A piece lies within one verified block: one emission, no copy.
+            let mut bytes = Bytes::new();
+            files
+                .read_verified(piece, |b| {
+                    bytes = if bytes.is_empty() {
+                        b
+                    } else {
+                        [bytes.as_ref(), b.as_ref()].concat().into()
+                    };
+                    true
+                })
+                .map(|()| bytes)
+        });
+        match read.await {
+            Ok(Ok(bytes)) => room.send(Ok(bytes)),
+            Ok(Err(e)) => return Err(Stopped::Failed(e)),
+            Err(e) => return Err(Stopped::Failed(std::io::Error::other(e).into())),
         }
     }
     Ok(())
@@ -300,7 +309,7 @@ async fn through_body(
     let (store, through, hash, size) = (ctx.store.clone(), through.clone(), entry.hash, entry.size);
     let progress = ctx.progress_timeout;
     tokio::spawn(async move {
-        for segment in segments(range) {
+        for segment in cut(range, SEGMENT) {
             let source = through.ensure(hash, size, segment.clone()).await;
             let files = match source {
                 Ok(Source::Stored) => store.open_blob(&hash, size),
@@ -308,7 +317,7 @@ async fn through_body(
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             let sent = match files {
-                Ok(files) => send_segment(Arc::new(files), segment, &tx, progress).await,
+                Ok(files) => send_range(Arc::new(files), segment, &tx, progress).await,
                 Err(e) => Err(Stopped::Failed(e.into())),
             };
             if let Err(stop) = sent {
@@ -323,14 +332,14 @@ async fn through_body(
     first_piece(rx, len, "not available from any peer right now").await
 }
 
-/// Cuts a range at [`SEGMENT`] boundaries: the unit read (or fetched) then sent.
-fn segments(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
+/// Cuts a range at multiples of `unit`: pieces read, or segments fetched.
+fn cut(range: Range<u64>, unit: u64) -> impl Iterator<Item = Range<u64>> {
     let mut start = range.start;
     std::iter::from_fn(move || {
         if start >= range.end {
             return None;
         }
-        let end = ((start / SEGMENT + 1) * SEGMENT).min(range.end);
+        let end = ((start / unit + 1) * unit).min(range.end);
         let segment = start..end;
         start = end;
         Some(segment)
@@ -401,10 +410,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_follow_megabyte_boundaries() {
+    fn ranges_are_cut_at_multiples_of_the_unit() {
         let mib = SEGMENT;
-        let cut: Vec<_> = segments(10..2 * mib + 5).collect();
-        assert_eq!(cut, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
-        assert_eq!(segments(5..5).count(), 0);
+        let pieces: Vec<_> = cut(10..2 * mib + 5, SEGMENT).collect();
+        assert_eq!(pieces, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
+        assert_eq!(cut(5..5, PIECE).count(), 0);
     }
 }
