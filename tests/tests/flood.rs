@@ -263,7 +263,10 @@ async fn a_network_past_its_share_of_requests_is_shed_with_retry_after() -> anyh
     let client = HttpsClient::for_node(&node)?;
     // A large answer keeps its network's place until its body ends.
     let mut reader = client.from(ip("127.0.6.1")).http1_only().connect().await?;
-    let request = format!("GET /b/{id}/film.bin HTTP/1.1\r\nHost: {}\r\n\r\n", node.addr());
+    let request = format!(
+        "GET /b/{id}/film.bin HTTP/1.1\r\nHost: {}\r\n\r\n",
+        node.addr()
+    );
     reader.write_all(request.as_bytes()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let neighbour = client.from(ip("127.0.6.2"));

@@ -282,7 +282,8 @@ where
     let pending = place.as_ref().ok().and_then(|_| shared.pressure.enter());
     let work = match (place, pending) {
         (Ok(place), Some(pending)) => {
-            let req = req.map(|body| Watched::request(body, in_flight.progress()));
+            let mut req = req.map(|body| Watched::request(body, in_flight.progress()));
+            req.extensions_mut().insert(in_flight.progress());
             Ok(((shared.handler)(req, peer), pending, place))
         }
         (refused, _) => {

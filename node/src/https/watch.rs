@@ -25,6 +25,8 @@ use tokio::sync::Notify;
 use super::admission::Ticket;
 use super::limits::Deadlines;
 
+/// How often the server's own long work counts as progress of its request.
+const WORK_TOUCH: Duration = Duration::from_secs(1);
 /// How long a connection told to shut down may take before it is dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -144,6 +146,24 @@ impl Progress {
     fn touch(&self) {
         self.moved
             .fetch_max(self.activity.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Runs `work`, the server's own (hashing, syncing), counting it as
+    /// progress of the request while it runs, so a long import is not taken
+    /// for a stalled client. Handlers find their request's `Progress` in its
+    /// extensions.
+    pub async fn while_working<T>(progress: Option<Self>, work: impl Future<Output = T>) -> T {
+        let Some(progress) = progress else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        loop {
+            progress.touch();
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(WORK_TOUCH) => {}
+            }
+        }
     }
 }
 
@@ -314,6 +334,17 @@ mod tests {
         assert!(a.deadline(&d) > before, "a frame moves the deadline");
         drop(watched);
         assert!(!a.is_busy());
+    }
+
+    #[tokio::test]
+    async fn the_servers_own_work_counts_as_progress() {
+        let a = Activity::new();
+        let d = deadlines();
+        let request = a.start();
+        let before = a.deadline(&d);
+        let work = tokio::time::sleep(WORK_TOUCH + Duration::from_millis(200));
+        Progress::while_working(Some(request.progress()), work).await;
+        assert!(a.deadline(&d) >= before + WORK_TOUCH);
     }
 
     #[tokio::test]

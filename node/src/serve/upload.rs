@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use super::body::Body;
 use super::error::{HttpError, text};
 use super::reserve::{Claim, Reservations, Room};
+use crate::https::watch::Progress;
 use crate::identity::signed_by;
 use crate::store::{Store, disk_bytes, layout};
 
@@ -95,10 +96,11 @@ where
     let (bundle, blob) = parse_path(req.uri().path())?;
     let expires = uploads.check_grant(req.headers(), &bundle, unix_now())?;
     let method = req.method().clone();
+    let working = req.extensions().get::<Progress>().cloned();
     let body = req.into_body();
     let state = match (method, blob) {
         (Method::POST, None) => uploads.clone().post(bundle, expires, body).await?,
-        (Method::PUT, Some(blob)) => uploads.clone().put(bundle, blob, body).await?,
+        (Method::PUT, Some(blob)) => uploads.clone().put(bundle, blob, body, working).await?,
         _ => return Err(HttpError::NotFound("no such upload route")),
     };
     let mut response = text(
@@ -250,6 +252,7 @@ impl Uploads {
         bundle: BundleId,
         blob: BlobHash,
         body: B,
+        working: Option<Progress>,
     ) -> Result<UploadState, HttpError>
     where
         B: hyper::body::Body<Data = Bytes>,
@@ -277,7 +280,8 @@ impl Uploads {
             blocking(move || this.check_disk(&blob, size)).await?;
         }
         let received = receive(&self.store, body, &blob, size).await?;
-        blocking(move || {
+        // Hashing and syncing a large file is our work, not a stalled client.
+        Progress::while_working(working, blocking(move || {
             let new = self
                 .store
                 .import_received(&received.0, &blob, size)
@@ -292,7 +296,7 @@ impl Uploads {
                 self.pending().written(&bundle, disk_bytes(size));
             }
             self.settle(bundle, &manifest)
-        })
+        }))
         .await
     }
 
