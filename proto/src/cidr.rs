@@ -83,7 +83,10 @@ impl FromStr for Cidr {
             .ok_or_else(|| CidrError::NoPrefix(text.to_owned()))?;
         let network: IpAddr = ip
             .parse()
-            .map_err(|_| CidrError::BadAddress(text.to_owned()))?;
+            .ok()
+            // An IPv4-mapped network would never match: clients count as IPv4.
+            .filter(|ip| unmapped(*ip) == *ip)
+            .ok_or_else(|| CidrError::BadAddress(text.to_owned()))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = prefix
             .parse()
