@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use cartable_node::identity::Identity;
+use cartable_node::peer::PeerAddr;
+use cartable_node::peer::auth::Members;
+use cartable_node::peer::endpoint::PeerEndpoint;
+use cartable_proto::control::{self, Contact};
+use cartable_proto::join::JoinToken;
 use serde_json::Value;
 
 use crate::node::{Node, binary, cli_in, read_line_within, terminate_child};
@@ -282,4 +288,25 @@ pub fn redirect(c: &Coordinator, path: &str) -> anyhow::Result<String> {
     let reply = tokio::runtime::Runtime::new()?.block_on(client.get(path, &[]))?;
     anyhow::ensure!(reply.status == 302, "{path}: status {}", reply.status);
     Ok(reply.header("location").to_owned())
+}
+
+/// A test member's QUIC side, as a real node would open it: an endpoint under
+/// `identity`, a contact no browser reaches, and a control connection to the
+/// coordinator `token` names (not joined yet).
+pub async fn member_endpoint(
+    identity: &Identity,
+    token: &JoinToken,
+) -> anyhow::Result<(PeerEndpoint, Contact, quinn::Connection)> {
+    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, identity, Members::anyone())?;
+    let contact = Contact {
+        https_url: "https://127.0.0.1:9".into(),
+        quic: endpoint.local_addr()?,
+        https_cert_sha256: "00".repeat(32),
+    };
+    let coordinator = PeerAddr {
+        id: token.coordinator,
+        addr: token.quic,
+    };
+    let control = endpoint.connect_for(coordinator, control::ALPN).await?;
+    Ok((endpoint, contact, control))
 }

@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use cartable_node::identity::Identity;
 use cartable_node::member::ask;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
 use cartable_node::peer::frame;
 use cartable_node::store::Store;
 use cartable_proto::control::{
@@ -19,7 +16,7 @@ use cartable_proto::control::{
 };
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Cluster, cluster, complete, ensure_success, publish, publish_dir, wait_for,
+    Cluster, cluster, complete, ensure_success, member_endpoint, publish, publish_dir, wait_for,
 };
 use cartable_tests::peers::{Lie, lying_peer};
 use cartable_tests::{Node, cli_in};
@@ -137,17 +134,7 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
     let store = Arc::new(Store::open(dir)?);
     let bundle = store.add_folder(holds)?.summary.id;
     let identity = Identity::load_or_create(dir)?;
-    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, &identity, Members::anyone())?;
-    let contact = Contact {
-        https_url: "https://127.0.0.1:9".into(),
-        quic: endpoint.local_addr()?,
-        https_cert_sha256: "00".repeat(32),
-    };
-    let coordinator = PeerAddr {
-        id: token.coordinator,
-        addr: token.quic,
-    };
-    let conn = endpoint.connect_for(coordinator, control::ALPN).await?;
+    let (endpoint, contact, conn) = member_endpoint(&identity, &token).await?;
     // Before joining, garbage and a heartbeat are refused with a reason.
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write_frame(&mut send, b"{not json").await?;

@@ -21,7 +21,9 @@ use cartable_proto::control::{
 };
 use cartable_proto::join::JoinToken;
 use cartable_proto::wire::{self, Request, Response};
-use cartable_tests::cluster::{Coordinator, FAST_POLICY, ensure_success, wait_for};
+use cartable_tests::cluster::{
+    Coordinator, FAST_POLICY, ensure_success, member_endpoint, wait_for,
+};
 use cartable_tests::process_use;
 use tokio::task::JoinSet;
 
@@ -206,17 +208,7 @@ impl FakeMember {
     async fn join(token: &JoinToken) -> anyhow::Result<Self> {
         let key = tempfile::tempdir()?;
         let identity = Identity::load_or_create(key.path())?;
-        let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse()?, &identity, Members::anyone())?;
-        let contact = Contact {
-            https_url: "https://127.0.0.1:9".into(),
-            quic: endpoint.local_addr()?,
-            https_cert_sha256: "00".repeat(32),
-        };
-        let coordinator = PeerAddr {
-            id: token.coordinator,
-            addr: token.quic,
-        };
-        let control = endpoint.connect_for(coordinator, control::ALPN).await?;
+        let (endpoint, contact, control) = member_endpoint(&identity, token).await?;
         let join = ControlRequest::Join(JoinRequest {
             secret: token.secret_text(),
             contact: contact.clone(),
