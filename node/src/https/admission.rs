@@ -7,7 +7,9 @@
 //! the connections and of the requests in flight (from their start to the end
 //! of their response: what a response buffers is bounded by these), and spends
 //! a token bucket (`network_rate` per second, up to `network_burst`) for each
-//! new connection and each request. The last `max_connections / 16` places are
+//! request, and a bucket of half that for each new connection: the TLS
+//! handshakes a network may make are capped, and a network that spent its
+//! request rate still gets a connection to hear the 429 page. The last `max_connections / 16` places are
 //! kept for listed and exempt networks, so an operator gets in when strangers
 //! fill the rest. Time is passed in, so the rules are tested without sleeping.
 
@@ -56,9 +58,20 @@ enum Resource {
 struct Network {
     open: usize,
     requests: usize,
+    request_tokens: Bucket,
+    connection_tokens: Bucket,
+}
+
+/// A token bucket: tokens left, and when they were counted.
+#[derive(Debug)]
+struct Bucket {
     tokens: f64,
     refreshed: Instant,
 }
+
+/// The share of a network's rate and burst that new connections get: enough
+/// for a school whose browsers open several connections each.
+const CONNECTION_RATE_SHARE: f64 = 0.5;
 
 /// The caps of one network: connections, requests in flight and rate.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +169,9 @@ impl Admission {
                 if n.open >= caps.connections {
                     return Err(Refusal::NetworkFull);
                 }
-                spend(n, caps, now)?;
+                let share = CONNECTION_RATE_SHARE;
+                n.connection_tokens
+                    .spend(caps.rate * share, caps.burst * share, now)?;
                 n.open += 1;
                 Some(key)
             }
@@ -179,7 +194,7 @@ impl Admission {
                 if n.requests >= caps.requests {
                     return Err(Refusal::NetworkBusy);
                 }
-                spend(n, caps, now)?;
+                n.request_tokens.spend(caps.rate, caps.burst, now)?;
                 n.requests += 1;
                 Some(key)
             }
@@ -203,7 +218,7 @@ impl Admission {
             connections: ((l.max_connections as f64 * share) as usize).max(1),
             requests: ((l.max_in_flight as f64 * share) as usize).max(1),
             rate: f64::from(l.network_rate) * share / l.network_share,
-            burst: (f64::from(l.network_burst) * share / l.network_share).max(1.0),
+            burst: f64::from(l.network_burst) * share / l.network_share,
             listed,
         };
         if let Some((i, rule)) = l
@@ -232,27 +247,34 @@ impl Admission {
     }
 }
 
-/// A network's entry, made with a full bucket if it is new.
+/// A network's entry, made with full buckets if it is new.
 fn network_entry(state: &mut State, key: NetworkKey, caps: Caps, now: Instant) -> &mut Network {
+    let full = |burst: f64| Bucket {
+        tokens: burst.max(1.0),
+        refreshed: now,
+    };
     state.networks.entry(key).or_insert_with(|| Network {
         open: 0,
         requests: 0,
-        tokens: caps.burst,
-        refreshed: now,
+        request_tokens: full(caps.burst),
+        connection_tokens: full(caps.burst * CONNECTION_RATE_SHARE),
     })
 }
 
-/// Takes one token from a network's bucket, refilled for the time since.
-fn spend(n: &mut Network, caps: Caps, now: Instant) -> Result<(), Refusal> {
-    let elapsed = now.saturating_duration_since(n.refreshed).as_secs_f64();
-    n.tokens = (n.tokens + elapsed * caps.rate).min(caps.burst);
-    n.refreshed = n.refreshed.max(now);
-    if n.tokens >= 1.0 {
-        n.tokens -= 1.0;
-        return Ok(());
+impl Bucket {
+    /// Takes one token, refilled at `rate` per second up to `burst` (never
+    /// below one, so a bucket always refills) for the time since.
+    fn spend(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Refusal> {
+        let elapsed = now.saturating_duration_since(self.refreshed).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst.max(1.0));
+        self.refreshed = self.refreshed.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / rate;
+        Err(Refusal::TooFast(Duration::from_secs_f64(wait.max(0.001))))
     }
-    let wait = (1.0 - n.tokens) / caps.rate;
-    Err(Refusal::TooFast(Duration::from_secs_f64(wait.max(0.001))))
 }
 
 #[cfg(test)]
@@ -301,7 +323,7 @@ mod tests {
         let a = admission("network_rate = 10\nnetwork_burst = 5");
         let t0 = Instant::now();
         let _conn = a.admit(ip("192.0.2.1"), t0).unwrap();
-        for _ in 0..4 {
+        for _ in 0..5 {
             a.request(ip("192.0.2.7"), t0).unwrap();
         }
         let Err(Refusal::TooFast(wait)) = a.request(ip("192.0.2.7"), t0) else {
@@ -358,6 +380,32 @@ mod tests {
         assert_eq!(a.admit(ip("10.30.0.200"), now).unwrap_err(), Refusal::Full);
         drop((listed, exempt));
         assert_eq!(a.open(), 0);
+    }
+
+    #[test]
+    fn connections_have_a_rate_of_their_own() {
+        let a = admission("network_rate = 100\nnetwork_burst = 100");
+        let t0 = Instant::now();
+        let conns: Vec<_> = (0..50)
+            .map(|_| a.admit(ip("192.0.2.1"), t0).unwrap())
+            .collect();
+        assert!(
+            matches!(a.admit(ip("192.0.2.1"), t0), Err(Refusal::TooFast(_))),
+            "half the burst for handshakes"
+        );
+        for _ in 0..100 {
+            a.request(ip("192.0.2.1"), t0).unwrap();
+        }
+        assert!(matches!(
+            a.request(ip("192.0.2.1"), t0),
+            Err(Refusal::TooFast(_))
+        ));
+        drop(conns);
+        let later = t0 + Duration::from_millis(50);
+        assert!(
+            a.admit(ip("192.0.2.1"), later).is_ok(),
+            "a network past its request rate still connects, to hear the 429"
+        );
     }
 
     #[test]

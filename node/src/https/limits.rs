@@ -14,8 +14,9 @@
 //! # What a "client network" is: the address's first bits. Default: 24 and 56.
 //! ipv4_prefix = 24
 //! ipv6_prefix = 56
-//! # New connections plus requests per second one client network may make, and
-//! # the burst it may spend at once. Default: 1000 and 10000.
+//! # Requests per second one client network may make, and the burst it may
+//! # spend at once; new connections (TLS handshakes) get half of each.
+//! # Default: 1000 and 10000.
 //! network_rate = 1000
 //! network_burst = 10000
 //! # Seconds for the TLS handshake, for the first request's first bytes, and for
