@@ -174,7 +174,7 @@ impl FileConnections {
         );
         // Raised whether or not the cap is configured: every connection and
         // every file read takes a descriptor.
-        let files = open_file_limit();
+        let files = raise_open_file_limit();
         let max_connections = self
             .max_connections
             .unwrap_or_else(|| connections_for(files));
@@ -244,9 +244,10 @@ impl FileNetwork {
     }
 }
 
-/// The open-file limit after raising the soft limit to the hard one: every
-/// connection takes a descriptor, and running out of them must never happen.
-pub fn open_file_limit() -> u64 {
+/// Raises the soft open-file limit to the hard one, and gives the limit then
+/// in force: every connection takes a descriptor, and running out of them must
+/// never happen.
+pub fn raise_open_file_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -255,7 +256,12 @@ pub fn open_file_limit() -> u64 {
             tracing::warn!(error = %e, "could not raise the open-file limit");
         }
     }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+    open_file_limit().unwrap_or(u64::MAX)
+}
+
+/// The soft open-file limit in force; `None` when unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Connections a process with `files` descriptors can hold and still open its

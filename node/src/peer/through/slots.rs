@@ -30,8 +30,7 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// The cap on open slots for this process: [`MAX_OPEN_SLOTS`], or a quarter
 /// of its descriptor limit (`ulimit -n`) when that is lower.
 pub(super) fn open_slots_cap() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    cap_for(soft_open_files(&limits))
+    cap_for(crate::https::limits::open_file_limit())
 }
 
 /// The slot cap under a soft descriptor limit (`None`: unlimited or unknown).
@@ -43,16 +42,6 @@ fn cap_for(limit: Option<u64>) -> usize {
     usize::try_from(slots)
         .unwrap_or(MAX_OPEN_SLOTS)
         .clamp(MIN_OPEN_SLOTS, MAX_OPEN_SLOTS)
-}
-
-/// The soft limit in the `Max open files` line of `/proc/self/limits`.
-fn soft_open_files(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Whether a slot is in use by anyone but the map.
@@ -201,15 +190,11 @@ mod tests {
 
     #[test]
     fn slots_take_a_quarter_of_a_low_descriptor_limit() {
-        let limits = "Limit  Soft Limit  Hard Limit  Units\n\
-                      Max open files            256                  4096                 files\n";
-        assert_eq!(soft_open_files(limits), Some(256));
         assert_eq!(cap_for(Some(256)), 32);
         assert_eq!(cap_for(Some(1024)), 128);
         assert_eq!(cap_for(Some(1 << 20)), MAX_OPEN_SLOTS);
         assert_eq!(cap_for(Some(10)), MIN_OPEN_SLOTS);
-        let unlimited = "Max open files            unlimited            unlimited            files";
-        assert_eq!(cap_for(soft_open_files(unlimited)), MAX_OPEN_SLOTS);
+        assert_eq!(cap_for(None), MAX_OPEN_SLOTS, "unlimited");
     }
 
     #[test]
