@@ -238,6 +238,12 @@ impl Node {
         self.terminate()
     }
 
+    /// Stops the node with SIGTERM and waits for it, keeping its folder and
+    /// addresses for [`Node::restart`].
+    pub fn shut_down(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
     /// Kills the node with SIGKILL and waits for it: a crash, with no chance to
     /// drain or release its store, for tests of what peers and restarts survive.
     /// Dropping it afterwards does nothing more.
