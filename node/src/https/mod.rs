@@ -284,7 +284,7 @@ where
     let work = if head::forget_cookies(&uri, req.headers_mut(), shared.limits.max_header_bytes) {
         admit(shared, req, peer, &in_flight)
     } else {
-        Err(head::too_large())
+        Err(Box::new(head::too_large()))
     };
     async move {
         match work {
@@ -299,10 +299,15 @@ where
                 let place = large.then_some(place);
                 response.map(|body| Watched::response(Either::Left(body), in_flight).holding(place))
             }
-            Err(refusal) => refusal.map(|body| Watched::response(Either::Right(body), in_flight)),
+            Err(refusal) => {
+                (*refusal).map(|body| Watched::response(Either::Right(body), in_flight))
+            }
         }
     }
 }
+
+/// An answer given at once, without the handler (boxed: it is large).
+type Refused = Box<Response<Full<Bytes>>>;
 
 /// Takes the request's places (its network's rate and share, the server's
 /// pending count) and starts the handler, or answers why not.
@@ -311,7 +316,7 @@ fn admit<H, F>(
     req: Request<Incoming>,
     peer: SocketAddr,
     in_flight: &InFlight,
-) -> Result<(F, Pending, Ticket), Response<Full<Bytes>>>
+) -> Result<(F, Pending, Ticket), Refused>
 where
     H: Fn(Request<RequestBody>, SocketAddr) -> F,
 {
@@ -341,7 +346,7 @@ where
                     shared.limits.retry_after,
                 ),
             };
-            Err(shed_response(status, why, wait, req.headers()))
+            Err(Box::new(shed_response(status, why, wait, req.headers())))
         }
     }
 }
