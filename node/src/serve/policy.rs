@@ -23,7 +23,7 @@
 //! frame_ancestors = ["https://ent.example.org", "https://*.moodle.example.org"]
 //! ```
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 
 use super::body::Body;
@@ -187,13 +187,12 @@ fn is_passive(content_type: &str) -> bool {
 /// Anonymous CORS on an answer about bundle content: any page may read it,
 /// never with the browser's credentials.
 pub fn allow_any_origin(headers: &mut HeaderMap) {
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSED),
+    insert_all(
+        headers,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED),
+        ],
     );
 }
 
@@ -203,18 +202,14 @@ pub fn preflight() -> Response<Body> {
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     allow_any_origin(h);
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD"),
-    );
-    // Without credentials `*` means any header: players send Range, If-Range…
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static(PREFLIGHT_MAX_AGE),
+    insert_all(
+        h,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD"),
+            // Without credentials `*` means any header: players send Range, If-Range…
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+            (header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE),
+        ],
     );
     response
 }
@@ -222,15 +217,23 @@ pub fn preflight() -> Response<Body> {
 /// Headers of the node's own pages (listings, errors, health): loaded by no
 /// frame, in a browsing context group of their own.
 pub fn node_page(headers: &mut HeaderMap) {
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(NODE_PAGE_CSP),
+    insert_all(
+        headers,
+        [
+            (header::CONTENT_SECURITY_POLICY, NODE_PAGE_CSP),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                HeaderName::from_static("cross-origin-opener-policy"),
+                "same-origin",
+            ),
+        ],
     );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        "cross-origin-opener-policy",
-        HeaderValue::from_static("same-origin"),
-    );
+}
+
+fn insert_all<const N: usize>(headers: &mut HeaderMap, pairs: [(HeaderName, &'static str); N]) {
+    for (name, value) in pairs {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
 }
 
 #[cfg(test)]
