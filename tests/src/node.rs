@@ -27,6 +27,16 @@ pub fn binary(name: &str) -> PathBuf {
             build
                 .current_dir(&root)
                 .args(["build", "-q", "--workspace", "--bins"]);
+            // Cargo sets CARGO_PKG_*, CARGO_MANIFEST_DIR and the like for this
+            // test process; build scripts that watch them (ring's) would run
+            // again and rebuild half the tree on every test process.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let ours = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
+                if name.starts_with("CARGO_") && !ours {
+                    build.env_remove(name.as_ref());
+                }
+            }
             if release {
                 build.arg("--release");
             }
