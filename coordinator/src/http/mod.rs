@@ -124,6 +124,12 @@ fn found(location: &str) -> Reply {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // Lessons run sandboxed, so their fetch() of a lesson link through the
+    // coordinator is cross-origin; the redirect carries no credentials.
+    reply.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
     reply
 }
 

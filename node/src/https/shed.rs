@@ -118,6 +118,12 @@ pub fn shed_response(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // A sandboxed lesson's fetch() is cross-origin: without this it would see
+    // a network error instead of the 503 and its Retry-After.
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     response
 }
 
@@ -181,6 +187,11 @@ mod tests {
         );
         assert_eq!(text.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(text.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            text.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "a sandboxed lesson's fetch() reads the 429"
+        );
         assert!(
             text.headers()[header::CONTENT_TYPE]
                 .to_str()
