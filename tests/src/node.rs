@@ -78,6 +78,9 @@ pub fn add_in(data_dir: &Path, folder: &Path) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Any free port for HTTPS and for QUIC.
+const FREE_PORTS: (&str, &str) = ("127.0.0.1:0", "127.0.0.1:0");
+
 /// A running `cartable-node serve`.
 #[derive(Debug)]
 pub struct Node {
@@ -104,7 +107,34 @@ impl Node {
     /// Starts a node on `data_dir` with extra `serve` arguments, and waits for
     /// its listening line.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(Command::new(node_binary()), data_dir, extra)
+        Self::spawn(Command::new(node_binary()), data_dir, FREE_PORTS, extra)
+    }
+
+    /// Starts the node again on its folder and addresses (after a kill or a
+    /// stop), with `extra` `serve` arguments: a machine back with its disk.
+    pub fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let addrs = (self.addr().to_owned(), self.quic.clone());
+        let again = Self::spawn(
+            Command::new(node_binary()),
+            &self.data_dir,
+            (&addrs.0, &addrs.1),
+            extra,
+        )?;
+        let temp = self._temp.take();
+        *self = again;
+        self._temp = temp;
+        Ok(())
+    }
+
+    /// Freezes the process (SIGSTOP): the kernel still accepts its TCP
+    /// connections, nothing answers. [`Node::thaw`] or dropping it ends that.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGSTOP)
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGCONT)
     }
 
     /// Like [`Node::start_in`], under a limit of `open_files` descriptors
@@ -118,7 +148,7 @@ impl Node {
         command
             .arg(format!("--nofile={open_files}:{open_files}"))
             .arg(node_binary());
-        Self::spawn(command, data_dir, extra)
+        Self::spawn(command, data_dir, FREE_PORTS, extra)
     }
 
     /// The node's process id.
@@ -126,11 +156,16 @@ impl Node {
         self.child.id()
     }
 
-    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+    fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        (https, quic): (&str, &str),
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args(["serve", "--https", https, "--quic", quic])
             .args(extra)
             // TEST_NODE_LOG (a tracing filter) shows a node's logs in a failing test.
             .env(
@@ -220,11 +255,12 @@ impl Node {
 }
 
 /// Stops a daemon with SIGTERM (it drains and releases its store), with SIGKILL
-/// after 5 s, and reaps it.
+/// after 5 s, and reaps it; a frozen one is let run first, to hear the SIGTERM.
 pub(crate) fn terminate_child(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    let pid = libc::pid_t::try_from(child.id())?;
     if !matches!(child.try_wait(), Ok(Some(_))) {
-        send_sigterm(pid);
+        // Best effort: a process that just died is reaped below all the same.
+        let _ = signal(child, libc::SIGCONT);
+        let _ = signal(child, libc::SIGTERM);
     }
     for _ in 0..100 {
         if let Some(status) = child.try_wait()? {
@@ -242,12 +278,18 @@ impl Drop for Node {
     }
 }
 
+/// Sends `signal` to `child`, which has not been reaped (its pid is still its own).
 #[allow(unsafe_code)]
-fn send_sigterm(pid: libc::pid_t) {
+fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(child.id())?;
     // SAFETY: kill has no memory effects; pid is our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    let sent = unsafe { libc::kill(pid, signal) };
+    anyhow::ensure!(
+        sent == 0,
+        "signal {signal} to {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// The first line of `stream`, or `None` if none arrives within `limit`.
