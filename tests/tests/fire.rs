@@ -88,11 +88,7 @@ fn site_fire(fire: Fire) -> anyhow::Result<()> {
         }
     }
     let c = &cl.coordinator;
-    wait_for(Duration::from_secs(20), "the site seen down", || {
-        Ok(ids(&c.json(&["status"])?["nodes_down"])
-            .is_superset(&burned)
-            .then_some(()))
-    })?;
+    seen_down(c, &burned)?;
     let detected = fire_at.elapsed();
     let least = repair(c, &lessons, |holders| holders.is_disjoint(&burned))?;
     let repaired = fire_at.elapsed();
@@ -177,11 +173,7 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
     let fire_at = Instant::now();
     node_mut(&mut cl, &victim).kill()?;
     let c = &cl.coordinator;
-    wait_for(Duration::from_secs(20), "the node seen down", || {
-        Ok(ids(&c.json(&["status"])?["nodes_down"])
-            .contains(&victim)
-            .then_some(()))
-    })?;
+    seen_down(c, &BTreeSet::from([victim.clone()]))?;
     let detected = fire_at.elapsed();
     let under_way = wait_for(Duration::from_secs(30), "a repair under way", || {
         repair_under_way(c, &lessons, &before)
@@ -291,6 +283,14 @@ fn ids(list: &Value) -> BTreeSet<String> {
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
+}
+
+/// Waits until the coordinator says every node of `gone` is down.
+fn seen_down(c: &Coordinator, gone: &BTreeSet<String>) -> anyhow::Result<()> {
+    wait_for(Duration::from_secs(20), "the lost nodes seen down", || {
+        let down = ids(&c.json(&["status"])?["nodes_down"]);
+        Ok(down.is_superset(gone).then_some(()))
+    })
 }
 
 /// `REGION/SITE` of the site whose nodes hold the most bytes.
