@@ -41,6 +41,12 @@
 //! # Disk space uploads leave free on the data folder's filesystem, in MiB: an
 //! # upload that would eat into it is refused (507) before it starts. Default: 256.
 //! keep_free_mib = 256
+//!
+//! # The sandbox lesson pages run in, and who may frame them: see
+//! # `crate::serve::policy`.
+//! [lessons]
+//! sandbox = ["allow-scripts", "allow-forms"]
+//! frame_ancestors = ["https://ent.example.org"]
 //! ```
 //!
 //! When the node is a member of a coordinator, `https.public_url` (default:
@@ -57,7 +63,7 @@ use serde::Deserialize;
 
 use crate::https::limits::{ConnectionLimits, FileConnections};
 use crate::peer::PeerAddr;
-use crate::serve::DEFAULT_DISK_MARGIN;
+use crate::serve::{DEFAULT_DISK_MARGIN, FileLessons, LessonPolicy};
 use crate::store::ScrubSettings;
 use crate::tls::TlsFiles;
 
@@ -79,6 +85,8 @@ struct FileConfig {
     connections: FileConnections,
     #[serde(default)]
     uploads: FileUploads,
+    #[serde(default)]
+    lessons: FileLessons,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +154,8 @@ pub struct NodeConfig {
     pub connections: ConnectionLimits,
     /// Bytes of the data folder's filesystem that uploads leave free.
     pub uploads_keep_free: u64,
+    /// The sandbox lesson documents run in.
+    pub lessons: LessonPolicy,
 }
 
 /// The checked QUIC settings.
@@ -235,6 +245,7 @@ impl NodeConfig {
             scrub,
             connections: file.connections.check()?,
             uploads_keep_free,
+            lessons: file.lessons.check()?,
         })
     }
 
@@ -324,5 +335,7 @@ mod tests {
         assert!(peer.to_string().contains("node id"), "{peer}");
         let huge = parse("[uploads]\nkeep_free_mib = 18446744073709551615").unwrap_err();
         assert!(huge.to_string().contains("keep_free_mib"), "{huge}");
+        let shared = parse("[lessons]\nsandbox = [\"allow-same-origin\"]").unwrap_err();
+        assert!(shared.to_string().contains("allow-same-origin"), "{shared}");
     }
 }

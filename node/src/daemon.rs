@@ -132,6 +132,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         names,
         pressure: server.load().pressure().clone(),
         progress_timeout: config.connections.deadlines.progress,
+        lessons: config.lessons.clone(),
     });
     let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);
     server.serve(handler, stop_signal()).await;

@@ -272,17 +272,6 @@ pub fn cluster_of(
     })
 }
 
-impl Cluster {
-    /// The `serve` arguments its nodes were started with (their configuration file).
-    pub fn node_args(&self) -> anyhow::Result<[String; 2]> {
-        let config = self._dirs.path().join("node-config.toml");
-        Ok([
-            "--config".into(),
-            config.to_str().context("path not UTF-8")?.into(),
-        ])
-    }
-}
-
 /// Publishes the sample lesson with `cartable publish`; returns its id.
 pub fn publish(c: &Coordinator, args: &[&str]) -> anyhow::Result<String> {
     publish_dir(c, &sample_lesson(), args)

@@ -223,8 +223,9 @@ fn a_copy_rotting_on_disk_is_found_by_the_scrub_and_fetched_again() -> anyhow::R
         .iter_mut()
         .find(|n| n.as_ref().is_some_and(|n| n.id == victim_id))
         .expect("a holder");
-    let dir = slot.as_ref().expect("running").data_dir().to_owned();
-    slot.take().expect("running").stop()?;
+    let victim = slot.as_mut().expect("running");
+    let dir = victim.data_dir().to_owned();
+    victim.shut_down()?;
     let blob = dir
         .join("blobs")
         .join(blake3::hash(&page).to_hex().as_str());
@@ -232,7 +233,7 @@ fn a_copy_rotting_on_disk_is_found_by_the_scrub_and_fetched_again() -> anyhow::R
     bytes[150_000] ^= 1;
     std::fs::write(&blob, bytes)?;
     // The scrub's first pass runs as the node starts.
-    *slot = Some(Node::start_in(&dir, &[])?);
+    victim.restart()?;
     let c = &cl.coordinator;
     wait_for(Duration::from_secs(30), "the rotten copy repaired", || {
         let whole = std::fs::read(&blob).is_ok_and(|b| b == page);

@@ -95,11 +95,11 @@ fn site_fire(fire: Fire) -> anyhow::Result<()> {
     let copied = copied_bytes(&lessons, &before, &copies(c, &lessons)?);
 
     let back_at = Instant::now();
-    let args = cl.node_args()?;
     for id in &burned {
         let node = node_mut(&mut cl, id);
         match fire {
-            Fire::Kill => node.restart(&[&args[0], &args[1]])?,
+            // Back without its configuration file: only its copy rate differs.
+            Fire::Kill => node.restart()?,
             Fire::Freeze => node.thaw()?,
         }
     }

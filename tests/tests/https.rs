@@ -216,7 +216,10 @@ async fn unknown_and_malformed_requests() -> anyhow::Result<()> {
         assert!(!r.body.is_empty(), "{path}: a short reason");
     }
     let post = client.request("POST", &format!("/b/{id}/"), &[]).await?;
-    assert_eq!((post.status, post.header("allow")), (405, "GET, HEAD"));
+    assert_eq!(
+        (post.status, post.header("allow")),
+        (405, "GET, HEAD, OPTIONS")
+    );
     Ok(())
 }
 

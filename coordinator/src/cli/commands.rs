@@ -75,6 +75,12 @@ pub enum NodeCommand {
         /// The node (id or prefix).
         id: String,
     },
+    /// Send browsers and peers to the address the node now reports (shown
+    /// by `node show`): a node's address is fixed at join until approved.
+    ApproveContact {
+        /// The node (id or prefix).
+        id: String,
+    },
     /// Forget the node. Refused while it holds complete copies (drain it
     /// first) unless it is down past the repair delay, or with --force.
     Remove {
@@ -215,6 +221,14 @@ impl NodeCommand {
                     &api.get(&format!("/api/nodes/{id}")).await?,
                     views::node,
                 );
+            }
+            Self::ApproveContact { id } => {
+                let id = ids::node(api, &id).await?;
+                let view: api::NodeView = api
+                    .post(&format!("/api/nodes/{id}/approve-contact"))
+                    .await?;
+                println!("node {id} now answers at {}", view.https_url);
+                return Ok(());
             }
             Self::Drain { id } => (ids::node(api, &id).await?, true, false),
             Self::Remove { id, force } => (ids::node(api, &id).await?, false, force),

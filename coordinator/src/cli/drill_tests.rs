@@ -27,6 +27,8 @@ fn node(i: u8, region: &str, site: &str, capacity: u64, used: u64) -> NodeView {
         replicas: 0,
         complete: 0,
         reported_failures: 0,
+        failure_reporters: 0,
+        proposed_contact: None,
     }
 }
 

@@ -66,9 +66,27 @@ pub fn node(n: &NodeView) -> String {
         ("last seen", seen(n.last_seen_secs)),
         (
             "failures",
-            format!("{} reported by peers", n.reported_failures),
+            format!(
+                "{} reported by {} members",
+                n.reported_failures, n.failure_reporters
+            ),
         ),
+        ("new address", proposed(n)),
     ])
+}
+
+fn proposed(n: &NodeView) -> String {
+    n.proposed_contact.as_ref().map_or_else(
+        || "-".to_owned(),
+        |p| {
+            format!(
+                "{} (quic {}) reported, not used until approved: cartable node approve-contact {}",
+                p.https_url,
+                p.quic,
+                short(n.id)
+            )
+        },
+    )
 }
 
 /// `bundles`.
@@ -200,6 +218,8 @@ pub fn status(s: &Status) -> String {
         ("draining", id_list(&s.nodes_draining)),
         ("under-replicated", id_list(&s.under_replicated)),
         ("unplaceable", id_list(&s.unplaceable)),
+        ("new address", id_list(&s.contact_changes)),
+        ("reported", id_list(&s.reported)),
     ]);
     let mut t = Table::new(&[
         ("BUNDLE", Align::Left),

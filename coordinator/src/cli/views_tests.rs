@@ -26,6 +26,8 @@ fn node_view() -> NodeView {
         replicas: 10,
         complete: 9,
         reported_failures: 0,
+        failure_reporters: 0,
+        proposed_contact: None,
     }
 }
 
@@ -86,12 +88,15 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
         under_replicated: (0..25).map(bundle_id).collect(),
         unplaceable: Vec::new(),
         repair_queue: Vec::new(),
+        contact_changes: vec![node_id(7)],
+        reported: Vec::new(),
     };
     let text = status(&status_view);
     assert!(text.contains("4 up, 1 down, 0 draining"), "{text}");
     assert!(text.contains("… and 15 more"), "{text}");
     assert!(text.contains("draining          -"), "{text}");
     assert!(text.contains("repair queue: 0 copies waiting"), "{text}");
+    assert!(text.contains("new address       0707"), "{text}");
 
     let token = |expires, used_by| TokenView {
         id: "0123456789abcdef".into(),

@@ -32,8 +32,14 @@
 //! # Seconds a response may go without sending a byte before its connection is
 //! # dropped and everything it held freed (a client that stopped reading). Default: 30.
 //! progress_timeout_secs = 30
-//! # Largest request head, in bytes (431 beyond it). Default: 16384; at least 8192.
+//! # Largest request head, in bytes, cookies aside (431 beyond it). Default:
+//! # 16384; at least 8192.
 //! max_header_bytes = 16384
+//! # Cookies a request may carry on top of that, in bytes: accepted and
+//! # ignored (cookies ignore ports, so other applications on the node's host
+//! # name send theirs here). A connection buffers at most the sum of the two
+//! # for a head. Default: 32768.
+//! max_cookie_bytes = 32768
 //! # Concurrent HTTP/2 streams per connection. Default: 100.
 //! max_streams = 100
 //! # Requests waiting for their answer beyond which new ones get 503 at once,
@@ -84,6 +90,7 @@ pub struct FileConnections {
     idle_timeout_secs: Option<u64>,
     progress_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
+    max_cookie_bytes: Option<usize>,
     max_streams: Option<u32>,
     max_pending: Option<usize>,
     max_in_flight: Option<usize>,
@@ -118,8 +125,10 @@ pub struct ConnectionLimits {
     pub network_burst: u32,
     /// Deadlines of each phase.
     pub deadlines: Deadlines,
-    /// Largest request head.
+    /// Largest request head, cookies aside.
     pub max_header_bytes: usize,
+    /// Cookies a request may carry on top of its head (and that are ignored).
+    pub max_cookie_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams: u32,
     /// Requests waiting for their answer beyond which new ones are shed.
@@ -223,6 +232,7 @@ impl FileConnections {
                 progress: secs("progress_timeout_secs", self.progress_timeout_secs, 30)?,
             },
             max_header_bytes,
+            max_cookie_bytes: self.max_cookie_bytes.unwrap_or(32 * 1024),
             max_streams: self.max_streams.unwrap_or(100).max(1),
             max_pending: self.max_pending.unwrap_or(512).max(1),
             max_in_flight: self.max_in_flight.unwrap_or(2048).max(1),

@@ -9,12 +9,14 @@
 //!    bytes (a guess waits for bytes with no deadline).
 //! 4. [`watch`]: the first request within `first_bytes_timeout`, then idle,
 //!    header and progress deadlines until the connection ends.
-//! 5. Per request: the network's rate (429 past it), then [`shed`]ding past
+//! 5. Per request: its cookies dropped and the rest of its [`head`] capped
+//!    (431), the network's rate (429 past it), then [`shed`]ding past
 //!    `max_pending` waiting requests (503 with `Retry-After`), then the handler.
 //!
 //! Limits come from the `[connections]` table ([`limits`]).
 
 pub mod admission;
+mod head;
 pub mod limits;
 pub mod shed;
 pub mod watch;
@@ -40,8 +42,8 @@ use tokio_rustls::server::TlsStream;
 
 use admission::{Admission, Refusal, Ticket};
 use limits::ConnectionLimits;
-use shed::{Pressure, shed_response};
-use watch::{Activity, Ended, Watched};
+use shed::{Pending, Pressure, shed_response};
+use watch::{Activity, Ended, InFlight, Watched};
 
 /// How long open connections get to finish when the server stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,7 +271,7 @@ async fn first_bytes(stream: &mut TlsStream<TcpStream>, deadline: Duration) -> b
 fn answer<H, F, B>(
     shared: &Shared<H>,
     activity: &Arc<Activity>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> impl Future<Output = Response<ResponseBody<B>>> + use<H, F, B>
 where
@@ -278,9 +280,49 @@ where
     B: hyper::body::Body,
 {
     let in_flight = activity.start();
+    let uri = req.uri().clone();
+    let work = if head::forget_cookies(&uri, req.headers_mut(), shared.limits.max_header_bytes) {
+        admit(shared, req, peer, &in_flight)
+    } else {
+        Err(Box::new(head::too_large()))
+    };
+    async move {
+        match work {
+            Ok((answer, pending, place)) => {
+                let response = answer.await;
+                drop(pending);
+                // A small answer buffers nothing worth counting: its place goes
+                // back now; a large one keeps it until its body ends.
+                let large = hyper::body::Body::size_hint(response.body())
+                    .upper()
+                    .is_none_or(|len| len > SMALL_RESPONSE);
+                let place = large.then_some(place);
+                response.map(|body| Watched::response(Either::Left(body), in_flight).holding(place))
+            }
+            Err(refusal) => {
+                (*refusal).map(|body| Watched::response(Either::Right(body), in_flight))
+            }
+        }
+    }
+}
+
+/// An answer given at once, without the handler (boxed: it is large).
+type Refused = Box<Response<Full<Bytes>>>;
+
+/// Takes the request's places (its network's rate and share, the server's
+/// pending count) and starts the handler, or answers why not.
+fn admit<H, F>(
+    shared: &Shared<H>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    in_flight: &InFlight,
+) -> Result<(F, Pending, Ticket), Refused>
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+{
     let place = shared.admission.request(peer.ip(), Instant::now());
     let pending = place.as_ref().ok().and_then(|_| shared.pressure.enter());
-    let work = match (place, pending) {
+    match (place, pending) {
         (Ok(place), Some(pending)) => {
             let mut req = req.map(|body| Watched::request(body, in_flight.progress()));
             req.extensions_mut().insert(in_flight.progress());
@@ -304,23 +346,7 @@ where
                     shared.limits.retry_after,
                 ),
             };
-            Err(shed_response(status, why, wait, req.headers()))
-        }
-    };
-    async move {
-        match work {
-            Ok((answer, pending, place)) => {
-                let response = answer.await;
-                drop(pending);
-                // A small answer buffers nothing worth counting: its place goes
-                // back now; a large one keeps it until its body ends.
-                let large = hyper::body::Body::size_hint(response.body())
-                    .upper()
-                    .is_none_or(|len| len > SMALL_RESPONSE);
-                let place = large.then_some(place);
-                response.map(|body| Watched::response(Either::Left(body), in_flight).holding(place))
-            }
-            Err(refusal) => refusal.map(|body| Watched::response(Either::Right(body), in_flight)),
+            Err(Box::new(shed_response(status, why, wait, req.headers())))
         }
     }
 }
@@ -330,7 +356,7 @@ fn h1_builder(limits: &ConnectionLimits) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.deadlines.header_read)
-        .max_buf_size(limits.max_header_bytes);
+        .max_buf_size(head::h1_buffer(limits));
     builder
 }
 
@@ -344,7 +370,7 @@ fn h2_builder(limits: &ConnectionLimits) -> http2::Builder<TokioExecutor> {
         // do not keep an idle one open (the watchdog counts requests, not pings).
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(head::h2_header_list(limits));
     builder
 }
 

@@ -4,6 +4,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::Body;
+use super::policy;
 
 /// A request that cannot be answered with content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,7 @@ pub enum HttpError {
     Forbidden(&'static str),
     /// No such bundle, file or route: 404.
     NotFound(&'static str),
-    /// A method other than GET or HEAD: 405.
+    /// A method other than GET, HEAD or OPTIONS: 405.
     MethodNotAllowed,
     /// An upload body of unknown length: 411.
     LengthRequired,
@@ -62,7 +63,7 @@ impl HttpError {
             | Self::TooLarge(r)
             | Self::Unavailable(r)
             | Self::InsufficientStorage(r) => r,
-            Self::MethodNotAllowed => "only GET and HEAD are allowed",
+            Self::MethodNotAllowed => "only GET, HEAD and OPTIONS are allowed",
             Self::LengthRequired => "Content-Length required",
             Self::RangeNotSatisfiable { .. } => "range not satisfiable",
             Self::Internal => "internal error",
@@ -74,9 +75,13 @@ impl HttpError {
         let mut response = text(self.status(), format!("{}\n", self.reason()));
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        policy::node_page(headers);
         match self {
             Self::MethodNotAllowed => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS"),
+                );
             }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

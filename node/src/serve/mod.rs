@@ -2,11 +2,13 @@
 //! responses are built in [`respond`]; files stream from disk verified, each
 //! piece read on a blocking thread only while it is read, never while the
 //! client is slow. Uploads from `cartable publish` arrive through [`Uploads`].
+//! What browsers may do with each answer (sandbox, CORS, framing) is [`policy`].
 
 mod body;
 mod conditional;
 mod error;
 mod listing;
+mod policy;
 mod reserve;
 mod respond;
 mod target;
@@ -17,6 +19,7 @@ mod upload_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use policy::{FileLessons, LessonPolicy};
 pub use respond::respond;
 pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 
@@ -39,6 +42,8 @@ pub struct ServeContext {
     pub pressure: Arc<Pressure>,
     /// A response that moves no byte this long is given up, freeing its file.
     pub progress_timeout: Duration,
+    /// The sandbox lesson documents run in.
+    pub lessons: LessonPolicy,
 }
 
 impl ServeContext {
@@ -52,6 +57,7 @@ impl ServeContext {
             names: None,
             pressure: Pressure::new(limits.max_pending),
             progress_timeout: limits.deadlines.progress,
+            lessons: LessonPolicy::default(),
         }
     }
 }

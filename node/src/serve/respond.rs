@@ -16,6 +16,7 @@ use super::body::Body;
 use super::conditional::{self, RangeRequest};
 use super::error::{HttpError, text};
 use super::listing;
+use super::policy;
 use super::target::{self, Target};
 use super::upload;
 use crate::https::shed::Level;
@@ -40,25 +41,33 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let answer = if upload::is_upload(&req) {
-        upload::route(ctx.uploads.as_ref(), req).await
-    } else {
-        route(&ctx, &req).await
-    };
-    match answer {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
+    if upload::is_upload(&req) {
+        return upload::route(ctx.uploads.as_ref(), req)
+            .await
+            .unwrap_or_else(HttpError::into_response);
     }
+    // Every answer about bundle content, errors and redirects included, is
+    // readable by the sandboxed (so cross-origin) lesson that asked.
+    let mut response = route(&ctx, &req)
+        .await
+        .unwrap_or_else(HttpError::into_response);
+    policy::allow_any_origin(response.headers_mut());
+    response
 }
 
 async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>, HttpError> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
+        Method::OPTIONS => return Ok(policy::preflight()),
         _ => return Err(HttpError::MethodNotAllowed),
     };
     let (id, manifest, path) = match target::parse(req.uri().path())? {
-        Target::Health => return Ok(text(StatusCode::OK, "ok\n")),
+        Target::Health => {
+            let mut response = text(StatusCode::OK, "ok\n");
+            policy::node_page(response.headers_mut());
+            return Ok(response);
+        }
         Target::Name(rest) => {
             let names = ctx
                 .names
@@ -132,6 +141,8 @@ async fn serve_file(
     let len = entry.size;
     let mut response = Response::new(Body::empty());
     let h = response.headers_mut();
+    // Before any early answer: a 304 refreshes the cached headers with its own.
+    ctx.lessons.apply(h, &entry.content_type);
     h.insert(header::ETAG, value(&etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     h.insert(
@@ -374,6 +385,7 @@ fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body>
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    policy::node_page(h);
     response
 }
 
