@@ -284,8 +284,33 @@ pub struct PlanPreview {
     pub removed: usize,
     /// Bundles it could not place fully.
     pub unplaced: usize,
-    /// Per bundle that changes: id, nodes gaining a copy, nodes losing one.
+    /// Bundles left with no complete copy on a node that is up and kept: what
+    /// losing the nodes taken out would lose for good.
+    pub lost: Vec<BundleId>,
+    /// Bundles left with fewer complete copies than `min_replicas`: copied
+    /// as soon as the nodes are seen down, without the repair delay.
+    pub urgent: usize,
+    /// Bytes of the complete copies on the nodes taken out.
+    pub bytes_on_removed: u64,
+    /// Per bundle that changes: id, size, nodes gaining a copy, nodes losing one.
     pub moves: Vec<BundleMove>,
+    /// The timings a repair of this change would run at.
+    pub timings: RepairTimings,
+}
+
+/// The coordinator's repair settings (see `coordinator/src/config.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTimings {
+    /// Interval of node heartbeats: orders and verified copies move at this pace.
+    pub heartbeat_ms: u64,
+    /// Silence after which a node is down.
+    pub down_after_ms: u64,
+    /// Wait before a down node's copies are placed elsewhere.
+    pub repair_delay_secs: u64,
+    /// Below this many complete copies a bundle is repaired at once.
+    pub min_replicas: u8,
+    /// Copies one node makes at once.
+    pub copies_per_node: usize,
 }
 
 /// The change of one bundle's replicas.
@@ -293,6 +318,8 @@ pub struct PlanPreview {
 pub struct BundleMove {
     /// The bundle.
     pub bundle: BundleId,
+    /// Bytes of its files: what each copy it gains costs.
+    pub size: u64,
     /// Nodes that would gain a copy (hypothetical nodes show as `new-<n>`).
     pub to: Vec<String>,
     /// Nodes that would lose one.

@@ -233,16 +233,56 @@ pub fn preview(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PlanPre
                 .collect();
             (!to.is_empty() || !from.is_empty()).then_some(BundleMove {
                 bundle: *b,
+                size: c.bundles.get(b).map_or(0, |r| r.size),
                 to,
                 from,
             })
         })
         .collect();
+    let losses = losses(c, policy, &without);
     PlanPreview {
         replicas: movement.total,
         added: movement.added,
         removed: movement.removed,
         unplaced: plan.unplaced.len(),
+        lost: losses.lost,
+        urgent: losses.urgent,
+        bytes_on_removed: losses.bytes_on_removed,
         moves,
+        timings: RepairTimings {
+            heartbeat_ms: policy.heartbeat.as_millis() as u64,
+            down_after_ms: policy.down_after.as_millis() as u64,
+            repair_delay_secs: policy.repair_delay.as_secs(),
+            min_replicas: policy.min_replicas,
+            copies_per_node: policy.copies_per_node,
+        },
     }
+}
+
+/// What taking `without` out costs at once, before any copy is made.
+struct Losses {
+    lost: Vec<BundleId>,
+    urgent: usize,
+    bytes_on_removed: u64,
+}
+
+fn losses(c: &Cluster, policy: &Policy, without: &BTreeSet<NodeId>) -> Losses {
+    let now = Instant::now();
+    let mut losses = Losses {
+        lost: Vec::new(),
+        urgent: 0,
+        bytes_on_removed: 0,
+    };
+    for (id, record) in &c.bundles {
+        let whole = lifecycle::sources(c, id, None, policy, now);
+        let gone = whole.iter().filter(|n| without.contains(n)).count();
+        let kept = whole.len() - gone;
+        losses.bytes_on_removed += record.size * gone as u64;
+        if kept == 0 {
+            losses.lost.push(*id);
+        } else if kept < usize::from(policy.min_replicas.min(record.replicas)) {
+            losses.urgent += 1;
+        }
+    }
+    losses
 }

@@ -39,6 +39,13 @@ pub const ORDERS_FILE: &str = "orders.json";
 const FIRST_INTERVAL: Duration = Duration::from_secs(2);
 /// Bundles copied at once by the agent.
 const COPIES_AT_ONCE: usize = 4;
+/// A heartbeat (connection included) not answered within this many intervals
+/// is given up and the connection dropped: a coordinator killed and restarted
+/// never closes the old connection, which would otherwise hold the node's
+/// heartbeats until QUIC's idle timeout (30 s).
+const ANSWER_WITHIN_BEATS: u32 = 3;
+/// The least time an answer is given, whatever the interval.
+const MIN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// Counts reported to the coordinator: lies per peer, damaged blobs.
 type Reported = (BTreeMap<NodeId, u64>, u64);
@@ -235,7 +242,11 @@ impl Member {
         let mut conn: Option<quinn::Connection> = None;
         let mut last = self.saved_orders();
         loop {
-            match self.exchange(&mut conn).await {
+            let wait = (interval * ANSWER_WITHIN_BEATS).max(MIN_ANSWER_WAIT);
+            let answer = tokio::time::timeout(wait, self.exchange(&mut conn))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {wait:?}")));
+            match answer {
                 Ok(mut orders) => {
                     interval = Duration::from_millis(orders.heartbeat_ms.clamp(100, 60_000));
                     // Orders name the table only when it changed: keep the last one

@@ -155,10 +155,21 @@ impl Coordinator {
 
     /// Joins a fresh node at `region/site` and starts it.
     pub fn join_node(&self, dir: &Path, region: &str, site: &str) -> anyhow::Result<Node> {
+        self.join_node_with(dir, region, site, &[])
+    }
+
+    /// Joins a fresh node at `region/site` and starts it with `extra` `serve` arguments.
+    pub fn join_node_with(
+        &self,
+        dir: &Path,
+        region: &str,
+        site: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Node> {
         let token = self.token(region, site)?;
         let out = cli_in(dir, &["join", &token, "--capacity", "1GB"])?;
         ensure_success(&out, "cartable-node join")?;
-        Node::start_in(dir, &[])
+        Node::start_in(dir, extra)
     }
 
     /// Kills the process with SIGKILL.
@@ -211,31 +222,48 @@ pub const PLACES: [(&str, &str); 4] = [
     ("sud", "pau"),
 ];
 
-/// A coordinator and one node per place of [`PLACES`], all up.
+/// A coordinator and one node per place, all up.
 #[derive(Debug)]
 pub struct Cluster {
     /// The coordinator.
     pub coordinator: Coordinator,
-    /// The nodes, in the order of [`PLACES`]; `None` once killed by a test.
+    /// The nodes, in the order of their places; `None` once killed by a test.
     pub nodes: Vec<Option<Node>>,
     _dirs: tempfile::TempDir,
 }
 
-/// Starts a cluster through the CLI: tokens, `join`, `serve`.
+/// Starts a cluster through the CLI (tokens, `join`, `serve`): one node per
+/// place of [`PLACES`], with [`FAST_POLICY`].
 pub fn cluster() -> anyhow::Result<Cluster> {
+    cluster_of(&PLACES, FAST_POLICY, "")
+}
+
+/// Starts a cluster through the CLI: a coordinator configured with
+/// `coordinator_config` (TOML), and one node per place, each started with
+/// `node_config` (TOML) as its configuration file.
+pub fn cluster_of(
+    places: &[(&str, &str)],
+    coordinator_config: &str,
+    node_config: &str,
+) -> anyhow::Result<Cluster> {
     let dirs = tempfile::tempdir()?;
-    let coordinator = Coordinator::start_in(&dirs.path().join("coordinator"), FAST_POLICY)?;
+    let coordinator = Coordinator::start_in(&dirs.path().join("coordinator"), coordinator_config)?;
+    let config = dirs.path().join("node-config.toml");
+    std::fs::write(&config, node_config)?;
+    let extra = ["--config", config.to_str().context("path not UTF-8")?];
     let mut nodes = Vec::new();
-    for (i, (region, site)) in PLACES.iter().enumerate() {
+    for (i, (region, site)) in places.iter().enumerate() {
         let dir = dirs.path().join(format!("node{i}"));
-        nodes.push(Some(coordinator.join_node(&dir, region, site)?));
+        nodes.push(Some(
+            coordinator.join_node_with(&dir, region, site, &extra)?,
+        ));
     }
-    wait_for(Duration::from_secs(30), "four nodes up", || {
+    wait_for(Duration::from_secs(30), "every node up", || {
         let nodes = coordinator.json(&["nodes"])?;
         let up = nodes
             .as_array()
             .map_or(0, |a| a.iter().filter(|n| n["state"] == "up").count());
-        Ok((up == PLACES.len()).then_some(()))
+        Ok((up == places.len()).then_some(()))
     })?;
     Ok(Cluster {
         coordinator,
@@ -275,6 +303,19 @@ pub fn complete(c: &Coordinator, bundle: &str) -> anyhow::Result<Vec<(String, St
             let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
             (text("node"), text("region"), text("site"))
         })
+        .collect())
+}
+
+/// The bundles a node's store holds, asked through its CLI (its daemon answers).
+pub fn held(node: &Node) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let out = cli_in(node.data_dir(), &["bundles", "--json"])?;
+    ensure_success(&out, "cartable-node bundles")?;
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
         .collect())
 }
 

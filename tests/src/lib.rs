@@ -9,6 +9,8 @@ pub mod browser;
 pub mod client;
 /// A coordinator, the `cartable` CLI and member nodes.
 pub mod cluster;
+/// Lessons and readers for the fire scenarios.
+pub mod fire;
 pub mod node;
 /// Helpers shared by the peer-to-peer tests: sample lessons, serving nodes, lying peers.
 pub mod peers;

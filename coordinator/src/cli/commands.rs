@@ -7,6 +7,7 @@ use clap::Subcommand;
 use http::Method;
 
 use super::client::{ApiClient, encode_component, encode_path};
+use super::drill::DrillCommand;
 use super::plan::PlanArgs;
 use super::publish::{self, PublishArgs};
 use super::{ids, views};
@@ -54,6 +55,9 @@ pub enum Command {
     Status(Output),
     /// Preview what a topology change would move (changes nothing).
     Plan(PlanArgs),
+    /// Preview what losing a site or a region would cost (changes nothing).
+    #[command(subcommand)]
+    Drill(DrillCommand),
 }
 
 /// `cartable node ...`.
@@ -202,6 +206,7 @@ impl Command {
             Self::Token(command) => command.run(api).await,
             Self::Status(out) => show(out, &api.get("/api/status").await?, views::status),
             Self::Plan(args) => args.run(api).await,
+            Self::Drill(command) => command.run(api).await,
         }
     }
 }

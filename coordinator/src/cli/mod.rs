@@ -2,7 +2,7 @@
 //! nothing more. Each command is one or a few API calls; listings print aligned
 //! tables with short ids, or the API's JSON with `--json`.
 //!
-//! - [`commands`], [`plan`]: the commands, one or a few API calls each.
+//! - [`commands`], [`plan`], [`drill`]: the commands, one or a few API calls each.
 //! - [`config`]: where the coordinator URL, token and certificate come from.
 //! - [`tls`], [`client`]: HTTPS to a server whose certificate is pinned.
 //! - [`ids`]: full ids or prefixes copied from a table.
@@ -13,6 +13,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod drill;
 pub mod ids;
 pub mod plan;
 pub mod publish;
