@@ -57,6 +57,10 @@ pub enum StoreError {
     /// No such bundle here.
     #[error("no bundle {0} here")]
     UnknownBundle(BundleId),
+    /// A blob the new bundle needs went away while it was being fetched (the
+    /// only bundle holding it was removed): the bundle is not recorded.
+    #[error("blob {0} was removed while the bundle was fetched; fetch it again")]
+    BlobGone(BlobHash),
     /// A file of the data folder could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -239,6 +239,17 @@ impl Store {
     pub fn add_fetched_bundle(&self, manifest: &Manifest) -> Result<BundleSummary, StoreError> {
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let id: BundleId = manifest.id();
+        // A fetch skips the blobs it finds here; the bundle that held one may
+        // have been removed since, with its files. Checked under the lock
+        // removals take, so a bundle is never recorded with a blob missing.
+        let gone = manifest.entries().iter().find(|e| {
+            let outboard_needed = e.size > GROUP_BYTES;
+            !self.has_blob_file(&e.hash, e.size)
+                || (outboard_needed && !self.layout.outboard(&e.hash).exists())
+        });
+        if let Some(e) = gone {
+            return Err(StoreError::BlobGone(e.hash));
+        }
         layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
         let path = self.layout.bundle(&id);
         if !path.exists() {

@@ -136,6 +136,41 @@ fn removing_a_bundle_frees_only_its_own_blobs() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_fetched_bundle_is_not_recorded_when_a_blob_it_skipped_was_removed_meanwhile()
+-> anyhow::Result<()> {
+    let (data, other, a, b) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let shared = pattern(50_000, 3);
+    lesson(a.path(), &[("shared.bin", shared.clone())]);
+    lesson(b.path(), &[("style.bin", shared)]);
+    let store = Store::open(data.path())?;
+    let a_id = store.add_folder(a.path())?.summary.id;
+    // B's manifest, as a peer would send it.
+    let b_id = Store::open(other.path())?.add_folder(b.path())?.summary.id;
+    let b_manifest = Store::open(other.path())?.manifest(&b_id)?.expect("held");
+    let shared_entry = &b_manifest.entries()[0];
+    assert!(
+        store.has_blob_file(&shared_entry.hash, shared_entry.size),
+        "a fetch of B would skip the shared blob"
+    );
+    // The coordinator releases A while B is being copied.
+    store.remove(&a_id)?;
+    assert!(matches!(
+        store.add_fetched_bundle(&b_manifest),
+        Err(StoreError::BlobGone(h)) if h == shared_entry.hash
+    ));
+    assert!(
+        store.bundles()?.is_empty(),
+        "B not recorded with a blob missing"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_refused_folder_imports_nothing() -> anyhow::Result<()> {
     let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
     lesson(
