@@ -177,10 +177,15 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
         id: node,
         region: token.region.clone(),
         site: token.site.clone(),
-        capacity: join.capacity,
+        // The operator's bound, not the node's word, limits what it is given.
+        capacity: token
+            .capacity
+            .map_or(join.capacity, |cap| join.capacity.min(cap)),
         contact: join.contact.clone(),
         draining: false,
         reported_failures: 0,
+        capacity_limit: token.capacity,
+        trust: Default::default(),
     };
     let saved = c.save_node(record).and_then(|()| {
         c.save_token(
@@ -241,7 +246,7 @@ fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) ->
         if !c.nodes.contains_key(&node) {
             return refused("unknown node: join with a token first");
         }
-        let claims = match lifecycle::apply_heartbeat(&mut c, node, beat, now) {
+        let claims = match lifecycle::apply_heartbeat(&mut c, node, beat, &coord.policy, now) {
             Ok(claims) => claims,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "could not record a heartbeat");
@@ -251,7 +256,7 @@ fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) ->
         (lifecycle::orders_for(&c, &node, &coord.policy, now), claims)
     };
     for bundle in claims {
-        coord.spot_check(node, bundle);
+        coord.check(node, bundle, crate::daemon::Check::Claim);
     }
     ControlResponse::Orders(orders)
 }

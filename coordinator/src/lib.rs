@@ -7,6 +7,7 @@
 //! - [`state`]: what the coordinator knows, behind one key-value interface (sled).
 //! - [`lifecycle`]: replicas from placed to complete to released; repair; routing (no IO).
 //! - [`control`]: joins and heartbeats from nodes over QUIC; [`spotcheck`]: verifying claimed copies.
+//! - [`trust`]: when a member's claims count, and what repeated failed checks cost it (no IO).
 //! - [`http`]: the admin API and browser redirects; [`views`]: the state as the API shows it.
 //! - [`daemon`]: `cartable-coordinator init` and `serve`.
 
@@ -19,6 +20,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod spotcheck;
 pub mod state;
+pub mod trust;
 pub mod views;
 
 pub use daemon::Coordinator;
