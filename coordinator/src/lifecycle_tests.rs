@@ -52,6 +52,20 @@ struct Sim {
     follow_orders: bool,
 }
 
+/// A heartbeat from an idle node holding `held`.
+fn heartbeat(held: Vec<BundleId>) -> Heartbeat {
+    Heartbeat {
+        contact: contact(),
+        capacity: CAPACITY,
+        used: 0,
+        load: 0,
+        held,
+        failures: Vec::new(),
+        damaged: 0,
+        names_version: 0,
+    }
+}
+
 fn contact() -> Contact {
     Contact {
         https_url: "https://127.0.0.1:1".into(),
@@ -102,14 +116,9 @@ impl Sim {
     fn beat(&mut self, id: NodeId) -> anyhow::Result<Orders> {
         let node = &self.nodes[&id];
         let beat = Heartbeat {
-            contact: contact(),
-            capacity: CAPACITY,
-            used: 0,
             load: node.load,
-            held: node.store.union(&node.claimed).copied().collect(),
-            failures: Vec::new(),
-            damaged: 0,
             names_version: node.names_version,
+            ..heartbeat(node.store.union(&node.claimed).copied().collect())
         };
         let claims = apply_heartbeat(&mut self.c, id, &beat, &self.policy, self.now)?;
         let orders = orders_for(&self.c, &id, &self.policy, self.now);
@@ -246,11 +255,26 @@ impl Sim {
         self.step(self.policy.heartbeat)
     }
 
+    /// A node the plan did not give `bundle`.
+    fn left_out(&self, bundle: &BundleId) -> anyhow::Result<NodeId> {
+        let placed = self.states(bundle);
+        let outside = self.nodes.keys().find(|n| !placed.contains_key(n));
+        outside.copied().context("a node the plan left out")
+    }
+
     /// The publisher is given an upload grant naming `node`.
     fn grant(&mut self, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
         let mut record = self.c.bundles[&bundle].clone();
         record.granted(node);
         self.c.save_bundle(bundle, record)
+    }
+
+    /// Drains a node holding a complete copy of `bundle`; the tick re-plans.
+    fn drain_a_holder(&mut self, bundle: &BundleId) -> anyhow::Result<NodeId> {
+        let holder = self.holders(bundle, Complete)[0];
+        self.drain(holder)?;
+        self.tick()?;
+        Ok(holder)
     }
 
     fn drain(&mut self, node: NodeId) -> anyhow::Result<()> {
@@ -290,9 +314,7 @@ fn a_new_bundle_is_placed_on_distinct_sites_and_copied_from_its_upload() -> anyh
 fn a_drained_copy_is_held_until_its_replacement_is_verified() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish_complete("lesson", 3)?;
-    let drained = sim.holders(&b, Complete)[0];
-    sim.drain(drained)?;
-    sim.tick()?;
+    let drained = sim.drain_a_holder(&b)?;
     let orders = sim.next()?;
     assert_eq!(sim.states(&b)[&drained], Releasing);
     let new = sim.holders(&b, Copying);
@@ -552,11 +574,7 @@ fn a_name_given_at_publish_moves_only_once_a_copy_is_verified() -> anyhow::Resul
 fn an_upload_finished_after_the_plan_moved_on_is_kept_until_replaced() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish("lesson", 2)?;
-    let outside = *sim
-        .nodes
-        .keys()
-        .find(|n| !sim.states(&b).contains_key(n))
-        .context("a node the plan left out")?;
+    let outside = sim.left_out(&b)?;
     // The upload lands on a node the plan no longer wants: the only copy.
     sim.grant(b, outside)?;
     let orders = sim.fetch(b, outside)?;
@@ -638,11 +656,7 @@ fn a_live_copy_is_not_released_while_the_recorded_ones_are_down() -> anyhow::Res
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish_complete("lesson", 3)?;
     let placed = sim.holders(&b, Complete);
-    let upload = *sim
-        .nodes
-        .keys()
-        .find(|n| !placed.contains(n))
-        .context("a node the plan left out")?;
+    let upload = sim.left_out(&b)?;
     sim.grant(b, upload)?;
     for n in &placed[1..] {
         sim.node(*n).silent = true;
@@ -668,9 +682,7 @@ fn a_live_copy_is_not_released_while_the_recorded_ones_are_down() -> anyhow::Res
 fn a_new_copy_counts_for_a_release_only_once_proven_under_load() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish_complete("lesson", 3)?;
-    let drained = sim.holders(&b, Complete)[0];
-    sim.drain(drained)?;
-    sim.tick()?;
+    let drained = sim.drain_a_holder(&b)?;
     let new = sim.holders(&b, Copying)[0];
     sim.fetch(b, new)?;
     assert_eq!(sim.states(&b)[&new], Complete, "the claim check passed");
@@ -743,16 +755,7 @@ fn a_member_claiming_copies_it_lacks_is_marked_and_releases_nothing() -> anyhow:
         "an unreliable node is given nothing"
     );
     // A claim of a bundle it was never given is not even checked.
-    let beat = Heartbeat {
-        contact: contact(),
-        capacity: CAPACITY,
-        used: 0,
-        load: 0,
-        held: bundles.clone(),
-        failures: Vec::new(),
-        damaged: 0,
-        names_version: 0,
-    };
+    let beat = heartbeat(bundles.clone());
     assert!(apply_heartbeat(&mut sim.c, liar, &beat, &sim.policy, sim.now)?.is_empty());
     assert!(crate::trust::clear(&mut sim.c, &liar)?);
     assert_eq!(sim.c.nodes[&liar].trust, Default::default());
@@ -763,23 +766,15 @@ fn a_member_claiming_copies_it_lacks_is_marked_and_releases_nothing() -> anyhow:
 fn claims_count_only_for_bundles_placed_or_uploaded_there() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish("lesson", 3)?;
-    let stranger = *sim
-        .nodes
-        .keys()
-        .find(|n| !sim.states(&b).contains_key(n))
-        .context("a node the plan left out")?;
+    let stranger = sim.left_out(&b)?;
     let beat = |sim: &mut Sim| {
-        let beat = Heartbeat {
-            contact: contact(),
-            capacity: CAPACITY,
-            used: 0,
-            load: 0,
-            held: vec![b],
-            failures: Vec::new(),
-            damaged: 0,
-            names_version: 0,
-        };
-        apply_heartbeat(&mut sim.c, stranger, &beat, &sim.policy, sim.now)
+        apply_heartbeat(
+            &mut sim.c,
+            stranger,
+            &heartbeat(vec![b]),
+            &sim.policy,
+            sim.now,
+        )
     };
     assert_eq!(beat(&mut sim)?, vec![], "never given: not checked");
     sim.grant(b, stranger)?;

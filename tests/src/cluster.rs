@@ -278,6 +278,19 @@ pub fn complete(c: &Coordinator, bundle: &str) -> anyhow::Result<Vec<(String, St
         .collect())
 }
 
+/// The bundles a node's store holds, asked through its CLI (its daemon answers).
+pub fn held(node: &Node) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let out = cli_in(node.data_dir(), &["bundles", "--json"])?;
+    ensure_success(&out, "cartable-node bundles")?;
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// The `Location` of the coordinator's 302 answer to `path`.
 pub fn redirect(c: &Coordinator, path: &str) -> anyhow::Result<String> {
     let client = HttpsClient::new(

@@ -2,7 +2,6 @@
 //! and removing a node, unpublishing, nodes finishing their copies while the
 //! coordinator is down, and a claimed copy the node cannot prove.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,23 +15,11 @@ use cartable_proto::control::{
 };
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Cluster, cluster, complete, ensure_success, member_endpoint, publish, publish_dir, wait_for,
+    Cluster, cluster, complete, ensure_success, held, member_endpoint, publish, publish_dir,
+    wait_for,
 };
 use cartable_tests::peers::{Lie, lying_peer};
 use cartable_tests::{Node, cli_in};
-
-/// The bundles a node's store holds, asked through its CLI (its daemon answers).
-fn held(node: &Node) -> anyhow::Result<BTreeSet<String>> {
-    let out = cli_in(node.data_dir(), &["bundles", "--json"])?;
-    ensure_success(&out, "cartable-node bundles")?;
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["id"].as_str().map(str::to_owned))
-        .collect())
-}
 
 fn node<'a>(cl: &'a Cluster, id: &str) -> &'a Node {
     cl.nodes

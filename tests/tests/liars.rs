@@ -17,11 +17,9 @@ use cartable_proto::BundleId;
 use cartable_proto::control::{ControlRequest, ControlResponse, Heartbeat, JoinRequest};
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Coordinator, cluster, complete, ensure_success, member_endpoint, publish_dir,
+    Coordinator, cluster, complete, ensure_success, held, member_endpoint, publish_dir,
 };
 use cartable_tests::peers::pattern;
-use cartable_tests::{Node, cli_in};
-use serde_json::Value;
 
 /// What a lying member declares: more room than any disk has, and no load.
 const CLAIMED_CAPACITY: u64 = 1 << 50;
@@ -97,19 +95,6 @@ fn replica_state(c: &Coordinator, bundle: &str, node: &str) -> anyhow::Result<Op
         .flatten()
         .find(|r| r["node"] == node)
         .and_then(|r| r["state"].as_str().map(str::to_owned)))
-}
-
-/// The bundles a node's store holds, asked through its CLI.
-fn held(node: &Node) -> anyhow::Result<BTreeSet<String>> {
-    let out = cli_in(node.data_dir(), &["bundles", "--json"])?;
-    ensure_success(&out, "cartable-node bundles")?;
-    let list: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["id"].as_str().map(str::to_owned))
-        .collect())
 }
 
 #[test]
