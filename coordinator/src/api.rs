@@ -12,6 +12,7 @@
 //! | `GET /api/nodes/{id}` | | [`NodeView`] |
 //! | `POST /api/nodes/{id}/drain` | | [`NodeView`] |
 //! | `POST /api/nodes/{id}/trust` | | [`NodeView`]: its failed checks forgotten and its unreliable mark cleared (after the operator fixed its disk) |
+//! | `POST /api/nodes/{id}/approve-contact` | | [`NodeView`]: the address the node reports (see [`NodeView::proposed_contact`]) becomes the one browsers and peers use; 409 when it proposes none |
 //! | `DELETE /api/nodes/{id}[?force=true]` | | [`NodeView`]; 409 while it holds complete copies (drain first), unless down past the repair delay or forced |
 //! | `GET /api/bundles` | | `[BundleView]` |
 //! | `GET /api/bundles/{id}` | | [`BundleView`] with `replicas` filled |
@@ -103,6 +104,22 @@ pub struct NodeView {
     /// Marked after repeated failed checks: its copies do not count, it takes no new ones.
     #[serde(default)]
     pub unreliable: bool,
+    /// How many members reported them (one member's reports may be lies).
+    #[serde(default)]
+    pub failure_reporters: usize,
+    /// The address the node now reports, when it differs from the recorded
+    /// one: used only once an admin approves it.
+    #[serde(default)]
+    pub proposed_contact: Option<ContactChange>,
+}
+
+/// A node's new address, waiting for an admin's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactChange {
+    /// Its HTTPS base URL for browsers.
+    pub https_url: String,
+    /// Its QUIC address for peers.
+    pub quic: std::net::SocketAddr,
 }
 
 /// A replica's state.
@@ -319,6 +336,12 @@ pub struct Status {
     pub unplaceable: Vec<BundleId>,
     /// Copies waiting for their turn (storm control), most endangered first.
     pub repair_queue: Vec<QueuedCopy>,
+    /// Nodes reporting a new address that waits for an admin's approval.
+    #[serde(default)]
+    pub contact_changes: Vec<NodeId>,
+    /// Nodes peers reported for sending bytes that failed verification.
+    #[serde(default)]
+    pub reported: Vec<NodeId>,
 }
 
 /// A copy waiting in the repair queue.

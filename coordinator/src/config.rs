@@ -30,6 +30,12 @@
 //! # Copies a node makes at once; the rest wait in the repair queue, most
 //! # endangered first. Default: 4.
 //! copies_per_node = 4
+//! # Browsers are sent without a check only to a node heard from (heartbeat or
+//! # check) within this many ms; older, its HTTPS side is asked first, at most
+//! # once per this interval whatever the number of browsers. Default: 1000.
+//! route_fresh_ms = 1000
+//! # A check unanswered this long (ms) sends browsers to the next copy. Default: 1000.
+//! route_check_timeout_ms = 1000
 //! # QUIC connections held at once (handshakes included), members and keys
 //! # that have not joined (strangers) together; beyond, attempts are refused
 //! # before any handshake work. Default: 65536.
@@ -65,6 +71,8 @@ use cartable_node::https::limits::{ConnectionLimits, FileConnections};
 use cartable_node::peer::admission::Limits;
 use cartable_node::tls::TlsFiles;
 use cartable_proto::cidr::Cidr;
+
+use crate::probe::RouteTimes;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +91,8 @@ struct FileConfig {
     default_replicas: Option<u8>,
     min_replicas: Option<u8>,
     copies_per_node: Option<usize>,
+    route_fresh_ms: Option<u64>,
+    route_check_timeout_ms: Option<u64>,
     quic_max_connections: Option<usize>,
     quic_max_strangers: Option<usize>,
     quic_max_strangers_per_network: Option<usize>,
@@ -129,6 +139,8 @@ pub struct CoordinatorConfig {
     pub tls: Option<TlsFiles>,
     /// The replica policy and timings.
     pub policy: Policy,
+    /// How fresh a node must be to be sent browsers unchecked.
+    pub routing: RouteTimes,
     /// Client networks and their regions.
     pub regions: Vec<RegionNet>,
     /// Caps and deadlines of HTTPS connections.
@@ -255,6 +267,19 @@ impl CoordinatorConfig {
             policy.copies_per_node >= 1,
             "copies_per_node must be at least 1"
         );
+        let d_route = RouteTimes::default();
+        let ms = |name, v: Option<u64>, default: Duration| -> anyhow::Result<Duration> {
+            let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+            Ok(Duration::from_millis(positive(name, v, default)?))
+        };
+        let routing = RouteTimes {
+            fresh: ms("route_fresh_ms", file.route_fresh_ms, d_route.fresh)?,
+            probe_timeout: ms(
+                "route_check_timeout_ms",
+                file.route_check_timeout_ms,
+                d_route.probe_timeout,
+            )?,
+        };
         let quic_limits = quic_limits(&file)?;
         let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
         let public_url = cartable_node::config::public_url("public_url", file.public_url)?;
@@ -280,6 +305,7 @@ impl CoordinatorConfig {
             public_quic: file.public_quic,
             tls,
             policy,
+            routing,
             regions,
             connections: file.connections.check()?,
             quic_limits,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cartable_node::peer::endpoint::{Arriving, PeerConnection};
 use cartable_node::peer::frame::{self, FrameError};
 use cartable_proto::control::{
-    self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
+    self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };
 use cartable_proto::{DecodeError, NodeId};
 
@@ -164,7 +164,7 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
         Some(_) => return refused("join token already used by another node"),
         None => {}
     }
-    if let Err(why) = check_contact(&join.contact) {
+    if let Err(why) = crate::contact::check(&join.contact) {
         return refused(&why);
     }
     if token.expires <= unix_now() {
@@ -174,18 +174,18 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
         return refused("this node is already a member");
     }
     let record = NodeRecord {
-        id: node,
-        region: token.region.clone(),
-        site: token.site.clone(),
         // The operator's bound, not the node's word, limits what it is given.
         capacity: token
             .capacity
             .map_or(join.capacity, |cap| join.capacity.min(cap)),
-        contact: join.contact.clone(),
-        draining: false,
-        reported_failures: 0,
         capacity_limit: token.capacity,
-        trust: Default::default(),
+        ..NodeRecord::joined(
+            node,
+            &token.region,
+            &token.site,
+            join.capacity,
+            join.contact.clone(),
+        )
     };
     let saved = c.save_node(record).and_then(|()| {
         c.save_token(
@@ -201,16 +201,8 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
         tracing::error!(error = format!("{e:#}"), "could not record a join");
         return refused("the coordinator could not record the join; try again");
     }
-    c.live.insert(
-        node,
-        crate::state::Liveness {
-            last_seen: Instant::now(),
-            used: 0,
-            load: 0,
-            held: Default::default(),
-            names_version: 0,
-        },
-    );
+    c.live
+        .insert(node, crate::state::Liveness::heard(Instant::now()));
     tracing::info!(node = %node, region = token.region, site = token.site, "node joined");
     ControlResponse::Joined {
         region: token.region,
@@ -218,26 +210,8 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
     }
 }
 
-/// A node's contact must be usable as is: the HTTPS URL goes into browsers'
-/// `Location` headers, the fingerprint into the CLI's pin.
-fn check_contact(contact: &Contact) -> Result<(), String> {
-    let authority = contact
-        .https_url
-        .strip_prefix("https://")
-        .ok_or("the node's https_url must start with https://")?;
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b);
-    if authority.is_empty() || authority.len() > 255 || !authority.bytes().all(allowed) {
-        return Err("the node's https_url must be https://HOST[:PORT], nothing after".into());
-    }
-    let hex = &contact.https_cert_sha256;
-    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err("the node's certificate fingerprint must be 64 lowercase hex digits".into());
-    }
-    Ok(())
-}
-
 fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) -> ControlResponse {
-    if let Err(why) = check_contact(&beat.contact) {
+    if let Err(why) = crate::contact::check(&beat.contact) {
         return refused(&why);
     }
     let now = Instant::now();
@@ -259,38 +233,4 @@ fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) ->
         coord.check(node, bundle, crate::daemon::Check::Claim);
     }
     ControlResponse::Orders(orders)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_node_contact_must_be_a_bare_https_origin_with_a_fingerprint() {
-        let good = Contact {
-            https_url: "https://ecole-12.example:8443".into(),
-            quic: "127.0.0.1:1".parse().unwrap(),
-            https_cert_sha256: "ab".repeat(32),
-        };
-        assert_eq!(check_contact(&good), Ok(()));
-        for url in [
-            "http://x",
-            "https://",
-            "https://evil.example/phish",
-            "https://x?y",
-            "https://a\r\nSet-Cookie: x",
-            "https://x y",
-        ] {
-            let bad = Contact {
-                https_url: url.into(),
-                ..good.clone()
-            };
-            assert!(check_contact(&bad).is_err(), "{url}");
-        }
-        let unpinned = Contact {
-            https_cert_sha256: "AB".repeat(32),
-            ..good
-        };
-        assert!(check_contact(&unpinned).is_err());
-    }
 }

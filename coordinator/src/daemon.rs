@@ -18,6 +18,7 @@ use cartable_proto::{BundleId, NodeId, control};
 use ring::rand::SecureRandom;
 
 use crate::config::{CoordinatorConfig, Policy};
+use crate::probe::Prober;
 use crate::state::{Cluster, SledKv, secret_hash};
 use crate::{lifecycle, spotcheck, trust};
 
@@ -65,6 +66,8 @@ pub struct Coordinator {
     pub https_url: String,
     /// Its QUIC address, as join tokens carry it.
     pub quic_addr: std::net::SocketAddr,
+    /// Checks that nodes browsers are sent to still answer.
+    pub prober: Arc<Prober>,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
 }
 
@@ -263,6 +266,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let coord = Arc::new(Coordinator {
         cluster: Mutex::new(cluster),
         policy: config.policy.clone(),
+        prober: Arc::new(Prober::new(config.routing)),
         config,
         identity,
         endpoint,

@@ -244,22 +244,15 @@ pub fn apply_heartbeat(
 ) -> anyhow::Result<Vec<BundleId>> {
     let held: BTreeSet<BundleId> = beat.held.iter().copied().collect();
     if let Some(record) = c.nodes.get(&node).cloned()
-        && (record.contact != beat.contact
-            || record.capacity != record.allowed_capacity(beat.capacity))
+        && record.capacity != record.allowed_capacity(beat.capacity)
     {
         c.save_node(crate::state::NodeRecord {
-            contact: beat.contact.clone(),
             capacity: record.allowed_capacity(beat.capacity),
             ..record
         })?;
     }
-    for report in beat.failures.iter().filter(|r| r.peer != node) {
-        if let Some(mut peer) = c.nodes.get(&report.peer).cloned() {
-            tracing::warn!(reporter = %node, peer = %report.peer, count = report.count, "peer sent bytes that failed verification");
-            peer.reported_failures = peer.reported_failures.saturating_add(report.count);
-            c.save_node(peer)?;
-        }
-    }
+    crate::contact::reported(c, node, &beat.contact)?;
+    crate::failure_reports::count(c, node, &beat.failures, policy.heartbeat, now)?;
     if beat.damaged > 0 {
         tracing::warn!(node = %node, blobs = beat.damaged, "node found damaged blobs while scrubbing");
     }
@@ -290,16 +283,12 @@ pub fn apply_heartbeat(
         .filter(|b| !unreliable && claim_counts(c, node, b, policy, now))
         .copied()
         .collect();
-    c.live.insert(
-        node,
-        Liveness {
-            last_seen: now,
-            used: beat.used,
-            load: beat.load,
-            held,
-            names_version: beat.names_version,
-        },
-    );
+    let live = c.live.entry(node).or_insert_with(|| Liveness::heard(now));
+    live.last_seen = now;
+    live.used = beat.used;
+    live.load = beat.load;
+    live.held = held;
+    live.names_version = beat.names_version;
     Ok(claims)
 }
 
@@ -466,27 +455,29 @@ pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> 
     }
 }
 
-/// The node a browser asking for `bundle` is sent to: holding a complete copy,
-/// heard from within three heartbeats (stricter than "up": a browser should not
-/// wait out the grace period on a node that just died), in the client's region
-/// when one is, then the least loaded.
+/// The nodes a browser asking for `bundle` may be sent to, best first:
+/// holding a complete copy, heard from within three heartbeats (stricter than
+/// "up": a browser should not wait out the grace period on a node that just
+/// died), in the client's region when one is, then the least loaded. The
+/// redirect checks the first ones still answer ([`crate::probe`]).
 pub fn route(
     c: &Cluster,
     bundle: &BundleId,
     client_region: Option<&str>,
     policy: &Policy,
     now: Instant,
-) -> Option<NodeId> {
+) -> Vec<NodeId> {
     let fresh = Policy {
         down_after: policy.down_after.min(policy.heartbeat * 3),
         ..policy.clone()
     };
-    let candidates = sources(c, bundle, None, &fresh, now);
-    candidates.into_iter().min_by_key(|n| {
+    let mut candidates = sources(c, bundle, None, &fresh, now);
+    candidates.sort_by_key(|n| {
         let far = client_region.is_some_and(|r| c.nodes[n].region != r);
         let load = c.live.get(n).map_or(0, |l| l.load);
         (far, load, *n)
-    })
+    });
+    candidates
 }
 
 #[cfg(test)]

@@ -86,17 +86,7 @@ impl Sim {
         let mut nodes = BTreeMap::new();
         for (i, (region, site)) in (1u8..).zip(places) {
             let id = NodeId::from_bytes([i; 32]);
-            c.save_node(NodeRecord {
-                id,
-                region: (*region).into(),
-                site: (*site).into(),
-                capacity: CAPACITY,
-                contact: contact(),
-                draining: false,
-                reported_failures: 0,
-                capacity_limit: None,
-                trust: Default::default(),
-            })?;
+            c.save_node(NodeRecord::joined(id, region, site, CAPACITY, contact()))?;
             nodes.insert(id, SimNode::default());
         }
         let mut sim = Self {
@@ -601,7 +591,11 @@ fn routing_prefers_a_near_then_idle_node_with_a_complete_copy() -> anyhow::Resul
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish_complete("lesson", 3)?;
     let uploading = sim.publish("being uploaded", 3)?;
-    let to = |sim: &Sim, bundle, region| route(&sim.c, bundle, region, &sim.policy, sim.now);
+    let to = |sim: &Sim, bundle, region| {
+        route(&sim.c, bundle, region, &sim.policy, sim.now)
+            .first()
+            .copied()
+    };
     let placed = sim.holders(&b, Complete);
     let region = sim.c.nodes[&placed[0]].region.clone();
     let (near, far): (Vec<NodeId>, Vec<NodeId>) = placed
@@ -613,6 +607,11 @@ fn routing_prefers_a_near_then_idle_node_with_a_complete_copy() -> anyhow::Resul
     sim.next()?;
     assert_eq!(to(&sim, &b, Some(&region)), Some(near[0]), "near first");
     assert_eq!(to(&sim, &b, None), Some(far[0]), "no region: least loaded");
+    assert_eq!(
+        route(&sim.c, &b, Some(&region), &sim.policy, sim.now).len(),
+        3,
+        "every copy, for the redirect to fall back on"
+    );
     assert_eq!(to(&sim, &uploading, None), None, "no complete copy");
 
     sim.node(near[0]).silent = true;

@@ -47,7 +47,12 @@ pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, Failu
         last_seen_secs: live.map(|l| now.saturating_duration_since(l.last_seen).as_secs()),
         replicas,
         complete,
-        reported_failures: n.reported_failures,
+        reported_failures: n.failure_reports.values().sum(),
+        failure_reporters: n.failure_reports.len(),
+        proposed_contact: n.proposed_contact.as_ref().map(|p| ContactChange {
+            https_url: p.https_url.clone(),
+            quic: p.quic,
+        }),
         capacity_limit: n.capacity_limit,
         failed_checks: n.trust.failed_checks,
         unreliable: n.trust.unreliable,
@@ -182,6 +187,18 @@ pub fn status(c: &Cluster, policy: &Policy) -> Status {
             .collect(),
         unplaceable: c.unplaced.keys().copied().collect(),
         repair_queue,
+        contact_changes: c
+            .nodes
+            .values()
+            .filter(|n| n.proposed_contact.is_some())
+            .map(|n| n.id)
+            .collect(),
+        reported: c
+            .nodes
+            .values()
+            .filter(|n| !n.failure_reports.is_empty())
+            .map(|n| n.id)
+            .collect(),
     }
 }
 

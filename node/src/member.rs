@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +140,9 @@ pub struct Member {
     pub load: Load,
     fetching: Mutex<HashSet<BundleId>>,
     reported: Mutex<Reported>,
+    /// Whether the operator was told that the coordinator still sends
+    /// browsers and peers to the address recorded at join.
+    told_unapproved: AtomicBool,
 }
 
 impl Member {
@@ -180,6 +183,7 @@ impl Member {
             names: Arc::default(),
             fetching: Mutex::default(),
             reported: Mutex::default(),
+            told_unapproved: AtomicBool::new(false),
         });
         if let Some(orders) = member.saved_orders() {
             tracing::info!(
@@ -191,6 +195,29 @@ impl Member {
             member.members.replace([token.coordinator]);
         }
         Ok(member)
+    }
+
+    /// Warns once when the coordinator keeps this node at another address
+    /// than the one it listens on: a node's address is fixed at join, and a
+    /// move waits for an admin (`cartable node approve-contact`).
+    fn check_recorded_address(&self, orders: &Orders) {
+        let Some(recorded) = orders.members.iter().find(|m| m.id == self.id) else {
+            return;
+        };
+        let moved = recorded.contact.https_url != self.contact.https_url
+            || recorded.contact.quic != self.contact.quic;
+        if moved && !self.told_unapproved.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                recorded = recorded.contact.https_url,
+                quic = %recorded.contact.quic,
+                listening = self.contact.https_url,
+                "the coordinator still sends browsers and peers to the address recorded at join: \
+                 ask its operator to run `cartable node approve-contact {}`, or listen there again",
+                self.id
+            );
+        } else if !moved {
+            self.told_unapproved.store(false, Ordering::Relaxed);
+        }
     }
 
     fn saved_orders(&self) -> Option<Orders> {
@@ -330,6 +357,7 @@ impl Member {
     }
 
     fn apply(self: &Arc<Self>, orders: &Orders) {
+        self.check_recorded_address(orders);
         let addrs: BTreeMap<NodeId, PeerAddr> = orders
             .members
             .iter()

@@ -107,6 +107,31 @@ impl Node {
         Self::spawn(Command::new(node_binary()), data_dir, extra)
     }
 
+    /// Starts it again on the same folder and addresses, after a stop or a
+    /// kill: a machine coming back (a node's address is fixed at join).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let mut again = Self::spawn_at(
+            Command::new(node_binary()),
+            &self.data_dir,
+            [self.addr(), &self.quic],
+            &[],
+        )?;
+        again._temp = self._temp.take();
+        *self = again;
+        Ok(())
+    }
+
+    /// Freezes the process (SIGSTOP): the kernel still accepts its TCP
+    /// connections, but nothing answers — a hung machine.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGSTOP)
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        signal(&self.child, libc::SIGCONT)
+    }
+
     /// Like [`Node::start_in`], under a limit of `open_files` descriptors
     /// (`prlimit` from util-linux, which runs the node in its own process).
     pub fn start_with_open_files_in(
@@ -126,11 +151,20 @@ impl Node {
         self.child.id()
     }
 
-    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+    fn spawn(command: Command, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_at(command, data_dir, ["127.0.0.1:0"; 2], extra)
+    }
+
+    fn spawn_at(
+        mut command: Command,
+        data_dir: &Path,
+        [https, quic]: [&str; 2],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args(["serve", "--https", https, "--quic", quic])
             .args(extra)
             // TEST_NODE_LOG (a tracing filter) shows a node's logs in a failing test.
             .env(
@@ -222,9 +256,10 @@ impl Node {
 /// Stops a daemon with SIGTERM (it drains and releases its store), with SIGKILL
 /// after 5 s, and reaps it.
 pub(crate) fn terminate_child(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    let pid = libc::pid_t::try_from(child.id())?;
     if !matches!(child.try_wait(), Ok(Some(_))) {
-        send_sigterm(pid);
+        // A frozen process would only see SIGTERM once running again.
+        signal(child, libc::SIGCONT)?;
+        signal(child, libc::SIGTERM)?;
     }
     for _ in 0..100 {
         if let Some(status) = child.try_wait()? {
@@ -243,11 +278,14 @@ impl Drop for Node {
 }
 
 #[allow(unsafe_code)]
-fn send_sigterm(pid: libc::pid_t) {
-    // SAFETY: kill has no memory effects; pid is our own child.
+fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: kill has no memory effects; pid is our own child, which callers
+    // signal only while it runs (not reaped, so the pid is not reused).
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
     }
+    Ok(())
 }
 
 /// The first line of `stream`, or `None` if none arrives within `limit`.

@@ -71,6 +71,12 @@ pub enum NodeCommand {
         /// The node (id or prefix).
         id: String,
     },
+    /// Send browsers and peers to the address the node now reports (shown
+    /// by `node show`): a node's address is fixed at join until approved.
+    ApproveContact {
+        /// The node (id or prefix).
+        id: String,
+    },
     /// Forget the node. Refused while it holds complete copies (drain it
     /// first) unless it is down past the repair delay, or with --force.
     Remove {
@@ -220,6 +226,14 @@ impl NodeCommand {
                     &api.get(&format!("/api/nodes/{id}")).await?,
                     views::node,
                 );
+            }
+            Self::ApproveContact { id } => {
+                let id = ids::node(api, &id).await?;
+                let view: api::NodeView = api
+                    .post(&format!("/api/nodes/{id}/approve-contact"))
+                    .await?;
+                println!("node {id} now answers at {}", view.https_url);
+                return Ok(());
             }
             Self::Drain { id } => (id, "/drain", "draining"),
             Self::Trust { id } => (id, "/trust", "trusted again"),

@@ -70,10 +70,11 @@ pub fn node(n: &NodeView) -> String {
         (
             "failures",
             format!(
-                "{} reported by peers, {} checks failed",
-                n.reported_failures, n.failed_checks
+                "{} reported by {} members, {} checks failed",
+                n.reported_failures, n.failure_reporters, n.failed_checks
             ),
         ),
+        ("new address", proposed(n)),
     ])
 }
 
@@ -85,6 +86,20 @@ fn state_word(n: &NodeView) -> String {
     } else {
         state
     }
+}
+
+fn proposed(n: &NodeView) -> String {
+    n.proposed_contact.as_ref().map_or_else(
+        || "-".to_owned(),
+        |p| {
+            format!(
+                "{} (quic {}) reported, not used until approved: cartable node approve-contact {}",
+                p.https_url,
+                p.quic,
+                short(n.id)
+            )
+        },
+    )
 }
 
 /// `bundles`.
@@ -218,6 +233,8 @@ pub fn status(s: &Status) -> String {
         ("unreliable", id_list(&s.nodes_unreliable)),
         ("under-replicated", id_list(&s.under_replicated)),
         ("unplaceable", id_list(&s.unplaceable)),
+        ("new address", id_list(&s.contact_changes)),
+        ("reported", id_list(&s.reported)),
     ]);
     let mut t = Table::new(&[
         ("BUNDLE", Align::Left),

@@ -29,6 +29,8 @@ fn node_view() -> NodeView {
         capacity_limit: None,
         failed_checks: 0,
         unreliable: false,
+        failure_reporters: 0,
+        proposed_contact: None,
     }
 }
 
@@ -90,6 +92,8 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
         under_replicated: (0..25).map(bundle_id).collect(),
         unplaceable: Vec::new(),
         repair_queue: Vec::new(),
+        contact_changes: vec![node_id(7)],
+        reported: Vec::new(),
     };
     let text = status(&status_view);
     assert!(
@@ -100,6 +104,7 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
     assert!(text.contains("… and 15 more"), "{text}");
     assert!(text.contains("draining          -"), "{text}");
     assert!(text.contains("repair queue: 0 copies waiting"), "{text}");
+    assert!(text.contains("new address       0707"), "{text}");
 
     let token = |expires, used_by| TokenView {
         id: "0123456789abcdef".into(),

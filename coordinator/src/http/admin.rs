@@ -107,6 +107,9 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
         }
         (Method::POST, ["nodes", id, "drain"]) => ok(&drain(coord, &node_id(id)?)?),
         (Method::POST, ["nodes", id, "trust"]) => ok(&restore_trust(coord, &node_id(id)?)?),
+        (Method::POST, ["nodes", id, "approve-contact"]) => {
+            ok(&approve_contact(coord, &node_id(id)?)?)
+        }
         (Method::DELETE, ["nodes", id]) => {
             let force = query_value(&query, "force") == Some("true");
             ok(&remove_node(coord, &node_id(id)?, force)?)
@@ -193,6 +196,20 @@ fn restore_trust(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> 
     views::node(&c, &coord.policy, id)
 }
 
+fn approve_contact(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
+    use crate::contact::{ApproveError, approve};
+    let mut c = coord.lock();
+    match approve(&mut c, id) {
+        Ok(_) => c.flush().map_err(internal)?,
+        Err(ApproveError::NoSuchNode) => return Err(fail(StatusCode::NOT_FOUND, "no such node")),
+        Err(e @ ApproveError::NothingProposed) => {
+            return Err(fail(StatusCode::CONFLICT, e.to_string()));
+        }
+        Err(ApproveError::Store(e)) => return Err(internal(e)),
+    }
+    views::node(&c, &coord.policy, id)
+}
+
 fn remove_node(coord: &Coordinator, id: &NodeId, force: bool) -> Result<NodeView, Failure> {
     let mut c = coord.lock();
     let view = views::node(&c, &coord.policy, id)?;
@@ -216,6 +233,7 @@ fn remove_node(coord: &Coordinator, id: &NodeId, force: bool) -> Result<NodeView
     drop(c);
     // A removed key is a stranger now: its open connections go with its membership.
     coord.endpoint.close_peer(id);
+    coord.prober.forget(id);
     tracing::info!(node = %id, "removed");
     Ok(view)
 }
@@ -573,7 +591,6 @@ fn revoke_token(coord: &Coordinator, id: &str) -> Result<TokenView, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use cartable_proto::control::Contact;
@@ -587,31 +604,13 @@ mod tests {
         let mut c = Cluster::load(Box::new(kv.clone()), now)?;
         for (i, site) in (1u8..).zip(["metz", "nancy"]) {
             let id = NodeId::from_bytes([i; 32]);
-            c.save_node(NodeRecord {
-                id,
-                region: "est".into(),
-                site: site.into(),
-                capacity,
-                contact: Contact {
-                    https_url: format!("https://127.0.0.1:{i}"),
-                    quic: "127.0.0.1:9".parse()?,
-                    https_cert_sha256: String::new(),
-                },
-                draining: false,
-                reported_failures: 0,
-                capacity_limit: None,
-                trust: Default::default(),
-            })?;
-            c.live.insert(
-                id,
-                Liveness {
-                    last_seen: now,
-                    used: 0,
-                    load: 0,
-                    held: BTreeSet::new(),
-                    names_version: 0,
-                },
-            );
+            let contact = Contact {
+                https_url: format!("https://127.0.0.1:{i}"),
+                quic: "127.0.0.1:9".parse()?,
+                https_cert_sha256: String::new(),
+            };
+            c.save_node(NodeRecord::joined(id, "est", site, capacity, contact))?;
+            c.live.insert(id, Liveness::heard(now));
         }
         c.flush()?;
         Ok(c)

@@ -6,10 +6,11 @@ mod admin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cartable_node::https::RequestBody;
+use cartable_node::https::shed::shed_response;
 use cartable_proto::BundleId;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -18,6 +19,10 @@ use serde::Serialize;
 use crate::Coordinator;
 use crate::api::ApiError;
 use crate::lifecycle;
+use crate::probe::Candidate;
+
+/// When a browser that found no copy answering should try again.
+const NO_COPY_RETRY: Duration = Duration::from_secs(5);
 
 /// The response type of every route.
 pub type Reply = Response<Full<Bytes>>;
@@ -39,7 +44,7 @@ pub async fn respond(
         return text(StatusCode::OK, "ok\n");
     }
     if let Some(rest) = path.strip_prefix("/b/") {
-        return redirect_to_copy(&coord, rest, req.uri().query(), peer);
+        return redirect_to_copy(&coord, rest, &req, peer).await;
     }
     if let Some(rest) = path.strip_prefix("/n/") {
         return redirect_name(&coord, rest);
@@ -47,33 +52,53 @@ pub async fn respond(
     error(StatusCode::NOT_FOUND, "not found")
 }
 
-fn redirect_to_copy(
-    coord: &Coordinator,
+async fn redirect_to_copy(
+    coord: &Arc<Coordinator>,
     rest: &str,
-    query: Option<&str>,
+    req: &Request<RequestBody>,
     peer: SocketAddr,
 ) -> Reply {
     let id_text = rest.split('/').next().unwrap_or_default();
     let Ok(bundle) = id_text.parse::<BundleId>() else {
         return error(StatusCode::BAD_REQUEST, "malformed bundle id");
     };
-    let c = coord.lock();
-    if !c.bundles.contains_key(&bundle) {
-        return error(StatusCode::NOT_FOUND, "no such bundle");
-    }
-    let region = coord.config.region_of(peer.ip());
-    let Some(node) = lifecycle::route(&c, &bundle, region, &coord.policy, Instant::now()) else {
-        let mut reply = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no complete copy is up right now",
-        );
-        reply
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return reply;
+    let candidates: Vec<Candidate> = {
+        let c = coord.lock();
+        if !c.bundles.contains_key(&bundle) {
+            return error(StatusCode::NOT_FOUND, "no such bundle");
+        }
+        let region = coord.config.region_of(peer.ip());
+        lifecycle::route(&c, &bundle, region, &coord.policy, Instant::now())
+            .into_iter()
+            .filter_map(|id| {
+                let node = c.nodes.get(&id)?;
+                let heard = c.live.get(&id)?.last_seen;
+                Some(Candidate {
+                    id,
+                    https_url: node.contact.https_url.clone(),
+                    cert_sha256: node.contact.https_cert_sha256.clone(),
+                    heard: node.proposed_contact.is_none().then_some(heard),
+                })
+            })
+            .collect()
     };
-    let mut location = format!("{}/b/{rest}", c.nodes[&node].contact.https_url);
-    if let Some(q) = query {
+    let Some(node) = coord.prober.pick(&candidates).await else {
+        // Browsers ignore Retry-After on a page: a navigation gets a page
+        // that retries by itself.
+        return shed_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no copy of this lesson answers right now",
+            NO_COPY_RETRY,
+            req.headers(),
+        );
+    };
+    let origin = candidates
+        .iter()
+        .find(|c| c.id == node)
+        .map(|c| c.https_url.as_str())
+        .unwrap_or_default();
+    let mut location = format!("{origin}/b/{rest}");
+    if let Some(q) = req.uri().query() {
         location.push('?');
         location.push_str(q);
     }

@@ -38,8 +38,14 @@ pub struct NodeRecord {
     pub contact: Contact,
     /// Being emptied before it leaves.
     pub draining: bool,
-    /// Verification failures peers reported against it.
-    pub reported_failures: u64,
+    /// Verification failures peers reported against it, by reporter: a member
+    /// that forges reports only grows its own count.
+    #[serde(default)]
+    pub failure_reports: BTreeMap<NodeId, u64>,
+    /// Where the node now says it answers, when that differs from `contact`:
+    /// browsers and peers keep being sent to `contact` until an admin approves.
+    #[serde(default)]
+    pub proposed_contact: Option<Contact>,
     /// The most capacity it may claim, from its join token (`None`: tokens
     /// made before capacities were bounded).
     #[serde(default)]
@@ -60,10 +66,33 @@ pub struct Trust {
 }
 
 impl NodeRecord {
+    /// A member as it joins: up, not draining, nothing reported against it.
+    pub fn joined(id: NodeId, region: &str, site: &str, capacity: u64, contact: Contact) -> Self {
+        Self {
+            id,
+            region: region.to_owned(),
+            site: site.to_owned(),
+            capacity,
+            contact,
+            draining: false,
+            failure_reports: BTreeMap::new(),
+            proposed_contact: None,
+            capacity_limit: None,
+            trust: Trust::default(),
+        }
+    }
+
     /// `claimed` capacity, bounded by what the operator allowed.
     pub fn allowed_capacity(&self, claimed: u64) -> u64 {
         self.capacity_limit
             .map_or(claimed, |limit| claimed.min(limit))
+    }
+
+    /// Whether placement reads anything that differs between the two records.
+    fn places_like(&self, other: &Self) -> bool {
+        (&self.region, &self.site, self.capacity, self.draining)
+            == (&other.region, &other.site, other.capacity, other.draining)
+            && self.trust.unreliable == other.trust.unreliable
     }
 }
 
@@ -144,6 +173,22 @@ pub struct Liveness {
     pub held: BTreeSet<BundleId>,
     /// The name table version it has.
     pub names_version: u64,
+    /// When its failure reports about peers were last counted.
+    pub reports_counted: Option<Instant>,
+}
+
+impl Liveness {
+    /// A node heard from at `now`, before it reported anything.
+    pub fn heard(now: Instant) -> Self {
+        Self {
+            last_seen: now,
+            used: 0,
+            load: 0,
+            held: BTreeSet::new(),
+            names_version: 0,
+            reports_counted: None,
+        }
+    }
 }
 
 /// The whole state.
@@ -255,19 +300,7 @@ impl Cluster {
         let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
         let proven: BTreeMap<(BundleId, NodeId), bool> = rows(&*kv, PROVEN, replica_key)?;
         let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
-        let live = nodes
-            .keys()
-            .map(|id| {
-                let l = Liveness {
-                    last_seen: now,
-                    used: 0,
-                    load: 0,
-                    held: BTreeSet::new(),
-                    names_version: 0,
-                };
-                (*id, l)
-            })
-            .collect();
+        let live = nodes.keys().map(|id| (*id, Liveness::heard(now))).collect();
         Ok(Self {
             tokens: rows(&*kv, TOKENS, text_key)?,
             bundles: rows(&*kv, BUNDLES, bundle_key)?,
@@ -330,11 +363,16 @@ impl Cluster {
         self.flush()
     }
 
-    /// Writes a node record.
+    /// Writes a node record; plans again only when what placement reads changed
+    /// (a contact or a failure report must not cost a plan).
     pub fn save_node(&mut self, record: NodeRecord) -> anyhow::Result<()> {
         self.put(NODES, record.id.as_bytes(), &record)?;
+        let replan = self
+            .nodes
+            .get(&record.id)
+            .is_none_or(|old| !old.places_like(&record));
         self.nodes.insert(record.id, record);
-        self.needs_plan = true;
+        self.needs_plan |= replan;
         Ok(())
     }
 
@@ -561,21 +599,18 @@ mod tests {
     use super::*;
 
     fn node(n: u8) -> NodeRecord {
-        NodeRecord {
-            id: NodeId::from_bytes([n; 32]),
-            region: "r".into(),
-            site: format!("s{n}"),
-            capacity: 1 << 30,
-            contact: Contact {
-                https_url: "https://127.0.0.1:1".into(),
-                quic: "127.0.0.1:2".parse().unwrap(),
-                https_cert_sha256: String::new(),
-            },
-            draining: false,
-            reported_failures: 0,
-            capacity_limit: None,
-            trust: Trust::default(),
-        }
+        let contact = Contact {
+            https_url: "https://127.0.0.1:1".into(),
+            quic: "127.0.0.1:2".parse().unwrap(),
+            https_cert_sha256: String::new(),
+        };
+        NodeRecord::joined(
+            NodeId::from_bytes([n; 32]),
+            "r",
+            &format!("s{n}"),
+            1 << 30,
+            contact,
+        )
     }
 
     fn record() -> BundleRecord {

@@ -1,7 +1,7 @@
 //! Connections to peers shared by every fetch-through request. Each peer has
 //! its own lock, held while dialing it: concurrent requests for one peer wait
 //! for one dial rather than each dialing, and requests for other peers never
-//! wait for it. A dial has a short deadline, and a peer that failed is not
+//! wait for it. A dial has a short deadline (the endpoint's), and a peer that failed is not
 //! dialed again for a while, so a dead or stalling peer costs one deadline per
 //! pause instead of one per request.
 
@@ -14,10 +14,6 @@ use cartable_proto::NodeId;
 use super::PeerAddr;
 use super::endpoint::PeerEndpoint;
 
-/// How long a dial may take: a loopback or school-network handshake takes
-/// milliseconds; a dead peer would otherwise hold requests for QUIC's idle
-/// timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed dial or a dropped connection, the peer is skipped this long.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
@@ -73,20 +69,14 @@ impl Dialer {
         if link.resting(Instant::now()) {
             return None;
         }
-        let dialed = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(peer)).await;
-        match dialed {
-            Ok(Ok(conn)) => {
+        match self.endpoint.connect(peer).await {
+            Ok(conn) => {
                 link.conn = Some(conn.clone());
                 link.failed_at = None;
                 Some(conn)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(peer = %peer.id, error = format!("{e:#}"), "peer unreachable");
-                link.failed_at = Some(Instant::now());
-                None
-            }
-            Err(_) => {
-                tracing::warn!(peer = %peer.id, timeout = ?CONNECT_TIMEOUT, "peer did not answer");
                 link.failed_at = Some(Instant::now());
                 None
             }
@@ -126,6 +116,7 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::peer::auth::Members;
+    use crate::peer::endpoint::CONNECT_TIMEOUT;
 
     fn endpoint(keys: &std::path::Path, name: &str) -> anyhow::Result<(PeerEndpoint, NodeId)> {
         let identity = Identity::load_or_create(&keys.join(name))?;

@@ -50,6 +50,12 @@ pub struct PeerEndpoint {
     listed: Listed,
 }
 
+/// How long a dial may take. A handshake takes a few round trips, so
+/// milliseconds on a school network; a dead or silent peer (a burned site
+/// sends no reset) would otherwise hold the dialer for the idle timeout, and a
+/// copy waits for all its sources' dials.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The listening side's transport: a stranger's limits (raised by [`trust`]),
 /// no keep-alive from this side.
 ///
@@ -138,9 +144,10 @@ impl PeerEndpoint {
             .endpoint
             .connect_with(config, peer.addr, "cartable-node")
             .with_context(|| format!("connecting to {peer}"))?;
-        connecting
-            .await
-            .with_context(|| format!("handshake with {peer}"))
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(handshake) => handshake.with_context(|| format!("handshake with {peer}")),
+            Err(_) => anyhow::bail!("handshake with {peer}: no answer within {CONNECT_TIMEOUT:?}"),
+        }
     }
 
     /// The next connection attempt within the caps; `None` once closed. Attempts
