@@ -11,6 +11,7 @@
 //! | `GET /api/nodes` | | `[NodeView]` |
 //! | `GET /api/nodes/{id}` | | [`NodeView`] |
 //! | `POST /api/nodes/{id}/drain` | | [`NodeView`] |
+//! | `POST /api/nodes/{id}/trust` | | [`NodeView`]: its failed checks forgotten and its unreliable mark cleared (after the operator fixed its disk) |
 //! | `POST /api/nodes/{id}/approve-contact` | | [`NodeView`]: the address the node reports (see [`NodeView::proposed_contact`]) becomes the one browsers and peers use; 409 when it proposes none |
 //! | `DELETE /api/nodes/{id}[?force=true]` | | [`NodeView`]; 409 while it holds complete copies (drain first), unless down past the repair delay or forced |
 //! | `GET /api/bundles` | | `[BundleView]` |
@@ -94,6 +95,15 @@ pub struct NodeView {
     pub complete: usize,
     /// Verification failures peers reported against it.
     pub reported_failures: u64,
+    /// The most capacity it may claim, set by its join token (`None`: unbounded).
+    #[serde(default)]
+    pub capacity_limit: Option<u64>,
+    /// The coordinator's checks of its copies it failed since its mark was last cleared.
+    #[serde(default)]
+    pub failed_checks: u64,
+    /// Marked after repeated failed checks: its copies do not count, it takes no new ones.
+    #[serde(default)]
+    pub unreliable: bool,
     /// How many members reported them (one member's reports may be lies).
     #[serde(default)]
     pub failure_reporters: usize,
@@ -118,7 +128,7 @@ pub struct ContactChange {
 pub enum ReplicaState {
     /// Assigned and being copied (or waiting for the upload, or queued by repair).
     Copying,
-    /// Held complete, and a random range checked against the hash by the coordinator.
+    /// Held complete, and random ranges checked against the hashes by the coordinator.
     Complete,
     /// Complete, but no longer wanted there: deleted once its replacement is complete.
     Releasing,
@@ -225,6 +235,10 @@ pub struct CreateToken {
     pub site: String,
     /// Lifetime in seconds.
     pub expires_secs: u64,
+    /// The most bytes the node may offer: a larger claim is cut down to this
+    /// (`None`: what the node declares).
+    #[serde(default)]
+    pub capacity: Option<u64>,
 }
 
 /// A token just made: the only time its text is shown.
@@ -249,6 +263,9 @@ pub struct TokenView {
     pub expires: u64,
     /// The node that used it, once used.
     pub used_by: Option<NodeId>,
+    /// The most bytes the node may offer (`None`: what it declares).
+    #[serde(default)]
+    pub capacity: Option<u64>,
 }
 
 /// A topology change to preview with `POST /api/plan`.
@@ -335,6 +352,9 @@ pub struct Status {
     pub nodes_down: Vec<NodeId>,
     /// Nodes draining.
     pub nodes_draining: Vec<NodeId>,
+    /// Nodes marked unreliable: they failed repeated checks of their copies.
+    #[serde(default)]
+    pub nodes_unreliable: Vec<NodeId>,
     /// Bundles published.
     pub bundles: usize,
     /// Bundles with fewer complete copies than wanted.

@@ -173,13 +173,20 @@ fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> Control
     if c.nodes.contains_key(&node) {
         return refused("this node is already a member");
     }
-    let record = NodeRecord::joined(
-        node,
-        &token.region,
-        &token.site,
-        join.capacity,
-        join.contact.clone(),
-    );
+    let record = NodeRecord {
+        // The operator's bound, not the node's word, limits what it is given.
+        capacity: token
+            .capacity
+            .map_or(join.capacity, |cap| join.capacity.min(cap)),
+        capacity_limit: token.capacity,
+        ..NodeRecord::joined(
+            node,
+            &token.region,
+            &token.site,
+            join.capacity,
+            join.contact.clone(),
+        )
+    };
     let saved = c.save_node(record).and_then(|()| {
         c.save_token(
             hash,
@@ -223,7 +230,7 @@ fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) ->
         (lifecycle::orders_for(&c, &node, &coord.policy, now), claims)
     };
     for bundle in claims {
-        coord.spot_check(node, bundle);
+        coord.check(node, bundle, crate::daemon::Check::Claim);
     }
     ControlResponse::Orders(orders)
 }

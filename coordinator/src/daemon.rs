@@ -20,12 +20,35 @@ use ring::rand::SecureRandom;
 use crate::config::{CoordinatorConfig, Policy};
 use crate::probe::Prober;
 use crate::state::{Cluster, SledKv, secret_hash};
-use crate::{lifecycle, spotcheck};
+use crate::{lifecycle, spotcheck, trust};
 
 /// The admin token's file under the data folder (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// How often the lifecycle loop runs.
 const TICK: Duration = Duration::from_millis(250);
+/// Checks of copies running at once: each holds a connection to a node and up
+/// to a megabyte in flight.
+const CHECKS_AT_ONCE: usize = 16;
+
+/// Why a copy is checked ([`crate::trust`] gives the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// A node claims a copy: passed, it is complete.
+    Claim,
+    /// A complete copy must pass this to count for releases.
+    UnderLoad,
+    /// A complete copy checked again, at random.
+    Again,
+}
+
+impl Check {
+    fn sample(self) -> spotcheck::Sample {
+        match self {
+            Self::Claim | Self::Again => spotcheck::Sample::CLAIM,
+            Self::UnderLoad => spotcheck::Sample::UNDER_LOAD,
+        }
+    }
+}
 
 /// Everything the coordinator's tasks share.
 #[derive(Debug)]
@@ -54,8 +77,11 @@ impl Coordinator {
         self.cluster.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Verifies a copy `node` claims, in the background, then records it.
-    pub fn spot_check(self: &Arc<Self>, node: NodeId, bundle: BundleId) {
+    /// Checks `node`'s copy of `bundle` in the background, then records what
+    /// came of it. At most [`CHECKS_AT_ONCE`] run at once, one per copy: a
+    /// check refused for want of a slot comes again (a claim with the next
+    /// heartbeat, a proof or re-check with a later tick).
+    pub fn check(self: &Arc<Self>, node: NodeId, bundle: BundleId, kind: Check) {
         let addr = {
             let c = self.lock();
             match c.nodes.get(&node) {
@@ -66,34 +92,22 @@ impl Coordinator {
                 None => return,
             }
         };
-        if !self
-            .checking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((bundle, node))
         {
-            return;
+            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            if checking.len() >= CHECKS_AT_ONCE || !checking.insert((bundle, node)) {
+                return;
+            }
         }
         let coord = self.clone();
         tokio::spawn(async move {
-            match spotcheck::check_copy(&coord.endpoint, addr, bundle).await {
-                Ok(bytes) => {
-                    tracing::debug!(bundle = %bundle, node = %node, bytes, "spot check passed");
-                    let mut c = coord.lock();
-                    if let Err(e) =
-                        lifecycle::confirm_copy(&mut c, bundle, node).and_then(|()| c.flush())
-                    {
-                        tracing::error!(
-                            error = format!("{e:#}"),
-                            "could not record a verified copy"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(bundle = %bundle, node = %node, error = %e, "a claimed copy failed its spot check");
-                    // Do not ask again before the next heartbeats have passed.
-                    tokio::time::sleep(coord.policy.heartbeat * 2).await;
-                }
+            let result = spotcheck::check_copy(&coord.endpoint, addr, bundle, kind.sample()).await;
+            let failed = result.is_err();
+            if let Err(e) = coord.record_check(node, bundle, kind, result) {
+                tracing::error!(error = format!("{e:#}"), "could not record a check");
+            }
+            if failed {
+                // Do not ask again before the next heartbeats have passed.
+                tokio::time::sleep(coord.policy.heartbeat * 2).await;
             }
             coord
                 .checking
@@ -101,6 +115,81 @@ impl Coordinator {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&(bundle, node));
         });
+    }
+
+    fn record_check(
+        &self,
+        node: NodeId,
+        bundle: BundleId,
+        kind: Check,
+        result: Result<u64, spotcheck::CheckError>,
+    ) -> anyhow::Result<()> {
+        let mut c = self.lock();
+        let recorded = c
+            .replicas
+            .get(&bundle)
+            .is_some_and(|r| r.contains_key(&node));
+        match result {
+            Ok(bytes) => {
+                tracing::debug!(bundle = %bundle, node = %node, bytes, ?kind, "check passed");
+                match kind {
+                    Check::Claim => {
+                        lifecycle::confirm_copy(&mut c, bundle, node, &self.policy, Instant::now())?
+                    }
+                    Check::UnderLoad => trust::proven(&mut c, node, bundle)?,
+                    Check::Again => {}
+                }
+            }
+            Err(spotcheck::CheckError::Unreachable(why)) => {
+                tracing::info!(bundle = %bundle, node = %node, error = why, ?kind, "could not check a copy");
+            }
+            // A copy released while it was checked may be deleted by now.
+            Err(spotcheck::CheckError::Refuted(_)) if kind != Check::Claim && !recorded => {}
+            Err(e) => {
+                tracing::warn!(bundle = %bundle, node = %node, error = %e, ?kind, "a copy failed its check");
+                trust::refuted(&mut c, node, bundle)?;
+            }
+        }
+        c.flush()
+    }
+
+    /// Starts the background checks due: a check under load for copies not
+    /// proven yet, and a re-check of a random complete copy every
+    /// [`trust::RECHECK_EVERY`].
+    pub fn start_checks(self: &Arc<Self>, last_recheck: &mut Instant) {
+        let now = Instant::now();
+        let (proofs, again) = {
+            let c = self.lock();
+            let busy = self
+                .checking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let proofs: Vec<(BundleId, NodeId)> =
+                trust::awaiting_proof(&c, now, self.policy.down_after)
+                    .filter(|copy| !busy.contains(copy))
+                    .take(CHECKS_AT_ONCE.saturating_sub(busy.len()))
+                    .collect();
+            let due = now.saturating_duration_since(*last_recheck) >= trust::RECHECK_EVERY;
+            let again = due
+                .then(|| {
+                    trust::nth_complete(
+                        &c,
+                        spotcheck::random_below(u64::MAX),
+                        now,
+                        self.policy.down_after,
+                    )
+                })
+                .flatten();
+            (proofs, again)
+        };
+        for (bundle, node) in proofs {
+            self.check(node, bundle, Check::UnderLoad);
+        }
+        if let Some((bundle, node)) = again {
+            *last_recheck = now;
+            self.check(node, bundle, Check::Again);
+        }
     }
 
     /// One turn of the lifecycle: notice down nodes, re-plan when needed,
@@ -189,10 +278,12 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let loop_coord = coord.clone();
     let loop_task = tokio::spawn(async move {
         let mut last = lifecycle::Eligibility::default();
+        let mut last_recheck = Instant::now();
         loop {
             if let Err(e) = loop_coord.tick(&mut last) {
                 tracing::error!(error = format!("{e:#}"), "lifecycle step failed");
             }
+            loop_coord.start_checks(&mut last_recheck);
             tokio::time::sleep(TICK).await;
         }
     });

@@ -9,6 +9,7 @@
 //! - [`control`]: joins and heartbeats from nodes over QUIC; [`spotcheck`]: verifying claimed copies;
 //!   [`contact`]: where members answer, fixed at join; [`failure_reports`]: members' complaints about peers.
 //! - [`http`]: the admin API and browser redirects, to nodes [`probe`] checked still answer; [`views`]: the state as the API shows it.
+//! - [`trust`]: when a member's claims count, and what repeated failed checks cost it (no IO).
 //! - [`daemon`]: `cartable-coordinator init` and `serve`.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod probe;
 pub mod spotcheck;
 pub mod state;
+pub mod trust;
 pub mod views;
 
 pub use daemon::Coordinator;

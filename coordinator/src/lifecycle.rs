@@ -2,10 +2,11 @@
 //! code runs in the daemon and in tests (and later in a simulation).
 //!
 //! A replica is `Copying` when placed, `Complete` once the node reported it and
-//! the coordinator verified a random range, `Releasing` when the plan moved it
+//! the coordinator checked random ranges, `Releasing` when the plan moved it
 //! away. Make before break: a releasing copy is forgotten — and the node told to
 //! delete it — only when the plan keeps as many copies as the bundle wants and
-//! every one is complete on a node that is up. A down node keeps its place for
+//! every one is complete, proven under load, on a trusted node that is up
+//! ([`crate::trust`] says what the coordinator believes). A down node keeps its place for
 //! `repair_delay`, unless one of its bundles has fewer complete copies than
 //! `min_replicas` on nodes that are up: those are re-placed at once.
 
@@ -45,7 +46,8 @@ pub fn eligibility(c: &mut Cluster, policy: &Policy, now: Instant) -> Eligibilit
                 now
             });
         }
-        if c.nodes[&id].draining {
+        // An unreliable node takes no copies: its own move away as a drained node's.
+        if c.nodes[&id].draining || c.nodes[&id].trust.unreliable {
             continue;
         }
         let within_delay = c
@@ -204,8 +206,8 @@ fn apply_target(c: &mut Cluster, bundle: BundleId, target: &[NodeId]) -> anyhow:
     Ok(())
 }
 
-/// Forgets releasing copies once the bundle's wanted copies are all placed and
-/// complete on nodes that are up.
+/// Forgets releasing copies once the bundle's wanted copies are all placed,
+/// complete and proven on trusted nodes that are up.
 pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
     let mut done = Vec::new();
     for (bundle, replicas) in &c.replicas {
@@ -216,9 +218,11 @@ pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyho
         let wanted = c.bundles.get(bundle).map_or(0, |b| usize::from(b.replicas));
         let replaced = !kept.is_empty()
             && kept.len() >= wanted
-            && kept
-                .iter()
-                .all(|(n, s)| **s == ReplicaState::Complete && c.is_up(n, now, policy.down_after));
+            && kept.iter().all(|(n, s)| {
+                **s == ReplicaState::Complete
+                    && c.is_trusted(n, now, policy.down_after)
+                    && c.proven.contains(&(*bundle, **n))
+            });
         if replaced {
             done.extend(releasing.iter().map(|(n, _)| (*bundle, **n)));
         }
@@ -240,10 +244,10 @@ pub fn apply_heartbeat(
 ) -> anyhow::Result<Vec<BundleId>> {
     let held: BTreeSet<BundleId> = beat.held.iter().copied().collect();
     if let Some(record) = c.nodes.get(&node).cloned()
-        && record.capacity != beat.capacity
+        && record.capacity != record.allowed_capacity(beat.capacity)
     {
         c.save_node(crate::state::NodeRecord {
-            capacity: beat.capacity,
+            capacity: record.allowed_capacity(beat.capacity),
             ..record
         })?;
     }
@@ -268,16 +272,15 @@ pub fn apply_heartbeat(
             ReplicaState::Copying => {}
         }
     }
-    // Copies the plan asked for are checked. So is a copy it did not ask for
-    // while the bundle is short of copies (an upload that finished after the
-    // plan moved on may be the only one): it is kept as a source until replaced.
-    // Any other published bundle the node holds is released by the orders.
+    // Copies the plan asked for are checked. So is an upload the plan no
+    // longer asks for while the bundle is short of copies (it may be the only
+    // one): it is kept as a source until replaced. Any other claim is ignored,
+    // and any other published bundle the node holds is released by the orders.
+    // An unreliable node's claims are not even checked.
+    let unreliable = c.nodes.get(&node).is_none_or(|n| n.trust.unreliable);
     let claims = held
         .iter()
-        .filter(|b| match c.replicas.get(b).and_then(|r| r.get(&node)) {
-            Some(state) => *state == ReplicaState::Copying,
-            None => c.short_of_copies(b),
-        })
+        .filter(|b| !unreliable && claim_counts(c, node, b, policy, now))
         .copied()
         .collect();
     let live = c.live.entry(node).or_insert_with(|| Liveness::heard(now));
@@ -289,15 +292,41 @@ pub fn apply_heartbeat(
     Ok(claims)
 }
 
+/// Whether `node`'s claim to hold `bundle` may count, once checked: the plan
+/// put it there, or it was given the upload and the bundle is short of copies.
+fn claim_counts(
+    c: &Cluster,
+    node: NodeId,
+    bundle: &BundleId,
+    policy: &Policy,
+    now: Instant,
+) -> bool {
+    match c.replicas.get(bundle).and_then(|r| r.get(&node)) {
+        Some(state) => *state == ReplicaState::Copying,
+        None => {
+            c.bundles
+                .get(bundle)
+                .is_some_and(|b| b.uploads.contains(&node))
+                && c.short_of_copies(bundle, now, policy.down_after)
+        }
+    }
+}
+
 /// Records a copy the coordinator verified on `node`.
-pub fn confirm_copy(c: &mut Cluster, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
+pub fn confirm_copy(
+    c: &mut Cluster,
+    bundle: BundleId,
+    node: NodeId,
+    policy: &Policy,
+    now: Instant,
+) -> anyhow::Result<()> {
     if !c.nodes.contains_key(&node) {
         return Ok(());
     }
     // The plan may have moved on while the check ran.
     let state = match c.replicas.get(&bundle).and_then(|r| r.get(&node)) {
         Some(ReplicaState::Copying) => ReplicaState::Complete,
-        None if c.short_of_copies(&bundle) => ReplicaState::Releasing,
+        None if claim_counts(c, node, &bundle, policy, now) => ReplicaState::Releasing,
         _ => return Ok(()),
     };
     tracing::info!(bundle = %bundle, node = %node, ?state, "copy verified");
@@ -318,7 +347,7 @@ fn name_when_whole(c: &mut Cluster, bundle: BundleId) -> anyhow::Result<()> {
     c.save_bundle(bundle, record)
 }
 
-/// Nodes holding a complete copy of `bundle` that are up, except `but`.
+/// Trusted nodes holding a complete copy of `bundle` that are up, except `but`.
 pub fn sources(
     c: &Cluster,
     bundle: &BundleId,
@@ -326,16 +355,9 @@ pub fn sources(
     policy: &Policy,
     now: Instant,
 ) -> Vec<NodeId> {
-    c.replicas.get(bundle).map_or_else(Vec::new, |r| {
-        r.iter()
-            .filter(|(n, s)| {
-                Some(*n) != but
-                    && matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
-                    && c.is_up(n, now, policy.down_after)
-            })
-            .map(|(n, _)| *n)
-            .collect()
-    })
+    c.live_holders(bundle, now, policy.down_after)
+        .filter(|n| Some(n) != but)
+        .collect()
 }
 
 /// The copies `node` should make now and those that wait their turn: its
@@ -401,7 +423,7 @@ pub fn orders_for(c: &Cluster, node: &NodeId, policy: &Policy, now: Instant) -> 
             .filter(|b| {
                 c.retired.contains(b)
                     || (c.bundles.contains_key(b)
-                        && !c.short_of_copies(b)
+                        && !c.short_of_copies(b, now, policy.down_after)
                         && !c.replicas.get(b).is_some_and(|r| r.contains_key(node)))
             })
             .copied()

@@ -1,7 +1,8 @@
 //! The replica lifecycle driven the way the daemon drives it: nodes send
-//! heartbeats listing what they hold, their claims pass the spot check and are
-//! confirmed, and a tick notices down nodes, re-plans when something changed and
-//! releases replaced copies. Time is passed in; nothing sleeps.
+//! heartbeats listing what they hold, their claims are checked (a check passes
+//! when the simulated node really holds the bundle) and confirmed, and a tick
+//! notices down nodes, re-plans when something changed, runs the checks under
+//! load and releases replaced copies. Time is passed in; nothing sleeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -34,6 +35,10 @@ struct SimNode {
     load: u32,
     names_version: u64,
     silent: bool,
+    /// Claims to hold every bundle its orders name, holding none of them.
+    lies: bool,
+    /// What a lying node claims.
+    claimed: BTreeSet<BundleId>,
 }
 
 /// A coordinator and its nodes, on a clock moved by hand.
@@ -45,6 +50,20 @@ struct Sim {
     nodes: BTreeMap<NodeId, SimNode>,
     /// Whether nodes fetch (one bundle per heartbeat) what their orders say.
     follow_orders: bool,
+}
+
+/// A heartbeat from an idle node holding `held`.
+fn heartbeat(held: Vec<BundleId>) -> Heartbeat {
+    Heartbeat {
+        contact: contact(),
+        capacity: CAPACITY,
+        used: 0,
+        load: 0,
+        held,
+        failures: Vec::new(),
+        damaged: 0,
+        names_version: 0,
+    }
 }
 
 fn contact() -> Contact {
@@ -87,22 +106,23 @@ impl Sim {
     fn beat(&mut self, id: NodeId) -> anyhow::Result<Orders> {
         let node = &self.nodes[&id];
         let beat = Heartbeat {
-            contact: contact(),
-            capacity: CAPACITY,
-            used: 0,
             load: node.load,
-            held: node.store.iter().copied().collect(),
-            failures: Vec::new(),
-            damaged: 0,
             names_version: node.names_version,
+            ..heartbeat(node.store.union(&node.claimed).copied().collect())
         };
         let claims = apply_heartbeat(&mut self.c, id, &beat, &self.policy, self.now)?;
         let orders = orders_for(&self.c, &id, &self.policy, self.now);
         for bundle in claims {
-            // The spot check passes: the node holds what it claims.
-            confirm_copy(&mut self.c, bundle, id)?;
+            if self.nodes[&id].store.contains(&bundle) {
+                confirm_copy(&mut self.c, bundle, id, &self.policy, self.now)?;
+            } else {
+                crate::trust::refuted(&mut self.c, id, bundle)?;
+            }
         }
         let node = self.nodes.get_mut(&id).context("unknown node")?;
+        if node.lies {
+            node.claimed = orders.hold.iter().map(|h| h.bundle).collect();
+        }
         let kept: BTreeSet<BundleId> = orders.hold.iter().map(|h| h.bundle).collect();
         node.store
             .retain(|b| kept.contains(b) || !orders.release.contains(b));
@@ -110,6 +130,7 @@ impl Sim {
             node.names_version = names.version;
         }
         if self.follow_orders
+            && !node.lies
             && let Some(order) = orders
                 .hold
                 .iter()
@@ -127,7 +148,22 @@ impl Sim {
             replan(&mut self.c, &self.policy, self.now, &eligible)?;
             self.last = eligible;
         }
+        self.check_under_load()?;
         release_replaced(&mut self.c, &self.policy, self.now)
+    }
+
+    /// The checks under load the daemon starts: passed by copies really held.
+    fn check_under_load(&mut self) -> anyhow::Result<()> {
+        let due: Vec<(BundleId, NodeId)> =
+            crate::trust::awaiting_proof(&self.c, self.now, self.policy.down_after).collect();
+        for (bundle, node) in due {
+            if self.nodes[&node].store.contains(&bundle) {
+                crate::trust::proven(&mut self.c, node, bundle)?;
+            } else {
+                crate::trust::refuted(&mut self.c, node, bundle)?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves the clock, hears from every node not silent, then ticks.
@@ -161,7 +197,7 @@ impl Sim {
             size: 1000,
             files: 1,
             replicas,
-            pending_name: None,
+            ..BundleRecord::default()
         };
         self.c.save_bundle(id, record)?;
         self.tick()?;
@@ -209,6 +245,28 @@ impl Sim {
         self.step(self.policy.heartbeat)
     }
 
+    /// A node the plan did not give `bundle`.
+    fn left_out(&self, bundle: &BundleId) -> anyhow::Result<NodeId> {
+        let placed = self.states(bundle);
+        let outside = self.nodes.keys().find(|n| !placed.contains_key(n));
+        outside.copied().context("a node the plan left out")
+    }
+
+    /// The publisher is given an upload grant naming `node`.
+    fn grant(&mut self, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
+        let mut record = self.c.bundles[&bundle].clone();
+        record.granted(node);
+        self.c.save_bundle(bundle, record)
+    }
+
+    /// Drains a node holding a complete copy of `bundle`; the tick re-plans.
+    fn drain_a_holder(&mut self, bundle: &BundleId) -> anyhow::Result<NodeId> {
+        let holder = self.holders(bundle, Complete)[0];
+        self.drain(holder)?;
+        self.tick()?;
+        Ok(holder)
+    }
+
     fn drain(&mut self, node: NodeId) -> anyhow::Result<()> {
         let mut record = self.c.nodes[&node].clone();
         record.draining = true;
@@ -246,9 +304,7 @@ fn a_new_bundle_is_placed_on_distinct_sites_and_copied_from_its_upload() -> anyh
 fn a_drained_copy_is_held_until_its_replacement_is_verified() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish_complete("lesson", 3)?;
-    let drained = sim.holders(&b, Complete)[0];
-    sim.drain(drained)?;
-    sim.tick()?;
+    let drained = sim.drain_a_holder(&b)?;
     let orders = sim.next()?;
     assert_eq!(sim.states(&b)[&drained], Releasing);
     let new = sim.holders(&b, Copying);
@@ -488,6 +544,7 @@ fn a_name_given_at_publish_moves_only_once_a_copy_is_verified() -> anyhow::Resul
         files: 1,
         replicas: 3,
         pending_name: Some("maths/6e".into()),
+        ..BundleRecord::default()
     };
     sim.c.save_bundle(new, record)?;
     sim.tick()?;
@@ -507,12 +564,9 @@ fn a_name_given_at_publish_moves_only_once_a_copy_is_verified() -> anyhow::Resul
 fn an_upload_finished_after_the_plan_moved_on_is_kept_until_replaced() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let b = sim.publish("lesson", 2)?;
-    let outside = *sim
-        .nodes
-        .keys()
-        .find(|n| !sim.states(&b).contains_key(n))
-        .context("a node the plan left out")?;
+    let outside = sim.left_out(&b)?;
     // The upload lands on a node the plan no longer wants: the only copy.
+    sim.grant(b, outside)?;
     let orders = sim.fetch(b, outside)?;
     assert!(
         !orders.release.contains(&b),
@@ -593,5 +647,162 @@ fn a_restart_keeps_replica_states_and_counts_nodes_up() -> anyhow::Result<()> {
     let eligible = eligibility(&mut c, &policy, restart);
     replan(&mut c, &policy, restart, &eligible)?;
     assert_eq!(c.replicas, before, "a restart moves nothing");
+    Ok(())
+}
+
+#[test]
+fn a_live_copy_is_not_released_while_the_recorded_ones_are_down() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let placed = sim.holders(&b, Complete);
+    let upload = sim.left_out(&b)?;
+    sim.grant(b, upload)?;
+    for n in &placed[1..] {
+        sim.node(*n).silent = true;
+    }
+    // Two of the three recorded copies have gone silent past the grace
+    // period; before a tick notices, the upload reports its copy.
+    sim.now += sim.policy.down_after + SECOND;
+    let orders = sim.fetch(b, upload)?;
+    assert!(
+        !orders.release.contains(&b),
+        "one live copy counted: the upload must not be released"
+    );
+    assert_eq!(
+        sim.states(&b).get(&upload),
+        Some(&Releasing),
+        "kept as a source"
+    );
+    assert!(sim.nodes[&upload].store.contains(&b));
+    Ok(())
+}
+
+#[test]
+fn a_new_copy_counts_for_a_release_only_once_proven_under_load() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let drained = sim.drain_a_holder(&b)?;
+    let new = sim.holders(&b, Copying)[0];
+    sim.fetch(b, new)?;
+    assert_eq!(sim.states(&b)[&new], Complete, "the claim check passed");
+    release_replaced(&mut sim.c, &sim.policy, sim.now)?;
+    assert_eq!(
+        sim.states(&b).get(&drained),
+        Some(&Releasing),
+        "not proven under load yet: the old copy stays"
+    );
+    sim.tick()?;
+    assert!(sim.c.proven.contains(&(b, new)));
+    assert!(
+        !sim.states(&b).contains_key(&drained),
+        "released once proven"
+    );
+    // A copy made again must prove itself again.
+    sim.node(new).store.remove(&b);
+    sim.beat(new)?;
+    assert!(!sim.c.proven.contains(&(b, new)));
+    Ok(())
+}
+
+#[test]
+fn a_member_claiming_copies_it_lacks_is_marked_and_releases_nothing() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX[..4])?;
+    let liar = NodeId::from_bytes([4; 32]);
+    sim.node(liar).lies = true;
+    let mut bundles = Vec::new();
+    for i in 0..6 {
+        let b = sim.publish(&format!("lesson {i}"), 3)?;
+        for n in sim.holders(&b, Copying).into_iter().filter(|n| *n != liar) {
+            sim.fetch(b, n)?;
+        }
+        bundles.push(b);
+    }
+    // An honest node drained: its copies are wanted on the liar and the others.
+    let drained = NodeId::from_bytes([1; 32]);
+    sim.drain(drained)?;
+    let honest: Vec<usize> = bundles.iter().map(|b| sim.whole(b)).collect();
+    sim.follow_orders = true;
+    for _ in 0..20 {
+        sim.next()?;
+        for (b, before) in bundles.iter().zip(&honest) {
+            let on_liar = sim.states(b).get(&liar).copied();
+            assert!(matches!(on_liar, None | Some(Copying)), "{b}: {on_liar:?}");
+            assert!(
+                sim.whole(b) >= *before,
+                "{b}: an honest copy released: {:?}",
+                sim.states(b)
+            );
+        }
+    }
+    for b in bundles
+        .iter()
+        .filter(|b| sim.nodes[&drained].store.contains(b))
+    {
+        assert_eq!(
+            sim.states(b).get(&drained),
+            Some(&Releasing),
+            "{b}: kept, no other site"
+        );
+    }
+    let record = &sim.c.nodes[&liar];
+    assert!(record.trust.unreliable, "{record:?}");
+    assert!(record.trust.failed_checks >= crate::trust::UNRELIABLE_AFTER);
+    let status = crate::views::status(&sim.c, &sim.policy);
+    assert_eq!(status.nodes_unreliable, vec![liar]);
+    assert!(
+        sim.c.placed_on(&liar).next().is_none(),
+        "an unreliable node is given nothing"
+    );
+    // A claim of a bundle it was never given is not even checked.
+    let beat = heartbeat(bundles.clone());
+    assert!(apply_heartbeat(&mut sim.c, liar, &beat, &sim.policy, sim.now)?.is_empty());
+    assert!(crate::trust::clear(&mut sim.c, &liar)?);
+    assert_eq!(sim.c.nodes[&liar].trust, Default::default());
+    Ok(())
+}
+
+#[test]
+fn claims_count_only_for_bundles_placed_or_uploaded_there() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish("lesson", 3)?;
+    let stranger = sim.left_out(&b)?;
+    let beat = |sim: &mut Sim| {
+        apply_heartbeat(
+            &mut sim.c,
+            stranger,
+            &heartbeat(vec![b]),
+            &sim.policy,
+            sim.now,
+        )
+    };
+    assert_eq!(beat(&mut sim)?, vec![], "never given: not checked");
+    sim.grant(b, stranger)?;
+    assert_eq!(beat(&mut sim)?, vec![b], "uploaded there: checked");
+    Ok(())
+}
+
+#[test]
+fn a_claimed_capacity_is_cut_down_to_the_tokens() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let id = NodeId::from_bytes([1; 32]);
+    let mut record = sim.c.nodes[&id].clone();
+    record.capacity_limit = Some(5000);
+    sim.c.save_node(record)?;
+    sim.next()?;
+    assert_eq!(
+        sim.c.nodes[&id].capacity, 5000,
+        "heartbeats claim {CAPACITY}"
+    );
+    let bundles: Vec<BundleId> = (0..20)
+        .map(|i| sim.publish(&format!("lesson {i}"), 3))
+        .collect::<anyhow::Result<_>>()?;
+    let given: usize = bundles
+        .iter()
+        .filter(|b| sim.states(b).contains_key(&id))
+        .count();
+    assert!(
+        given * 1000 <= 5000,
+        "{given} bundles of 1000 bytes placed on it"
+    );
     Ok(())
 }

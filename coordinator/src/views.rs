@@ -53,6 +53,9 @@ pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, Failu
             https_url: p.https_url.clone(),
             quic: p.quic,
         }),
+        capacity_limit: n.capacity_limit,
+        failed_checks: n.trust.failed_checks,
+        unreliable: n.trust.unreliable,
     })
 }
 
@@ -140,6 +143,7 @@ pub fn token(hash: &str, t: &TokenRecord) -> TokenView {
         site: t.site.clone(),
         expires: t.expires,
         used_by: t.used_by,
+        capacity: t.capacity,
     }
 }
 
@@ -168,6 +172,12 @@ pub fn status(c: &Cluster, policy: &Policy) -> Status {
         nodes_up: with(NodeState::Up).len(),
         nodes_down: with(NodeState::Down),
         nodes_draining: with(NodeState::Draining),
+        nodes_unreliable: c
+            .nodes
+            .values()
+            .filter(|n| n.trust.unreliable)
+            .map(|n| n.id)
+            .collect(),
         bundles: c.bundles.len(),
         under_replicated: c
             .bundles

@@ -203,7 +203,9 @@ fn a_claimed_copy_that_fails_its_spot_check_is_not_counted() -> anyhow::Result<(
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(200));
         let show = c.json(&["bundle", "show", &bundle])?;
-        assert_eq!(state(&show), Some("copying".into()), "{show}");
+        // Copying, until repeated failures mark the liar and its copy moves away.
+        let never = [None, Some("copying".into())];
+        assert!(never.contains(&state(&show)), "{show}");
         assert_eq!(show["complete"], 4);
     }
     Ok(())

@@ -90,6 +90,12 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Clear the node's unreliable mark and failed checks (once its disk is
+    /// fixed): its copies count again once they pass their checks.
+    Trust {
+        /// The node (id or prefix).
+        id: String,
+    },
 }
 
 /// `cartable bundle ...`.
@@ -151,6 +157,10 @@ pub enum TokenCommand {
         /// Lifetime: 30s, 15m, 24h, 7d.
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = units::parse_duration)]
         expires: u64,
+        /// The most the node may offer (500GB, 2TiB): a larger claim at join
+        /// or in heartbeats is cut down to it. Without it, what the node declares.
+        #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+        capacity: Option<u64>,
     },
     /// List the join tokens.
     Ls(Output),
@@ -213,7 +223,7 @@ impl Command {
 
 impl NodeCommand {
     async fn run(self, api: &mut ApiClient) -> anyhow::Result<()> {
-        let (id, drain, force) = match self {
+        let (id, suffix, done) = match self {
             Self::Show { id, out } => {
                 let id = ids::node(api, &id).await?;
                 return show(
@@ -230,16 +240,17 @@ impl NodeCommand {
                 println!("node {id} now answers at {}", view.https_url);
                 return Ok(());
             }
-            Self::Drain { id } => (ids::node(api, &id).await?, true, false),
-            Self::Remove { id, force } => (ids::node(api, &id).await?, false, force),
+            Self::Drain { id } => (id, "/drain", "draining"),
+            Self::Trust { id } => (id, "/trust", "trusted again"),
+            Self::Remove { id, force } => (id, if force { "?force=true" } else { "" }, "removed"),
         };
-        let view: api::NodeView = if drain {
-            api.post(&format!("/api/nodes/{id}/drain")).await?
+        let id = ids::node(api, &id).await?;
+        let path = format!("/api/nodes/{id}{suffix}");
+        let view: api::NodeView = if done == "removed" {
+            api.delete(&path).await?
         } else {
-            let force = if force { "?force=true" } else { "" };
-            api.delete(&format!("/api/nodes/{id}{force}")).await?
+            api.post(&path).await?
         };
-        let done = if drain { "draining" } else { "removed" };
         println!("node {id} ({} / {}) {done}", view.region, view.site);
         Ok(())
     }
@@ -273,11 +284,13 @@ impl TokenCommand {
                 region,
                 site,
                 expires,
+                capacity,
             } => {
                 let body = CreateToken {
                     region,
                     site,
                     expires_secs: expires,
+                    capacity,
                 };
                 let created: CreatedToken =
                     api.send_json(Method::POST, "/api/tokens", &body).await?;

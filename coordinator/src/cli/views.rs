@@ -31,7 +31,7 @@ pub fn nodes(list: &[NodeView]) -> String {
             short(n.id),
             n.region.clone(),
             n.site.clone(),
-            json_word(&n.state),
+            state_word(n),
             human_bytes(n.used),
             human_bytes(n.capacity),
             n.load.to_string(),
@@ -48,14 +48,17 @@ pub fn node(n: &NodeView) -> String {
     fields(&[
         ("id", n.id.to_string()),
         ("place", format!("{} / {}", n.region, n.site)),
-        ("state", json_word(&n.state)),
+        ("state", state_word(n)),
         ("https", n.https_url.clone()),
         (
             "disk",
             format!(
-                "{} used of {}",
+                "{} used of {}{}",
                 human_bytes(n.used),
-                human_bytes(n.capacity)
+                human_bytes(n.capacity),
+                n.capacity_limit
+                    .map(|l| format!(" (token allows {})", human_bytes(l)))
+                    .unwrap_or_default()
             ),
         ),
         ("load", format!("{} requests in flight", n.load)),
@@ -67,12 +70,22 @@ pub fn node(n: &NodeView) -> String {
         (
             "failures",
             format!(
-                "{} reported by {} members",
-                n.reported_failures, n.failure_reporters
+                "{} reported by {} members, {} checks failed",
+                n.reported_failures, n.failure_reporters, n.failed_checks
             ),
         ),
         ("new address", proposed(n)),
     ])
+}
+
+/// The node's state, `unreliable` added when marked: `up, unreliable`.
+fn state_word(n: &NodeView) -> String {
+    let state = json_word(&n.state);
+    if n.unreliable {
+        format!("{state}, unreliable")
+    } else {
+        state
+    }
 }
 
 fn proposed(n: &NodeView) -> String {
@@ -199,10 +212,11 @@ pub fn status(s: &Status) -> String {
         (
             "nodes",
             format!(
-                "{} up, {} down, {} draining",
+                "{} up, {} down, {} draining, {} unreliable",
                 s.nodes_up,
                 s.nodes_down.len(),
-                s.nodes_draining.len()
+                s.nodes_draining.len(),
+                s.nodes_unreliable.len()
             ),
         ),
         (
@@ -216,6 +230,7 @@ pub fn status(s: &Status) -> String {
         ),
         ("down", id_list(&s.nodes_down)),
         ("draining", id_list(&s.nodes_draining)),
+        ("unreliable", id_list(&s.nodes_unreliable)),
         ("under-replicated", id_list(&s.under_replicated)),
         ("unplaceable", id_list(&s.unplaceable)),
         ("new address", id_list(&s.contact_changes)),

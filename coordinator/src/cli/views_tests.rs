@@ -26,6 +26,9 @@ fn node_view() -> NodeView {
         replicas: 10,
         complete: 9,
         reported_failures: 0,
+        capacity_limit: None,
+        failed_checks: 0,
+        unreliable: false,
         failure_reporters: 0,
         proposed_contact: None,
     }
@@ -84,6 +87,7 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
         nodes_up: 4,
         nodes_down: vec![node_id(1)],
         nodes_draining: Vec::new(),
+        nodes_unreliable: vec![node_id(7)],
         bundles: 30,
         under_replicated: (0..25).map(bundle_id).collect(),
         unplaceable: Vec::new(),
@@ -92,7 +96,11 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
         reported: Vec::new(),
     };
     let text = status(&status_view);
-    assert!(text.contains("4 up, 1 down, 0 draining"), "{text}");
+    assert!(
+        text.contains("4 up, 1 down, 0 draining, 1 unreliable"),
+        "{text}"
+    );
+    assert!(text.contains("unreliable        0707070707"), "{text}");
     assert!(text.contains("… and 15 more"), "{text}");
     assert!(text.contains("draining          -"), "{text}");
     assert!(text.contains("repair queue: 0 copies waiting"), "{text}");
@@ -104,6 +112,7 @@ fn status_cuts_long_lists_and_tokens_show_their_state() {
         site: "lyon".into(),
         expires,
         used_by,
+        capacity: None,
     };
     let text = tokens(
         &[

@@ -106,6 +106,7 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
             ok(&views::node(&coord.lock(), &coord.policy, &node_id(id)?)?)
         }
         (Method::POST, ["nodes", id, "drain"]) => ok(&drain(coord, &node_id(id)?)?),
+        (Method::POST, ["nodes", id, "trust"]) => ok(&restore_trust(coord, &node_id(id)?)?),
         (Method::POST, ["nodes", id, "approve-contact"]) => {
             ok(&approve_contact(coord, &node_id(id)?)?)
         }
@@ -183,6 +184,15 @@ fn drain(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
         .and_then(|()| c.flush())
         .map_err(internal)?;
     tracing::info!(node = %id, "draining");
+    views::node(&c, &coord.policy, id)
+}
+
+fn restore_trust(coord: &Coordinator, id: &NodeId) -> Result<NodeView, Failure> {
+    let mut c = coord.lock();
+    if !crate::trust::clear(&mut c, id).map_err(internal)? {
+        return Err(fail(StatusCode::NOT_FOUND, "no such node"));
+    }
+    c.flush().map_err(internal)?;
     views::node(&c, &coord.policy, id)
 }
 
@@ -361,6 +371,11 @@ fn record_publish(
         files: request.manifest.entries().len(),
         replicas,
         pending_name: None,
+        uploads: c
+            .bundles
+            .get(&id)
+            .map(|b| b.uploads.clone())
+            .unwrap_or_default(),
     };
     let apply = |c: &mut Cluster| {
         apply_publish(c, policy, now, &eligible, id, record.clone(), &request.name)
@@ -383,10 +398,17 @@ fn record_publish(
             ),
         });
     }
-    apply(c).and_then(|()| c.flush()).map_err(internal)?;
+    apply(c).map_err(internal)?;
     // The plan is deterministic: the real change gives what the trial gave.
-    upload_node(c, &id, policy, now)
-        .ok_or_else(|| internal(anyhow::anyhow!("publish placed {id} unlike its trial")))
+    let upload = upload_node(c, &id, policy, now)
+        .ok_or_else(|| internal(anyhow::anyhow!("publish placed {id} unlike its trial")))?;
+    // The grant names the node: its claim counts even if the plan moves on.
+    let mut granted = c.bundles[&id].clone();
+    granted.granted(upload);
+    c.save_bundle(id, granted)
+        .and_then(|()| c.flush())
+        .map_err(internal)?;
+    Ok(upload)
 }
 
 /// The changes of a publish: the record, a new plan, and the name, which moves
@@ -401,7 +423,7 @@ fn apply_publish(
     mut record: BundleRecord,
     name: &Option<String>,
 ) -> anyhow::Result<()> {
-    let whole = c.whole_copies(&id) > 0;
+    let whole = c.live_complete(&id, now, policy.down_after) > 0;
     record.pending_name = name.clone().filter(|_| !whole);
     c.save_bundle(id, record)?;
     lifecycle::replan(c, policy, now, eligible)?;
@@ -533,6 +555,7 @@ fn create_token(coord: &Coordinator, create: CreateToken) -> Result<CreatedToken
         site: create.site,
         expires: unix_now().saturating_add(create.expires_secs),
         used_by: None,
+        capacity: create.capacity,
     };
     let mut c = coord.lock();
     c.save_token(hash.clone(), record.clone())

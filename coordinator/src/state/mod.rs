@@ -21,6 +21,7 @@ const REPLICAS: &str = "replicas";
 const NAMES: &str = "names";
 const RETIRED: &str = "retired";
 const META: &str = "meta";
+const PROVEN: &str = "proven";
 
 /// A member node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,23 @@ pub struct NodeRecord {
     /// browsers and peers keep being sent to `contact` until an admin approves.
     #[serde(default)]
     pub proposed_contact: Option<Contact>,
+    /// The most capacity it may claim, from its join token (`None`: tokens
+    /// made before capacities were bounded).
+    #[serde(default)]
+    pub capacity_limit: Option<u64>,
+    /// What the coordinator's checks found.
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// A member's record of failed checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Trust {
+    /// Checks it failed since the mark was last cleared.
+    pub failed_checks: u64,
+    /// Set after repeated failed checks: its claims no longer count, its
+    /// copies are moved away, until an admin clears the mark.
+    pub unreliable: bool,
 }
 
 impl NodeRecord {
@@ -59,13 +77,22 @@ impl NodeRecord {
             draining: false,
             failure_reports: BTreeMap::new(),
             proposed_contact: None,
+            capacity_limit: None,
+            trust: Trust::default(),
         }
+    }
+
+    /// `claimed` capacity, bounded by what the operator allowed.
+    pub fn allowed_capacity(&self, claimed: u64) -> u64 {
+        self.capacity_limit
+            .map_or(claimed, |limit| claimed.min(limit))
     }
 
     /// Whether placement reads anything that differs between the two records.
     fn places_like(&self, other: &Self) -> bool {
         (&self.region, &self.site, self.capacity, self.draining)
             == (&other.region, &other.site, other.capacity, other.draining)
+            && self.trust.unreliable == other.trust.unreliable
     }
 }
 
@@ -80,6 +107,9 @@ pub struct TokenRecord {
     pub expires: u64,
     /// The node that used it.
     pub used_by: Option<NodeId>,
+    /// The most capacity the node may claim (`None`: what it declares).
+    #[serde(default)]
+    pub capacity: Option<u64>,
 }
 
 /// A published bundle.
@@ -95,6 +125,24 @@ pub struct BundleRecord {
     /// teacher's link keeps working while the new version uploads.
     #[serde(default)]
     pub pending_name: Option<String>,
+    /// Nodes given an upload grant for it, latest last (at most
+    /// [`BundleRecord::MAX_UPLOADS`]): a copy they claim counts even when the
+    /// plan put the bundle elsewhere meanwhile.
+    #[serde(default)]
+    pub uploads: Vec<NodeId>,
+}
+
+impl BundleRecord {
+    /// Upload grants remembered per bundle.
+    pub const MAX_UPLOADS: usize = 4;
+
+    /// Remembers that `node` was given an upload grant.
+    pub fn granted(&mut self, node: NodeId) {
+        self.uploads.retain(|n| *n != node);
+        self.uploads.push(node);
+        let extra = self.uploads.len().saturating_sub(Self::MAX_UPLOADS);
+        self.uploads.drain(..extra);
+    }
 }
 
 /// A name and its past.
@@ -166,6 +214,9 @@ pub struct Cluster {
     pub names_version: u64,
     /// Hash of the admin token.
     pub admin_hash: Option<String>,
+    /// Copies that passed a check under load since they were last copied:
+    /// only these count for releasing another copy.
+    pub proven: BTreeSet<(BundleId, NodeId)>,
     /// Heartbeat reports.
     pub live: HashMap<NodeId, Liveness>,
     /// Bundles the last plan could not place fully, and why.
@@ -216,6 +267,20 @@ fn bundle_key(bytes: &[u8]) -> anyhow::Result<BundleId> {
     )))
 }
 
+fn replica_key(bytes: &[u8]) -> anyhow::Result<(BundleId, NodeId)> {
+    anyhow::ensure!(bytes.len() == 64, "replica key of {} bytes", bytes.len());
+    Ok((
+        bundle_key(&bytes[..32])?,
+        NodeId::from_bytes(id32(&bytes[32..])?),
+    ))
+}
+
+fn replica_bytes(bundle: &BundleId, node: &NodeId) -> Vec<u8> {
+    let mut key = bundle.hash().as_bytes().to_vec();
+    key.extend_from_slice(node.as_bytes());
+    key
+}
+
 fn text_key(bytes: &[u8]) -> anyhow::Result<String> {
     Ok(String::from_utf8(bytes.to_vec())?)
 }
@@ -225,10 +290,7 @@ impl Cluster {
     pub fn load(kv: Box<dyn Kv>, now: Instant) -> anyhow::Result<Self> {
         let nodes: BTreeMap<NodeId, NodeRecord> =
             rows(&*kv, NODES, |k| Ok(NodeId::from_bytes(id32(k)?)))?;
-        let flat: BTreeMap<(BundleId, NodeId), ReplicaState> = rows(&*kv, REPLICAS, |k| {
-            anyhow::ensure!(k.len() == 64, "replica key of {} bytes", k.len());
-            Ok((bundle_key(&k[..32])?, NodeId::from_bytes(id32(&k[32..])?)))
-        })?;
+        let flat: BTreeMap<(BundleId, NodeId), ReplicaState> = rows(&*kv, REPLICAS, replica_key)?;
         let mut replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>> = BTreeMap::new();
         let mut by_node: HashMap<NodeId, BTreeSet<BundleId>> = HashMap::new();
         for ((b, n), state) in flat {
@@ -236,6 +298,7 @@ impl Cluster {
             by_node.entry(n).or_default().insert(b);
         }
         let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
+        let proven: BTreeMap<(BundleId, NodeId), bool> = rows(&*kv, PROVEN, replica_key)?;
         let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
         let live = nodes.keys().map(|id| (*id, Liveness::heard(now))).collect();
         Ok(Self {
@@ -243,6 +306,7 @@ impl Cluster {
             bundles: rows(&*kv, BUNDLES, bundle_key)?,
             names: rows(&*kv, NAMES, text_key)?,
             retired: retired.into_keys().collect(),
+            proven: proven.into_keys().collect(),
             names_version: meta
                 .get("names_version")
                 .and_then(|v| v.parse().ok())
@@ -272,6 +336,7 @@ impl Cluster {
             by_node: self.by_node.clone(),
             names: self.names.clone(),
             retired: self.retired.clone(),
+            proven: self.proven.clone(),
             names_version: self.names_version,
             admin_hash: self.admin_hash.clone(),
             live: self.live.clone(),
@@ -374,8 +439,13 @@ impl Cluster {
         node: NodeId,
         state: Option<ReplicaState>,
     ) -> anyhow::Result<()> {
-        let mut key = bundle.hash().as_bytes().to_vec();
-        key.extend_from_slice(node.as_bytes());
+        let key = replica_bytes(&bundle, &node);
+        // A copy made again, or gone, must prove itself again.
+        if matches!(state, None | Some(ReplicaState::Copying))
+            && self.proven.remove(&(bundle, node))
+        {
+            self.kv.delete(PROVEN, &key)?;
+        }
         match state {
             Some(s) => {
                 self.put(REPLICAS, &key, &s)?;
@@ -398,6 +468,13 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Records that a complete copy passed a check under load.
+    pub fn set_proven(&mut self, bundle: BundleId, node: NodeId) -> anyhow::Result<()> {
+        self.put(PROVEN, &replica_bytes(&bundle, &node), &true)?;
+        self.proven.insert((bundle, node));
         Ok(())
     }
 
@@ -460,33 +537,50 @@ impl Cluster {
             .is_some_and(|l| now.saturating_duration_since(l.last_seen) < down_after)
     }
 
-    /// Complete copies of `bundle` on nodes that are up (releasing ones count:
-    /// they are whole until deleted).
+    /// Whether `node` is up and not marked unreliable: its copies count.
+    pub fn is_trusted(&self, node: &NodeId, now: Instant, down_after: Duration) -> bool {
+        self.nodes.get(node).is_some_and(|n| !n.trust.unreliable)
+            && self.is_up(node, now, down_after)
+    }
+
+    /// Nodes holding a complete copy of `bundle` (releasing ones count: they
+    /// are whole until deleted) that are up and trusted.
+    pub fn live_holders<'a>(
+        &'a self,
+        bundle: &BundleId,
+        now: Instant,
+        down_after: Duration,
+    ) -> impl Iterator<Item = NodeId> + 'a {
+        self.replicas
+            .get(bundle)
+            .into_iter()
+            .flatten()
+            .filter(move |(n, s)| {
+                matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
+                    && self.is_trusted(n, now, down_after)
+            })
+            .map(|(n, _)| *n)
+    }
+
+    /// Complete copies of `bundle` on trusted nodes that are up: what
+    /// browsers and copies can use.
     pub fn live_complete(&self, bundle: &BundleId, now: Instant, down_after: Duration) -> usize {
-        self.replicas.get(bundle).map_or(0, |r| {
-            r.iter()
-                .filter(|(n, s)| {
-                    matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
-                        && self.is_up(n, now, down_after)
-                })
-                .count()
-        })
+        self.live_holders(bundle, now, down_after).count()
     }
 
-    /// Copies of `bundle` known whole (complete or releasing), up or not.
-    pub fn whole_copies(&self, bundle: &BundleId) -> usize {
-        self.replicas.get(bundle).map_or(0, |r| {
-            r.values()
-                .filter(|s| matches!(s, ReplicaState::Complete | ReplicaState::Releasing))
-                .count()
-        })
+    /// The copies of `bundle` a release may rely on: complete, proven under
+    /// load, on trusted nodes that are up.
+    pub fn counted_copies(&self, bundle: &BundleId, now: Instant, down_after: Duration) -> usize {
+        self.live_holders(bundle, now, down_after)
+            .filter(|n| self.proven.contains(&(*bundle, *n)))
+            .count()
     }
 
-    /// Whether `bundle` is published and has fewer whole copies than it wants.
-    pub fn short_of_copies(&self, bundle: &BundleId) -> bool {
+    /// Whether `bundle` is published and has fewer counted copies than it wants.
+    pub fn short_of_copies(&self, bundle: &BundleId, now: Instant, down_after: Duration) -> bool {
         self.bundles
             .get(bundle)
-            .is_some_and(|b| self.whole_copies(bundle) < usize::from(b.replicas))
+            .is_some_and(|b| self.counted_copies(bundle, now, down_after) < usize::from(b.replicas))
     }
 
     /// Distinct sites among nodes not draining.
@@ -524,7 +618,7 @@ mod tests {
             size: 5,
             files: 1,
             replicas: 2,
-            pending_name: None,
+            ..BundleRecord::default()
         }
     }
 
