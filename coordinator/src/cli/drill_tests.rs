@@ -29,6 +29,9 @@ fn node(i: u8, region: &str, site: &str, capacity: u64, used: u64) -> NodeView {
         reported_failures: 0,
         failure_reporters: 0,
         proposed_contact: None,
+        capacity_limit: None,
+        failed_checks: 0,
+        unreliable: false,
     }
 }
 
