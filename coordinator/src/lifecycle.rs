@@ -221,6 +221,7 @@ pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyho
             && kept.iter().all(|(n, s)| {
                 **s == ReplicaState::Complete
                     && c.is_trusted(n, now, policy.down_after)
+                    && c.reported(n)
                     && c.proven.contains(&(*bundle, **n))
             });
         if replaced {
@@ -284,6 +285,7 @@ pub fn apply_heartbeat(
         .copied()
         .collect();
     let live = c.live.entry(node).or_insert_with(|| Liveness::heard(now));
+    live.assumed = false;
     live.last_seen = now;
     live.used = beat.used;
     live.load = beat.load;

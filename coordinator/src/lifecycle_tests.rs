@@ -806,3 +806,42 @@ fn a_claimed_capacity_is_cut_down_to_the_tokens() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn after_a_restart_copies_count_for_a_release_only_once_their_nodes_report() -> anyhow::Result<()> {
+    let kv = Arc::new(MemoryKv::default());
+    let mut sim = Sim::with_kv(Box::new(kv.clone()), &SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let drained = sim.drain_a_holder(&b)?;
+    let new = sim.holders(&b, Copying)[0];
+    sim.fetch(b, new)?;
+    for node in sim.holders(&b, Complete) {
+        crate::trust::proven(&mut sim.c, node, b)?;
+    }
+    sim.c.flush()?;
+    let (policy, restart) = (sim.policy.clone(), sim.now + SECOND);
+    drop(sim);
+
+    // The coordinator restarts; the new copy's node died while it was away.
+    let mut c = Cluster::load(Box::new(kv), restart)?;
+    assert!(
+        c.is_up(&new, restart, policy.down_after),
+        "up until proven down"
+    );
+    release_replaced(&mut c, &policy, restart)?;
+    assert_eq!(
+        c.replicas[&b].get(&drained),
+        Some(&Releasing),
+        "an assumed copy does not replace a live one"
+    );
+    // Every holder reports again (the others did at once, the new one too).
+    for live in c.live.values_mut() {
+        live.assumed = false;
+    }
+    release_replaced(&mut c, &policy, restart)?;
+    assert!(
+        !c.replicas[&b].contains_key(&drained),
+        "released once they report"
+    );
+    Ok(())
+}

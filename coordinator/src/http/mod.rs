@@ -72,12 +72,14 @@ async fn redirect_to_copy(
             .into_iter()
             .filter_map(|id| {
                 let node = c.nodes.get(&id)?;
-                let heard = c.live.get(&id)?.last_seen;
+                let live = c.live.get(&id)?;
+                // After a restart, "up" is an assumption, not a sign of life.
+                let heard = (!live.assumed).then_some(live.last_seen);
                 Some(Candidate {
                     id,
                     https_url: node.contact.https_url.clone(),
                     cert_sha256: node.contact.https_cert_sha256.clone(),
-                    heard: node.proposed_contact.is_none().then_some(heard),
+                    heard: heard.filter(|_| node.proposed_contact.is_none()),
                 })
             })
             .collect()

@@ -175,6 +175,10 @@ pub struct Liveness {
     pub names_version: u64,
     /// When its failure reports about peers were last counted.
     pub reports_counted: Option<Instant>,
+    /// Up only because the coordinator started at `last_seen` and has not
+    /// heard from it since: it may have died meanwhile, so its copies do not
+    /// count for releasing others until it reports.
+    pub assumed: bool,
 }
 
 impl Liveness {
@@ -187,6 +191,16 @@ impl Liveness {
             held: BTreeSet::new(),
             names_version: 0,
             reports_counted: None,
+            assumed: false,
+        }
+    }
+
+    /// A member when the coordinator starts at `now`: up until the grace
+    /// period passes, but not heard from.
+    pub fn assumed(now: Instant) -> Self {
+        Self {
+            assumed: true,
+            ..Self::heard(now)
         }
     }
 }
@@ -300,7 +314,10 @@ impl Cluster {
         let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
         let proven: BTreeMap<(BundleId, NodeId), bool> = rows(&*kv, PROVEN, replica_key)?;
         let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
-        let live = nodes.keys().map(|id| (*id, Liveness::heard(now))).collect();
+        let live = nodes
+            .keys()
+            .map(|id| (*id, Liveness::assumed(now)))
+            .collect();
         Ok(Self {
             tokens: rows(&*kv, TOKENS, text_key)?,
             bundles: rows(&*kv, BUNDLES, bundle_key)?,
@@ -569,11 +586,16 @@ impl Cluster {
     }
 
     /// The copies of `bundle` a release may rely on: complete, proven under
-    /// load, on trusted nodes that are up.
+    /// load, on trusted nodes that are up and heard from since the start.
     pub fn counted_copies(&self, bundle: &BundleId, now: Instant, down_after: Duration) -> usize {
         self.live_holders(bundle, now, down_after)
-            .filter(|n| self.proven.contains(&(*bundle, *n)))
+            .filter(|n| self.proven.contains(&(*bundle, *n)) && self.reported(n))
             .count()
+    }
+
+    /// Whether `node` was heard from since the coordinator started.
+    pub fn reported(&self, node: &NodeId) -> bool {
+        self.live.get(node).is_some_and(|l| !l.assumed)
     }
 
     /// Whether `bundle` is published and has fewer counted copies than it wants.
