@@ -100,6 +100,15 @@ mod tests {
         }
     }
 
+    /// A cluster with one member, joined at https://ecole.example.
+    fn joined() -> anyhow::Result<(Cluster, NodeId, Contact)> {
+        let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
+        let id = NodeId::from_bytes([7; 32]);
+        let at = contact("https://ecole.example", 4433, "aa");
+        c.save_node(NodeRecord::joined(id, "r", "s", 1 << 30, at.clone()))?;
+        Ok((c, id, at))
+    }
+
     #[test]
     fn a_node_contact_must_be_a_bare_https_origin_with_a_fingerprint() {
         let good = contact("https://ecole-12.example:8443", 1, "ab");
@@ -123,10 +132,7 @@ mod tests {
 
     #[test]
     fn a_new_origin_waits_for_approval_and_a_new_certificate_does_not() -> anyhow::Result<()> {
-        let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
-        let id = NodeId::from_bytes([7; 32]);
-        let joined = contact("https://ecole.example", 4433, "aa");
-        c.save_node(NodeRecord::joined(id, "r", "s", 1 << 30, joined.clone()))?;
+        let (mut c, id, _) = joined()?;
         c.needs_plan = false;
 
         let renewed = contact("https://ecole.example", 4433, "bb");
@@ -160,10 +166,7 @@ mod tests {
 
     #[test]
     fn going_back_to_the_recorded_contact_withdraws_the_proposal() -> anyhow::Result<()> {
-        let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
-        let id = NodeId::from_bytes([7; 32]);
-        let joined = contact("https://ecole.example", 4433, "aa");
-        c.save_node(NodeRecord::joined(id, "r", "s", 1 << 30, joined.clone()))?;
+        let (mut c, id, joined) = joined()?;
         reported(&mut c, id, &contact("https://ailleurs.example", 4433, "aa"))?;
         reported(&mut c, id, &joined)?;
         assert_eq!(c.nodes[&id].proposed_contact, None);

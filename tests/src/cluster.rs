@@ -12,7 +12,7 @@ use cartable_node::identity::Identity;
 use cartable_node::peer::PeerAddr;
 use cartable_node::peer::auth::Members;
 use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_proto::control::{self, Contact};
+use cartable_proto::control::{self, Contact, ControlRequest, ControlResponse, JoinRequest};
 use cartable_proto::join::JoinToken;
 use serde_json::Value;
 
@@ -350,4 +350,25 @@ pub async fn member_endpoint(
     };
     let control = endpoint.connect_for(coordinator, control::ALPN).await?;
     Ok((endpoint, contact, control))
+}
+
+/// Joins a test member (its control connection `conn`, from
+/// [`member_endpoint`]) with `token`, declaring `capacity`.
+pub async fn join_member(
+    conn: &quinn::Connection,
+    token: &JoinToken,
+    contact: &Contact,
+    capacity: u64,
+) -> anyhow::Result<()> {
+    let join = ControlRequest::Join(JoinRequest {
+        secret: token.secret_text(),
+        contact: contact.clone(),
+        capacity,
+    });
+    let joined = cartable_node::member::ask(conn, &join).await?;
+    anyhow::ensure!(
+        matches!(joined, ControlResponse::Joined { .. }),
+        "{joined:?}"
+    );
+    Ok(())
 }

@@ -10,13 +10,11 @@ use cartable_node::identity::Identity;
 use cartable_node::member::ask;
 use cartable_node::peer::frame;
 use cartable_node::store::Store;
-use cartable_proto::control::{
-    self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest,
-};
+use cartable_proto::control::{self, Contact, ControlRequest, ControlResponse, Heartbeat};
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Cluster, cluster, complete, ensure_success, held, member_endpoint, publish, publish_dir,
-    wait_for,
+    Cluster, cluster, complete, ensure_success, held, join_member, member_endpoint, publish,
+    publish_dir, wait_for,
 };
 use cartable_tests::peers::{Lie, lying_peer};
 use cartable_tests::{Node, cli_in};
@@ -138,15 +136,7 @@ async fn lying_member(dir: &Path, token: &str, holds: &Path) -> anyhow::Result<S
         matches!(&answer, ControlResponse::Refused { reason } if reason.contains("unknown node")),
         "{answer:?}"
     );
-    let join = ControlRequest::Join(JoinRequest {
-        secret: token.secret_text(),
-        contact: contact.clone(),
-        capacity: 1 << 30,
-    });
-    anyhow::ensure!(matches!(
-        ask(&conn, &join).await?,
-        ControlResponse::Joined { .. }
-    ));
+    join_member(&conn, &token, &contact, 1 << 30).await?;
     tokio::spawn(lying_peer(endpoint, store, Lie::FlipBit));
     tokio::spawn(async move {
         loop {

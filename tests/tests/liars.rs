@@ -14,10 +14,10 @@ use cartable_node::member::ask;
 use cartable_node::peer::respond::serve_peers;
 use cartable_node::store::Store;
 use cartable_proto::BundleId;
-use cartable_proto::control::{ControlRequest, ControlResponse, Heartbeat, JoinRequest};
+use cartable_proto::control::{ControlRequest, ControlResponse, Heartbeat};
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Coordinator, cluster, complete, ensure_success, held, member_endpoint, publish_dir,
+    Coordinator, cluster, complete, ensure_success, held, join_member, member_endpoint, publish_dir,
 };
 use cartable_tests::peers::pattern;
 
@@ -37,16 +37,7 @@ async fn lying_member(
     let token: JoinToken = token.parse()?;
     let identity = Identity::load_or_create(dir)?;
     let (endpoint, contact, conn) = member_endpoint(&identity, &token).await?;
-    let join = ControlRequest::Join(JoinRequest {
-        secret: token.secret_text(),
-        contact: contact.clone(),
-        capacity: CLAIMED_CAPACITY,
-    });
-    let joined = ask(&conn, &join).await?;
-    anyhow::ensure!(
-        matches!(joined, ControlResponse::Joined { .. }),
-        "{joined:?}"
-    );
+    join_member(&conn, &token, &contact, CLAIMED_CAPACITY).await?;
     tokio::spawn(serve_peers(endpoint, Arc::new(Store::open(dir)?)));
     let ordered = Arc::new(Mutex::new(BTreeSet::new()));
     tokio::spawn(async move {

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use cartable_node::identity::Identity;
 use cartable_node::member::ask;
-use cartable_proto::control::{
-    ControlRequest, ControlResponse, FailureReport, Heartbeat, JoinRequest,
-};
+use cartable_proto::control::{ControlRequest, ControlResponse, FailureReport, Heartbeat};
 use cartable_proto::join::JoinToken;
 use cartable_tests::Node;
 use cartable_tests::cluster::{
-    Coordinator, cluster, complete, ensure_success, member_endpoint, publish, redirect, wait_for,
+    Coordinator, cluster, complete, ensure_success, join_member, member_endpoint, publish,
+    redirect, wait_for,
 };
 
 /// The goal: no browser sent to a node dead or silent for longer than this.
@@ -109,15 +108,7 @@ fn a_member_cannot_move_browsers_or_accuse_peers_by_saying_so() -> anyhow::Resul
     let identity = Identity::load_or_create(liar_dir.path())?;
     let beats = runtime.block_on(async {
         let (_endpoint, contact, conn) = member_endpoint(&identity, &token).await?;
-        let join = ControlRequest::Join(JoinRequest {
-            secret: token.secret_text(),
-            contact: contact.clone(),
-            capacity: 1 << 30,
-        });
-        anyhow::ensure!(matches!(
-            ask(&conn, &join).await?,
-            ControlResponse::Joined { .. }
-        ));
+        join_member(&conn, &token, &contact, 1 << 30).await?;
         let failures: Vec<FailureReport> = honest
             .iter()
             .map(|id| -> anyhow::Result<FailureReport> {
