@@ -158,7 +158,10 @@ pub fn replan(
         .iter()
         .map(|u| (u.bundle, describe(u)))
         .collect();
-    if !urgent.is_empty() && eligible.normal != eligible.urgent {
+    // With no node up (a restarted coordinator before the first heartbeats,
+    // or a network cut from every node) a re-placement would place nothing
+    // and only mark every copy releasing: the plan waits for nodes.
+    if !urgent.is_empty() && eligible.normal != eligible.urgent && !eligible.urgent.is_empty() {
         let now_plan = cartable_placement::plan(&topology(c, &eligible.urgent), &specs, &previous);
         for b in &urgent {
             if endangered.contains(b) {

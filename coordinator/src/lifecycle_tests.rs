@@ -845,3 +845,39 @@ fn after_a_restart_copies_count_for_a_release_only_once_their_nodes_report() -> 
     );
     Ok(())
 }
+
+#[test]
+fn a_check_finding_gone_a_copy_the_node_no_longer_claims_is_no_strike() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let holders = sim.holders(&b, Complete);
+    // Released on orders a crashed coordinator forgot: its heartbeat says so.
+    let honest = holders[0];
+    if let Some(live) = sim.c.live.get_mut(&honest) {
+        live.held.remove(&b);
+    }
+    crate::trust::refuted(&mut sim.c, honest, b)?;
+    assert_eq!(sim.c.nodes[&honest].trust.failed_checks, 0);
+    assert_eq!(sim.states(&b)[&honest], Copying, "the copy stops counting");
+    // A copy still claimed and not there is a strike.
+    let liar = holders[1];
+    assert!(sim.c.live[&liar].held.contains(&b));
+    crate::trust::refuted(&mut sim.c, liar, b)?;
+    assert_eq!(sim.c.nodes[&liar].trust.failed_checks, 1);
+    Ok(())
+}
+
+#[test]
+fn with_no_node_up_nothing_is_re_placed() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let before = sim.states(&b);
+    // Every node silent past the grace period (a coordinator restarted
+    // before the nodes found it again): nothing to re-place onto.
+    for n in sim.nodes.keys().copied().collect::<Vec<_>>() {
+        sim.node(n).silent = true;
+    }
+    sim.run_for(sim.policy.down_after + SECOND)?;
+    assert_eq!(sim.states(&b), before, "no copy marked releasing");
+    Ok(())
+}

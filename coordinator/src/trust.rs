@@ -49,7 +49,8 @@ pub const UNRELIABLE_AFTER: u64 = 3;
 pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Records a refuted check of `node`'s copy of `bundle`: the copy stops
-/// counting, the failure is counted, and repeated failures mark the node. The
+/// counting; when the node still claims it, the failure is counted, and
+/// repeated failures mark the node. The
 /// daemon calls it for a re-check only while the copy is still recorded (a
 /// copy released meanwhile may be deleted by now).
 pub fn refuted(c: &mut Cluster, node: NodeId, bundle: BundleId) -> anyhow::Result<()> {
@@ -63,6 +64,14 @@ pub fn refuted(c: &mut Cluster, node: NodeId, bundle: BundleId) -> anyhow::Resul
         }
         Some(ReplicaState::Releasing) => c.set_replica(bundle, node, None)?,
         Some(ReplicaState::Copying) | None => {}
+    }
+    // "I do not have it" from a node that no longer claims the copy is the
+    // truth, not a lie: it released it on orders the coordinator lost in a
+    // crash, or lost it and said so. Only a copy claimed in its last
+    // heartbeat costs it a strike.
+    let claimed = c.live.get(&node).is_some_and(|l| l.held.contains(&bundle));
+    if !claimed {
+        return Ok(());
     }
     record.trust.failed_checks = record.trust.failed_checks.saturating_add(1);
     if record.trust.failed_checks >= UNRELIABLE_AFTER && !record.trust.unreliable {

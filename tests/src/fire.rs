@@ -263,8 +263,9 @@ async fn read(
     let ok_status = if range.is_some() { 206 } else { 200 };
     anyhow::ensure!(
         reply.status == ok_status,
-        "{target}: status {}",
-        reply.status
+        "{target}: status {} ({})",
+        reply.status,
+        String::from_utf8_lossy(&reply.body).trim()
     );
     anyhow::ensure!(reply.body == want, "{target}: wrong bytes");
     Ok(())

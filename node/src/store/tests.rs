@@ -363,6 +363,26 @@ fn the_fetch_through_cache_evicts_the_oldest_beyond_its_cap() -> anyhow::Result<
 
 /// Starts the partial files of `count` blobs of `len` bytes, one group written
 /// each, and closes them (an abandoned fetch).
+#[test]
+fn two_copies_fetching_one_shared_blob_both_commit() -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let data = pattern(10_000, 9);
+    let hash = BlobHash::of(&data);
+    // Two bundles sharing the file are copied at once: both fetch it.
+    let (mut first, mut second) = (
+        store.partial(&hash, data.len() as u64)?,
+        store.partial(&hash, data.len() as u64)?,
+    );
+    first.write_group(0, &data)?;
+    second.write_group(0, &data)?;
+    store.commit_partial(first)?;
+    store.commit_partial(second)?;
+    assert!(store.has_blob_file(&hash, data.len() as u64));
+    assert_eq!(read_all(&store, &hash, data.len() as u64, 0..10_000)?, data);
+    Ok(())
+}
+
 fn abandoned_partials(store: &Store, count: u8, len: usize) -> anyhow::Result<Vec<BlobHash>> {
     let mut hashes = Vec::new();
     for seed in 0..count {

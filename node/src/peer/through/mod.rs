@@ -34,6 +34,8 @@ use super::reputation::Reputation;
 use crate::store::verify::GROUP_BYTES;
 use crate::store::{MAX_PARTIAL_BLOBS, PartialBlob, Store};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use lookup::{Holders, Unknown, likely_first};
 pub use lookup::{MAX_UNKNOWN, UNKNOWN_TTL};
 pub use slots::{IDLE_CLOSE, MAX_OPEN_SLOTS};
@@ -51,6 +53,10 @@ const LOOKUP_QUEUE_WAIT: Duration = Duration::from_secs(2);
 const MANIFEST_ASK_LIMIT: Duration = STALL_LIMIT;
 /// A lookup asks no more peers after this long: a browser is waiting.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a blob's fetch waits for holders that answered "busy".
+const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(5);
+/// A lookup asks the next peer too when none has answered for this long.
+const HEDGE_AFTER: Duration = Duration::from_millis(200);
 /// `partial/` is trimmed once every this many new partial blobs: a trim lists
 /// the folder and the cache index, too dear for every 1-byte request of a
 /// flood, and the folder overshoots its bounds by at most this many.
@@ -213,43 +219,71 @@ impl FetchThrough {
         lock(&self.manifests).get(id).cloned()
     }
 
+    /// Asks the likely holders first, one more every [`HEDGE_AFTER`] while
+    /// none has answered: a holder that died a moment ago (its connection
+    /// still looks open until a stall shows) costs a browser a fraction of a
+    /// second, not the stall limit.
     async fn ask_peers(&self, id: &BundleId) -> Result<Arc<Manifest>, LookupError> {
         let likely = lock(&self.holders).of_bundle(id);
-        let deadline = Instant::now() + LOOKUP_DEADLINE;
+        let deadline = tokio::time::Instant::now() + LOOKUP_DEADLINE;
+        let mut queue = likely_first(&self.peers(), &likely).into_iter();
+        let mut asking = FuturesUnordered::new();
         // `unsure`: a peer that may hold it was busy, stalled or not asked in time.
         let (mut missing, mut unsure) = (0, false);
-        for peer in likely_first(&self.peers(), &likely) {
-            if Instant::now() >= deadline {
-                unsure = true;
-                break;
+        loop {
+            if asking.is_empty() {
+                match queue.next() {
+                    Some(peer) => asking.push(self.ask_one(peer, *id)),
+                    None => break,
+                }
             }
-            // An unreachable peer is passed over: were it the only holder, the
-            // bundle could not be served anyway.
-            let Some(conn) = self.dialer.connection(peer).await else {
-                continue;
-            };
-            let asked = tokio::time::timeout(MANIFEST_ASK_LIMIT, ask_manifest(&conn, *id)).await;
-            let failure = match asked {
-                Ok(Ok(m)) => return Ok(self.remember(m, peer.id)),
-                Ok(Err(PeerFailure::Missing)) => {
-                    missing += 1;
-                    continue;
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            tokio::select! {
+                Some((peer, asked)) = asking.next() => match asked {
+                    Ok(m) => return Ok(self.remember(m, peer.id)),
+                    Err(None) => {}
+                    Err(Some(PeerFailure::Missing)) => missing += 1,
+                    Err(Some(PeerFailure::Busy(_))) => unsure = true,
+                    Err(Some(failure)) => {
+                        unsure = true;
+                        self.peer_failed(peer.id, &failure).await;
+                    }
+                },
+                () = hedge => {
+                    if let Some(peer) = queue.next() {
+                        asking.push(self.ask_one(peer, *id));
+                    }
                 }
-                Ok(Err(PeerFailure::Busy(_))) => {
+                () = tokio::time::sleep_until(deadline) => {
                     unsure = true;
-                    continue;
+                    break;
                 }
-                Ok(Err(failure)) => failure,
-                Err(_) => PeerFailure::Gone("stalled".into()),
-            };
-            unsure = true;
-            self.peer_failed(peer.id, &failure).await;
+            }
         }
         if unsure || missing == 0 {
             return Err(LookupError::Unavailable);
         }
         lock(&self.unknown).insert(*id, Instant::now());
         Err(LookupError::Unknown)
+    }
+
+    /// Asks one peer for a manifest; `Err(None)` when it cannot be reached
+    /// (were it the only holder, the bundle could not be served anyway).
+    async fn ask_one(
+        &self,
+        peer: PeerAddr,
+        id: BundleId,
+    ) -> (PeerAddr, Result<Manifest, Option<PeerFailure>>) {
+        let Some(conn) = self.dialer.connection(peer).await else {
+            return (peer, Err(None));
+        };
+        let asked = tokio::time::timeout(MANIFEST_ASK_LIMIT, ask_manifest(&conn, id)).await;
+        let result = match asked {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(failure)) => Err(Some(failure)),
+            Err(_) => Err(Some(PeerFailure::Gone("stalled".into()))),
+        };
+        (peer, result)
     }
 
     fn remember(&self, manifest: Manifest, peer: NodeId) -> Arc<Manifest> {
@@ -343,6 +377,9 @@ impl FetchThrough {
         })
     }
 
+    /// Fetches `groups` from the first peer that has them. Holders that
+    /// answer "busy" (serving a repair, or many browsers) are asked again
+    /// after the pause they ask for, while a browser can still wait.
     async fn fetch_groups(
         &self,
         hash: BlobHash,
@@ -350,24 +387,37 @@ impl FetchThrough {
         groups: GroupRanges,
         slot: &Slot,
     ) -> Result<(), Unavailable> {
+        let give_up = Instant::now() + BUSY_WAIT_LIMIT;
         let likely = lock(&self.holders).of_blob(&hash);
-        for peer in likely_first(&self.peers(), &likely) {
-            let Some(conn) = self.dialer.connection(peer).await else {
-                continue;
-            };
-            let sink = GroupSink {
-                partial: slot.partial.clone(),
-                store: self.store.clone(),
-                received: self.received.clone(),
-                rate: None,
-            };
-            match request_groups(&conn, hash, size, groups.clone(), sink).await {
-                Ok(()) => return Ok(()),
-                Err(PeerFailure::Missing | PeerFailure::Busy(_)) => {}
-                Err(failure) => self.peer_failed(peer.id, &failure).await,
+        let mut peers = likely_first(&self.peers(), &likely);
+        loop {
+            let (mut busy, mut pause) = (Vec::new(), BUSY_WAIT_LIMIT);
+            for peer in peers {
+                let Some(conn) = self.dialer.connection(peer).await else {
+                    continue;
+                };
+                let sink = GroupSink {
+                    partial: slot.partial.clone(),
+                    store: self.store.clone(),
+                    received: self.received.clone(),
+                    rate: None,
+                };
+                match request_groups(&conn, hash, size, groups.clone(), sink).await {
+                    Ok(()) => return Ok(()),
+                    Err(PeerFailure::Missing) => {}
+                    Err(PeerFailure::Busy(after)) => {
+                        busy.push(peer);
+                        pause = pause.min(after);
+                    }
+                    Err(failure) => self.peer_failed(peer.id, &failure).await,
+                }
             }
+            if busy.is_empty() || Instant::now() + pause > give_up {
+                return Err(Unavailable::NoPeer(hash));
+            }
+            tokio::time::sleep(pause).await;
+            peers = busy;
         }
-        Err(Unavailable::NoPeer(hash))
     }
 
     /// Keeps a fetched-through blob as cache, evicting the oldest beyond the cap.
