@@ -154,8 +154,11 @@ fn site_fire(fire: Fire) -> anyhow::Result<()> {
 fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> anyhow::Result<()> {
     // One copy at a time per node, so that the repair is still under way when
     // the coordinator dies.
-    let config = format!("{FAST_POLICY}copies_per_node = 1\n");
-    let mut cl = cluster_of(&PLACES, &config, NODE_CONFIG)?;
+    // Nodes find a restarted coordinator only after their heartbeat on the
+    // old connection times out (2 s at least): a grace period shorter than
+    // that would call every node down at the restart.
+    let config = "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\ncopies_per_node = 1\n";
+    let mut cl = cluster_of(&PLACES, config, NODE_CONFIG)?;
     let lessons_dir = tempfile::tempdir()?;
     let lessons = Arc::new(publish_mix(&cl.coordinator, lessons_dir.path(), VIDEO)?);
     let c = &cl.coordinator;

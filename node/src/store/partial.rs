@@ -180,8 +180,11 @@ impl Store {
     /// Whether a blob's file is already here, whole in length (verified later by
     /// every read) and not marked damaged: if not, a fetch copies it again.
     pub fn has_blob_file(&self, hash: &BlobHash, size: u64) -> bool {
+        // Without its outboard a blob cannot be read verified: it is fetched
+        // again (the commit puts both files in place).
         !self.index.is_damaged(hash)
             && fs::metadata(self.layout.blob(hash)).is_ok_and(|m| m.len() == size)
+            && (size <= GROUP_BYTES || self.layout.outboard(hash).exists())
     }
 
     /// Moves a complete partial blob under its final name, replacing a damaged
@@ -193,9 +196,7 @@ impl Store {
         // whole and is done: its bytes were the same verified ones.
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let [data, outboard, done] = partial.paths.clone();
-        let whole = self.has_blob_file(&partial.hash, partial.size)
-            && (partial.size <= GROUP_BYTES || self.layout.outboard(&partial.hash).exists());
-        if whole && !data.exists() {
+        if self.has_blob_file(&partial.hash, partial.size) && !data.exists() {
             return Ok(());
         }
         partial.checkpoint(self).map_err(io_at(&data))?;
@@ -252,11 +253,10 @@ impl Store {
         // A fetch skips the blobs it finds here; the bundle that held one may
         // have been removed since, with its files. Checked under the lock
         // removals take, so a bundle is never recorded with a blob missing.
-        let gone = manifest.entries().iter().find(|e| {
-            let outboard_needed = e.size > GROUP_BYTES;
-            !self.has_blob_file(&e.hash, e.size)
-                || (outboard_needed && !self.layout.outboard(&e.hash).exists())
-        });
+        let gone = manifest
+            .entries()
+            .iter()
+            .find(|e| !self.has_blob_file(&e.hash, e.size));
         if let Some(e) = gone {
             return Err(StoreError::BlobGone(e.hash));
         }

@@ -364,6 +364,23 @@ fn the_fetch_through_cache_evicts_the_oldest_beyond_its_cap() -> anyhow::Result<
 /// Starts the partial files of `count` blobs of `len` bytes, one group written
 /// each, and closes them (an abandoned fetch).
 #[test]
+fn a_blob_without_its_outboard_is_not_taken_as_held() -> anyhow::Result<()> {
+    let (data, lesson_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let big = pattern(50_000, 5);
+    lesson(lesson_dir.path(), &[("big.bin", big.clone())]);
+    let store = Store::open(data.path())?;
+    store.add_folder(lesson_dir.path())?;
+    let hash = BlobHash::of(&big);
+    assert!(store.has_blob_file(&hash, 50_000));
+    fs::remove_file(store.layout().outboard(&hash))?;
+    assert!(
+        !store.has_blob_file(&hash, 50_000),
+        "a copy fetches it again rather than skip what cannot be read verified"
+    );
+    Ok(())
+}
+
+#[test]
 fn two_copies_fetching_one_shared_blob_both_commit() -> anyhow::Result<()> {
     let data_dir = tempfile::tempdir()?;
     let store = Store::open(data_dir.path())?;
