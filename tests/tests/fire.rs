@@ -157,7 +157,8 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
     // Nodes find a restarted coordinator only after their heartbeat on the
     // old connection times out (2 s at least): a grace period shorter than
     // that would call every node down at the restart.
-    let config = "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\ncopies_per_node = 1\n";
+    let config =
+        "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\ncopies_per_node = 1\n";
     let mut cl = cluster_of(&PLACES, config, NODE_CONFIG)?;
     let lessons_dir = tempfile::tempdir()?;
     let lessons = Arc::new(publish_mix(&cl.coordinator, lessons_dir.path(), VIDEO)?);
