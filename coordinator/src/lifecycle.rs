@@ -486,5 +486,5 @@ pub fn route(
 }
 
 #[cfg(test)]
-#[path = "lifecycle_tests.rs"]
+#[path = "lifecycle_tests/mod.rs"]
 mod tests;
