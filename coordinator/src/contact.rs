@@ -36,24 +36,26 @@ fn same_place(a: &Contact, b: &Contact) -> bool {
 /// Records the contact a member reported: a new fingerprint is taken, a new
 /// origin or address is only proposed.
 pub fn reported(c: &mut Cluster, node: NodeId, contact: &Contact) -> anyhow::Result<()> {
-    let Some(mut record) = c.nodes.get(&node).cloned() else {
+    // Every heartbeat passes here: the record is cloned only to change it.
+    let Some(known) = c.nodes.get(&node) else {
         return Ok(());
     };
-    let proposed = (!same_place(&record.contact, contact)).then(|| contact.clone());
-    if proposed.is_some() && record.proposed_contact != proposed {
+    let proposed = (!same_place(&known.contact, contact)).then(|| contact.clone());
+    let fingerprint = &contact.https_cert_sha256;
+    if known.proposed_contact == proposed && known.contact.https_cert_sha256 == *fingerprint {
+        return Ok(());
+    }
+    if proposed.is_some() && known.proposed_contact != proposed {
         tracing::warn!(
             node = %node,
-            recorded = record.contact.https_url,
+            recorded = known.contact.https_url,
             reported = contact.https_url,
             "a node reports a new address: browsers and peers keep using the recorded one until \
              an admin approves it (cartable node approve-contact)"
         );
     }
-    let fingerprint = contact.https_cert_sha256.clone();
-    if record.proposed_contact == proposed && record.contact.https_cert_sha256 == fingerprint {
-        return Ok(());
-    }
-    record.contact.https_cert_sha256 = fingerprint;
+    let mut record = known.clone();
+    record.contact.https_cert_sha256.clone_from(fingerprint);
     record.proposed_contact = proposed;
     c.save_node(record)
 }
