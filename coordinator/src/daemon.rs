@@ -78,7 +78,7 @@ impl Coordinator {
     }
 
     /// Checks `node`'s copy of `bundle` in the background, then records what
-    /// came of it. At most [`CHECKS_AT_ONCE`] run at once, one per copy: a
+    /// came of it. At most `CHECKS_AT_ONCE` (16) run at once, one per copy: a
     /// check refused for want of a slot comes again (a claim with the next
     /// heartbeat, a proof or re-check with a later tick).
     pub fn check(self: &Arc<Self>, node: NodeId, bundle: BundleId, kind: Check) {
