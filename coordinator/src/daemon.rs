@@ -210,6 +210,14 @@ impl Coordinator {
 /// Makes the key, the HTTPS certificate and the admin token, unless they exist;
 /// returns the admin token when one was made.
 pub fn init(data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let mut cluster = Cluster::load(Box::new(open_state(data_dir)?), Instant::now())?;
+    init_with(data_dir, &mut cluster)
+}
+
+/// [`init`] with the state already open: the state is opened once per
+/// process, since sled releases its lock only after its threads notice the
+/// handle went (a second open at once fails with "could not acquire lock").
+fn init_with(data_dir: &Path, cluster: &mut Cluster) -> anyhow::Result<Option<String>> {
     Identity::load_or_create(data_dir)?;
     TlsFiles::self_signed_in(data_dir).create_self_signed_if_missing()?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
@@ -221,7 +229,6 @@ pub fn init(data_dir: &Path) -> anyhow::Result<Option<String>> {
         .fill(&mut secret)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let token = cartable_proto::join::hex(&secret);
-    let mut cluster = Cluster::load(Box::new(open_state(data_dir)?), Instant::now())?;
     cluster.set_admin_hash(secret_hash(token.as_bytes()))?;
     cartable_node::secret_file::create(&path, &format!("{token}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
@@ -236,11 +243,11 @@ fn open_state(data_dir: &Path) -> anyhow::Result<SledKv> {
 /// Runs the coordinator until a stop signal.
 pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    if let Some(_token) = init(&data_dir)? {
+    let mut cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
+    if let Some(_token) = init_with(&data_dir, &mut cluster)? {
         tracing::info!(file = %data_dir.join(ADMIN_TOKEN_FILE).display(), "made an admin token");
     }
     let identity = Identity::load_or_create(&data_dir)?;
-    let cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
     let tls = config
         .tls
         .clone()
