@@ -293,6 +293,7 @@ pub fn apply_heartbeat(
     live.used = beat.used;
     live.load = beat.load;
     live.held = held;
+    live.struck = false;
     live.names_version = beat.names_version;
     Ok(claims)
 }

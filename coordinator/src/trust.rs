@@ -20,8 +20,9 @@
 //!    [`RECHECK_EVERY`], so a copy deleted after it was counted is found.
 //! 5. **Failures**: a refuted check (missing data, a wrong byte; not a timeout
 //!    or a busy node, which an honest node may give) is counted in the node's
-//!    record, and the copy stops counting at once (complete → copying, a
-//!    releasing one is forgotten). After [`UNRELIABLE_AFTER`] failures the
+//!    record (one strike per heartbeat at most: a damaged file that several
+//!    bundles share is one fault), and the copy stops counting at once
+//!    (complete → copying, a releasing one is forgotten). After [`UNRELIABLE_AFTER`] failures the
 //!    node is *unreliable*: none of its claims is checked or counted, it takes
 //!    no new copies and its copies are placed elsewhere (its own kept until
 //!    replaced, as for a draining node), `cartable status` names it, and only
@@ -68,11 +69,15 @@ pub fn refuted(c: &mut Cluster, node: NodeId, bundle: BundleId) -> anyhow::Resul
     // "I do not have it" from a node that no longer claims the copy is the
     // truth, not a lie: it released it on orders the coordinator lost in a
     // crash, or lost it and said so. Only a copy claimed in its last
-    // heartbeat costs it a strike.
-    let claimed = c.live.get(&node).is_some_and(|l| l.held.contains(&bundle));
-    if !claimed {
+    // heartbeat costs it a strike, and one heartbeat's claims one strike at
+    // most: a damaged file shared by several bundles is one fault.
+    let Some(live) = c.live.get_mut(&node) else {
+        return Ok(());
+    };
+    if !live.held.contains(&bundle) || live.struck {
         return Ok(());
     }
+    live.struck = true;
     record.trust.failed_checks = record.trust.failed_checks.saturating_add(1);
     if record.trust.failed_checks >= UNRELIABLE_AFTER && !record.trust.unreliable {
         tracing::warn!(node = %node, failures = record.trust.failed_checks, "node marked unreliable: its claims no longer count");

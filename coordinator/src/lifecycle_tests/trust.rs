@@ -219,3 +219,43 @@ fn a_check_finding_gone_a_copy_the_node_no_longer_claims_is_no_strike() -> anyho
     assert_eq!(sim.c.nodes[&liar].trust.failed_checks, 1);
     Ok(())
 }
+
+#[test]
+fn one_damaged_file_shared_by_several_copies_is_one_strike() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let bundles = ["a", "b", "c"]
+        .map(|name| sim.publish_complete(&format!("lesson {name}"), 3))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Nine copies on six nodes: one holds at least two.
+    let held_by = |n: NodeId| -> Vec<BundleId> {
+        let held = &sim.c.live[&n].held;
+        bundles
+            .iter()
+            .filter(|b| held.contains(b))
+            .copied()
+            .collect()
+    };
+    let node = *sim
+        .c
+        .live
+        .keys()
+        .max_by_key(|n| held_by(**n).len())
+        .expect("nodes");
+    let claimed = held_by(node);
+    assert!(claimed.len() >= 2, "{claimed:?}");
+    for b in &claimed {
+        crate::trust::refuted(&mut sim.c, node, *b)?;
+    }
+    assert_eq!(
+        sim.c.nodes[&node].trust.failed_checks, 1,
+        "one heartbeat, one strike"
+    );
+    // A node that keeps claiming what it cannot show is out after a few heartbeats.
+    for _ in 1..crate::trust::UNRELIABLE_AFTER {
+        sim.beat(node)?;
+        crate::trust::refuted(&mut sim.c, node, claimed[0])?;
+    }
+    assert!(sim.c.nodes[&node].trust.unreliable);
+    Ok(())
+}

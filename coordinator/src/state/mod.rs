@@ -179,6 +179,8 @@ pub struct Liveness {
     /// heard from it since: it may have died meanwhile, so its copies do not
     /// count for releasing others until it reports.
     pub assumed: bool,
+    /// A refuted check cost it a strike since its last heartbeat.
+    pub struck: bool,
 }
 
 impl Liveness {
@@ -192,6 +194,7 @@ impl Liveness {
             names_version: 0,
             reports_counted: None,
             assumed: false,
+            struck: false,
         }
     }
 

@@ -232,7 +232,7 @@ impl Fetch {
         blobs.dedup();
         let (mut queue, mut jobs, mut done) = (VecDeque::new(), HashMap::new(), 0);
         for (hash, size) in blobs {
-            if store.has_blob_file(&hash, size) {
+            if store.has_blob_file(&hash, size) || store.commit_if_complete(&hash, size)? {
                 done += size;
                 continue;
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use cartable_proto::{BundleId, Manifest, ManifestEntry};
+use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::sync::mpsc;
 
@@ -321,12 +321,7 @@ async fn through_body(
     let progress = ctx.progress_timeout;
     tokio::spawn(async move {
         for segment in cut(range, SEGMENT) {
-            let source = through.ensure(hash, size, segment.clone()).await;
-            let files = match source {
-                Ok(Source::Stored) => store.open_blob(&hash, size),
-                Ok(Source::Partial) => store.open_partial(&hash, size),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
+            let files = open_segment(&through, &store, hash, size, &segment).await;
             let sent = match files {
                 Ok(files) => send_range(Arc::new(files), segment, &tx, progress).await,
                 Err(e) => Err(Stopped::Failed(e.into())),
@@ -341,6 +336,31 @@ async fn through_body(
         }
     });
     first_piece(rx, len, "not available from any peer right now").await
+}
+
+/// Opens the files holding a segment's verified bytes. They can move between
+/// `ensure` and the open (a partial blob committed by another request, a
+/// cached blob evicted): asked once more, `ensure` finds them where they went
+/// or fetches them again.
+async fn open_segment(
+    through: &FetchThrough,
+    store: &Store,
+    hash: BlobHash,
+    size: u64,
+    segment: &Range<u64>,
+) -> std::io::Result<BlobFiles> {
+    let mut last_try = false;
+    loop {
+        let opened = match through.ensure(hash, size, segment.clone()).await {
+            Ok(Source::Stored) => store.open_blob(&hash, size),
+            Ok(Source::Partial) => store.open_partial(&hash, size),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        match opened {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_try => last_try = true,
+            opened => return opened,
+        }
+    }
 }
 
 /// Cuts a range at multiples of `unit`: pieces read, or segments fetched.
@@ -359,7 +379,7 @@ fn cut(range: Range<u64>, unit: u64) -> impl Iterator<Item = Range<u64>> {
 
 /// A failed open or verified read: the blob is marked damaged when its files
 /// are wrong or gone, not when the node is short of something.
-fn failed(store: &Store, hash: &cartable_proto::BlobHash, e: &VerifyError) -> HttpError {
+fn failed(store: &Store, hash: &BlobHash, e: &VerifyError) -> HttpError {
     match store.read_failed(hash, e) {
         ReadFault::Damaged => HttpError::Unavailable("file damaged on this node, repair pending"),
         ReadFault::Transient => HttpError::Unavailable("busy, retry shortly"),

@@ -87,7 +87,7 @@ impl Store {
                 Err(e) => {
                     // Marked only when the files are wrong or gone; a check
                     // run short of descriptors reports the blob, marks nothing.
-                    let what = match self.read_failed(hash, &e) {
+                    let what = match self.read_failed_holding_writes(hash, &e) {
                         ReadFault::Damaged => e.to_string(),
                         ReadFault::Transient => format!("cannot read now: {e}"),
                     };

@@ -273,7 +273,17 @@ impl Store {
     /// ([`VerifyError::shows_damage`]); a node short of descriptors, memory or
     /// time marks nothing and answers "try again later".
     pub fn read_failed(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
-        if error.shows_damage() {
+        // Taken so that any removal under way has finished: a cached blob
+        // evicted, or a released bundle's blob deleted, between a reader's
+        // lookup and its open is gone, not damaged, and a mark left for it
+        // would outlive it.
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_failed_holding_writes(hash, error)
+    }
+
+    /// [`Store::read_failed`] for a caller that holds the write lock.
+    fn read_failed_holding_writes(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
+        if error.shows_damage() && self.index.blob_size(hash).is_some() {
             self.mark_damaged(hash, &error.to_string());
             ReadFault::Damaged
         } else {

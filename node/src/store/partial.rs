@@ -100,10 +100,15 @@ fn missing_ranges(done: &[u8]) -> Vec<Range<u64>> {
     out
 }
 
+/// Chunk groups in a blob of `size` bytes (an empty blob has one, empty).
+fn group_count(size: u64) -> usize {
+    size.div_ceil(GROUP_BYTES).max(1) as usize
+}
+
 /// The record of verified groups at `path`, or none done when it is missing or
 /// does not fit a blob of `size`.
 fn done_groups(path: &Path, size: u64) -> Vec<u8> {
-    let groups = size.div_ceil(GROUP_BYTES).max(1) as usize;
+    let groups = group_count(size);
     match fs::read(path) {
         Ok(done) if done.len() == groups && done.iter().all(|d| *d <= 1) => done,
         _ => vec![0; groups],
@@ -142,8 +147,25 @@ impl Store {
                 .open(p)
         };
         let tree = BaoTree::new(size, BLOCK_SIZE);
-        let done = done_groups(&paths[2], size);
-        let data = open(&paths[0])?;
+        // Files created here hold nothing yet, whatever the record of a blob
+        // committed a moment ago (or half-committed before a crash) says:
+        // trusting it would commit zeros.
+        let outboard_kept = size <= GROUP_BYTES || paths[1].exists();
+        let (data, created) = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&paths[0])
+        {
+            Ok(fresh) => (fresh, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (open(&paths[0])?, false),
+            Err(e) => return Err(e),
+        };
+        let done = if created || !outboard_kept {
+            vec![0; group_count(size)]
+        } else {
+            done_groups(&paths[2], size)
+        };
         data.set_len(size)?;
         Ok(PartialBlob {
             hash: *hash,
@@ -196,7 +218,13 @@ impl Store {
         // whole and is done: its bytes were the same verified ones.
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let [data, outboard, done] = partial.paths.clone();
-        if self.has_blob_file(&partial.hash, partial.size) && !data.exists() {
+        if self.has_blob_file(&partial.hash, partial.size) {
+            // A whole blob is never replaced: these files may be the leftovers
+            // of another commit, reopened empty. Removed, so that no later
+            // commit takes them for a complete blob.
+            for path in &partial.paths {
+                layout::remove_if_present(path).map_err(io_at(path))?;
+            }
             return Ok(());
         }
         partial.checkpoint(self).map_err(io_at(&data))?;
@@ -213,6 +241,23 @@ impl Store {
         self.index
             .clear_damaged(&partial.hash)
             .map_err(|e| self.index_err(e))
+    }
+
+    /// Commits a blob whose partial files already hold every verified group,
+    /// and says whether it did. A fetch cut short after its last group (a
+    /// browser that went away before its fetch-through committed) leaves the
+    /// files so; with nothing left to fetch, no copy would ever commit them.
+    pub fn commit_if_complete(&self, hash: &BlobHash, size: u64) -> Result<bool, StoreError> {
+        if !self.partial_missing(hash, size).is_empty() {
+            return Ok(false);
+        }
+        let dir = self.layout.partial_dir();
+        let partial = self.partial(hash, size).map_err(io_at(&dir))?;
+        if !partial.is_complete() {
+            return Ok(false);
+        }
+        self.commit_partial(partial)?;
+        Ok(true)
     }
 
     /// Keeps a blob fetched through for browsers as cache, then evicts the

@@ -298,42 +298,110 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
     Ok(())
 }
 
+use crate::peer::fetch::{FetchOptions, fetch_bundle};
+use crate::peer::{PeerAddr, endpoint::PeerEndpoint};
+
+/// `store` answering peers on loopback, and a client endpoint to fetch from it.
+struct Serving {
+    server: PeerEndpoint,
+    client: PeerEndpoint,
+    peer: PeerAddr,
+    _keys: tempfile::TempDir,
+}
+
+impl Serving {
+    fn start(store: Arc<Store>) -> anyhow::Result<Self> {
+        use crate::identity::Identity;
+        use crate::peer::{auth::Members, respond::serve_peers};
+        let keys = tempfile::tempdir()?;
+        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
+        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
+        let peer = PeerAddr {
+            id: server_key.id(),
+            addr: server.local_addr()?,
+        };
+        tokio::spawn(serve_peers(server.clone(), store));
+        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
+        Ok(Self {
+            server,
+            client,
+            peer,
+            _keys: keys,
+        })
+    }
+
+    async fn fetch(&self, into: &Arc<Store>, id: BundleId) -> anyhow::Result<u64> {
+        let report = fetch_bundle(
+            &self.client,
+            into.clone(),
+            id,
+            &[self.peer],
+            FetchOptions::default(),
+        )
+        .await?;
+        Ok(report.bytes_received)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.server.close();
+        self.client.close();
+    }
+}
+
 #[tokio::test]
 async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow::Result<()> {
-    use crate::identity::Identity;
-    use crate::peer::fetch::{FetchOptions, fetch_bundle};
-    use crate::peer::{PeerAddr, auth::Members, endpoint::PeerEndpoint, respond::serve_peers};
-
     // The same lessons, so the same bundle ids, on two nodes.
     let (healthy, damaged) = (Fixture::new()?, Fixture::new()?);
-    let keys = tempfile::tempdir()?;
-    let server_key = Identity::load_or_create(&keys.path().join("healthy"))?;
-    let client_key = Identity::load_or_create(&keys.path().join("damaged"))?;
-    let loopback = "127.0.0.1:0".parse()?;
-    let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
-    let peer = PeerAddr {
-        id: server_key.id(),
-        addr: server.local_addr()?,
-    };
-    tokio::spawn(serve_peers(server.clone(), healthy.store.clone()));
-    let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
-
+    let serving = Serving::start(healthy.store.clone())?;
     let big = damaged.entry(&damaged.a, "big.bin")?;
     flip_byte(&damaged.store.layout().blob(&big.hash), 123_456)?;
     damaged.scrub()?;
     for id in damaged.store.incomplete_bundles()? {
-        let store = damaged.store.clone();
-        let report = fetch_bundle(&client, store, id, &[peer], FetchOptions::default()).await?;
         assert_eq!(
-            report.bytes_received, big.size,
+            serving.fetch(&damaged.store, id).await?,
+            big.size,
             "only the removed blob is fetched"
         );
     }
     assert!(!damaged.store.is_damaged(&big.hash));
     assert!(damaged.store.incomplete_bundles()?.is_empty());
     assert_eq!(damaged.scrub()?, healthy.scrub()?, "whole again");
-    server.close();
-    client.close();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_copy_commits_a_blob_a_fetch_through_left_complete() -> anyhow::Result<()> {
+    let healthy = Fixture::new()?;
+    let serving = Serving::start(healthy.store.clone())?;
+    let data = tempfile::tempdir()?;
+    let store = Arc::new(Store::open(data.path())?);
+    // A browser's fetch-through verified every group of the big file, then
+    // the browser went away before the blob was committed.
+    let big = healthy.entry(&healthy.a, "big.bin")?;
+    let [partial_data, partial_outboard, groups] = store.partial_paths(&big.hash);
+    fs::create_dir_all(store.layout().partial_dir())?;
+    fs::copy(healthy.store.layout().blob(&big.hash), partial_data)?;
+    fs::copy(healthy.store.layout().outboard(&big.hash), partial_outboard)?;
+    fs::write(
+        groups,
+        vec![1u8; big.size.div_ceil(verify::GROUP_BYTES) as usize],
+    )?;
+
+    let received = serving.fetch(&store, healthy.a).await?;
+    let small = healthy.entry(&healthy.a, "small.txt")?;
+    assert_eq!(received, small.size, "the big file is not fetched again");
+    assert!(store.has_blob_file(&big.hash, big.size));
+    let files = store.open_blob(&big.hash, big.size)?;
+    let mut read = Vec::new();
+    files.read_verified(0..big.size, |b| {
+        read.extend_from_slice(&b);
+        true
+    })?;
+    assert_eq!(read, pattern(BIG, 1));
     Ok(())
 }
 

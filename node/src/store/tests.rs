@@ -361,6 +361,28 @@ fn the_fetch_through_cache_evicts_the_oldest_beyond_its_cap() -> anyhow::Result<
     Ok(())
 }
 
+#[test]
+fn a_cached_blob_evicted_under_a_reader_is_not_marked_damaged() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let store = Store::open(data.path())?;
+    let max = 15_000;
+    let first = cache(&store, &pattern(10_000, 31), max)?;
+    // A reader looked the blob up, then the next fetch-through evicted it.
+    assert_eq!(store.blob_size(&first), Some(10_000));
+    cache(&store, &pattern(10_000, 32), max)?;
+    let opened = store.open_blob(&first, 10_000).map_err(VerifyError::Io);
+    let fault = store.read_failed(&first, &opened.expect_err("evicted"));
+    assert!(matches!(fault, ReadFault::Transient));
+    assert!(!store.is_damaged(&first), "no mark outlives the blob");
+    // A blob still recorded whose file is gone is damaged.
+    let held = cache(&store, &pattern(10_000, 33), max)?;
+    fs::remove_file(store.layout().blob(&held))?;
+    let opened = store.open_blob(&held, 10_000).map_err(VerifyError::Io);
+    let fault = store.read_failed(&held, &opened.expect_err("deleted"));
+    assert!(matches!(fault, ReadFault::Damaged));
+    Ok(())
+}
+
 /// Starts the partial files of `count` blobs of `len` bytes, one group written
 /// each, and closes them (an abandoned fetch).
 #[test]
@@ -397,6 +419,31 @@ fn two_copies_fetching_one_shared_blob_both_commit() -> anyhow::Result<()> {
     store.commit_partial(second)?;
     assert!(store.has_blob_file(&hash, data.len() as u64));
     assert_eq!(read_all(&store, &hash, data.len() as u64, 0..10_000)?, data);
+    Ok(())
+}
+
+#[test]
+fn a_whole_blob_is_never_replaced_by_partial_files_reopened_after_its_commit() -> anyhow::Result<()>
+{
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let data = pattern(10_000, 11);
+    let (hash, len) = (BlobHash::of(&data), data.len() as u64);
+    cache(&store, &data, u64::MAX)?;
+    // The record of a commit a moment ago, not yet removed: files reopened
+    // now are new and empty, and nothing in them is done.
+    let groups = len.div_ceil(verify::GROUP_BYTES) as usize;
+    fs::write(&store.partial_paths(&hash)[2], vec![1u8; groups])?;
+    let mut reopened = store.partial(&hash, len)?;
+    assert!(!reopened.is_complete(), "a stale record trusted");
+    // Even a partial that says it is complete never replaces the whole blob.
+    for g in 0..groups as u64 {
+        reopened.write_group(g * verify::GROUP_BYTES, &[0; 1])?;
+    }
+    assert!(reopened.is_complete());
+    store.commit_partial(reopened)?;
+    assert_eq!(read_all(&store, &hash, len, 0..len)?, data);
+    assert_eq!(partial_files(&store), 0, "the leftovers are removed");
     Ok(())
 }
 
