@@ -339,9 +339,9 @@ async fn through_body(
 }
 
 /// Opens the files holding a segment's verified bytes. They can move between
-/// `ensure` and the open (a partial blob committed by another request, a
-/// cached blob evicted): asked once more, `ensure` finds them where they went
-/// or fetches them again.
+/// `ensure` and the open (a partial blob committed by a copy, then released
+/// or evicted): asked once more with the blob's partial state forgotten,
+/// `ensure` finds them where they went or fetches them again.
 async fn open_segment(
     through: &FetchThrough,
     store: &Store,
@@ -357,7 +357,10 @@ async fn open_segment(
             Err(e) => return Err(std::io::Error::other(e.to_string())),
         };
         match opened {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_try => last_try = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_try => {
+                through.forget_partial(&hash);
+                last_try = true;
+            }
             opened => return opened,
         }
     }

@@ -377,6 +377,13 @@ impl FetchThrough {
         })
     }
 
+    /// Forgets what this node knows of a blob's partial files, when they were
+    /// found gone: a copy of a bundle using the blob committed them, and the
+    /// blob was released or evicted since. The next request starts afresh.
+    pub fn forget_partial(&self, hash: &BlobHash) {
+        lock(&self.slots).remove(hash);
+    }
+
     /// Fetches `groups` from the first peer that has them. Holders that
     /// answer "busy" (serving a repair, or many browsers) are asked again
     /// after the pause they ask for, while a browser can still wait.
@@ -461,6 +468,7 @@ mod tests {
     struct Setup {
         _dirs: tempfile::TempDir,
         peer_endpoint: PeerEndpoint,
+        peer_store: Arc<Store>,
         through: FetchThrough,
     }
 
@@ -470,7 +478,7 @@ mod tests {
         let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
         let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
         let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
-        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store));
+        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store.clone()));
         let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
         let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
         let peer = PeerAddr {
@@ -482,8 +490,38 @@ mod tests {
         Ok(Setup {
             _dirs: dirs,
             peer_endpoint,
+            peer_store,
             through,
         })
+    }
+
+    #[tokio::test]
+    async fn partial_files_gone_under_a_blob_are_fetched_again_once_forgotten() -> anyhow::Result<()>
+    {
+        let s = setup()?;
+        let lesson = tempfile::tempdir()?;
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(lesson.path().join("film.bin"), &bytes)?;
+        let id = s.peer_store.add_folder(lesson.path())?.summary.id;
+        let manifest = s.through.lookup(&id).await?;
+        let (hash, size) = (manifest.entries()[0].hash, manifest.entries()[0].size);
+        assert_eq!(s.through.ensure(hash, size, 0..100).await?, Source::Partial);
+        // A copy of the bundle committed the files, and the blob was released since.
+        std::fs::remove_dir_all(s.through.store.layout().partial_dir())?;
+        assert_eq!(s.through.ensure(hash, size, 0..100).await?, Source::Partial);
+        assert!(s.through.store.open_partial(&hash, size).is_err());
+        s.through.forget_partial(&hash);
+        assert_eq!(s.through.ensure(hash, size, 0..100).await?, Source::Partial);
+        let mut read = Vec::new();
+        s.through
+            .store
+            .open_partial(&hash, size)?
+            .read_verified(0..100, |b| {
+                read.extend_from_slice(&b);
+                true
+            })?;
+        assert_eq!(read, bytes[..100]);
+        Ok(())
     }
 
     #[tokio::test]
