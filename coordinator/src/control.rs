@@ -3,7 +3,7 @@
 //! a join needs a valid token, a heartbeat a registered key.
 //!
 //! A connection from a key that is not a member (a stranger) keeps the small
-//! limits every connection starts with (`cartable_node::peer::admission`) and
+//! limits every connection starts with (`cartable_net::peer::admission`) and
 //! must join within [`STRANGER_DEADLINE`]; a member's connection gets a
 //! member's limits. The endpoint's caps bound how many connections strangers
 //! hold at all; a removed member's connections are closed by the admin API.
@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartable_node::peer::endpoint::{Arriving, PeerConnection};
-use cartable_node::peer::frame::{self, FrameError};
+use cartable_net::peer::endpoint::{Arriving, PeerConnection};
+use cartable_net::peer::frame::{self, FrameError};
 use cartable_proto::control::{
     self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };

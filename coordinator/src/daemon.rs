@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cartable_node::https::HttpsServer;
-use cartable_node::identity::Identity;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_node::tls::TlsFiles;
+use cartable_net::https::HttpsServer;
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::tls::TlsFiles;
 use cartable_proto::{BundleId, NodeId, control};
 use ring::rand::SecureRandom;
 
@@ -230,7 +230,7 @@ fn init_with(data_dir: &Path, cluster: &mut Cluster) -> anyhow::Result<Option<St
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let token = cartable_proto::join::hex(&secret);
     cluster.set_admin_hash(secret_hash(token.as_bytes()))?;
-    cartable_node::secret_file::create(&path, &format!("{token}\n"))
+    cartable_net::secret_file::create(&path, &format!("{token}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(token))
 }
@@ -305,7 +305,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let handler_coord = coord.clone();
     let handler = move |req, peer| crate::http::respond(handler_coord.clone(), req, peer);
     server
-        .serve(handler, cartable_node::daemon::stop_signal())
+        .serve(handler, cartable_net::signal::stop_signal())
         .await;
     loop_task.abort();
     coord.endpoint.close();

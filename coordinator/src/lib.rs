@@ -1,9 +1,9 @@
 //! The Cartable coordinator: membership, placement across sites and regions,
-//! replica lifecycle and repair, names, routing; and the `cartable` admin CLI.
+//! replica lifecycle and repair, names, routing. The admin API's types are
+//! [`cartable_proto::api`]; what it shares with nodes (key, TLS, QUIC endpoint,
+//! frames, the HTTPS server shell) is [`cartable_net`]'s.
 //!
-//! - [`api`]: the admin API's routes and JSON types (the CLI's contract).
 //! - [`config`]: the coordinator's TOML configuration and policy.
-//! - [`cli`]: the `cartable` admin CLI, a client of the admin API.
 //! - [`state`]: what the coordinator knows, behind one key-value interface (sled).
 //! - [`lifecycle`]: replicas from placed to complete to released; repair; routing (no IO).
 //! - [`control`]: joins and heartbeats from nodes over QUIC; [`spotcheck`]: verifying claimed copies;
@@ -12,8 +12,6 @@
 //! - [`trust`]: when a member's claims count, and what repeated failed checks cost it (no IO).
 //! - [`daemon`]: `cartable-coordinator init` and `serve`.
 
-pub mod api;
-pub mod cli;
 pub mod config;
 pub mod contact;
 pub mod control;

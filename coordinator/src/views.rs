@@ -1,4 +1,4 @@
-//! The state as the admin API shows it (types in [`crate::api`]).
+//! The state as the admin API shows it (types in [`cartable_proto::api`]).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -7,10 +7,10 @@ use cartable_placement::{NodeSpec, Topology};
 use cartable_proto::{BundleId, NodeId};
 use http::StatusCode;
 
-use crate::api::*;
 use crate::config::Policy;
 use crate::lifecycle;
 use crate::state::{Cluster, TokenRecord};
+use cartable_proto::api::*;
 
 type Failure = (StatusCode, String);
 

@@ -1,4 +1,4 @@
-//! The admin API routes (contract in [`crate::api`]). Every call checks the
+//! The admin API routes (contract in [`cartable_proto::api`]). Every call checks the
 //! bearer token first; a refused call changes nothing.
 
 use std::collections::BTreeSet;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cartable_node::https::RequestBody;
+use cartable_net::https::RequestBody;
 use cartable_proto::join::{JoinToken, UploadGrant};
 use cartable_proto::{BundleId, BundlePath, Manifest, NodeId};
 use http::{Method, Request, StatusCode, header};
@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 
 use super::{Reply, error, json};
 use crate::Coordinator;
-use crate::api::*;
 use crate::config::Policy;
 use crate::state::{BundleRecord, Cluster, TokenRecord, secret_hash, unix_now};
 use crate::{lifecycle, views};
+use cartable_proto::api::*;
 
 /// Largest JSON body accepted.
 const MAX_JSON: usize = 64 * 1024;

@@ -277,7 +277,7 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
         mib_per_s: 0,
         interval: Duration::from_millis(10),
     };
-    let calm = crate::https::shed::Pressure::new(8);
+    let calm = cartable_net::https::shed::Pressure::new(8);
     let task = tokio::spawn(scrub_forever(
         f.store.clone(),
         settings,
@@ -300,9 +300,10 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
 
 #[tokio::test]
 async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow::Result<()> {
-    use crate::identity::Identity;
     use crate::peer::fetch::{FetchOptions, fetch_bundle};
-    use crate::peer::{PeerAddr, auth::Members, endpoint::PeerEndpoint, respond::serve_peers};
+    use crate::peer::respond::serve_peers;
+    use cartable_net::identity::Identity;
+    use cartable_net::peer::{PeerAddr, auth::Members, endpoint::PeerEndpoint};
 
     // The same lessons, so the same bundle ids, on two nodes.
     let (healthy, damaged) = (Fixture::new()?, Fixture::new()?);

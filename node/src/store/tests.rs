@@ -69,6 +69,28 @@ fn identical_files_are_stored_once_across_bundles() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_node_adds_a_folder_under_the_id_the_cli_computes() -> anyhow::Result<()> {
+    // The CLI's `publish` hashes the folder without importing it; both build
+    // the manifest with `cartable_net::folder`, and a blob's outboard root is
+    // its plain BLAKE3 hash, so the ids agree.
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[
+            ("index.html", b"<h1>Fractions</h1>".to_vec()),
+            ("style.css", b"h1 { color: red }".to_vec()),
+            ("media/deep/copy.css", b"h1 { color: red }".to_vec()),
+            ("media/video.mp4", pattern((3 << 20) + 5, 7)),
+        ],
+    );
+    let hashed = Folder::read(a.path())?
+        .manifest(|f| cartable_net::folder::hash_file(&f.source, f.size, &mut |_| {}))?;
+    let added = Store::open(data.path())?.add_folder(a.path())?;
+    assert_eq!(hashed.id(), added.summary.id);
+    Ok(())
+}
+
+#[test]
 fn adding_a_folder_twice_is_idempotent() -> anyhow::Result<()> {
     let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
     lesson(
@@ -406,7 +428,7 @@ fn abandoned_partials(store: &Store, count: u8, len: usize) -> anyhow::Result<Ve
         let data = pattern(len, seed);
         let hash = BlobHash::of(&data);
         let mut partial = store.partial(&hash, len as u64)?;
-        partial.write_group(0, &data[..verify::GROUP_BYTES as usize])?;
+        partial.write_group(0, &data[..cartable_proto::wire::GROUP_BYTES as usize])?;
         partial.checkpoint(store)?;
         hashes.push(hash);
         // File times tick at the kernel's clock granularity: keep the order clear.
