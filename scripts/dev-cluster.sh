@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p cartable-node -p cartable-coordinator
+cargo build --release -q -p cartable-node -p cartable-coordinator -p cartable-cli
 bin=$PWD/target/release
 dir="${DATA_DIR:-./cartable-dev}"
 https="${COORDINATOR_HTTPS:-127.0.0.1:7443}"

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
-use cartable_node::identity::Identity;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::NodeId;
 
 /// Bytes the sender reads from the file and hands to the stream at a time:

@@ -52,7 +52,7 @@
 //! quic_retry_above_strangers = 256
 //!
 //! # Caps and deadlines of HTTPS connections (browsers and the admin API), the
-//! # same table as a node's: see `cartable_node::https::limits`.
+//! # same table as a node's: see `cartable_net::https::limits`.
 //! [connections]
 //! max_connections = 20000
 //!
@@ -67,9 +67,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use cartable_node::https::limits::{ConnectionLimits, FileConnections};
-use cartable_node::peer::admission::Limits;
-use cartable_node::tls::TlsFiles;
+use cartable_net::https::limits::{ConnectionLimits, FileConnections};
+use cartable_net::peer::admission::Limits;
+use cartable_net::tls::TlsFiles;
 use cartable_proto::cidr::Cidr;
 
 use crate::probe::RouteTimes;
@@ -232,7 +232,7 @@ fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
 impl CoordinatorConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        Self::resolve(cartable_node::config::read_toml(path)?, overrides)
+        Self::resolve(cartable_net::config::read_toml(path)?, overrides)
     }
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
@@ -282,7 +282,7 @@ impl CoordinatorConfig {
         };
         let quic_limits = quic_limits(&file)?;
         let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
-        let public_url = cartable_node::config::public_url("public_url", file.public_url)?;
+        let public_url = cartable_net::config::public_url("public_url", file.public_url)?;
         let regions = file
             .regions
             .iter()

@@ -1,26 +1,25 @@
 //! The coordinator's side of the node protocol ([`cartable_proto::control`]):
-//! joins and heartbeats over QUIC, one request per stream. Any key may connect;
-//! a join needs a valid token, a heartbeat a registered key.
+//! joins and heartbeats over QUIC, one request per stream, each handed to
+//! [`crate::ops::members`] and its refusal sent back as its text. Any key may
+//! connect; a join needs a valid token, a heartbeat a registered key.
 //!
 //! A connection from a key that is not a member (a stranger) keeps the small
-//! limits every connection starts with (`cartable_node::peer::admission`) and
+//! limits every connection starts with (`cartable_net::peer::admission`) and
 //! must join within [`STRANGER_DEADLINE`]; a member's connection gets a
 //! member's limits. The endpoint's caps bound how many connections strangers
 //! hold at all; a removed member's connections are closed by the admin API.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cartable_node::peer::endpoint::{Arriving, PeerConnection};
-use cartable_node::peer::frame::{self, FrameError};
+use cartable_net::peer::endpoint::{Arriving, PeerConnection};
+use cartable_net::peer::frame::{self, FrameError};
 use cartable_proto::control::{
     self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
 };
 use cartable_proto::{DecodeError, NodeId};
 
 use crate::Coordinator;
-use crate::lifecycle;
-use crate::state::{NodeRecord, secret_hash, unix_now};
 
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,92 +144,18 @@ fn refused(reason: &str) -> ControlResponse {
 }
 
 fn handle_join(coord: &Coordinator, node: NodeId, join: &JoinRequest) -> ControlResponse {
-    let mut c = coord.lock();
-    let hash = secret_hash(join.secret.as_bytes());
-    let Some(token) = c.tokens.get(&hash).cloned() else {
-        return refused("unknown join token (never made, or revoked)");
-    };
-    match token.used_by {
-        // The node's first answer was lost: it asks again.
-        Some(user) if user == node && c.nodes.contains_key(&node) => {
-            return ControlResponse::Joined {
-                region: token.region,
-                site: token.site,
-            };
-        }
-        Some(user) if user == node => {
-            return refused("this node was removed from the cluster: ask for a new join token");
-        }
-        Some(_) => return refused("join token already used by another node"),
-        None => {}
-    }
-    if let Err(why) = crate::contact::check(&join.contact) {
-        return refused(&why);
-    }
-    if token.expires <= unix_now() {
-        return refused("join token expired");
-    }
-    if c.nodes.contains_key(&node) {
-        return refused("this node is already a member");
-    }
-    let record = NodeRecord {
-        // The operator's bound, not the node's word, limits what it is given.
-        capacity: token
-            .capacity
-            .map_or(join.capacity, |cap| join.capacity.min(cap)),
-        capacity_limit: token.capacity,
-        ..NodeRecord::joined(
-            node,
-            &token.region,
-            &token.site,
-            join.capacity,
-            join.contact.clone(),
-        )
-    };
-    let saved = c.save_node(record).and_then(|()| {
-        c.save_token(
-            hash,
-            crate::state::TokenRecord {
-                used_by: Some(node),
-                ..token.clone()
-            },
-        )?;
-        c.flush()
-    });
-    if let Err(e) = saved {
-        tracing::error!(error = format!("{e:#}"), "could not record a join");
-        return refused("the coordinator could not record the join; try again");
-    }
-    c.live
-        .insert(node, crate::state::Liveness::heard(Instant::now()));
-    tracing::info!(node = %node, region = token.region, site = token.site, "node joined");
-    ControlResponse::Joined {
-        region: token.region,
-        site: token.site,
+    match coord.join(node, join) {
+        Ok(place) => ControlResponse::Joined {
+            region: place.region,
+            site: place.site,
+        },
+        Err(e) => refused(&e.to_string()),
     }
 }
 
 fn handle_heartbeat(coord: &Arc<Coordinator>, node: NodeId, beat: &Heartbeat) -> ControlResponse {
-    if let Err(why) = crate::contact::check(&beat.contact) {
-        return refused(&why);
+    match coord.heartbeat(node, beat) {
+        Ok(orders) => ControlResponse::Orders(orders),
+        Err(e) => refused(&e.to_string()),
     }
-    let now = Instant::now();
-    let (orders, claims) = {
-        let mut c = coord.lock();
-        if !c.nodes.contains_key(&node) {
-            return refused("unknown node: join with a token first");
-        }
-        let claims = match lifecycle::apply_heartbeat(&mut c, node, beat, &coord.policy, now) {
-            Ok(claims) => claims,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "could not record a heartbeat");
-                return refused("the coordinator could not record the heartbeat");
-            }
-        };
-        (lifecycle::orders_for(&c, &node, &coord.policy, now), claims)
-    };
-    for bundle in claims {
-        coord.check(node, bundle, crate::daemon::Check::Claim);
-    }
-    ControlResponse::Orders(orders)
 }

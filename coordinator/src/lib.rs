@@ -1,19 +1,29 @@
 //! The Cartable coordinator: membership, placement across sites and regions,
-//! replica lifecycle and repair, names, routing; and the `cartable` admin CLI.
+//! replica lifecycle and repair, names, routing. The admin API's types are
+//! [`cartable_proto::api`]; what it shares with nodes (key, TLS, QUIC endpoint,
+//! frames, the HTTPS server shell) is [`cartable_net`]'s.
 //!
-//! - [`api`]: the admin API's routes and JSON types (the CLI's contract).
-//! - [`config`]: the coordinator's TOML configuration and policy.
-//! - [`cli`]: the `cartable` admin CLI, a client of the admin API.
-//! - [`state`]: what the coordinator knows, behind one key-value interface (sled).
+//! Where each behaviour lives:
+//!
+//! - [`ops`]: every operation, typed, on the one [`Coordinator`] that owns the
+//!   state's lock: the admin API's (publish, drain, remove, trust, contacts,
+//!   replicas, names, tokens, status, plan) and the nodes' (join, heartbeat),
+//!   with the spot checks of claimed copies they start. Refusals are
+//!   [`ops::OpError`], [`ops::members::JoinError`], [`ops::members::HeartbeatError`].
+//! - [`http`]: HTTPS: the admin API's routes mapped to [`ops`] (statuses in one
+//!   place), and browser redirects to nodes [`probe`] checked still answer.
+//! - [`control`]: QUIC: nodes' join and heartbeat frames mapped to [`ops`];
+//!   strangers' limits and deadline.
 //! - [`lifecycle`]: replicas from placed to complete to released; repair; routing (no IO).
-//! - [`control`]: joins and heartbeats from nodes over QUIC; [`spotcheck`]: verifying claimed copies;
-//!   [`contact`]: where members answer, fixed at join; [`failure_reports`]: members' complaints about peers.
-//! - [`http`]: the admin API and browser redirects, to nodes [`probe`] checked still answer; [`views`]: the state as the API shows it.
 //! - [`trust`]: when a member's claims count, and what repeated failed checks cost it (no IO).
-//! - [`daemon`]: `cartable-coordinator init` and `serve`.
+//! - [`spotcheck`]: verifying a claimed copy over QUIC; [`contact`]: where members
+//!   answer, fixed at join; [`failure_reports`]: members' complaints about peers.
+//! - [`views`]: the state as the admin API shows it.
+//! - [`state`]: what the coordinator knows, behind one key-value interface (sled).
+//! - [`config`]: the coordinator's TOML configuration and policy.
+//! - [`daemon`]: `cartable-coordinator init` and `serve`: the key, certificate
+//!   and admin token; the endpoints and the lifecycle loop.
 
-pub mod api;
-pub mod cli;
 pub mod config;
 pub mod contact;
 pub mod control;
@@ -21,10 +31,11 @@ pub mod daemon;
 pub mod failure_reports;
 pub mod http;
 pub mod lifecycle;
+pub mod ops;
 pub mod probe;
 pub mod spotcheck;
 pub mod state;
 pub mod trust;
 pub mod views;
 
-pub use daemon::Coordinator;
+pub use ops::Coordinator;

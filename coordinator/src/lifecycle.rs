@@ -17,9 +17,9 @@ use cartable_placement::{Assignment, BundleSpec, NodeSpec, Topology};
 use cartable_proto::control::{Heartbeat, HoldOrder, Member, NameTable, Orders};
 use cartable_proto::{BundleId, NodeId};
 
-use crate::api::{QueuedCopy, ReplicaState};
 use crate::config::Policy;
 use crate::state::{Cluster, Liveness};
+use cartable_proto::api::{QueuedCopy, ReplicaState};
 
 /// Which nodes may take replicas: for the normal plan and for urgent repairs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -26,8 +26,8 @@ use cartable_proto::NodeId;
 use http::{Method, StatusCode};
 use tokio::sync::watch;
 
-use crate::cli::client::{HttpsClient, full};
-use crate::cli::tls::Pin;
+use cartable_net::client::{HttpsClient, full};
+use cartable_net::pin::Pin;
 
 /// How old a sign of life may be, and how long a check may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_node::peer::exchange::{PeerFailure, ask_manifest, verify_groups};
-use cartable_node::store::verify::GROUP_BYTES;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::exchange::{PeerFailure, ask_manifest, verify_groups};
+use cartable_proto::wire::GROUP_BYTES;
 use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BundleId, ManifestEntry};
 use ring::rand::SecureRandom;

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use cartable_proto::{BundleId, NodeId};
 
-use crate::api::ReplicaState;
 use crate::state::Cluster;
+use cartable_proto::api::ReplicaState;
 
 /// Refuted checks after which a node is marked unreliable.
 pub const UNRELIABLE_AFTER: u64 = 3;

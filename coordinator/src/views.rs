@@ -1,18 +1,16 @@
-//! The state as the admin API shows it (types in [`crate::api`]).
+//! The state as the admin API shows it (types in [`cartable_proto::api`]).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use cartable_placement::{NodeSpec, Topology};
 use cartable_proto::{BundleId, NodeId};
-use http::StatusCode;
 
-use crate::api::*;
 use crate::config::Policy;
 use crate::lifecycle;
+use crate::ops::OpError;
 use crate::state::{Cluster, TokenRecord};
-
-type Failure = (StatusCode, String);
+use cartable_proto::api::*;
 
 fn state_of(c: &Cluster, id: &NodeId, policy: &Policy, now: Instant) -> NodeState {
     if c.nodes[id].draining {
@@ -25,11 +23,8 @@ fn state_of(c: &Cluster, id: &NodeId, policy: &Policy, now: Instant) -> NodeStat
 }
 
 /// One node.
-pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, Failure> {
-    let n = c
-        .nodes
-        .get(id)
-        .ok_or((StatusCode::NOT_FOUND, "no such node".to_owned()))?;
+pub fn node(c: &Cluster, policy: &Policy, id: &NodeId) -> Result<NodeView, OpError> {
+    let n = c.nodes.get(id).ok_or(OpError::NoSuchNode)?;
     let now = Instant::now();
     let live = c.live.get(id);
     let (replicas, complete) = c.placed_on(id).fold((0, 0), |(all, done), (_, s)| {
@@ -73,11 +68,8 @@ pub fn bundle(
     policy: &Policy,
     id: &BundleId,
     detail: bool,
-) -> Result<BundleView, Failure> {
-    let b = c
-        .bundles
-        .get(id)
-        .ok_or((StatusCode::NOT_FOUND, "no such bundle".to_owned()))?;
+) -> Result<BundleView, OpError> {
+    let b = c.bundles.get(id).ok_or(OpError::NoSuchBundle)?;
     let now = Instant::now();
     let replicas = if detail {
         c.replicas.get(id).map_or_else(Vec::new, |r| {

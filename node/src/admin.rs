@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use crate::peer::PeerAddr;
-use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
 use crate::peer::reputation::Reputation;
 use crate::peer::through::FetchThrough;
 use crate::store::Store;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::endpoint::PeerEndpoint;
 
 /// The socket's file name in the data folder.
 pub const SOCKET_FILE: &str = "admin.sock";

@@ -13,13 +13,13 @@ use clap::{Parser, Subcommand};
 
 use crate::admin::{self, AdminClient, Info, Request};
 use crate::config::{NodeConfig, Overrides};
-use crate::identity::Identity;
-use crate::peer::PeerAddr;
-use crate::peer::auth::Members;
-use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::fetch::{FetchOptions, FetchReport, fetch_bundle};
-use crate::progress::Progress;
 use crate::store::{AddReport, BundleSummary, CheckReport, Store};
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::progress::Progress;
 
 /// A Cartable node: keeps lesson bundles and serves them to browsers over HTTPS.
 #[derive(Debug, Parser)]

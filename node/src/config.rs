@@ -13,7 +13,7 @@
 //! tls_cert = "/etc/cartable/cert.pem"
 //! tls_key = "/etc/cartable/key.pem"
 //!
-//! # Caps and deadlines of browser connections: see `crate::https::limits`.
+//! # Caps and deadlines of browser connections: see `cartable_net::https::limits`.
 //! [connections]
 //! max_connections = 20000
 //! idle_timeout_secs = 30
@@ -61,11 +61,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::https::limits::{ConnectionLimits, FileConnections};
-use crate::peer::PeerAddr;
 use crate::serve::{DEFAULT_DISK_MARGIN, FileLessons, LessonPolicy};
 use crate::store::ScrubSettings;
-use crate::tls::TlsFiles;
+use cartable_net::config::{public_url, read_toml};
+use cartable_net::https::limits::{ConnectionLimits, FileConnections};
+use cartable_net::peer::PeerAddr;
+use cartable_net::tls::TlsFiles;
 
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
 const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
@@ -256,29 +257,6 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| TlsFiles::self_signed_in(&self.data_dir))
     }
-}
-
-/// The TOML file at `path`, or the defaults when there is none.
-pub fn read_toml<T: serde::de::DeserializeOwned + Default>(
-    path: Option<&Path>,
-) -> anyhow::Result<T> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
-}
-
-/// A base URL given as `name`: checked to be HTTPS, without a trailing slash.
-pub fn public_url(name: &str, url: Option<String>) -> anyhow::Result<Option<String>> {
-    let Some(url) = url else { return Ok(None) };
-    let url = url.trim_end_matches('/').to_owned();
-    anyhow::ensure!(
-        url.starts_with("https://") && url.len() > 8,
-        "{name} must start with https://"
-    );
-    Ok(Some(url))
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@ use anyhow::Context;
 
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
-use crate::https::HttpsServer;
-use crate::identity::Identity;
 use crate::member::{Member, Membership};
-use crate::peer::auth::Members;
-use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
 use crate::serve::{ServeContext, UploadLimits, Uploads};
 use crate::store::{Store, scrub_forever};
+use cartable_net::https::HttpsServer;
+use cartable_net::identity::Identity;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
 
@@ -135,7 +135,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         lessons: config.lessons.clone(),
     });
     let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);
-    server.serve(handler, stop_signal()).await;
+    server
+        .serve(handler, cartable_net::signal::stop_signal())
+        .await;
     peers.close();
     scrub_task.abort();
     if let Some(task) = member_task {
@@ -146,19 +148,4 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = peers_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn stop_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }

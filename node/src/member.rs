@@ -20,16 +20,16 @@ use cartable_proto::join::JoinToken;
 use cartable_proto::{BundleId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::https::Load;
-use crate::peer::PeerAddr;
-use crate::peer::auth::Members;
-use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
-use crate::peer::frame;
 use crate::peer::reputation::Reputation;
 use crate::peer::through::FetchThrough;
-use crate::secret_file;
 use crate::store::Store;
+use cartable_net::control::ask;
+use cartable_net::https::Load;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::secret_file;
 
 /// The join token and what came of it, under the data folder (mode 0600).
 pub const MEMBERSHIP_FILE: &str = "membership.json";
@@ -480,23 +480,6 @@ impl Member {
                 .remove(&bundle);
         });
     }
-}
-
-/// Sends one control request and reads its answer.
-pub async fn ask(
-    conn: &quinn::Connection,
-    request: &ControlRequest,
-) -> anyhow::Result<ControlResponse> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    frame::write_frame(&mut send, &control::encode(request)).await?;
-    let _ = send.finish();
-    let body = tokio::time::timeout(
-        Duration::from_secs(30),
-        frame::read_body(&mut recv, control::MAX_FRAME_BYTES),
-    )
-    .await
-    .context("no answer from the coordinator within 30 s")??;
-    Ok(control::decode(&body)?)
 }
 
 #[cfg(test)]

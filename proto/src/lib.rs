@@ -12,7 +12,9 @@
 //! - [`control`]: the node ↔ coordinator protocol, specified in its module docs.
 //! - [`units`]: sizes, durations and dates as operators type and read them.
 //! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
+//! - [`api`]: the coordinator's admin API, its routes and JSON types (the CLI's contract).
 
+pub mod api;
 pub mod cert;
 pub mod cidr;
 pub mod content_type;

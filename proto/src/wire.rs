@@ -60,6 +60,9 @@ use crate::id::{BlobHash, BundleId};
 
 /// The ALPN protocol name of this version.
 pub const ALPN: &[u8] = b"cartable/1";
+/// Bytes in one chunk group (16 BLAKE3 chunks): the unit of [`GroupRanges`],
+/// of verification and of resuming.
+pub const GROUP_BYTES: u64 = 16 * 1024;
 /// Largest request frame.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest manifest carried in a response.

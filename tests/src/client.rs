@@ -18,7 +18,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use cartable_coordinator::cli::tls::Pin;
+use cartable_net::pin::Pin;
 
 /// A response, read whole.
 #[derive(Debug)]

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use cartable_node::identity::Identity;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::control::{self, Contact, ControlRequest, ControlResponse, JoinRequest};
 use cartable_proto::join::JoinToken;
 use serde_json::Value;
@@ -365,7 +365,7 @@ pub async fn join_member(
         contact: contact.clone(),
         capacity,
     });
-    let joined = cartable_node::member::ask(conn, &join).await?;
+    let joined = cartable_net::control::ask(conn, &join).await?;
     anyhow::ensure!(
         matches!(joined, ControlResponse::Joined { .. }),
         "{joined:?}"

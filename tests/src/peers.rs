@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cartable_node::identity::Identity;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
-use cartable_node::peer::frame::{read_request, write_frame};
+use cartable_net::identity::Identity;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::frame::{read_request, write_frame};
 use cartable_node::store::Store;
 use cartable_proto::BlobHash;
 use cartable_proto::wire::{GroupRanges, Request, Response};

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartable_node::identity::Identity;
-use cartable_node::member::ask;
-use cartable_node::peer::frame;
+use cartable_net::control::ask;
+use cartable_net::identity::Identity;
+use cartable_net::peer::frame;
 use cartable_node::store::Store;
 use cartable_proto::control::{self, Contact, ControlRequest, ControlResponse, Heartbeat};
 use cartable_proto::join::JoinToken;

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cartable_node::identity::Identity;
-use cartable_node::member::ask;
+use cartable_net::control::ask;
+use cartable_net::identity::Identity;
 use cartable_node::peer::respond::serve_peers;
 use cartable_node::store::Store;
 use cartable_proto::BundleId;

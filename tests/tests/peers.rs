@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cartable_node::identity::Identity;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::PeerEndpoint;
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::wire::{ErrorKind, Request, Response};
 use cartable_tests::peers::{
     Lie, has_checkpoint, mixed_lesson, pattern, serving, start_liar, stored_blob,
@@ -167,16 +167,16 @@ async fn garbage_on_a_stream_gets_a_typed_error_and_the_node_stays_up() -> anyho
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&garbage).await?;
         send.finish()?;
-        match cartable_node::peer::frame::read_response(&mut recv).await? {
+        match cartable_net::peer::frame::read_response(&mut recv).await? {
             Response::Error(e) => assert_eq!(e.kind, kind),
             other => panic!("expected an error, got {other:?}"),
         }
     }
     let (mut send, mut recv) = conn.open_bi().await?;
     let request = Request::Manifest(bundle.parse()?).encode();
-    cartable_node::peer::frame::write_frame(&mut send, &request).await?;
+    cartable_net::peer::frame::write_frame(&mut send, &request).await?;
     send.finish()?;
-    let answer = cartable_node::peer::frame::read_response(&mut recv).await?;
+    let answer = cartable_net::peer::frame::read_response(&mut recv).await?;
     assert!(matches!(answer, Response::Manifest(_)), "still serving");
     Ok(())
 }

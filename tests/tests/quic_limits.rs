@@ -8,13 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use cartable_coordinator::control::STRANGER_DEADLINE;
-use cartable_node::identity::Identity;
-use cartable_node::member::ask;
-use cartable_node::peer::PeerAddr;
-use cartable_node::peer::admission::STRANGER_STREAMS;
-use cartable_node::peer::auth::Members;
-use cartable_node::peer::endpoint::{CLOSED_NOT_MEMBER, PeerEndpoint};
-use cartable_node::peer::frame;
+use cartable_net::control::ask;
+use cartable_net::identity::Identity;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::admission::STRANGER_STREAMS;
+use cartable_net::peer::auth::Members;
+use cartable_net::peer::endpoint::{CLOSED_NOT_MEMBER, PeerEndpoint};
+use cartable_net::peer::frame;
 use cartable_proto::BlobHash;
 use cartable_proto::control::{
     self, Contact, ControlRequest, ControlResponse, Heartbeat, JoinRequest,

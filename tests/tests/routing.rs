@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use cartable_node::identity::Identity;
-use cartable_node::member::ask;
+use cartable_net::control::ask;
+use cartable_net::identity::Identity;
 use cartable_proto::control::{ControlRequest, ControlResponse, FailureReport, Heartbeat};
 use cartable_proto::join::JoinToken;
 use cartable_tests::Node;

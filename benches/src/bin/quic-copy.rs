@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use cartable_benches::ceiling;
 use cartable_benches::process::{Cpu, Server, machine_busy, run_timed};
 use cartable_benches::{BigFile, FileArgs, median, mib_per_s, target_dir, write_random_file};
-use cartable_node::identity::{Identity, KEY_FILE};
+use cartable_net::identity::{Identity, KEY_FILE};
 use cartable_proto::NodeId;
 use tempfile::TempDir;
 

@@ -1,6 +1,6 @@
 //! The coordinator's HTTPS side: public redirects for browsers (`/b/…` to a
 //! healthy copy near the client, `/n/{name}/…` to the current bundle) and the
-//! admin API under `/api/` (see [`crate::api`]).
+//! admin API under `/api/` (see [`cartable_proto::api`]).
 
 mod admin;
 
@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cartable_node::https::RequestBody;
-use cartable_node::https::shed::shed_response;
+use cartable_net::https::RequestBody;
+use cartable_net::https::shed::shed_response;
 use cartable_proto::BundleId;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
 
 use crate::Coordinator;
-use crate::api::ApiError;
 use crate::lifecycle;
 use crate::probe::Candidate;
+use cartable_proto::api::ApiError;
 
 /// When a browser that found no copy answering should try again.
 const NO_COPY_RETRY: Duration = Duration::from_secs(5);

@@ -11,7 +11,7 @@ use cartable_proto::control::Contact;
 use cartable_proto::{BundleId, NodeId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::api::{NameChange, ReplicaState};
+use cartable_proto::api::{NameChange, ReplicaState};
 pub use kv::{Kv, MemoryKv, SledKv};
 
 const NODES: &str = "nodes";

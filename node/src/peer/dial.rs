@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cartable_proto::NodeId;
 
-use super::PeerAddr;
-use super::endpoint::PeerEndpoint;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::endpoint::PeerEndpoint;
 
 /// After a failed dial or a dropped connection, the peer is skipped this long.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
@@ -114,9 +114,9 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
-    use crate::peer::auth::Members;
-    use crate::peer::endpoint::CONNECT_TIMEOUT;
+    use cartable_net::identity::Identity;
+    use cartable_net::peer::auth::Members;
+    use cartable_net::peer::endpoint::CONNECT_TIMEOUT;
 
     fn endpoint(keys: &std::path::Path, name: &str) -> anyhow::Result<(PeerEndpoint, NodeId)> {
         let identity = Identity::load_or_create(&keys.join(name))?;

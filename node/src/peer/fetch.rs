@@ -16,13 +16,14 @@ use anyhow::bail;
 use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 
-use super::PeerAddr;
-use super::endpoint::PeerEndpoint;
-use super::exchange::{GroupSink, PeerFailure, ask_manifest, request_groups};
 use super::rate::RateLimit;
 use super::reputation::Reputation;
-use crate::https::shed::Pressure;
+use super::sink::GroupSink;
 use crate::store::{PartialBlob, Store};
+use cartable_net::https::shed::Pressure;
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::exchange::{PeerFailure, ask_manifest, request_groups};
 
 /// Largest unit of work: 4 MiB, so a large file spreads over every peer.
 pub const UNIT_GROUPS: u64 = 256;

@@ -1,73 +1,18 @@
-//! Node ↔ node copying over QUIC (protocol: [`cartable_proto::wire`]).
+//! Node ↔ node copying over QUIC (protocol: [`cartable_proto::wire`]); the
+//! endpoint, authentication and frames are [`cartable_net::peer`]'s.
 //!
-//! - [`admission`]: connection caps per network and in total, retry under load,
-//!   a stranger's small limits raised for members.
-//! - [`auth`]: mutual authentication by node key, members only.
-//! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
 //! - [`dial`]: shared connections to peers, one dial per peer at a time, with a deadline.
-//! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
 //! - [`respond`]: answering peers' requests from the store, verified.
-//! - [`exchange`]: one request to one peer, its answer verified into a partial blob.
+//! - [`sink`]: where the verified groups a peer sends go: a blob's partial files.
 //! - [`fetch`]: copying a bundle from peers, verifying every byte, resuming.
 //! - [`through`]: fetch-through, serving browsers bundles held only by peers.
 //! - [`reputation`]: verification failures counted per peer.
-//! - [`rate`], [`stall`]: the bandwidth cap of background copies; cutting stalled peers.
+//! - [`rate`]: the bandwidth cap of background copies.
 
-pub mod admission;
-pub mod auth;
-pub mod dial;
-pub mod endpoint;
-pub mod exchange;
-pub mod fetch;
-pub mod frame;
-pub mod rate;
-pub mod reputation;
+pub(crate) mod dial;
+pub(crate) mod fetch;
+pub(crate) mod rate;
+pub(crate) mod reputation;
 pub mod respond;
-pub mod stall;
-pub mod through;
-
-use std::fmt;
-use std::net::SocketAddr;
-use std::str::FromStr;
-
-use cartable_proto::NodeId;
-
-/// A peer as given on the command line: `NODEID@IP:PORT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr {
-    /// The key it must present.
-    pub id: NodeId,
-    /// Its QUIC address.
-    pub addr: SocketAddr,
-}
-
-impl FromStr for PeerAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (id, addr) = s.split_once('@').ok_or("expected NODEID@IP:PORT")?;
-        Ok(Self {
-            id: id.parse().map_err(|e| format!("node id: {e}"))?,
-            addr: addr.parse().map_err(|e| format!("address: {e}"))?,
-        })
-    }
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.id, self.addr)
-    }
-}
-
-impl serde::Serialize for PeerAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PeerAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+pub(crate) mod sink;
+pub(crate) mod through;

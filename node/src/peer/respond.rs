@@ -12,9 +12,9 @@ use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::endpoint::PeerEndpoint;
-use super::frame::{self, FrameError};
 use crate::store::{ReadFault, Store, VerifyError};
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::frame::{self, FrameError};
 
 /// Encoded bytes handed from the disk reader to the stream at a time.
 const PIECE_BYTES: usize = 256 * 1024;

@@ -1,4 +1,4 @@
-//! What a node answers browsers, behind the server shell of [`crate::https`]:
+//! What a node answers browsers, behind the server shell of [`cartable_net::https`]:
 //! responses are built in [`respond`]; files stream from disk verified, each
 //! piece read on a blocking thread only while it is read, never while the
 //! client is slow. Uploads from `cartable publish` arrive through [`Uploads`].
@@ -23,9 +23,9 @@ pub use policy::{FileLessons, LessonPolicy};
 pub use respond::respond;
 pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 
-use crate::https::shed::Pressure;
 use crate::peer::through::FetchThrough;
 use crate::store::Store;
+use cartable_net::https::shed::Pressure;
 
 /// What requests are answered from.
 #[derive(Debug)]
@@ -48,8 +48,9 @@ pub struct ServeContext {
 
 impl ServeContext {
     /// Serving `store` alone: no peers, uploads or names, default limits.
+    #[cfg(test)]
     pub fn new(store: Arc<Store>) -> Self {
-        let limits = crate::https::limits::ConnectionLimits::default();
+        let limits = cartable_net::https::limits::ConnectionLimits::default();
         Self {
             store,
             through: None,

@@ -19,10 +19,11 @@ use super::listing;
 use super::policy;
 use super::target::{self, Target};
 use super::upload;
-use crate::https::shed::Level;
 use crate::peer::through::{FetchThrough, LookupError, Source};
-use crate::store::verify::{GROUP_BYTES, VerifyError};
+use crate::store::verify::VerifyError;
 use crate::store::{BlobFiles, ReadFault, Store};
+use cartable_net::https::shed::Level;
+use cartable_proto::wire::GROUP_BYTES;
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";

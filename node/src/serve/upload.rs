@@ -37,9 +37,9 @@ use tokio::io::AsyncWriteExt;
 use super::body::Body;
 use super::error::{HttpError, text};
 use super::reserve::{Claim, Reservations, Room};
-use crate::https::watch::Progress;
-use crate::identity::signed_by;
 use crate::store::{Store, disk_bytes, layout};
+use cartable_net::https::watch::Progress;
+use cartable_net::identity::signed_by;
 
 /// Bytes of a received blob buffered before each write to its temporary file.
 const WRITE_BUFFER: usize = 1 << 20;

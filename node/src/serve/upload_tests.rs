@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full};
 
 use super::body::Body;
 use super::{ServeContext, UploadLimits, Uploads, respond};
-use crate::identity::Identity;
 use crate::store::Store;
+use cartable_net::identity::Identity;
 
 const BIG: usize = 200_000;
 const SMALL: &[u8] = b"a small lesson file";

@@ -19,8 +19,9 @@ use bytes::{Bytes, BytesMut};
 use cartable_proto::BlobHash;
 
 use super::layout::{self, Layout};
-use super::verify::{BLOCK_SIZE, GROUP_BYTES};
 use super::{Store, StoreError, io_at};
+use cartable_net::peer::exchange::BLOCK_SIZE;
+use cartable_proto::wire::GROUP_BYTES;
 
 /// Bytes read from the source per system call.
 const READ_BUFFER: usize = 1 << 20;

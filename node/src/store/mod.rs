@@ -16,7 +16,6 @@ mod partial;
 mod partial_space;
 mod scrub;
 pub mod verify;
-pub mod walk;
 
 #[cfg(test)]
 mod scrub_tests;
@@ -30,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
-use cartable_proto::manifest::check_size_caps;
-use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, ManifestError};
+use cartable_net::folder::{Folder, FolderError, WalkError};
+use cartable_proto::{BlobHash, BundleId, Manifest, ManifestError};
 
 pub use import::disk_bytes;
 pub use index::BundleSummary;
@@ -41,7 +40,6 @@ pub use partial::PartialBlob;
 pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};
-pub use walk::WalkError;
 
 use index::Index;
 
@@ -77,6 +75,15 @@ pub enum StoreError {
         /// The failure.
         source: sled::Error,
     },
+}
+
+impl From<FolderError> for StoreError {
+    fn from(e: FolderError) -> Self {
+        match e {
+            FolderError::Walk(e) => Self::Walk(e),
+            FolderError::Manifest(e) => Self::Manifest(e),
+        }
+    }
 }
 
 /// The result of adding a folder.
@@ -141,14 +148,10 @@ impl Store {
     /// importing anything, if one entry breaks the rules. Adding a folder twice
     /// gives the same id and writes nothing new.
     pub fn add_folder(&self, dir: &Path) -> Result<AddReport, StoreError> {
-        let files = walk::walk(dir)?;
-        // Refused before a byte is imported (sizes as listed: a file that
-        // grows while imported fails the import).
-        check_size_caps(files.iter().map(|f| (&f.path, f.size)))?;
+        let folder = Folder::read(dir)?;
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut entries = Vec::with_capacity(files.len());
         let mut new_bytes = 0;
-        for f in files {
+        let manifest = folder.manifest(|f| {
             let imported =
                 import::import_file(&self.layout, &f.source, f.size).map_err(io_at(&f.source))?;
             if imported.new {
@@ -159,15 +162,9 @@ impl Store {
                     .clear_damaged(&imported.hash)
                     .map_err(|e| self.index_err(e))?;
             }
-            entries.push(ManifestEntry {
-                content_type: cartable_proto::content_type::for_path(f.path.as_str()).to_owned(),
-                path: f.path,
-                hash: imported.hash,
-                size: imported.size,
-            });
-        }
+            Ok::<_, StoreError>(imported.hash)
+        })?;
         layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
-        let manifest = Manifest::new(entries)?;
         let id = manifest.id();
         let path = self.layout.bundle(&id);
         if !path.exists() {
@@ -237,7 +234,7 @@ impl Store {
     /// Opens a stored blob for a verified read.
     pub fn open_blob(&self, hash: &BlobHash, size: u64) -> io::Result<BlobFiles> {
         let data = File::open(self.layout.blob(hash))?;
-        let outboard = if size > verify::GROUP_BYTES {
+        let outboard = if size > cartable_proto::wire::GROUP_BYTES {
             Some(File::open(self.layout.outboard(hash))?)
         } else {
             None

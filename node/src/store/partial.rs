@@ -14,8 +14,9 @@ use bao_tree::{BaoTree, TreeNode};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
 use super::partial_space::OpenMark;
-use super::verify::{BLOCK_SIZE, GROUP_BYTES};
 use super::{BlobFiles, BundleSummary, Store, StoreError, io_at, layout};
+use cartable_net::peer::exchange::BLOCK_SIZE;
+use cartable_proto::wire::GROUP_BYTES;
 
 /// A blob being fetched.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cartable_proto::{BlobHash, BundleId};
 
 use super::{Store, StoreError, VerifyError, io_at, layout};
-use crate::https::shed::{Level, Pressure};
+use cartable_net::https::shed::{Level, Pressure};
 
 /// How long a scrub paused for browsers waits before it looks again.
 const YIELD_PAUSE: Duration = Duration::from_millis(200);

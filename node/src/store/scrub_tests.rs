@@ -277,7 +277,7 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
         mib_per_s: 0,
         interval: Duration::from_millis(10),
     };
-    let calm = crate::https::shed::Pressure::new(8);
+    let calm = cartable_net::https::shed::Pressure::new(8);
     let task = tokio::spawn(scrub_forever(
         f.store.clone(),
         settings,
@@ -299,7 +299,7 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
 }
 
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
-use crate::peer::{PeerAddr, endpoint::PeerEndpoint};
+use cartable_net::peer::{PeerAddr, endpoint::PeerEndpoint};
 
 /// `store` answering peers on loopback, and a client endpoint to fetch from it.
 struct Serving {
@@ -311,8 +311,9 @@ struct Serving {
 
 impl Serving {
     fn start(store: Arc<Store>) -> anyhow::Result<Self> {
-        use crate::identity::Identity;
-        use crate::peer::{auth::Members, respond::serve_peers};
+        use crate::peer::respond::serve_peers;
+        use cartable_net::identity::Identity;
+        use cartable_net::peer::auth::Members;
         let keys = tempfile::tempdir()?;
         let server_key = Identity::load_or_create(&keys.path().join("server"))?;
         let client_key = Identity::load_or_create(&keys.path().join("client"))?;
@@ -388,7 +389,7 @@ async fn a_copy_commits_a_blob_a_fetch_through_left_complete() -> anyhow::Result
     fs::copy(healthy.store.layout().outboard(&big.hash), partial_outboard)?;
     fs::write(
         groups,
-        vec![1u8; big.size.div_ceil(verify::GROUP_BYTES) as usize],
+        vec![1u8; big.size.div_ceil(cartable_proto::wire::GROUP_BYTES) as usize],
     )?;
 
     let received = serving.fetch(&store, healthy.a).await?;

@@ -69,6 +69,28 @@ fn identical_files_are_stored_once_across_bundles() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_node_adds_a_folder_under_the_id_the_cli_computes() -> anyhow::Result<()> {
+    // The CLI's `publish` hashes the folder without importing it; both build
+    // the manifest with `cartable_net::folder`, and a blob's outboard root is
+    // its plain BLAKE3 hash, so the ids agree.
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[
+            ("index.html", b"<h1>Fractions</h1>".to_vec()),
+            ("style.css", b"h1 { color: red }".to_vec()),
+            ("media/deep/copy.css", b"h1 { color: red }".to_vec()),
+            ("media/video.mp4", pattern((3 << 20) + 5, 7)),
+        ],
+    );
+    let hashed = Folder::read(a.path())?
+        .manifest(|f| cartable_net::folder::hash_file(&f.source, f.size, &mut |_| {}))?;
+    let added = Store::open(data.path())?.add_folder(a.path())?;
+    assert_eq!(hashed.id(), added.summary.id);
+    Ok(())
+}
+
+#[test]
 fn adding_a_folder_twice_is_idempotent() -> anyhow::Result<()> {
     let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
     lesson(
@@ -432,13 +454,13 @@ fn a_whole_blob_is_never_replaced_by_partial_files_reopened_after_its_commit() -
     cache(&store, &data, u64::MAX)?;
     // The record of a commit a moment ago, not yet removed: files reopened
     // now are new and empty, and nothing in them is done.
-    let groups = len.div_ceil(verify::GROUP_BYTES) as usize;
+    let groups = len.div_ceil(cartable_proto::wire::GROUP_BYTES) as usize;
     fs::write(&store.partial_paths(&hash)[2], vec![1u8; groups])?;
     let mut reopened = store.partial(&hash, len)?;
     assert!(!reopened.is_complete(), "a stale record trusted");
     // Even a partial that says it is complete never replaces the whole blob.
     for g in 0..groups as u64 {
-        reopened.write_group(g * verify::GROUP_BYTES, &[0; 1])?;
+        reopened.write_group(g * cartable_proto::wire::GROUP_BYTES, &[0; 1])?;
     }
     assert!(reopened.is_complete());
     store.commit_partial(reopened)?;
@@ -453,7 +475,7 @@ fn abandoned_partials(store: &Store, count: u8, len: usize) -> anyhow::Result<Ve
         let data = pattern(len, seed);
         let hash = BlobHash::of(&data);
         let mut partial = store.partial(&hash, len as u64)?;
-        partial.write_group(0, &data[..verify::GROUP_BYTES as usize])?;
+        partial.write_group(0, &data[..cartable_proto::wire::GROUP_BYTES as usize])?;
         partial.checkpoint(store)?;
         hashes.push(hash);
         // File times tick at the kernel's clock granularity: keep the order clear.

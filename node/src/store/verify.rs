@@ -15,17 +15,15 @@ use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{Outboard, ReadAt, encode_ranges_validated};
 use bao_tree::iter::BaoChunk;
-use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
 };
 use bytes::{Bytes, BytesMut};
+use cartable_net::peer::exchange::BLOCK_SIZE;
 use cartable_proto::BlobHash;
+use cartable_proto::wire::GROUP_BYTES;
 
-/// 16 KiB chunk groups: the granularity of verification, and of resuming later.
-pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
-/// Bytes in one chunk group.
-pub const GROUP_BYTES: u64 = 16 * 1024;
 /// Outboards up to this size are read into memory whole rather than pair by pair.
 const OUTBOARD_IN_MEMORY: u64 = 1 << 20;
 /// Verified bytes are handed out in pieces of about this size.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 
-use crate::peer::PeerAddr;
+use cartable_net::peer::PeerAddr;
 
 /// How long an id no peer had is answered "unknown" without asking: long
 /// enough to absorb a flood, short enough that a bundle just published

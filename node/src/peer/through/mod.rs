@@ -26,19 +26,18 @@ use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 use tokio::sync::Semaphore;
 
-use super::PeerAddr;
 use super::dial::Dialer;
-use super::endpoint::PeerEndpoint;
-use super::exchange::{GroupSink, PeerFailure, STALL_LIMIT, ask_manifest, request_groups};
 use super::reputation::Reputation;
-use crate::store::verify::GROUP_BYTES;
+use crate::peer::sink::GroupSink;
 use crate::store::{MAX_PARTIAL_BLOBS, PartialBlob, Store};
+use cartable_net::peer::PeerAddr;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::exchange::{PeerFailure, STALL_LIMIT, ask_manifest, request_groups};
+use cartable_proto::wire::GROUP_BYTES;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lookup::{Holders, Unknown, likely_first};
-pub use lookup::{MAX_UNKNOWN, UNKNOWN_TTL};
-pub use slots::{IDLE_CLOSE, MAX_OPEN_SLOTS};
 use slots::{Idle, SlotError, Slots};
 
 /// Remote manifests remembered; the map is emptied when full.
@@ -185,15 +184,9 @@ impl FetchThrough {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// The manifest of a bundle a peer holds, checked against its id; `None`
-    /// when no peer holds it or none can be asked now (see [`Self::lookup`]).
-    pub async fn manifest(&self, id: &BundleId) -> Option<Arc<Manifest>> {
-        self.lookup(id).await.ok()
-    }
-
     /// The manifest of a bundle a peer holds, checked against its id: asked of
     /// the likely holders first, then the other peers; ids no peer had are
-    /// answered [`LookupError::Unknown`] for [`UNKNOWN_TTL`] without asking.
+    /// answered [`LookupError::Unknown`] for [`UNKNOWN_TTL`](lookup::UNKNOWN_TTL) without asking.
     pub async fn lookup(&self, id: &BundleId) -> Result<Arc<Manifest>, LookupError> {
         if let Some(m) = self.cached_manifest(id) {
             return Ok(m);
@@ -460,9 +453,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
-    use crate::peer::auth::Members;
     use crate::peer::respond::serve_peers;
+    use cartable_net::identity::Identity;
+    use cartable_net::peer::auth::Members;
 
     /// A node with an empty store answering peers, and fetch-through towards it.
     struct Setup {

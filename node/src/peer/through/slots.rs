@@ -30,7 +30,7 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// The cap on open slots for this process: [`MAX_OPEN_SLOTS`], or a quarter
 /// of its descriptor limit (`ulimit -n`) when that is lower.
 pub(super) fn open_slots_cap() -> usize {
-    cap_for(crate::https::limits::open_file_limit())
+    cap_for(cartable_net::https::limits::open_file_limit())
 }
 
 /// The slot cap under a soft descriptor limit (`None`: unlimited or unknown).

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::client::ApiClient;
 use super::commands::{Output, show};
 use super::table::{Align, Table, short};
-use crate::api::{NodeView, PlanChange, PlanPreview, RepairTimings};
+use cartable_proto::api::{NodeView, PlanChange, PlanPreview, RepairTimings};
 use cartable_proto::units::{self, human_bytes};
 use cartable_proto::{BundleId, NodeId};
 

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::publish::pack;
 use super::upload::{Uploaded, upload};
-use crate::api::{Published, UploadState};
+use cartable_proto::api::{Published, UploadState};
 
 const GRANT: &str = "grant-for-test";
 
@@ -82,7 +82,7 @@ async fn fake_node() -> anyhow::Result<(String, String, Arc<Mutex<Received>>)> {
     Ok((format!("https://{addr}"), sha, received))
 }
 
-/// The node's upload routes, as `crate::api` specifies them.
+/// The node's upload routes, as `cartable_proto::api` specifies them.
 async fn answer(
     state: Arc<Mutex<Received>>,
     req: Request<Incoming>,

@@ -1,28 +1,32 @@
-//! The `cartable` admin CLI: a client of the admin API ([`crate::api`]) and
+//! The `cartable` admin CLI: a client of the admin API ([`cartable_proto::api`]) and
 //! nothing more. Each command is one or a few API calls; listings print aligned
-//! tables with short ids, or the API's JSON with `--json`.
+//! tables with short ids, or the API's JSON with `--json`. It links neither the
+//! coordinator nor the node, nor any storage engine: HTTPS with pinned
+//! certificates and the lesson folder's manifest are [`cartable_net`]'s.
 //!
 //! - [`commands`], [`plan`], [`drill`]: the commands, one or a few API calls each.
 //! - [`config`]: where the coordinator URL, token and certificate come from.
-//! - [`tls`], [`client`]: HTTPS to a server whose certificate is pinned.
+//! - [`client`]: the admin API's token and JSON over [`cartable_net::client`].
 //! - [`ids`]: full ids or prefixes copied from a table.
 //! - [`publish`], [`upload`]: packing a lesson folder and uploading it.
 //! - [`views`], [`table`]: what people read (sizes and durations are parsed by
 //!   [`cartable_proto::units`], which the node shares).
 
-pub mod client;
-pub mod commands;
-pub mod config;
-pub mod drill;
-pub mod ids;
-pub mod plan;
-pub mod publish;
-pub mod table;
-pub mod tls;
+// The map above names private modules: `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
+mod client;
+mod commands;
+mod config;
+mod drill;
+mod ids;
+mod plan;
+mod publish;
+mod table;
 pub mod upload;
 #[cfg(test)]
 mod upload_tests;
-pub mod views;
+mod views;
 #[cfg(test)]
 mod views_tests;
 
@@ -31,7 +35,7 @@ use clap::Parser;
 use self::client::ApiClient;
 use self::commands::Command;
 use self::config::{ENV_CA_CERT, GlobalArgs, Settings};
-use self::tls::Pin;
+use cartable_net::pin::Pin;
 
 /// The Cartable admin CLI: manage nodes, bundles, names and join tokens.
 #[derive(Debug, Parser)]

@@ -14,16 +14,16 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use cartable_node::progress::Progress;
+use cartable_net::progress::Progress;
 use cartable_proto::BlobHash;
 use http::{Method, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::client::{HttpsClient, full, parse_answer};
-use super::tls::Pin;
-use crate::api::{Published, UploadState};
+use cartable_net::client::{HttpsClient, full, parse_answer};
+use cartable_net::pin::Pin;
+use cartable_proto::api::{Published, UploadState};
 
 /// Bytes read from a file per body frame.
 const CHUNK: usize = 256 << 10;

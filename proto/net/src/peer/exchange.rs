@@ -1,23 +1,25 @@
 //! One request to one peer, seen from the asking side: a manifest, or some
-//! chunk groups of a blob verified as they arrive and written to the blob's
-//! partial files. Shared by background fetches and fetch-through.
+//! chunk groups of a blob verified as they arrive and handed to a
+//! [`VerifiedSink`]. A node's background fetches and fetch-through keep them
+//! (in a blob's partial files); the coordinator's spot checks only count them.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bao_tree::io::sync::DecodeResponseIter;
 use bao_tree::io::{BaoContentItem, DecodeError as BaoDecodeError};
-use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
-use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 use tokio_util::io::SyncIoBridge;
 
 use super::frame;
-use super::rate::RateLimit;
 use super::stall::StallGuard;
-use crate::store::verify::BLOCK_SIZE;
-use crate::store::{PartialBlob, Store};
+
+/// 16 KiB chunk groups ([`GROUP_BYTES`]): the granularity of verification, and
+/// of resuming later.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
 
 /// Silence after which a peer's stream counts as stalled. A dead peer is only
 /// noticed this way (QUIC would wait for its idle timeout), so it is short;
@@ -37,19 +39,6 @@ pub enum PeerFailure {
     Gone(String),
 }
 
-/// Where verified groups go.
-#[derive(Debug, Clone)]
-pub struct GroupSink {
-    /// The blob's partial files; `None` once committed.
-    pub partial: Arc<Mutex<Option<PartialBlob>>>,
-    /// The store, for checkpoints.
-    pub store: Arc<Store>,
-    /// Counts verified bytes received.
-    pub received: Arc<AtomicU64>,
-    /// A bandwidth cap, for background copies.
-    pub rate: Option<Arc<RateLimit>>,
-}
-
 /// Where the verified parts of a blob go.
 pub trait VerifiedSink: Send + 'static {
     /// Keeps a verified pair of child hashes of the BLAKE3 tree.
@@ -62,48 +51,6 @@ pub trait VerifiedSink: Send + 'static {
     fn write_group(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
     /// Called once the stream ended; `UnexpectedEof` when groups asked for are missing.
     fn finish(&self, groups: &GroupRanges) -> std::io::Result<()>;
-}
-
-impl GroupSink {
-    fn with_partial(
-        &self,
-        f: &mut dyn FnMut(&mut PartialBlob) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut guard = self.partial.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_mut().map_or(Ok(()), &mut *f)
-    }
-}
-
-impl VerifiedSink for GroupSink {
-    fn save_pair(
-        &self,
-        node: bao_tree::TreeNode,
-        pair: &(blake3::Hash, blake3::Hash),
-    ) -> std::io::Result<()> {
-        self.with_partial(&mut |b| b.save_pair(node, pair))
-    }
-
-    fn write_group(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        if let Some(rate) = &self.rate {
-            rate.take(data.len() as u64);
-        }
-        self.with_partial(&mut |b| b.write_group(offset, data))?;
-        self.received
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn finish(&self, groups: &GroupRanges) -> std::io::Result<()> {
-        self.with_partial(&mut |b| {
-            if groups.ranges().iter().any(|g| b.missing_in(g)) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "stream ended early",
-                ));
-            }
-            b.checkpoint(&self.store)
-        })
-    }
 }
 
 /// Keeps nothing: counts the bytes that verified (a spot check of a peer's copy).
@@ -190,7 +137,7 @@ pub async fn verify_groups(
 ) -> Result<u64, PeerFailure> {
     let sink = Arc::new(CountingSink::default());
     request_groups(conn, hash, size, groups.clone(), sink.clone()).await?;
-    let group = crate::store::verify::GROUP_BYTES;
+    let group = GROUP_BYTES;
     let expected: u64 = groups
         .ranges()
         .iter()

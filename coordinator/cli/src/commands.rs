@@ -6,12 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use http::Method;
 
-use super::client::{ApiClient, encode_component, encode_path};
+use super::client::ApiClient;
 use super::drill::DrillCommand;
 use super::plan::PlanArgs;
 use super::publish::{self, PublishArgs};
 use super::{ids, views};
-use crate::api::{self, CreateToken, CreatedToken};
+use cartable_net::client::{encode_component, encode_path};
+use cartable_proto::api::{self, CreateToken, CreatedToken};
 use cartable_proto::units;
 
 /// `--json` for listings and show commands.

@@ -1,5 +1,6 @@
 //! Trusting one certificate. Coordinators and nodes use self-signed certificates,
-//! so the CLI pins the exact one instead of asking a CA: the coordinator's from
+//! so their clients (the CLI, the coordinator probing nodes) pin the exact one
+//! instead of asking a CA: the coordinator's from
 //! the PEM file the operator gives, a node's by the SHA-256 the coordinator
 //! announces. Handshake signatures are still checked against the pinned key.
 

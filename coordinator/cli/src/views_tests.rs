@@ -2,7 +2,9 @@
 use cartable_proto::{BlobHash, BundleId, NodeId};
 
 use super::views::*;
-use crate::api::{BundleView, NodeState, NodeView, ReplicaState, ReplicaView, Status, TokenView};
+use cartable_proto::api::{
+    BundleView, NodeState, NodeView, ReplicaState, ReplicaView, Status, TokenView,
+};
 
 fn node_id(i: u8) -> NodeId {
     NodeId::from_bytes([i; 32])

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use cartable_proto::{BundleId, NodeId};
 
 use super::client::ApiClient;
-use crate::api::{BundleView, NodeView};
+use cartable_proto::api::{BundleView, NodeView};
 
 /// Shortest prefix accepted: shorter ones would often fit several ids.
 const MIN_PREFIX: usize = 4;

@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     // Every TLS client the CLI makes names ring explicitly; installing it as the
     // default too keeps any other rustls user in the process on the same provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = cartable_coordinator::cli::Cli::parse();
+    let cli = cartable_cli::Cli::parse();
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

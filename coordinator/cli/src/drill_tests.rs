@@ -3,7 +3,7 @@
 use cartable_proto::{BlobHash, BundleId, NodeId};
 
 use super::*;
-use crate::api::{BundleMove, NodeState};
+use cartable_proto::api::{BundleMove, NodeState};
 
 fn node_id(i: u8) -> NodeId {
     NodeId::from_bytes([i; 32])

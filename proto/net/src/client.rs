@@ -1,7 +1,7 @@
-//! HTTPS requests from the CLI: [`HttpsClient`] speaks HTTP/1.1 to one server
-//! whose certificate is pinned, keeping its connection between requests (a
-//! publish of 10,000 files makes one TLS handshake, not 10,000); [`ApiClient`]
-//! adds the admin token and the JSON conventions of the admin API.
+//! HTTPS requests to one server whose certificate is pinned: [`HttpsClient`]
+//! speaks HTTP/1.1, keeping its connection between requests (a publish of
+//! 10,000 files makes one TLS handshake, not 10,000). The CLI talks to the
+//! coordinator and uploads to nodes with it; the coordinator probes nodes with it.
 
 use std::io;
 use std::sync::Arc;
@@ -16,20 +16,17 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::tls::Pin;
+use crate::pin::Pin;
 
 /// A request body: bytes in memory or a file streamed from disk.
 pub type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Connecting and the TLS handshake together must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Admin API calls are small: a coordinator silent this long is stuck.
-const API_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read; listings of many bundles stay far below.
 const MAX_REPLY: usize = 256 << 20;
 
@@ -173,95 +170,10 @@ impl HttpsClient {
     }
 }
 
-/// A client of the admin API: bearer token, JSON answers, `{"error"}` as errors.
-#[derive(Debug)]
-pub struct ApiClient {
-    http: HttpsClient,
-    token: String,
-}
-
-impl ApiClient {
-    /// A client of the coordinator at `base_url`.
-    pub fn new(base_url: &str, pin: Pin, token: String) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: HttpsClient::new(base_url, pin)?,
-            token,
-        })
-    }
-
-    /// The full URL of `path` on the coordinator.
-    pub fn url(&self, path: &str) -> String {
-        self.http.url(path)
-    }
-
-    /// `GET path`.
-    pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
-        self.call(Method::GET, path, None).await
-    }
-
-    /// `POST path` with no body.
-    pub async fn post<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
-        self.call(Method::POST, path, None).await
-    }
-
-    /// `DELETE path`.
-    pub async fn delete<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
-        self.call(Method::DELETE, path, None).await
-    }
-
-    /// `method path` with a JSON body.
-    pub async fn send_json<T: DeserializeOwned>(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<T> {
-        let body = ("application/json", Bytes::from(serde_json::to_vec(body)?));
-        self.call(method, path, Some(body)).await
-    }
-
-    /// `POST path` with raw bytes.
-    pub async fn post_bytes<T: DeserializeOwned>(
-        &mut self,
-        path: &str,
-        bytes: Vec<u8>,
-    ) -> anyhow::Result<T> {
-        let body = ("application/octet-stream", Bytes::from(bytes));
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<(&str, Bytes)>,
-    ) -> anyhow::Result<T> {
-        let mut headers = vec![(header::AUTHORIZATION, format!("Bearer {}", self.token))];
-        let body = match body {
-            Some((content_type, bytes)) => {
-                headers.push((header::CONTENT_TYPE, content_type.to_owned()));
-                full(bytes)
-            }
-            None => full(Bytes::new()),
-        };
-        let url = self.url(path);
-        let sent = self.http.send(method.clone(), path, &headers, body);
-        let (status, answer) = tokio::time::timeout(API_TIMEOUT, sent)
-            .await
-            .map_err(|_| anyhow::anyhow!("{method} {url}: no answer in {API_TIMEOUT:?}"))??;
-        // An error answer is printed as it is (`error: 404 no such node`); only a
-        // success that is not the expected JSON needs the route to be understood.
-        if !status.is_success() {
-            return parse_answer(status, &answer);
-        }
-        parse_answer(status, &answer).with_context(|| format!("{method} {url}"))
-    }
-}
-
 /// The JSON of a success, or the [`HttpError`] of a failure.
 pub fn parse_answer<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> anyhow::Result<T> {
     if !status.is_success() {
-        let message = match serde_json::from_slice::<crate::api::ApiError>(body) {
+        let message = match serde_json::from_slice::<cartable_proto::api::ApiError>(body) {
             Ok(e) => e.error,
             Err(_) => one_line_reason(body)
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),

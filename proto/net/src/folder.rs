@@ -1,11 +1,80 @@
-//! Reading a lesson folder into the list of files to import, refusing the whole
-//! folder, before anything is imported, when one entry breaks the rules.
+//! A lesson folder read into a bundle manifest: the one way a node's `add` and
+//! the CLI's `publish` do it, so the same folder gives the same bundle id from
+//! either. The whole folder is refused, before a byte is hashed or imported,
+//! when one entry breaks the path rules or the manifest's size caps; each file
+//! is then hashed by the caller (the node imports it while hashing it, the CLI
+//! only hashes it).
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+use cartable_proto::manifest::check_size_caps;
 use cartable_proto::path::check_segment;
-use cartable_proto::{BundlePath, PathError};
+use cartable_proto::{
+    BlobHash, BundlePath, Manifest, ManifestEntry, ManifestError, PathError, content_type,
+};
+
+/// Bytes hashed per read.
+const READ_BUFFER: usize = 1 << 20;
+
+/// A lesson folder listed and checked against the manifest's size caps.
+#[derive(Debug)]
+pub struct Folder {
+    files: Vec<FoundFile>,
+    total: u64,
+}
+
+/// Why a folder cannot become a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// An entry breaks a rule.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The files cannot form a manifest (size caps, too many files).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+impl Folder {
+    /// Lists every file under `root` and checks the manifest's size caps on the
+    /// sizes listed (a file that grows meanwhile fails when it is read).
+    pub fn read(root: &Path) -> Result<Self, FolderError> {
+        let files = walk(root)?;
+        let total = check_size_caps(files.iter().map(|f| (&f.path, f.size)))?;
+        Ok(Self { files, total })
+    }
+
+    /// The files, in bundle path order within each folder.
+    pub fn files(&self) -> &[FoundFile] {
+        &self.files
+    }
+
+    /// The bytes of every file together.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// The folder's manifest, `blob` giving each file's hash (by hashing it, or
+    /// importing it as it hashes it).
+    pub fn manifest<E: From<FolderError>>(
+        self,
+        mut blob: impl FnMut(&FoundFile) -> Result<BlobHash, E>,
+    ) -> Result<Manifest, E> {
+        let mut entries = Vec::with_capacity(self.files.len());
+        for f in self.files {
+            let hash = blob(&f)?;
+            entries.push(ManifestEntry {
+                content_type: content_type::for_path(f.path.as_str()).to_owned(),
+                path: f.path,
+                hash,
+                size: f.size,
+            });
+        }
+        Manifest::new(entries).map_err(|e| FolderError::Manifest(e).into())
+    }
+}
 
 /// Why a folder cannot become a bundle. Each variant names the offending file.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +123,28 @@ pub struct FoundFile {
     pub size: u64,
 }
 
+/// The BLAKE3 hash of the file, which must still be `size` bytes long.
+pub fn hash_file(path: &Path, size: u64, hashed: &mut dyn FnMut(u64)) -> anyhow::Result<BlobHash> {
+    let read = || format!("reading {}", path.display());
+    let mut file = File::open(path).with_context(read)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; READ_BUFFER];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf).with_context(read)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+        hashed(n as u64);
+    }
+    anyhow::ensure!(len == size, "{} changed while being read", path.display());
+    Ok(BlobHash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
 /// Lists every file under `root`, or the first reason the folder is refused.
-pub fn walk(root: &Path) -> Result<Vec<FoundFile>, WalkError> {
+fn walk(root: &Path) -> Result<Vec<FoundFile>, WalkError> {
     let meta = fs::symlink_metadata(root).map_err(|source| WalkError::Io {
         path: root.to_owned(),
         source,

@@ -4,26 +4,22 @@
 //!
 //! The folder is checked and hashed before any network call, so a file name
 //! that breaks the path rules fails at once and changes nothing. The manifest
-//! is built exactly as `cartable-node add` builds it, so the same folder gives
-//! the same bundle id from the CLI or from a node.
+//! is built by [`cartable_net::folder`], as `cartable-node add` builds it, so
+//! the same folder gives the same bundle id from the CLI or from a node.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use cartable_node::progress::Progress;
-use cartable_node::store::walk::walk;
+use cartable_net::folder::{Folder, FolderError, hash_file};
+use cartable_net::progress::Progress;
 use cartable_proto::units::human_bytes;
-use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry, content_type};
+use cartable_proto::{BundleId, Manifest};
 
-use super::client::{ApiClient, encode_component};
+use super::client::ApiClient;
 use super::upload::{Sources, upload};
-use crate::api::{BundleView, Published};
+use cartable_net::client::encode_component;
+use cartable_proto::api::{BundleView, Published};
 
-/// Bytes hashed per read.
-const READ_BUFFER: usize = 1 << 20;
 /// How often `--wait` asks the coordinator.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
@@ -57,53 +53,45 @@ pub struct Packed {
 
 /// Reads and hashes the folder `dir`, reporting bytes hashed to `progress`.
 pub fn pack(dir: &Path, progress: Option<&Progress>) -> anyhow::Result<Packed> {
-    let files = walk(dir)?;
     // The manifest's caps, before hashing gigabytes only to be refused.
-    let total = cartable_proto::manifest::check_size_caps(files.iter().map(|f| (&f.path, f.size)))
-        .with_context(|| format!("{}", dir.display()))?;
+    let folder = Folder::read(dir).map_err(|e| in_folder(dir, e))?;
+    let total = folder.total_bytes();
     if progress.is_some() {
-        eprintln!("hashing {} files ({})", files.len(), human_bytes(total));
+        eprintln!(
+            "hashing {} files ({})",
+            folder.files().len(),
+            human_bytes(total)
+        );
     }
     let mut done = 0;
-    let mut entries = Vec::with_capacity(files.len());
     let mut sources = Sources::new();
-    for f in files {
-        let hash = hash_file(&f.source, f.size, &mut |n| {
-            done += n;
-            if let Some(p) = progress {
-                p.update(done, total);
-            }
+    let manifest = folder
+        .manifest(|f| {
+            let hash = hash_file(&f.source, f.size, &mut |n| {
+                done += n;
+                if let Some(p) = progress {
+                    p.update(done, total);
+                }
+            })?;
+            sources
+                .entry(hash)
+                .or_insert_with(|| (f.source.clone(), f.size));
+            Ok::<_, anyhow::Error>(hash)
+        })
+        .map_err(|e| match e.downcast::<FolderError>() {
+            Ok(e) => in_folder(dir, e),
+            Err(e) => e,
         })?;
-        entries.push(ManifestEntry {
-            content_type: content_type::for_path(f.path.as_str()).to_owned(),
-            path: f.path,
-            hash,
-            size: f.size,
-        });
-        sources.entry(hash).or_insert((f.source, f.size));
-    }
-    let manifest = Manifest::new(entries).with_context(|| format!("{}", dir.display()))?;
     Ok(Packed { manifest, sources })
 }
 
-/// The BLAKE3 hash of the file, which must still be `size` bytes long.
-fn hash_file(path: &Path, size: u64, hashed: &mut dyn FnMut(u64)) -> anyhow::Result<BlobHash> {
-    let read = || format!("reading {}", path.display());
-    let mut file = File::open(path).with_context(read)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0; READ_BUFFER];
-    let mut len = 0;
-    loop {
-        let n = file.read(&mut buf).with_context(read)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-        hashed(n as u64);
+/// A folder's refusal: the rule an entry breaks names the entry; the caps
+/// and the manifest's own rules are the folder's.
+fn in_folder(dir: &Path, e: FolderError) -> anyhow::Error {
+    match e {
+        FolderError::Walk(e) => e.into(),
+        FolderError::Manifest(e) => anyhow::Error::new(e).context(format!("{}", dir.display())),
     }
-    anyhow::ensure!(len == size, "{} changed while being read", path.display());
-    Ok(BlobHash::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// Publishes the folder and prints the bundle id and its URLs.
@@ -181,10 +169,14 @@ async fn wait(api: &mut ApiClient, id: BundleId, timeout: Duration) -> anyhow::R
 mod tests {
     use std::fs;
 
+    use cartable_proto::BlobHash;
+
     use super::*;
 
     #[test]
-    fn the_cli_packs_a_folder_exactly_as_a_node_adds_it() -> anyhow::Result<()> {
+    fn the_cli_packs_a_folder_into_its_manifest_and_blobs() -> anyhow::Result<()> {
+        // That a node adds the same folder under the same id is the node's
+        // test: both build the manifest with `cartable_net::folder`.
         let lesson = tempfile::tempdir()?;
         fs::create_dir_all(lesson.path().join("media/deep"))?;
         fs::write(lesson.path().join("index.html"), "<h1>Fractions</h1>")?;
@@ -193,14 +185,10 @@ mod tests {
             lesson.path().join("media/deep/copy.css"),
             "h1 { color: red }",
         )?;
-        let big: Vec<u8> = (0..3 * READ_BUFFER + 5).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
         fs::write(lesson.path().join("media/video.mp4"), &big)?;
 
         let packed = pack(lesson.path(), None)?;
-        let store_dir = tempfile::tempdir()?;
-        let store = cartable_node::store::Store::open(store_dir.path())?;
-        let added = store.add_folder(lesson.path())?;
-        assert_eq!(packed.manifest.id(), added.summary.id);
 
         let entries = packed.manifest.entries();
         assert_eq!(entries.len(), 4);

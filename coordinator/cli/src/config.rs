@@ -145,7 +145,7 @@ fn file_token(
         (Some(_), Some(_)) => anyhow::bail!("config: give token or token_file, not both"),
         (Some(token), None) => Ok(Some(token)),
         (None, Some(path)) => {
-            let text = cartable_node::secret_file::read(&path)
+            let text = cartable_net::secret_file::read(&path)
                 .with_context(|| format!("token_file {}", path.display()))?;
             Ok(Some(text.trim().to_owned()))
         }
@@ -222,7 +222,7 @@ mod tests {
             "coordinator = \"https://c\"\ntoken_file = \"tok\"\n",
         )?;
         let token = dir.path().join("cartable/tok");
-        cartable_node::secret_file::create(&token, "secret\n")?;
+        cartable_net::secret_file::create(&token, "secret\n")?;
         let args = GlobalArgs {
             config: Some(config),
             ..GlobalArgs::default()

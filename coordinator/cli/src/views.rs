@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::api::{BundleView, NameChange, NameView, NodeView, PlanPreview, Status, TokenView};
+use cartable_proto::api::{
+    BundleView, NameChange, NameView, NodeView, PlanPreview, Status, TokenView,
+};
 
 use super::table::{Align, Table, short};
 use cartable_proto::units::{human_bytes, utc_minute};

@@ -7,7 +7,7 @@ use http::Method;
 use super::client::ApiClient;
 use super::commands::{Output, show};
 use super::{ids, views};
-use crate::api::{HypotheticalNode, PlanChange};
+use cartable_proto::api::{HypotheticalNode, PlanChange};
 use cartable_proto::units;
 
 /// What `plan` previews.

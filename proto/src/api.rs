@@ -46,7 +46,7 @@
 //!   becomes held (and is reported to the coordinator) once nothing is missing.
 //!   Re-running a publish skips what the node already has.
 
-use cartable_proto::{BlobHash, BundleId, NodeId};
+use crate::{BlobHash, BundleId, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// An error answer.

@@ -1,0 +1,139 @@
+//! The coordinator's operations, typed: what each admin call, join and
+//! heartbeat does to the state, whatever carried it. The HTTP handlers
+//! ([`crate::http`]) and the QUIC handlers ([`crate::control`]) only turn
+//! requests into these calls and their errors into answers.
+//!
+//! - [`Coordinator`]: what every task shares; the one lock over the state.
+//! - [`admin`]: the admin API's operations: nodes (drain, trust, approve a
+//!   contact, remove), bundles (unpublish, replicas), names, tokens, status and
+//!   plan previews; [`publish`]: registering and placing a bundle.
+//! - [`members`]: a node's join and heartbeats.
+//! - [`checks`]: the spot checks of copies nodes claim, run in the background.
+//! - [`OpError`]: why an operation was refused; every refusal changes nothing.
+
+pub mod admin;
+pub mod checks;
+pub mod members;
+pub mod publish;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use cartable_net::identity::Identity;
+use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_proto::{BundleId, NodeId};
+
+use crate::config::{CoordinatorConfig, Policy};
+use crate::lifecycle;
+use crate::probe::Prober;
+use crate::state::Cluster;
+
+pub use checks::Check;
+
+/// Why an admin operation was refused. Each refusal changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// No node has this id.
+    #[error("no such node")]
+    NoSuchNode,
+    /// No bundle has this id.
+    #[error("no such bundle")]
+    NoSuchBundle,
+    /// No name is recorded under this text.
+    #[error("no such name")]
+    NoSuchName,
+    /// No single token has an id starting so.
+    #[error("no token with that id (give at least 8 hex digits)")]
+    NoSuchToken,
+    /// The request breaks a rule; the text says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the state (a node holding copies, names
+    /// pointing to a bundle, no contact proposed); the text says what to do.
+    #[error("{0}")]
+    Conflict(String),
+    /// No node that is up could be given the bundle.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No node that is up has room for the bundle.
+    #[error("{0}")]
+    NoRoom(String),
+    /// The change could not be saved; the cause is logged, not shown.
+    #[error("the coordinator could not save the change")]
+    Save(#[source] anyhow::Error),
+    /// The system gave no randomness for a secret.
+    #[error("no system randomness")]
+    NoRandomness,
+}
+
+impl From<anyhow::Error> for OpError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Save(e)
+    }
+}
+
+/// Everything the coordinator's tasks share.
+#[derive(Debug)]
+pub struct Coordinator {
+    cluster: Mutex<Cluster>,
+    /// The replica policy.
+    pub policy: Policy,
+    /// The configuration.
+    pub config: CoordinatorConfig,
+    /// The coordinator's key (signs upload grants).
+    pub identity: Identity,
+    /// QUIC: nodes dial it; it dials nodes for spot checks.
+    pub endpoint: PeerEndpoint,
+    /// Its HTTPS base URL.
+    pub https_url: String,
+    /// Its QUIC address, as join tokens carry it.
+    pub quic_addr: std::net::SocketAddr,
+    /// Checks that nodes browsers are sent to still answer.
+    pub prober: Arc<Prober>,
+    checking: Mutex<HashSet<(BundleId, NodeId)>>,
+}
+
+impl Coordinator {
+    /// The coordinator over `cluster`, its state loaded.
+    pub fn new(
+        cluster: Cluster,
+        config: CoordinatorConfig,
+        identity: Identity,
+        endpoint: PeerEndpoint,
+        https_url: String,
+        quic_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            cluster: Mutex::new(cluster),
+            policy: config.policy.clone(),
+            prober: Arc::new(Prober::new(config.routing)),
+            config,
+            identity,
+            endpoint,
+            https_url,
+            quic_addr,
+            checking: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The state, locked. Never held across an await.
+    pub fn lock(&self) -> MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One turn of the lifecycle: notice down nodes, re-plan when needed,
+    /// release replaced copies.
+    pub fn tick(&self, last: &mut lifecycle::Eligibility) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut c = self.lock();
+        let eligible = lifecycle::eligibility(&mut c, &self.policy, now);
+        if c.needs_plan || eligible != *last {
+            lifecycle::replan(&mut c, &self.policy, now, &eligible)?;
+            *last = eligible;
+        }
+        lifecycle::release_replaced(&mut c, &self.policy, now)?;
+        c.flush()
+    }
+}
