@@ -3,6 +3,11 @@
 //! [`crate::ops::members`] and its refusal sent back as its text. Any key may
 //! connect; a join needs a valid token, a heartbeat a registered key.
 //!
+//! Each request is answered in its own protocol version
+//! ([`cartable_proto::control::version`]): a node not yet upgraded reads its
+//! answers as before. A request of a version this build does not speak, or
+//! one that cannot be read, is refused at [`Protocol::CURRENT`].
+//!
 //! A connection from a key that is not a member (a stranger) keeps the small
 //! limits every connection starts with (`cartable_net::peer::admission`) and
 //! must join within [`STRANGER_DEADLINE`]; a member's connection gets a
@@ -15,7 +20,7 @@ use std::time::Duration;
 use cartable_net::peer::endpoint::{Arriving, PeerConnection};
 use cartable_net::peer::frame::{self, FrameError};
 use cartable_proto::control::{
-    self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES,
+    self, ControlRequest, ControlResponse, Heartbeat, JoinRequest, MAX_FRAME_BYTES, Protocol,
 };
 use cartable_proto::{DecodeError, NodeId};
 
@@ -98,21 +103,26 @@ async fn answer(
     } else {
         MAX_STRANGER_FRAME
     };
-    let response =
+    let unread = |reason: &str| (Protocol::CURRENT, refused(reason));
+    let (version, response) =
         match tokio::time::timeout(REQUEST_TIMEOUT, frame::read_body(&mut recv, max)).await {
-            Err(_) => refused("no request within 10 s"),
+            Err(_) => unread("no request within 10 s"),
             Ok(Err(FrameError::Decode(DecodeError::TooLarge { .. }))) if !member => {
-                refused("unknown node: join with a token first (a join is small)")
+                unread("unknown node: join with a token first (a join is small)")
             }
-            Ok(Err(e)) => refused(&format!("bad frame: {e}")),
-            Ok(Ok(body)) => match control::decode::<ControlRequest>(&body) {
-                Err(e) => refused(&e.to_string()),
-                Ok(ControlRequest::Join(join)) => handle_join(&coord, node, &join),
-                Ok(ControlRequest::Heartbeat(beat)) => handle_heartbeat(&coord, node, &beat),
+            Ok(Err(e)) => unread(&format!("bad frame: {e}")),
+            Ok(Ok(body)) => match control::decode_versioned::<ControlRequest>(&body) {
+                Err(e) => unread(&e.to_string()),
+                Ok((version, ControlRequest::Join(join))) => {
+                    (version, handle_join(&coord, node, &join))
+                }
+                Ok((version, ControlRequest::Heartbeat(beat))) => {
+                    (version, handle_heartbeat(&coord, node, &beat))
+                }
             },
         };
     after_answer(&peer, member, &response);
-    if frame::write_frame(&mut send, &control::encode(&response))
+    if frame::write_frame(&mut send, &control::encode_versioned(version, &response))
         .await
         .is_ok()
     {

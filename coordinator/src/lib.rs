@@ -12,14 +12,15 @@
 //!   [`ops::OpError`], [`ops::members::JoinError`], [`ops::members::HeartbeatError`].
 //! - [`http`]: HTTPS: the admin API's routes mapped to [`ops`] (statuses in one
 //!   place), and browser redirects to nodes [`probe`] checked still answer.
-//! - [`control`]: QUIC: nodes' join and heartbeat frames mapped to [`ops`];
-//!   strangers' limits and deadline.
+//! - [`control`]: QUIC: nodes' join and heartbeat frames mapped to [`ops`],
+//!   each answered in its protocol version; strangers' limits and deadline.
 //! - [`lifecycle`]: replicas from placed to complete to released; repair; routing (no IO).
 //! - [`trust`]: when a member's claims count, and what repeated failed checks cost it (no IO).
 //! - [`spotcheck`]: verifying a claimed copy over QUIC; [`contact`]: where members
 //!   answer, fixed at join; [`failure_reports`]: members' complaints about peers.
 //! - [`views`]: the state as the admin API shows it.
-//! - [`state`]: what the coordinator knows, behind one key-value interface (sled).
+//! - [`state`]: what the coordinator knows, behind one key-value interface (sled);
+//!   the rows' stored schema, its version and migrations: [`state::records`].
 //! - [`config`]: the coordinator's TOML configuration and policy.
 //! - [`daemon`]: `cartable-coordinator init` and `serve`: the key, certificate
 //!   and admin token; the endpoints and the lifecycle loop.

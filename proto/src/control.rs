@@ -1,4 +1,4 @@
-//! The node ↔ coordinator protocol, version 1.
+//! The node ↔ coordinator protocol, versions 1 and 2 ([`version`]).
 //!
 //! # Goals
 //!
@@ -21,7 +21,9 @@
 //! ed25519 keys (the node dials the key its join token names). One request per
 //! bidirectional stream: a frame `u32 LE length ‖ JSON body`, capped at
 //! [`MAX_FRAME_BYTES`] and checked before anything is allocated; the answer is one
-//! frame the same way.
+//! frame the same way. The body names its protocol version ([`version`]): a node
+//! and a coordinator of neighbouring versions understand each other, so a fleet
+//! upgrades one daemon at a time. The ALPN stays the same across versions.
 //!
 //! ```text
 //! node                              coordinator
@@ -37,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{DecodeError, check_limit};
 use crate::id::{BundleId, NodeId};
+
+pub mod version;
+pub use version::{Protocol, VersionError, decode_versioned, encode_versioned};
 
 /// The ALPN of the control protocol.
 pub const ALPN: &[u8] = b"cartable-control/1";

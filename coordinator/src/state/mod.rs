@@ -1,18 +1,22 @@
 //! What the coordinator knows: members, join tokens, bundles, replicas, names.
 //! Durable records live in a [`Kv`] (written through on every change, read once
-//! at start); what nodes report between heartbeats lives only in memory.
+//! at start) in the shapes of [`records`], the stored schema, versioned apart
+//! from these types and from the API's; what nodes report between heartbeats
+//! lives only in memory.
 
 pub mod kv;
+pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cartable_proto::control::Contact;
 use cartable_proto::{BundleId, NodeId};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
 use cartable_proto::api::{NameChange, ReplicaState};
 pub use kv::{Kv, MemoryKv, SledKv};
+use records::{BundleRow, NameRow, NodeRow, ReplicaRow, TokenRow};
 
 const NODES: &str = "nodes";
 const TOKENS: &str = "tokens";
@@ -24,7 +28,7 @@ const META: &str = "meta";
 const PROVEN: &str = "proven";
 
 /// A member node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
     /// Its key.
     pub id: NodeId,
@@ -40,23 +44,19 @@ pub struct NodeRecord {
     pub draining: bool,
     /// Verification failures peers reported against it, by reporter: a member
     /// that forges reports only grows its own count.
-    #[serde(default)]
     pub failure_reports: BTreeMap<NodeId, u64>,
     /// Where the node now says it answers, when that differs from `contact`:
     /// browsers and peers keep being sent to `contact` until an admin approves.
-    #[serde(default)]
     pub proposed_contact: Option<Contact>,
     /// The most capacity it may claim, from its join token (`None`: tokens
     /// made before capacities were bounded).
-    #[serde(default)]
     pub capacity_limit: Option<u64>,
     /// What the coordinator's checks found.
-    #[serde(default)]
     pub trust: Trust,
 }
 
 /// A member's record of failed checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Trust {
     /// Checks it failed since the mark was last cleared.
     pub failed_checks: u64,
@@ -97,7 +97,7 @@ impl NodeRecord {
 }
 
 /// A join token, kept as a hash of its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     /// Region given to the node.
     pub region: String,
@@ -108,12 +108,11 @@ pub struct TokenRecord {
     /// The node that used it.
     pub used_by: Option<NodeId>,
     /// The most capacity the node may claim (`None`: what it declares).
-    #[serde(default)]
     pub capacity: Option<u64>,
 }
 
 /// A published bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BundleRecord {
     /// Bytes of its files.
     pub size: u64,
@@ -123,12 +122,10 @@ pub struct BundleRecord {
     pub replicas: u8,
     /// A name to point at the bundle once its first copy is verified: a
     /// teacher's link keeps working while the new version uploads.
-    #[serde(default)]
     pub pending_name: Option<String>,
     /// Nodes given an upload grant for it, latest last (at most
     /// [`BundleRecord::MAX_UPLOADS`]): a copy they claim counts even when the
     /// plan put the bundle elsewhere meanwhile.
-    #[serde(default)]
     pub uploads: Vec<NodeId>,
 }
 
@@ -146,7 +143,7 @@ impl BundleRecord {
 }
 
 /// A name and its past.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameRecord {
     /// Every value it had, oldest first; the last is current.
     pub history: Vec<NameChange>,
@@ -257,18 +254,15 @@ pub fn secret_hash(secret: &[u8]) -> String {
     blake3::hash(secret).to_hex().to_string()
 }
 
-fn rows<K: Ord, V: DeserializeOwned>(
+/// The rows of `table`, each read as its stored shape `R` and converted.
+fn rows<K: Ord, R: DeserializeOwned + Into<V>, V>(
     kv: &dyn Kv,
     table: &str,
     key: impl Fn(&[u8]) -> anyhow::Result<K>,
 ) -> anyhow::Result<BTreeMap<K, V>> {
     kv.scan(table)?
         .into_iter()
-        .map(|(k, v)| {
-            let value = serde_json::from_slice(&v)
-                .map_err(|e| anyhow::anyhow!("state table {table}: {e}"))?;
-            Ok((key(&k)?, value))
-        })
+        .map(|(k, v)| Ok((key(&k)?, records::decode::<R>(table, &v)?.into())))
         .collect()
 }
 
@@ -304,27 +298,32 @@ fn text_key(bytes: &[u8]) -> anyhow::Result<String> {
 
 impl Cluster {
     /// Loads the state kept in `kv`.
+    /// A folder of an older schema is migrated first; one of a newer schema is
+    /// refused ([`records::SchemaError`]).
     pub fn load(kv: Box<dyn Kv>, now: Instant) -> anyhow::Result<Self> {
+        records::open(&*kv)?;
         let nodes: BTreeMap<NodeId, NodeRecord> =
-            rows(&*kv, NODES, |k| Ok(NodeId::from_bytes(id32(k)?)))?;
-        let flat: BTreeMap<(BundleId, NodeId), ReplicaState> = rows(&*kv, REPLICAS, replica_key)?;
+            rows::<_, NodeRow, _>(&*kv, NODES, |k| Ok(NodeId::from_bytes(id32(k)?)))?;
+        let flat: BTreeMap<(BundleId, NodeId), ReplicaState> =
+            rows::<_, ReplicaRow, _>(&*kv, REPLICAS, replica_key)?;
         let mut replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>> = BTreeMap::new();
         let mut by_node: HashMap<NodeId, BTreeSet<BundleId>> = HashMap::new();
         for ((b, n), state) in flat {
             replicas.entry(b).or_default().insert(n, state);
             by_node.entry(n).or_default().insert(b);
         }
-        let retired: BTreeMap<BundleId, bool> = rows(&*kv, RETIRED, bundle_key)?;
-        let proven: BTreeMap<(BundleId, NodeId), bool> = rows(&*kv, PROVEN, replica_key)?;
-        let meta: BTreeMap<String, String> = rows(&*kv, META, text_key)?;
+        let retired: BTreeMap<BundleId, bool> = rows::<_, bool, _>(&*kv, RETIRED, bundle_key)?;
+        let proven: BTreeMap<(BundleId, NodeId), bool> =
+            rows::<_, bool, _>(&*kv, PROVEN, replica_key)?;
+        let meta: BTreeMap<String, String> = rows::<_, String, _>(&*kv, META, text_key)?;
         let live = nodes
             .keys()
             .map(|id| (*id, Liveness::assumed(now)))
             .collect();
         Ok(Self {
-            tokens: rows(&*kv, TOKENS, text_key)?,
-            bundles: rows(&*kv, BUNDLES, bundle_key)?,
-            names: rows(&*kv, NAMES, text_key)?,
+            tokens: rows::<_, TokenRow, _>(&*kv, TOKENS, text_key)?,
+            bundles: rows::<_, BundleRow, _>(&*kv, BUNDLES, bundle_key)?,
+            names: rows::<_, NameRow, _>(&*kv, NAMES, text_key)?,
             retired: retired.into_keys().collect(),
             proven: proven.into_keys().collect(),
             names_version: meta
@@ -386,7 +385,7 @@ impl Cluster {
     /// Writes a node record; plans again only when what placement reads changed
     /// (a contact or a failure report must not cost a plan).
     pub fn save_node(&mut self, record: NodeRecord) -> anyhow::Result<()> {
-        self.put(NODES, record.id.as_bytes(), &record)?;
+        self.put(NODES, record.id.as_bytes(), &NodeRow::from(&record))?;
         let replan = self
             .nodes
             .get(&record.id)
@@ -411,7 +410,7 @@ impl Cluster {
 
     /// Writes a token record.
     pub fn save_token(&mut self, hash: String, record: TokenRecord) -> anyhow::Result<()> {
-        self.put(TOKENS, hash.as_bytes(), &record)?;
+        self.put(TOKENS, hash.as_bytes(), &TokenRow::from(&record))?;
         self.tokens.insert(hash, record);
         Ok(())
     }
@@ -425,7 +424,7 @@ impl Cluster {
 
     /// Writes a bundle record (publishing it again un-retires it).
     pub fn save_bundle(&mut self, id: BundleId, record: BundleRecord) -> anyhow::Result<()> {
-        self.put(BUNDLES, id.hash().as_bytes(), &record)?;
+        self.put(BUNDLES, id.hash().as_bytes(), &BundleRow::from(&record))?;
         if self.retired.remove(&id) {
             self.kv.delete(RETIRED, id.hash().as_bytes())?;
         }
@@ -468,7 +467,7 @@ impl Cluster {
         }
         match state {
             Some(s) => {
-                self.put(REPLICAS, &key, &s)?;
+                self.put(REPLICAS, &key, &ReplicaRow::from(s))?;
                 self.replicas.entry(bundle).or_default().insert(node, s);
                 self.by_node.entry(node).or_default().insert(bundle);
             }
@@ -543,7 +542,7 @@ impl Cluster {
             at: unix_now(),
             bundle,
         });
-        self.put(NAMES, name.as_bytes(), &record)?;
+        self.put(NAMES, name.as_bytes(), &NameRow::from(&record))?;
         self.names.insert(name.to_owned(), record);
         self.names_version += 1;
         self.put(META, b"names_version", &self.names_version.to_string())?;

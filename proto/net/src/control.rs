@@ -1,10 +1,12 @@
 //! A node's side of the control protocol ([`cartable_proto::control`]): one
-//! request to the coordinator on its own stream, one answer.
+//! request to the coordinator on its own stream, one answer. Requests go at
+//! [`Protocol::CURRENT`]; an answer of a version this build does not speak is
+//! an error naming both versions (the node goes on with its last orders).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use cartable_proto::control::{self, ControlRequest, ControlResponse};
+use cartable_proto::control::{self, ControlRequest, ControlResponse, Protocol};
 
 use crate::peer::frame;
 
@@ -17,7 +19,11 @@ pub async fn ask(
     request: &ControlRequest,
 ) -> anyhow::Result<ControlResponse> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    frame::write_frame(&mut send, &control::encode(request)).await?;
+    frame::write_frame(
+        &mut send,
+        &control::encode_versioned(Protocol::CURRENT, request),
+    )
+    .await?;
     let _ = send.finish();
     let body = tokio::time::timeout(
         ANSWER_TIMEOUT,
@@ -25,5 +31,7 @@ pub async fn ask(
     )
     .await
     .context("no answer from the coordinator within 30 s")??;
-    Ok(control::decode(&body)?)
+    let (_, answer) =
+        control::decode_versioned(&body).context("the coordinator's answer could not be read")?;
+    Ok(answer)
 }
