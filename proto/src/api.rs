@@ -19,6 +19,7 @@
 //! | `POST /api/bundles?replicas=N&name=NAME` | manifest bytes (`application/octet-stream`) | [`Published`]; the name moves once a copy is verified; 400 for a manifest breaking its rules (one size per blob, size caps), 503 when no node is up, 507 when no node that is up has room |
 //! | `DELETE /api/bundles/{id}` | | [`BundleView`] |
 //! | `PUT /api/bundles/{id}/replicas` | [`SetReplicas`] | [`BundleView`] |
+//! | `PUT /api/nodes/{id}/capacity` | [`SetCapacity`] | [`NodeView`]; the new bound applies at once, a raise from the node's next heartbeat |
 //! | `GET /api/names` | | `[NameView]` |
 //! | `PUT /api/names/{name}` | [`SetName`] | [`NameView`] |
 //! | `GET /api/names/{name}/history` | | `[NameChange]` |
@@ -192,6 +193,13 @@ pub struct Published {
 pub struct UploadState {
     /// Blobs the node still lacks; empty once the bundle is held.
     pub missing: Vec<BlobHash>,
+}
+
+/// Body of `PUT /api/nodes/{id}/capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetCapacity {
+    /// The most the node may offer, in bytes: its claims are cut down to it.
+    pub capacity: u64,
 }
 
 /// Body of `PUT /api/bundles/{id}/replicas`.

@@ -17,7 +17,8 @@ use cartable_proto::BundleId;
 use cartable_proto::control::{ControlRequest, ControlResponse, Heartbeat};
 use cartable_proto::join::JoinToken;
 use cartable_tests::cluster::{
-    Coordinator, cluster, complete, ensure_success, held, join_member, member_endpoint, publish_dir,
+    Coordinator, cluster, complete, ensure_success, held, join_member, member_endpoint,
+    publish_dir, wait_for,
 };
 use cartable_tests::peers::pattern;
 
@@ -187,6 +188,15 @@ fn a_member_declaring_huge_capacity_and_no_load_gets_only_its_tokens_capacity() 
         assert!(given <= 1_000_000, "{given} bytes placed on a 1 MB member");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The operator raises the bound: from the next heartbeat the node counts
+    // for what it may now hold, never more than it declares.
+    let out = c.cartable(&["node", "capacity", &liar, "3MB"])?;
+    ensure_success(&out, "node capacity")?;
+    assert!(String::from_utf8(out.stdout)?.contains("at most 2.9 MiB"));
+    wait_for(Duration::from_secs(5), "the raised bound counted", || {
+        let view = c.json(&["node", "show", &liar])?;
+        Ok((view["capacity"] == 3_000_000 && view["capacity_limit"] == 3_000_000).then_some(()))
+    })?;
     // No copy is counted on it, so its zero load brings it no browser.
     for b in &bundles {
         let show = c.json(&["bundle", "show", b])?;

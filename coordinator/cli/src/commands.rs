@@ -97,6 +97,16 @@ pub enum NodeCommand {
         /// The node (id or prefix).
         id: String,
     },
+    /// Set the most the node may offer (its join token set the first bound):
+    /// a lower bound applies at once, a higher one from its next heartbeat,
+    /// up to what the node declares.
+    Capacity {
+        /// The node (id or prefix).
+        id: String,
+        /// 500GB, 2TiB.
+        #[arg(value_parser = units::parse_size)]
+        size: u64,
+    },
 }
 
 /// `cartable bundle ...`.
@@ -239,6 +249,18 @@ impl NodeCommand {
                     .post(&format!("/api/nodes/{id}/approve-contact"))
                     .await?;
                 println!("node {id} now answers at {}", view.https_url);
+                return Ok(());
+            }
+            Self::Capacity { id, size } => {
+                let id = ids::node(api, &id).await?;
+                let path = format!("/api/nodes/{id}/capacity");
+                let body = api::SetCapacity { capacity: size };
+                let view: api::NodeView = api.send_json(Method::PUT, &path, &body).await?;
+                println!(
+                    "node {id} may offer at most {} (counted now: {})",
+                    units::human_bytes(size),
+                    units::human_bytes(view.capacity)
+                );
                 return Ok(());
             }
             Self::Drain { id } => (id, "/drain", "draining"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cartable_net::https::RequestBody;
-use cartable_proto::api::{CreateToken, PlanChange, SetName, SetReplicas};
+use cartable_proto::api::{CreateToken, PlanChange, SetCapacity, SetName, SetReplicas};
 use cartable_proto::{BundleId, Manifest, NodeId};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -113,6 +113,11 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
         (Method::POST, ["nodes", id, "trust"]) => ok(&coord.restore_trust(&node_id(id)?)?),
         (Method::POST, ["nodes", id, "approve-contact"]) => {
             ok(&coord.approve_contact(&node_id(id)?)?)
+        }
+        (Method::PUT, ["nodes", id, "capacity"]) => {
+            let id = node_id(id)?;
+            let set: SetCapacity = json_body(req).await?;
+            ok(&coord.set_capacity(&id, set.capacity)?)
         }
         (Method::DELETE, ["nodes", id]) => {
             let force = query_value(&query, "force") == Some("true");

@@ -94,6 +94,19 @@ impl Coordinator {
         views::node(&c, &self.policy, id)
     }
 
+    /// Sets the most a node may offer (the operator's bound, first set by its
+    /// join token): a lower bound applies at once, and a higher one from the
+    /// node's next heartbeat, up to what the node itself declares.
+    pub fn set_capacity(&self, id: &NodeId, limit: u64) -> Result<NodeView, OpError> {
+        let mut c = self.lock();
+        let mut record = c.nodes.get(id).cloned().ok_or(OpError::NoSuchNode)?;
+        record.capacity_limit = Some(limit);
+        record.capacity = record.capacity.min(limit);
+        c.save_node(record).and_then(|()| c.flush())?;
+        tracing::info!(node = %id, capacity = limit, "capacity bound set");
+        views::node(&c, &self.policy, id)
+    }
+
     /// Makes the address a node reports the one browsers and peers use.
     pub fn approve_contact(&self, id: &NodeId) -> Result<NodeView, OpError> {
         let mut c = self.lock();
