@@ -138,6 +138,10 @@ pub async fn fetch_bundle(
     let connected = connect_all(endpoint, peers).await;
     let mut liars = Vec::new();
     let manifest = manifest_from(&connected, &mut liars, bundle, &options.reputation).await?;
+    // Blobs an earlier fetch left complete are committed first, not fetched
+    // again (a browser's fetch-through that went away before its commit).
+    let (s, m) = (store.clone(), manifest.clone());
+    tokio::task::spawn_blocking(move || s.commit_complete_partials(&m)).await??;
     let fetch = Arc::new(Fetch::plan(
         store.clone(),
         &manifest,
@@ -233,7 +237,7 @@ impl Fetch {
         blobs.dedup();
         let (mut queue, mut jobs, mut done) = (VecDeque::new(), HashMap::new(), 0);
         for (hash, size) in blobs {
-            if store.has_blob_file(&hash, size) || store.commit_if_complete(&hash, size)? {
+            if store.has_blob_file(&hash, size) {
                 done += size;
                 continue;
             }

@@ -270,23 +270,35 @@ impl Store {
     /// ([`VerifyError::shows_damage`]); a node short of descriptors, memory or
     /// time marks nothing and answers "try again later".
     pub fn read_failed(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
-        // Taken so that any removal under way has finished: a cached blob
-        // evicted, or a released bundle's blob deleted, between a reader's
-        // lookup and its open is gone, not damaged, and a mark left for it
-        // would outlive it.
-        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        self.read_failed_holding_writes(hash, error)
+        if !error.shows_damage() {
+            return transient(hash, error);
+        }
+        // Judged under the lock removals take, so that a blob evicted or
+        // released between a reader's lookup and its open is found gone, not
+        // damaged. Readers run on the async workers: while a long import
+        // holds the lock, nothing is marked (a later read or the scrub will).
+        match self.writes.try_lock() {
+            Ok(_writing) => self.read_failed_holding_writes(hash, error),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let _writing = p.into_inner();
+                self.read_failed_holding_writes(hash, error)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => transient(hash, error),
+        }
     }
 
     /// [`Store::read_failed`] for a caller that holds the write lock.
     fn read_failed_holding_writes(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
-        if error.shows_damage() && self.index.blob_size(hash).is_some() {
-            self.mark_damaged(hash, &error.to_string());
-            ReadFault::Damaged
-        } else {
-            tracing::warn!(blob = %hash, error = %error, "cannot read blob now; not marked damaged");
-            ReadFault::Transient
+        let Some(size) = self.index.blob_size(hash) else {
+            return transient(hash, error);
+        };
+        let missing = matches!(error, VerifyError::Io(e) if e.kind() == io::ErrorKind::NotFound);
+        // Missing then, back now: fetched through again since.
+        if !error.shows_damage() || (missing && self.open_blob(hash, size).is_ok()) {
+            return transient(hash, error);
         }
+        self.mark_damaged(hash, &error.to_string());
+        ReadFault::Damaged
     }
 
     /// Whether a blob is marked damaged.
@@ -341,6 +353,12 @@ impl Store {
             source,
         }
     }
+}
+
+/// A read that failed for a reason that is not the blob's: nothing marked.
+fn transient(hash: &BlobHash, error: &VerifyError) -> ReadFault {
+    tracing::warn!(blob = %hash, error = %error, "cannot read blob now; not marked damaged");
+    ReadFault::Transient
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {

@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bao_tree::io::outboard::PostOrderOutboard;
@@ -14,6 +15,7 @@ use bao_tree::{BaoTree, TreeNode};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
 use super::partial_space::OpenMark;
+use super::verify::VerifyError;
 use super::{BlobFiles, BundleSummary, Store, StoreError, io_at, layout};
 use cartable_net::peer::exchange::BLOCK_SIZE;
 use cartable_proto::wire::GROUP_BYTES;
@@ -28,6 +30,10 @@ pub struct PartialBlob {
     /// One byte per chunk group: 1 once written and verified.
     done: Vec<u8>,
     paths: [PathBuf; 3],
+    /// The data and outboard files this holder opened: another fetch may
+    /// commit them (moving them away) and a third open new ones at the same
+    /// paths, which this holder's record does not describe.
+    ids: [FileId; 2],
     /// Keeps the files from being trimmed while open.
     _open: OpenMark,
 }
@@ -57,11 +63,40 @@ impl PartialBlob {
     }
 
     /// Makes what was written durable, then records it as done: a crash never
-    /// leaves a group marked done whose bytes were lost.
+    /// leaves a group marked done whose bytes were lost, and a record is
+    /// written only beside the files it describes.
     pub fn checkpoint(&mut self, store: &Store) -> io::Result<()> {
         self.data.sync_data()?;
         self.outboard.data.sync_data()?;
+        if !self.files_in_place() {
+            return Err(replaced());
+        }
         layout::write_atomic(&store.layout, &self.paths[2], &self.done)
+    }
+
+    /// Whether the files at this blob's partial paths are the ones this holder
+    /// opened.
+    fn files_in_place(&self) -> bool {
+        self.paths[..2]
+            .iter()
+            .zip(self.ids)
+            .all(|(path, id)| fs::metadata(path).is_ok_and(|m| file_id(&m) == id))
+    }
+
+    /// Reads the whole blob back from this holder's files, verified.
+    fn verify_all(&self) -> Result<(), VerifyError> {
+        let files = BlobFiles {
+            hash: self.hash,
+            size: self.size,
+            data: self.data.try_clone()?,
+            outboard: if self.size > GROUP_BYTES {
+                Some(self.outboard.data.try_clone()?)
+            } else {
+                None
+            },
+        };
+        files.check_length()?;
+        files.read_verified(0..self.size, |_| true)
     }
 
     /// Whether any group of `groups` is still missing.
@@ -99,6 +134,21 @@ fn missing_ranges(done: &[u8]) -> Vec<Range<u64>> {
         }
     }
     out
+}
+
+/// Which file a path or a handle is: device and inode.
+type FileId = (u64, u64);
+
+fn file_id(meta: &fs::Metadata) -> FileId {
+    (meta.dev(), meta.ino())
+}
+
+/// Partial files found to be another fetch's, or gone.
+fn replaced() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "the partial files were committed or replaced by another fetch",
+    )
 }
 
 /// Chunk groups in a blob of `size` bytes (an empty blob has one, empty).
@@ -163,11 +213,15 @@ impl Store {
             Err(e) => return Err(e),
         };
         let done = if created || !outboard_kept {
+            // The record goes too, so that no later open pairs it with these files.
+            layout::remove_if_present(&paths[2])?;
             vec![0; group_count(size)]
         } else {
             done_groups(&paths[2], size)
         };
         data.set_len(size)?;
+        let outboard = open(&paths[1])?;
+        let ids = [file_id(&data.metadata()?), file_id(&outboard.metadata()?)];
         Ok(PartialBlob {
             hash: *hash,
             size,
@@ -175,10 +229,11 @@ impl Store {
             outboard: PostOrderOutboard {
                 root: (*hash).into(),
                 tree,
-                data: open(&paths[1])?,
+                data: outboard,
             },
             done,
             paths,
+            ids,
             _open: open_mark,
         })
     }
@@ -219,14 +274,20 @@ impl Store {
         // whole and is done: its bytes were the same verified ones.
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let [data, outboard, done] = partial.paths.clone();
+        let ours = partial.files_in_place();
         if self.has_blob_file(&partial.hash, partial.size) {
-            // A whole blob is never replaced: these files may be the leftovers
-            // of another commit, reopened empty. Removed, so that no later
+            // A whole blob is never replaced. Files of this holder's still at
+            // the partial paths are leftovers: removed, so that no later
             // commit takes them for a complete blob.
-            for path in &partial.paths {
-                layout::remove_if_present(path).map_err(io_at(path))?;
+            if ours {
+                for path in &partial.paths {
+                    layout::remove_if_present(path).map_err(io_at(path))?;
+                }
             }
             return Ok(());
+        }
+        if !ours {
+            return Err(io_at(&data)(replaced()));
         }
         partial.checkpoint(self).map_err(io_at(&data))?;
         if partial.size > GROUP_BYTES {
@@ -248,6 +309,8 @@ impl Store {
     /// and says whether it did. A fetch cut short after its last group (a
     /// browser that went away before its fetch-through committed) leaves the
     /// files so; with nothing left to fetch, no copy would ever commit them.
+    /// The files are read back whole first: only a record of this node's
+    /// says they are complete, and it reads blocking.
     pub fn commit_if_complete(&self, hash: &BlobHash, size: u64) -> Result<bool, StoreError> {
         if !self.partial_missing(hash, size).is_empty() {
             return Ok(false);
@@ -257,8 +320,26 @@ impl Store {
         if !partial.is_complete() {
             return Ok(false);
         }
+        if let Err(e) = partial.verify_all() {
+            tracing::warn!(blob = %hash, error = %e, "partial blob recorded complete does not verify; fetched again");
+            for path in &partial.paths {
+                layout::remove_if_present(path).map_err(io_at(path))?;
+            }
+            return Ok(false);
+        }
         self.commit_partial(partial)?;
         Ok(true)
+    }
+
+    /// Commits the blobs of `manifest` that a fetch left complete but not
+    /// committed ([`Store::commit_if_complete`]); blocking.
+    pub fn commit_complete_partials(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        for e in manifest.entries() {
+            if !self.has_blob_file(&e.hash, e.size) {
+                self.commit_if_complete(&e.hash, e.size)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps a blob fetched through for browsers as cache, then evicts the

@@ -469,6 +469,52 @@ fn a_whole_blob_is_never_replaced_by_partial_files_reopened_after_its_commit() -
     Ok(())
 }
 
+#[test]
+fn a_record_of_complete_groups_beside_other_files_commits_nothing() -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let data = pattern(100_000, 12);
+    let (hash, len) = (BlobHash::of(&data), data.len() as u64);
+    // Files opened fresh by one fetch beside the record another one left.
+    let [partial_data, partial_outboard, groups] = store.partial_paths(&hash);
+    fs::create_dir_all(store.layout().partial_dir())?;
+    fs::File::create(&partial_data)?.set_len(len)?;
+    fs::File::create(&partial_outboard)?;
+    let count = len.div_ceil(cartable_proto::wire::GROUP_BYTES) as usize;
+    fs::write(&groups, vec![1u8; count])?;
+    assert!(!store.commit_if_complete(&hash, len)?, "zeros committed");
+    assert!(!store.has_blob_file(&hash, len));
+    assert_eq!(partial_files(&store), 0, "the junk is removed");
+    assert_eq!(store.partial_missing(&hash, len).len(), 1, "all to fetch");
+    Ok(())
+}
+
+#[test]
+fn a_holder_whose_files_were_replaced_neither_records_nor_commits() -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let data = pattern(10_000, 13);
+    let (hash, len) = (BlobHash::of(&data), data.len() as u64);
+    let mut holder = store.partial(&hash, len)?;
+    holder.write_group(0, &data)?;
+    // Another fetch committed these files, and the blob was removed since;
+    // a third fetch opened new, empty ones at the same paths.
+    let [partial_data, ..] = store.partial_paths(&hash);
+    fs::remove_file(&partial_data)?;
+    let third = store.partial(&hash, len)?;
+    assert!(
+        holder.checkpoint(&store).is_err(),
+        "a record beside files it does not describe"
+    );
+    assert!(store.commit_partial(holder).is_err());
+    assert!(
+        !store.has_blob_file(&hash, len),
+        "the third fetch's zeros committed"
+    );
+    assert!(!third.is_complete());
+    Ok(())
+}
+
 fn abandoned_partials(store: &Store, count: u8, len: usize) -> anyhow::Result<Vec<BlobHash>> {
     let mut hashes = Vec::new();
     for seed in 0..count {
@@ -555,7 +601,14 @@ fn a_blob_that_cannot_be_opened_now_is_not_marked_damaged() -> anyhow::Result<()
     assert_eq!(store.read_failed(&hash, &timeout), ReadFault::Transient);
     assert!(!store.is_damaged(&hash));
     assert_eq!(store.blob_size(&hash), Some(50_000), "still served");
+    // A file missing then and still missing now is damage.
+    fs::remove_file(store.layout().blob(&hash))?;
     let gone = VerifyError::Io(io::ErrorKind::NotFound.into());
+    {
+        // A reader on an async worker never waits for a long import.
+        let _import = store.writes.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(store.read_failed(&hash, &gone), ReadFault::Transient);
+    }
     assert_eq!(store.read_failed(&hash, &gone), ReadFault::Damaged);
     assert!(store.is_damaged(&hash));
     Ok(())
