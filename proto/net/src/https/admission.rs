@@ -9,9 +9,12 @@
 //! a token bucket (`network_rate` per second, up to `network_burst`) for each
 //! request, and a bucket of half that for each new connection: the TLS
 //! handshakes a network may make are capped, and a network that spent its
-//! request rate still gets a connection to hear the 429 page. The last `max_connections / 16` places are
-//! kept for listed and exempt networks, so an operator gets in when strangers
-//! fill the rest. Time is passed in, so the rules are tested without sleeping.
+//! request rate still gets a connection to hear the 429 page. An IPv6 site
+//! (a /48, what one customer is commonly given) holds many /56 networks: all
+//! of them together get at most [`SITE_SHARES`] networks' worth. The last
+//! `max_connections / 16` places are kept for listed and exempt networks, so
+//! an operator gets in when strangers fill the rest. Time is passed in, so the
+//! rules are tested without sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,6 +72,14 @@ struct Bucket {
     refreshed: Instant,
 }
 
+/// The IPv6 prefix of a site, whose networks share [`SITE_SHARES`] shares.
+pub const IPV6_SITE_PREFIX: u8 = 48;
+/// Network shares all the networks of one IPv6 site hold together.
+pub const SITE_SHARES: f64 = 4.0;
+
+/// The networks a client counts in: its own, and its IPv6 site.
+type Keys = [Option<NetworkKey>; 2];
+
 /// The share of a network's rate and burst that new connections get: enough
 /// for a school whose browsers open several connections each.
 const CONNECTION_RATE_SHARE: f64 = 0.5;
@@ -102,7 +113,7 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
-    network: Option<NetworkKey>,
+    networks: Keys,
     resource: Resource,
 }
 
@@ -110,19 +121,18 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut guard = self.admission.lock();
         let state = &mut *guard;
-        let network = self.network.and_then(|k| state.networks.get_mut(&k));
-        match self.resource {
-            Resource::Connection => {
-                state.open = state.open.saturating_sub(1);
-                if let Some(n) = network {
-                    n.open = n.open.saturating_sub(1);
-                }
-            }
-            Resource::Request => {
-                state.requests = state.requests.saturating_sub(1);
-                if let Some(n) = network {
-                    n.requests = n.requests.saturating_sub(1);
-                }
+        let total = match self.resource {
+            Resource::Connection => &mut state.open,
+            Resource::Request => &mut state.requests,
+        };
+        *total = total.saturating_sub(1);
+        for key in self.networks.iter().flatten() {
+            if let Some(n) = state.networks.get_mut(key) {
+                let held = match self.resource {
+                    Resource::Connection => &mut n.open,
+                    Resource::Request => &mut n.requests,
+                };
+                *held = held.saturating_sub(1);
             }
         }
     }
@@ -150,8 +160,8 @@ impl Admission {
     /// Takes a place for a new connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
         let l = &self.limits;
-        let caps = self.network_of(ip);
-        let listed = caps.is_none_or(|(_, c)| c.listed);
+        let networks = self.networks_of(ip);
+        let listed = networks[0].is_none_or(|(_, c)| c.listed);
         let cap = if listed {
             l.max_connections
         } else {
@@ -161,23 +171,23 @@ impl Admission {
         if state.open >= cap {
             return Err(Refusal::Full);
         }
-        let network = match caps {
-            None => None,
-            Some((key, caps)) => {
-                self.prune(&mut state);
-                let n = network_entry(&mut state, key, caps, now);
-                if n.open >= caps.connections {
-                    return Err(Refusal::NetworkFull);
-                }
-                let share = CONNECTION_RATE_SHARE;
-                n.connection_tokens
-                    .spend(caps.rate * share, caps.burst * share, now)?;
-                n.open += 1;
-                Some(key)
+        self.prune(&mut state);
+        for (key, caps) in networks.iter().flatten() {
+            if network_entry(&mut state, *key, caps, now).open >= caps.connections {
+                return Err(Refusal::NetworkFull);
             }
-        };
+        }
+        let share = CONNECTION_RATE_SHARE;
+        for (key, caps) in networks.iter().flatten() {
+            network_entry(&mut state, *key, caps, now)
+                .connection_tokens
+                .spend(caps.rate * share, caps.burst * share, now)?;
+        }
+        for (key, caps) in networks.iter().flatten() {
+            network_entry(&mut state, *key, caps, now).open += 1;
+        }
         state.open += 1;
-        Ok(self.ticket(network, Resource::Connection))
+        Ok(self.ticket(networks, Resource::Connection))
     }
 
     /// Takes a place for a request from `ip` until its response ends: its
@@ -187,28 +197,52 @@ impl Admission {
         if state.requests >= self.limits.max_in_flight {
             return Err(Refusal::Busy);
         }
-        let network = match self.network_of(ip) {
-            None => None,
-            Some((key, caps)) => {
-                let n = network_entry(&mut state, key, caps, now);
-                if n.requests >= caps.requests {
-                    return Err(Refusal::NetworkBusy);
-                }
-                n.request_tokens.spend(caps.rate, caps.burst, now)?;
-                n.requests += 1;
-                Some(key)
+        let networks = self.networks_of(ip);
+        for (key, caps) in networks.iter().flatten() {
+            if network_entry(&mut state, *key, caps, now).requests >= caps.requests {
+                return Err(Refusal::NetworkBusy);
             }
-        };
+        }
+        for (key, caps) in networks.iter().flatten() {
+            network_entry(&mut state, *key, caps, now)
+                .request_tokens
+                .spend(caps.rate, caps.burst, now)?;
+        }
+        for (key, caps) in networks.iter().flatten() {
+            network_entry(&mut state, *key, caps, now).requests += 1;
+        }
         state.requests += 1;
-        Ok(self.ticket(network, Resource::Request))
+        Ok(self.ticket(networks, Resource::Request))
     }
 
-    fn ticket(self: &Arc<Self>, network: Option<NetworkKey>, resource: Resource) -> Ticket {
+    fn ticket(
+        self: &Arc<Self>,
+        networks: [Option<(NetworkKey, Caps)>; 2],
+        resource: Resource,
+    ) -> Ticket {
         Ticket {
             admission: self.clone(),
-            network,
+            networks: networks.map(|n| n.map(|(key, _)| key)),
             resource,
         }
+    }
+
+    /// The network `ip` belongs to, then its IPv6 site when it is a
+    /// network of its own, with their caps; none when exempt.
+    fn networks_of(&self, ip: IpAddr) -> [Option<(NetworkKey, Caps)>; 2] {
+        let l = &self.limits;
+        let network = self.network_of(ip);
+        let site = match network {
+            Some((NetworkKey::Prefix(_), caps))
+                if matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none())
+                    && l.ipv6_prefix > IPV6_SITE_PREFIX =>
+            {
+                let site = Cidr::enclosing(ip, l.ipv4_prefix, IPV6_SITE_PREFIX);
+                Some((NetworkKey::Prefix(site), caps.times(SITE_SHARES, l)))
+            }
+            _ => None,
+        };
+        [network, site]
     }
 
     /// The network `ip` belongs to and its caps; `None` when exempt.
@@ -247,8 +281,27 @@ impl Admission {
     }
 }
 
+impl Caps {
+    /// `shares` times these caps, within the server's totals.
+    fn times(self, shares: f64, l: &ConnectionLimits) -> Self {
+        let scale = |n: usize, total: usize| ((n as f64 * shares) as usize).min(total);
+        Self {
+            connections: scale(self.connections, l.max_connections),
+            requests: scale(self.requests, l.max_in_flight),
+            rate: self.rate * shares,
+            burst: self.burst * shares,
+            listed: self.listed,
+        }
+    }
+}
+
 /// A network's entry, made with full buckets if it is new.
-fn network_entry(state: &mut State, key: NetworkKey, caps: Caps, now: Instant) -> &mut Network {
+fn network_entry<'a>(
+    state: &'a mut State,
+    key: NetworkKey,
+    caps: &Caps,
+    now: Instant,
+) -> &'a mut Network {
     let full = |burst: f64| Bucket {
         tokens: burst.max(1.0),
         refreshed: now,
@@ -355,6 +408,37 @@ mod tests {
         assert_eq!(
             a.admit(ip("::ffff:192.0.2.9"), now).unwrap_err(),
             Refusal::NetworkFull
+        );
+    }
+
+    #[test]
+    fn the_networks_of_one_ipv6_site_share_a_few_shares() {
+        let a = admission("max_connections = 1000\nnetwork_share = 0.01\nmax_in_flight = 1000");
+        let now = Instant::now();
+        // A /48 is 256 /56s: without a site cap, 2,560 places.
+        let site: Vec<_> = (0..256u32)
+            .flat_map(|n| (0..10).map(move |h| format!("2001:db8:7:{:x}::{h:x}", n << 8)))
+            .map_while(|addr| a.admit(ip(&addr), now).ok())
+            .collect();
+        assert_eq!(site.len(), 40, "four networks' worth");
+        assert_eq!(
+            a.admit(ip("2001:db8:7:ff00::1"), now).unwrap_err(),
+            Refusal::NetworkFull
+        );
+        assert!(a.admit(ip("2001:db8:8::1"), now).is_ok(), "the next site");
+        assert!(a.admit(ip("192.0.2.1"), now).is_ok(), "IPv4 unaffected");
+        let requests: Vec<_> = (0..100)
+            .map_while(|n| {
+                a.request(ip(&format!("2001:db8:7:{:x}::1", n << 8)), now)
+                    .ok()
+            })
+            .collect();
+        assert_eq!(requests.len(), 40);
+        drop((site, requests));
+        assert_eq!(a.open(), 0);
+        assert!(
+            a.admit(ip("2001:db8:7:100::1"), now).is_ok(),
+            "places come back"
         );
     }
 
