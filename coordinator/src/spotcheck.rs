@@ -68,7 +68,7 @@ pub fn random_below(n: u64) -> u64 {
 
 fn failure(e: PeerFailure) -> CheckError {
     match e {
-        PeerFailure::Gone(why) => CheckError::Unreachable(why),
+        PeerFailure::Gone(why) | PeerFailure::Local(why) => CheckError::Unreachable(why),
         PeerFailure::Busy(_) => CheckError::Unreachable("busy".into()),
         PeerFailure::Missing => CheckError::Refuted("it does not hold the bundle".into()),
         PeerFailure::Lied(why) => CheckError::Refuted(why),

@@ -152,13 +152,10 @@ fn site_fire(fire: Fire) -> anyhow::Result<()> {
 /// Scenario 2: a node's copies are being re-made when the coordinator dies.
 #[test]
 fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> anyhow::Result<()> {
-    // One copy at a time per node, so that the repair is still under way when
-    // the coordinator dies.
     // Nodes find a restarted coordinator only after their heartbeat on the
     // old connection times out (2 s at least): a grace period shorter than
     // that would call every node down at the restart.
-    let config =
-        "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\ncopies_per_node = 1\n";
+    let config = "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\n";
     // Copies paced at 8 MiB/s: the video's takes 8 s, time enough to kill
     // the coordinator in the middle of it.
     let mut cl = cluster_of(&PLACES, config, "[quic]\nfetch_rate_mib_s = 8\n")?;
@@ -187,7 +184,7 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
     let under_way = wait_for(
         Duration::from_secs(30),
         "the video's repair under way",
-        || repair_under_way(c, &lessons, &video.id),
+        || video_copy_under_way(c, video),
     )?;
     // The running copy's order reaches its node with the next heartbeat (200 ms).
     std::thread::sleep(Duration::from_millis(400));
@@ -423,32 +420,22 @@ fn converge_to_r(cl: &Cluster, lessons: &[Lesson]) -> anyhow::Result<()> {
     })
 }
 
-/// The `(bundle, node)` copies ordered and running for the repair (not those
-/// waiting in its queue), once `video`'s is among them; `None` before.
-fn repair_under_way(
+/// The video's repair copy, as `[(bundle, node)]`, once the plan made it:
+/// its order reaches the node with the next heartbeat.
+fn video_copy_under_way(
     c: &Coordinator,
-    lessons: &[Lesson],
-    video: &str,
+    video: &Lesson,
 ) -> anyhow::Result<Option<Vec<(String, String)>>> {
-    let queued: BTreeSet<String> = c.json(&["status"])?["repair_queue"]
+    let show = c.json(&["bundle", "show", &video.id])?;
+    let copying: Vec<(String, String)> = show["replicas"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|q| q["bundle"].as_str().map(str::to_owned))
+        .filter(|r| r["state"] == "copying" && r["node_up"] == true)
+        .filter_map(|r| r["node"].as_str())
+        .map(|node| (video.id.clone(), node.to_owned()))
         .collect();
-    let mut running = Vec::new();
-    for l in lessons.iter().filter(|l| !queued.contains(&l.id)) {
-        let show = c.json(&["bundle", "show", &l.id])?;
-        for r in show["replicas"].as_array().into_iter().flatten() {
-            if r["state"] == "copying" && r["node_up"] == true {
-                running.push((
-                    l.id.clone(),
-                    r["node"].as_str().unwrap_or_default().to_owned(),
-                ));
-            }
-        }
-    }
-    Ok(running.iter().any(|(b, _)| b == video).then_some(running))
+    Ok((!copying.is_empty()).then_some(copying))
 }
 
 /// What must survive a restart of the coordinator: nodes, bundles and names

@@ -207,7 +207,7 @@ async fn manifest_from(
                 reputation.report(peer.addr.id, &why);
                 liars.push((peer.addr.id, why));
             }
-            Err(PeerFailure::Gone(why)) => {
+            Err(PeerFailure::Gone(why) | PeerFailure::Local(why)) => {
                 tracing::warn!(peer = %peer.addr.id, reason = why, "peer lost")
             }
         }
@@ -341,6 +341,13 @@ impl Fetch {
                         .unwrap_or_else(|e| e.into_inner())
                         .push_back(unit);
                 }
+                Err(PeerFailure::Local(why)) => {
+                    // The partial files moved under this copy: it stops, and
+                    // the next try starts from what the store holds then.
+                    self.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    return;
+                }
                 Err(failure) => {
                     if matches!(failure, PeerFailure::Missing) {
                         unit.lacking.push(index);
@@ -388,7 +395,7 @@ impl Fetch {
         };
         let id = peer.addr.id;
         match failure {
-            PeerFailure::Missing | PeerFailure::Busy(_) => return,
+            PeerFailure::Missing | PeerFailure::Busy(_) | PeerFailure::Local(_) => return,
             PeerFailure::Lied(why) => {
                 self.options.reputation.report(id, &why);
                 self.liars
@@ -434,7 +441,8 @@ impl Fetch {
             if slot.is_none() && !job.opened.load(Ordering::Acquire) {
                 let partial = self.store.partial(&unit.hash, job.size);
                 *slot = Some(
-                    partial.map_err(|e| PeerFailure::Gone(format!("opening partial blob: {e}")))?,
+                    partial
+                        .map_err(|e| PeerFailure::Local(format!("opening partial blob: {e}")))?,
                 );
                 job.opened.store(true, Ordering::Release);
             }

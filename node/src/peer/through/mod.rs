@@ -332,8 +332,25 @@ impl FetchThrough {
     }
 
     /// Makes sure the groups covering `range` of a blob are verified here,
-    /// fetching the missing ones from a peer.
+    /// fetching the missing ones from a peer. Partial files that moved under
+    /// the blob's slot (a copy committed them) are forgotten and the fetch
+    /// starts again from what the store holds then.
     pub async fn ensure(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        range: Range<u64>,
+    ) -> Result<Source, Unavailable> {
+        match self.ensure_once(hash, size, range.clone()).await {
+            Err(Unavailable::Local(..)) => {
+                self.forget_partial(&hash);
+                self.ensure_once(hash, size, range).await
+            }
+            done => done,
+        }
+    }
+
+    async fn ensure_once(
         &self,
         hash: BlobHash,
         size: u64,
@@ -405,6 +422,9 @@ impl FetchThrough {
                 match request_groups(&conn, hash, size, groups.clone(), sink).await {
                     Ok(()) => return Ok(()),
                     Err(PeerFailure::Missing) => {}
+                    Err(PeerFailure::Local(why)) => {
+                        return Err(Unavailable::Local(hash, std::io::Error::other(why)));
+                    }
                     Err(PeerFailure::Busy(after)) => {
                         busy.push(peer);
                         pause = pause.min(after);

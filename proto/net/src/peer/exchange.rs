@@ -37,6 +37,10 @@ pub enum PeerFailure {
     Lied(String),
     /// The connection failed or stalled: drop it.
     Gone(String),
+    /// This node could not keep what the peer sent (its partial files were
+    /// committed or replaced by another fetch meanwhile): not the peer's
+    /// failure; start again from what the store now holds.
+    Local(String),
 }
 
 /// Where the verified parts of a blob go.
@@ -197,7 +201,7 @@ fn decode(
     encoded: impl std::io::Read,
 ) -> Result<(), PeerFailure> {
     let tree = BaoTree::new(size, BLOCK_SIZE);
-    let local = |e: std::io::Error| PeerFailure::Gone(format!("writing partial blob: {e}"));
+    let local = |e: std::io::Error| PeerFailure::Local(format!("writing partial blob: {e}"));
     for item in DecodeResponseIter::new(hash.into(), tree, encoded, &chunk_ranges(groups)) {
         match item {
             Ok(BaoContentItem::Parent(p)) => sink.save_pair(p.node, &p.pair).map_err(local)?,
