@@ -191,6 +191,12 @@ impl NodeConfig {
         Self::resolve(read_toml(path)?, overrides)
     }
 
+    /// The configuration a file's text gives, without flags: a pure function
+    /// of the text (no file is read), so that it can be fuzzed.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Self::resolve(toml::from_str(text)?, Overrides::default())
+    }
+
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
         let h = file.https;
         let tls = TlsFiles::configured(o.tls_cert.or(h.tls_cert), o.tls_key.or(h.tls_key))?;
@@ -217,9 +223,7 @@ impl NodeConfig {
             .uploads
             .keep_free_mib
             .unwrap_or(DEFAULT_DISK_MARGIN >> 20);
-        let uploads_keep_free = keep_free_mib
-            .checked_mul(1 << 20)
-            .context("uploads.keep_free_mib is too large")?;
+        let uploads_keep_free = mib("uploads.keep_free_mib", keep_free_mib)?;
         Ok(Self {
             data_dir: o
                 .data_dir
@@ -240,8 +244,15 @@ impl NodeConfig {
                     .unwrap_or_else(|| DEFAULT_QUIC.parse().expect("valid default")),
                 public_addr: file.quic.public_addr,
                 peers,
-                fetch_rate: file.quic.fetch_rate_mib_s.map(|m| m << 20),
-                cache_max_bytes: file.quic.cache_max_mib.unwrap_or(10_240) << 20,
+                fetch_rate: file
+                    .quic
+                    .fetch_rate_mib_s
+                    .map(|m| mib("quic.fetch_rate_mib_s", m))
+                    .transpose()?,
+                cache_max_bytes: mib(
+                    "quic.cache_max_mib",
+                    file.quic.cache_max_mib.unwrap_or(10_240),
+                )?,
             },
             scrub,
             connections: file.connections.check()?,
@@ -259,23 +270,27 @@ impl NodeConfig {
     }
 }
 
+/// `value` MiB in bytes; a value past `u64` is refused by the name of its
+/// setting, rather than wrapped to a small one.
+fn mib(setting: &str, value: u64) -> anyhow::Result<u64> {
+    value
+        .checked_mul(1 << 20)
+        .with_context(|| format!("{setting} is too large: {value} MiB"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> anyhow::Result<NodeConfig> {
-        NodeConfig::resolve(toml::from_str(text)?, Overrides::default())
-    }
-
     #[test]
     fn defaults_suit_a_first_run() -> anyhow::Result<()> {
-        let c = parse("")?;
+        let c = NodeConfig::from_toml("")?;
         assert_eq!(c.data_dir, PathBuf::from("./cartable-data"));
         assert_eq!(c.https.listen.to_string(), "127.0.0.1:8443");
         assert!(c.https.tls.is_none());
         assert_eq!(c.uploads_keep_free, 256 << 20);
         assert_eq!(
-            parse("[uploads]\nkeep_free_mib = 1")?.uploads_keep_free,
+            NodeConfig::from_toml("[uploads]\nkeep_free_mib = 1")?.uploads_keep_free,
             1 << 20
         );
         Ok(())
@@ -299,21 +314,35 @@ mod tests {
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
-        let unknown = parse("[https]\nlisen = \"127.0.0.1:1\"").unwrap_err();
+        let unknown = NodeConfig::from_toml("[https]\nlisen = \"127.0.0.1:1\"").unwrap_err();
         assert!(
             format!("{unknown:#}").contains("unknown field `lisen`"),
             "{unknown:#}"
         );
-        let half = parse("[https]\ntls_cert = \"/c.pem\"").unwrap_err();
+        let half = NodeConfig::from_toml("[https]\ntls_cert = \"/c.pem\"").unwrap_err();
         assert!(half.to_string().contains("go together"));
-        let small = parse("[connections]\nmax_header_bytes = 10").unwrap_err();
+        let small = NodeConfig::from_toml("[connections]\nmax_header_bytes = 10").unwrap_err();
         assert!(small.to_string().contains("at least 8192"));
-        assert!(parse("[https]\nlisten = \"nowhere\"").is_err());
-        let peer = parse("[quic]\npeers = [\"abc@127.0.0.1:1\"]").unwrap_err();
+        assert!(NodeConfig::from_toml("[https]\nlisten = \"nowhere\"").is_err());
+        let peer = NodeConfig::from_toml("[quic]\npeers = [\"abc@127.0.0.1:1\"]").unwrap_err();
         assert!(peer.to_string().contains("node id"), "{peer}");
-        let huge = parse("[uploads]\nkeep_free_mib = 18446744073709551615").unwrap_err();
+        let huge =
+            NodeConfig::from_toml("[uploads]\nkeep_free_mib = 18446744073709551615").unwrap_err();
         assert!(huge.to_string().contains("keep_free_mib"), "{huge}");
-        let shared = parse("[lessons]\nsandbox = [\"allow-same-origin\"]").unwrap_err();
+        let shared =
+            NodeConfig::from_toml("[lessons]\nsandbox = [\"allow-same-origin\"]").unwrap_err();
         assert!(shared.to_string().contains("allow-same-origin"), "{shared}");
+    }
+
+    #[test]
+    fn mib_settings_past_u64_are_refused_not_wrapped() {
+        // 2^44 MiB is 2^64 bytes: `<< 20` made it 0 (no cache, no rate).
+        for setting in ["cache_max_mib", "fetch_rate_mib_s"] {
+            let text = format!("[quic]\n{setting} = 17592186044416");
+            let huge = NodeConfig::from_toml(&text).unwrap_err();
+            assert!(huge.to_string().contains(setting), "{huge}");
+        }
+        let near = NodeConfig::from_toml("[quic]\ncache_max_mib = 17592186044415").unwrap();
+        assert_eq!(near.quic.cache_max_bytes, u64::MAX - (1 << 20) + 1);
     }
 }

@@ -3,7 +3,10 @@
 //! [`cartable_net`]'s.
 //!
 //! - [`store`]: blob files and outboards named by hash, bundle manifests, a sled index.
-//! - [`serve`]: what a node answers browsers, every byte verified as it streams.
+//! - [`serve`]: what a node answers browsers, every byte verified as it streams;
+//!   its parsers of what browsers send, [`conditional`] (`Range`, `If-Range`,
+//!   `If-None-Match`) and [`target`] (the request path), are public for the
+//!   fuzz targets in `node/fuzz`.
 //! - [`admin`]: the local socket through which the CLI talks to a running daemon.
 //! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
 //! - [`member`]: membership of a coordinator: heartbeats, orders kept on disk, the replication agent.
@@ -15,9 +18,11 @@
 
 mod admin;
 pub mod cli;
-mod config;
+pub mod config;
 mod daemon;
 mod member;
 pub mod peer;
 mod serve;
 pub mod store;
+
+pub use serve::{conditional, target};

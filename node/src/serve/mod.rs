@@ -5,13 +5,13 @@
 //! What browsers may do with each answer (sandbox, CORS, framing) is [`policy`].
 
 mod body;
-mod conditional;
+pub mod conditional;
 mod error;
 mod listing;
 mod policy;
 mod reserve;
 mod respond;
-mod target;
+pub mod target;
 mod upload;
 #[cfg(test)]
 mod upload_tests;

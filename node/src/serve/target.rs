@@ -70,12 +70,14 @@ fn decode_segment(segment: &str) -> Result<String, HttpError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(HttpError::BadRequest("malformed percent-encoding"))?;
-            out.push(hex);
+            // Two hex digits exactly: `u8::from_str_radix` alone would take
+            // `%+a` as a newline.
+            let byte = match bytes.get(i + 1..i + 3) {
+                Some(&[high, low]) => hex_digit(high).zip(hex_digit(low)),
+                _ => None,
+            }
+            .ok_or(HttpError::BadRequest("malformed percent-encoding"))?;
+            out.push(byte.0 << 4 | byte.1);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -87,6 +89,10 @@ fn decode_segment(segment: &str) -> Result<String, HttpError> {
         return Err(HttpError::BadRequest("encoded slash in path"));
     }
     Ok(text)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    char::from(c).to_digit(16).map(|d| d as u8)
 }
 
 /// Percent-encodes a path segment for a link: everything but unreserved characters.
@@ -158,6 +164,19 @@ mod tests {
             assert!(
                 matches!(got, Err(HttpError::BadRequest(_))),
                 "{evil}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn percent_escapes_take_two_hex_digits_and_nothing_else() {
+        assert_eq!(decode_segment("%41%6a%6A"), Ok("Ajj".into()));
+        // `u8::from_str_radix` reads a sign: these decoded to control bytes.
+        for bad in ["%+a", "a%+0b", "%-1", "%4", "%4g", "%é"] {
+            assert_eq!(
+                decode_segment(bad),
+                Err(HttpError::BadRequest("malformed percent-encoding")),
+                "{bad}"
             );
         }
     }
