@@ -2,27 +2,46 @@
 # A whole Cartable cluster on this machine: one coordinator and six nodes in
 # three sites over two regions, all on loopback, the sample lesson published
 # with three copies. Prints the lesson's URLs and the commands to look around;
-# stops everything on Ctrl-C. Data goes to ./cartable-dev (made afresh each run).
+# stops everything it started on Ctrl-C. Data goes to ./cartable-dev (made afresh
+# each run).
+#
+# Settings (environment):
+#   DATA_DIR           the cluster's folder [./cartable-dev]
+#   COORDINATOR_HTTPS  the coordinator's HTTPS address [127.0.0.1:7443]; the nodes
+#                      and every QUIC endpoint take free ports
+#   CARTABLE_PROFILE   the cargo profile to build and run [release]; `dev` builds faster
+#   CARGO_TARGET_DIR   honoured, as cargo does
 set -euo pipefail
+dir="${DATA_DIR:-./cartable-dev}"
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd) # before the cd below: DATA_DIR may be relative to the caller
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p cartable-node -p cartable-coordinator -p cartable-cli
-bin=$PWD/target/release
-dir="${DATA_DIR:-./cartable-dev}"
+profile="${CARTABLE_PROFILE:-release}"
+cargo build --profile "$profile" -q -p cartable-node -p cartable-coordinator -p cartable-cli
+# Where cargo put them: CARGO_TARGET_DIR, a build.target-dir setting, or ./target.
+target=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ "$profile" = dev ] && bin=$target/debug || bin=$target/$profile
 https="${COORDINATOR_HTTPS:-127.0.0.1:7443}"
 rm -rf "$dir"
 mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
 
+# Every daemon started, so that an interrupt at any point stops them all.
 pids=()
 cleanup() {
     trap - EXIT INT TERM
-    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    if [ ${#pids[@]} -gt 0 ]; then
+        kill "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
+    fi
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
-# Starts a daemon logging to $1.log and prints its listening line.
+# Starts a daemon logging to $1.log, records its pid and prints its listening
+# line. Never call it inside $(...): the pid would be lost with the subshell.
 start() {
     local name=$1
     shift
@@ -44,13 +63,12 @@ heartbeat_ms = 1000
 down_after_ms = 5000
 repair_delay_secs = 30
 EOF
-line=$(start coordinator "$bin/cartable-coordinator" --data-dir "$dir/coordinator" \
-    --config "$dir/coordinator.toml" serve --https "$https" --quic 127.0.0.1:0)
+start coordinator "$bin/cartable-coordinator" --data-dir "$dir/coordinator" \
+    --config "$dir/coordinator.toml" serve --https "$https" --quic 127.0.0.1:0
 export CARTABLE_COORDINATOR="https://$https"
 export CARTABLE_TOKEN
 CARTABLE_TOKEN=$(cat "$dir/coordinator/admin-token")
 export CARTABLE_CA_CERT="$dir/coordinator/tls/cert.pem"
-echo "$line"
 
 places="nord/lille nord/lille nord/amiens nord/amiens sud/nice sud/nice"
 i=1

@@ -1,66 +1,8 @@
 //! The coordinator's configuration: a TOML file (`--config`), overridden by flags,
 //! with defaults that suit a first run on loopback. Unknown keys are refused.
 //!
-//! ```toml
-//! # Where the key, certificate, admin token and state live. Default: ./cartable-coordinator-data
-//! data_dir = "/var/lib/cartable-coordinator"
-//! # HTTPS for the admin API and browser redirects. Default: 127.0.0.1:7443
-//! https = "0.0.0.0:443"
-//! # QUIC for nodes. Default: 127.0.0.1:7444
-//! quic = "0.0.0.0:7444"
-//! # Where browsers and the CLI reach the HTTPS side, and where nodes reach the
-//! # QUIC side (join tokens carry it). Default: the listening addresses; set them
-//! # when listening on 0.0.0.0 or behind a NAT.
-//! public_url = "https://cartable.academie.example"
-//! public_quic = "203.0.113.10:7444"
-//! # PEM certificate chain and key for HTTPS. Default: a self-signed pair in DATA/tls/.
-//! tls_cert = "/etc/cartable/coordinator.pem"
-//! tls_key = "/etc/cartable/coordinator-key.pem"
-//! # Milliseconds between a node's heartbeats. Default: 5000.
-//! heartbeat_ms = 5000
-//! # A node silent this long (ms) is down. Default: 30000.
-//! down_after_ms = 30000
-//! # A down node's copies are re-placed after this many seconds, unless a bundle
-//! # has fewer complete copies than `min_replicas`: then at once. Default: 600.
-//! repair_delay_secs = 600
-//! # Copies a bundle gets unless published with --replicas. Default: 3.
-//! default_replicas = 3
-//! # Below this many complete copies a bundle is repaired at once. Default: 2.
-//! min_replicas = 2
-//! # Copies a node makes at once; the rest wait in the repair queue, most
-//! # endangered first. Default: 4.
-//! copies_per_node = 4
-//! # Browsers are sent without a check only to a node heard from (heartbeat or
-//! # check) within this many ms; older, its HTTPS side is asked first, at most
-//! # once per this interval whatever the number of browsers. Default: 1000.
-//! route_fresh_ms = 1000
-//! # A check unanswered this long (ms) sends browsers to the next copy. Default: 1000.
-//! route_check_timeout_ms = 1000
-//! # QUIC connections held at once (handshakes included), members and keys
-//! # that have not joined (strangers) together; beyond, attempts are refused
-//! # before any handshake work. Default: 65536.
-//! quic_max_connections = 65536
-//! # Strangers' connections and handshakes at once (each costs up to ~90 KiB
-//! # while it sends partial requests; it must join within 10 s). Default: 1024.
-//! quic_max_strangers = 1024
-//! # The same, from one client network (an IPv4 address, an IPv6 /64). Default: 32.
-//! quic_max_strangers_per_network = 32
-//! # Past this many handshakes in progress, or this many strangers, a new
-//! # address must prove it receives at its address first (a QUIC retry, one
-//! # round trip). Defaults: 32 and 256.
-//! quic_retry_above_handshakes = 32
-//! quic_retry_above_strangers = 256
-//!
-//! # Caps and deadlines of HTTPS connections (browsers and the admin API), the
-//! # same table as a node's: see `cartable_net::https::limits`.
-//! [connections]
-//! max_connections = 20000
-//!
-//! # Which client networks are in which region, for redirects to a near copy.
-//! [[regions]]
-//! cidr = "10.12.0.0/16"
-//! region = "grand-est"
-//! ```
+//! Every key, its default and what is allowed: [`template`], the commented
+//! file `cartable-coordinator init` writes, also shown in `docs/config.md`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -74,6 +16,15 @@ use cartable_proto::cidr::Cidr;
 
 use crate::probe::RouteTimes;
 use serde::Deserialize;
+
+/// The coordinator's own settings in the file `init` writes (see [`template`]).
+const TEMPLATE: &str = include_str!("../cartable-coordinator.toml");
+
+/// The commented configuration file `cartable-coordinator init` writes: every
+/// setting, its default and what it may be.
+pub fn template() -> String {
+    [TEMPLATE, cartable_net::https::limits::TEMPLATE].concat()
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,7 +183,7 @@ fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
 impl CoordinatorConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        Self::resolve(cartable_net::config::read_toml(path)?, overrides)
+        cartable_net::config::load(path, |file| Self::resolve(file, overrides))
     }
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
@@ -324,9 +275,19 @@ impl CoordinatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cartable_net::config::check_text;
+    use cartable_net::config::fields::{check_reference, check_template};
 
     fn parse(text: &str) -> anyhow::Result<CoordinatorConfig> {
-        CoordinatorConfig::resolve(toml::from_str(text)?, Overrides::default())
+        check_text(text, |file| {
+            CoordinatorConfig::resolve(file, Overrides::default())
+        })
+    }
+
+    #[test]
+    fn init_writes_every_setting_at_its_default_as_the_docs_show() -> anyhow::Result<()> {
+        check_template::<FileConfig>(&template(), |text| Ok(format!("{:?}", parse(text)?)))?;
+        check_reference("coordinator", TEMPLATE)
     }
 
     #[test]

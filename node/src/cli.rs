@@ -4,7 +4,7 @@
 
 use cartable_proto::units::{human_bytes, utc_minute};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -37,6 +37,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a configuration file with every setting commented out at its default.
+    Init {
+        /// Where [default: the --config file, else ./cartable-node.toml].
+        file: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the node: serve bundles over HTTPS until Ctrl-C or SIGTERM.
     Serve {
         /// Address to listen on [default: 127.0.0.1:8443]; port 0 picks a free port.
@@ -113,6 +121,10 @@ enum Command {
 impl Cli {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
+        if let Command::Init { file, force } = &self.command {
+            let file = file.as_ref().or(self.config.as_ref());
+            return init(file.map_or(Path::new("cartable-node.toml"), |f| f), *force);
+        }
         let mut overrides = Overrides {
             data_dir: self.data_dir,
             ..Overrides::default()
@@ -133,6 +145,7 @@ impl Cli {
         }
         let config = NodeConfig::load(self.config.as_deref(), overrides)?;
         match self.command {
+            Command::Init { .. } => unreachable!("handled before the config is read"),
             Command::Serve { .. } => {
                 tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))
             }
@@ -178,6 +191,17 @@ impl Cli {
             }
         }
     }
+}
+
+/// Writes the commented configuration file.
+fn init(file: &Path, force: bool) -> anyhow::Result<()> {
+    cartable_net::config::template::write_template(file, &crate::config::template(), force)?;
+    println!(
+        "wrote {0}: every setting, commented out at its default; edit it, then run \
+         `cartable-node --config {0} serve`",
+        file.display()
+    );
+    Ok(())
 }
 
 /// Sends a request to the daemon, or runs it on the store when none is running.

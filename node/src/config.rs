@@ -2,52 +2,9 @@
 //! defaults that suit a first run on loopback. Unknown keys are refused, and
 //! values are checked when loaded, not when first used.
 //!
-//! ```toml
-//! # Where blobs, manifests, keys and the index live. Default: ./cartable-data
-//! data_dir = "/var/lib/cartable"
+//! Every key, its default and what is allowed: [`template`], the commented
+//! file `cartable-node init` writes, also shown in `docs/config.md`.
 //!
-//! [https]
-//! # Address browsers connect to. Default: 127.0.0.1:8443; port 0 picks a free port.
-//! listen = "0.0.0.0:443"
-//! # PEM certificate chain and key. Default: a self-signed pair made in DATA/tls/.
-//! tls_cert = "/etc/cartable/cert.pem"
-//! tls_key = "/etc/cartable/key.pem"
-//!
-//! # Caps and deadlines of browser connections: see `cartable_net::https::limits`.
-//! [connections]
-//! max_connections = 20000
-//! idle_timeout_secs = 30
-//!
-//! [quic]
-//! # UDP address peers connect to. Default: 127.0.0.1:4433; port 0 picks a free port.
-//! listen = "0.0.0.0:4433"
-//! # Nodes allowed to copy from this one, as NODEID@IP:PORT. Default: none.
-//! peers = ["5a38…@192.0.2.7:4433"]
-//! # Bandwidth cap of background copies (`fetch`), in MiB/s. Default: none.
-//! fetch_rate_mib_s = 20
-//! # Space for bundles served to browsers from peers (fetch-through), in MiB;
-//! # beyond it the oldest cached files are evicted. The partial files of blobs
-//! # being fetched count against it too: abandoned ones are deleted, oldest
-//! # first, to fit. Default: 10240.
-//! cache_max_mib = 10240
-//!
-//! [scrub]
-//! # Re-verification pace of stored blobs, in MiB/s (0: no limit). Default: 16.
-//! mib_per_s = 16
-//! # Seconds between two passes. Default: 3600.
-//! interval_secs = 3600
-//!
-//! [uploads]
-//! # Disk space uploads leave free on the data folder's filesystem, in MiB: an
-//! # upload that would eat into it is refused (507) before it starts. Default: 256.
-//! keep_free_mib = 256
-//!
-//! # The sandbox lesson pages run in, and who may frame them: see
-//! # `crate::serve::policy`.
-//! [lessons]
-//! sandbox = ["allow-scripts", "allow-forms"]
-//! frame_ancestors = ["https://ent.example.org"]
-//! ```
 //!
 //! When the node is a member of a coordinator, `https.public_url` (default:
 //! `https://` and the listening address) is where browsers are sent, and
@@ -63,10 +20,19 @@ use serde::Deserialize;
 
 use crate::serve::{DEFAULT_DISK_MARGIN, FileLessons, LessonPolicy};
 use crate::store::ScrubSettings;
-use cartable_net::config::{public_url, read_toml};
+use cartable_net::config::public_url;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
 use cartable_net::peer::PeerAddr;
 use cartable_net::tls::TlsFiles;
+
+/// The node's own settings in the file `init` writes (see [`template`]).
+const TEMPLATE: &str = include_str!("../cartable-node.toml");
+
+/// The commented configuration file `cartable-node init` writes: every
+/// setting, its default and what it may be.
+pub fn template() -> String {
+    [TEMPLATE, cartable_net::https::limits::TEMPLATE].concat()
+}
 
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
 const DEFAULT_HTTPS: &str = "127.0.0.1:8443";
@@ -188,13 +154,13 @@ pub struct HttpsConfig {
 impl NodeConfig {
     /// Reads the file at `path` (if given) and applies the overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        Self::resolve(read_toml(path)?, overrides)
+        cartable_net::config::load(path, |file| Self::resolve(file, overrides))
     }
 
     /// The configuration a file's text gives, without flags: a pure function
     /// of the text (no file is read), so that it can be fuzzed.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        Self::resolve(toml::from_str(text)?, Overrides::default())
+        cartable_net::config::check_text(text, |file| Self::resolve(file, Overrides::default()))
     }
 
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
@@ -281,6 +247,15 @@ fn mib(setting: &str, value: u64) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cartable_net::config::fields::{check_reference, check_template};
+
+    #[test]
+    fn init_writes_every_setting_at_its_default_as_the_docs_show() -> anyhow::Result<()> {
+        check_template::<FileConfig>(&template(), |text| {
+            Ok(format!("{:?}", NodeConfig::from_toml(text)?))
+        })?;
+        check_reference("node", TEMPLATE)
+    }
 
     #[test]
     fn defaults_suit_a_first_run() -> anyhow::Result<()> {

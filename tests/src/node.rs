@@ -27,16 +27,7 @@ pub fn binary(name: &str) -> PathBuf {
             build
                 .current_dir(&root)
                 .args(["build", "-q", "--workspace", "--bins"]);
-            // Cargo sets CARGO_PKG_*, CARGO_MANIFEST_DIR and the like for this
-            // test process; build scripts that watch them (ring's) would run
-            // again and rebuild half the tree on every test process.
-            for (name, _) in std::env::vars_os() {
-                let name = name.to_string_lossy();
-                let ours = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
-                if name.starts_with("CARGO_") && !ours {
-                    build.env_remove(name.as_ref());
-                }
-            }
+            without_cargo_env(&mut build);
             if release {
                 build.arg("--release");
             }
@@ -47,6 +38,19 @@ pub fn binary(name: &str) -> PathBuf {
             target.join(if release { "release" } else { "debug" })
         })
         .join(name)
+}
+
+/// Removes the variables cargo set for this test process from `command`, which
+/// runs cargo again: build scripts that watch them (ring's) would run again and
+/// rebuild half the tree. `CARGO_HOME` and `CARGO_TARGET_DIR` stay.
+pub fn without_cargo_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
+        if name.starts_with("CARGO_") && !ours {
+            command.env_remove(name.as_ref());
+        }
+    }
 }
 
 /// Runs `cartable-node ARGS` to completion.

@@ -25,8 +25,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Makes the key, the HTTPS certificate and the admin token (file mode 0600).
-    Init,
+    /// Writes a configuration file with every setting commented out at its
+    /// default, and makes the key, the HTTPS certificate and the admin token
+    /// (file mode 0600) in the data folder.
+    Init {
+        /// Where [default: the --config file, else ./cartable-coordinator.toml].
+        file: Option<PathBuf>,
+        /// Replace an existing configuration file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Runs the QUIC endpoint for nodes and the HTTPS admin API.
     Serve {
         /// HTTPS address (admin API, browser redirects). Default: 127.0.0.1:7443
@@ -59,16 +67,31 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (https, quic) = match cli.command {
         Command::Serve { https, quic } => (https, quic),
-        Command::Init => (None, None),
+        Command::Init { .. } => (None, None),
     };
+    let mut config_file = cli.config;
+    if let Command::Init { file, force } = &cli.command {
+        let file = file.clone().or(config_file.clone());
+        let file = file.unwrap_or_else(|| "cartable-coordinator.toml".into());
+        cartable_net::config::template::write_template(
+            &file,
+            &cartable_coordinator::config::template(),
+            *force,
+        )?;
+        println!(
+            "wrote {}: every setting, commented out at its default",
+            file.display()
+        );
+        config_file = Some(file);
+    }
     let overrides = Overrides {
         data_dir: cli.data_dir,
         https,
         quic,
     };
-    let config = CoordinatorConfig::load(cli.config.as_deref(), overrides)?;
+    let config = CoordinatorConfig::load(config_file.as_deref(), overrides)?;
     match cli.command {
-        Command::Init => {
+        Command::Init { .. } => {
             let dir = &config.data_dir;
             match daemon::init(dir)? {
                 Some(_) => println!(

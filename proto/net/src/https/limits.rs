@@ -1,70 +1,17 @@
 //! The `[connections]` table both daemons read: a deadline on every phase of a
 //! connection, the admission caps per client network, and the shedding threshold.
 //!
-//! ```toml
-//! [connections]
-//! # Open connections at most. Default: derived from the open-file limit (raised
-//! # to the hard limit at start): three quarters of it, at most 50000.
-//! max_connections = 20000
-//! # Share of max_connections (and of max_in_flight) one client network may
-//! # hold. Default: 0.1, so ten networks are needed to fill a node, and a
-//! # school's NAT with a thousand pupils fits when the open-file limit allows
-//! # 14,000 connections.
-//! network_share = 0.1
-//! # What a "client network" is: the address's first bits. Default: 24 and 56.
-//! ipv4_prefix = 24
-//! ipv6_prefix = 56
-//! # Requests per second one client network may make, and the burst it may
-//! # spend at once; new connections (TLS handshakes) get half of each.
-//! # Default: 1000 and 10000.
-//! network_rate = 1000
-//! network_burst = 10000
-//! # Seconds for the TLS handshake, for the first request's first bytes, and for
-//! # a request head once started. Default: 10 each. (HTTP/1.1 counts the head's
-//! # deadline from the end of the previous request: a keep-alive connection
-//! # idles at most header_read_timeout_secs there.)
-//! handshake_timeout_secs = 10
-//! first_bytes_timeout_secs = 10
-//! header_read_timeout_secs = 10
-//! # Seconds a connection may stay open with no request in flight (HTTP/1.1
-//! # keep-alive and HTTP/2 alike: pings do not count). Default: 30.
-//! idle_timeout_secs = 30
-//! # Seconds a response may go without sending a byte before its connection is
-//! # dropped and everything it held freed (a client that stopped reading). Default: 30.
-//! progress_timeout_secs = 30
-//! # Largest request head, in bytes, cookies aside (431 beyond it). Default:
-//! # 16384; at least 8192.
-//! max_header_bytes = 16384
-//! # Cookies a request may carry on top of that, in bytes: accepted and
-//! # ignored (cookies ignore ports, so other applications on the node's host
-//! # name send theirs here). A connection buffers at most the sum of the two
-//! # for a head. Default: 32768.
-//! max_cookie_bytes = 32768
-//! # Concurrent HTTP/2 streams per connection. Default: 100.
-//! max_streams = 100
-//! # Requests waiting for their answer beyond which new ones get 503 at once,
-//! # with Retry-After. Default: 512.
-//! max_pending = 512
-//! # Requests in flight, from their start to their response head, and for
-//! # answers over 64 KiB to the end of their body: what responses buffer
-//! # (about 0.5 MiB for a stalled one) is bounded by this, in total and, by
-//! # network_share, per network. Default: 2048.
-//! max_in_flight = 2048
-//! # Seconds a shed client is told to wait. Default: 2.
-//! retry_after_secs = 2
-//!
-//! # Networks with their own share of the connections, or exempt from the
-//! # per-network caps (the operator's own monitoring, a large school's proxy).
-//! [[connections.networks]]
-//! cidr = "10.20.0.0/16"
-//! share = 0.5          # or: exempt = true
-//! ```
+//! Every key, its default and what is allowed: [`TEMPLATE`], which both
+//! daemons' `init` write.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use cartable_proto::cidr::Cidr;
 use serde::Deserialize;
+
+/// The `[connections]` part of both daemons' commented configuration files.
+pub const TEMPLATE: &str = include_str!("../../templates/connections.toml");
 
 /// hyper will not read request heads into a smaller buffer.
 const MIN_HEADER_BYTES: usize = 8192;
