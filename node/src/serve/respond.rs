@@ -19,7 +19,7 @@ use super::listing;
 use super::policy;
 use super::target::{self, Target};
 use super::upload;
-use crate::peer::through::{FetchThrough, LookupError, Source};
+use crate::peer::through::{FetchThrough, LookupError};
 use crate::store::verify::VerifyError;
 use crate::store::{BlobFiles, ReadFault, Store};
 use cartable_net::https::shed::Level;
@@ -318,11 +318,11 @@ async fn through_body(
 ) -> Result<Body, HttpError> {
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let len = range.end - range.start;
-    let (store, through, hash, size) = (ctx.store.clone(), through.clone(), entry.hash, entry.size);
+    let (through, hash, size) = (through.clone(), entry.hash, entry.size);
     let progress = ctx.progress_timeout;
     tokio::spawn(async move {
         for segment in cut(range, SEGMENT) {
-            let files = open_segment(&through, &store, hash, size, &segment).await;
+            let files = through.open(hash, size, segment.clone()).await;
             let sent = match files {
                 Ok(files) => send_range(Arc::new(files), segment, &tx, progress).await,
                 Err(e) => Err(Stopped::Failed(e.into())),
@@ -337,34 +337,6 @@ async fn through_body(
         }
     });
     first_piece(rx, len, "not available from any peer right now").await
-}
-
-/// Opens the files holding a segment's verified bytes. They can move between
-/// `ensure` and the open (a partial blob committed by a copy, then released
-/// or evicted): asked once more with the blob's partial state forgotten,
-/// `ensure` finds them where they went or fetches them again.
-async fn open_segment(
-    through: &FetchThrough,
-    store: &Store,
-    hash: BlobHash,
-    size: u64,
-    segment: &Range<u64>,
-) -> std::io::Result<BlobFiles> {
-    let mut last_try = false;
-    loop {
-        let opened = match through.ensure(hash, size, segment.clone()).await {
-            Ok(Source::Stored) => store.open_blob(&hash, size),
-            Ok(Source::Partial) => store.open_partial(&hash, size),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        };
-        match opened {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_try => {
-                through.forget_partial(&hash);
-                last_try = true;
-            }
-            opened => return opened,
-        }
-    }
 }
 
 /// Cuts a range at multiples of `unit`: pieces read, or segments fetched.

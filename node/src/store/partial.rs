@@ -136,6 +136,14 @@ fn missing_ranges(done: &[u8]) -> Vec<Range<u64>> {
     out
 }
 
+/// Deletes a blob's partial files and their record.
+pub(super) fn remove_files(paths: &[PathBuf]) -> Result<(), StoreError> {
+    for path in paths {
+        layout::remove_if_present(path).map_err(io_at(path))?;
+    }
+    Ok(())
+}
+
 /// Which file a path or a handle is: device and inode.
 type FileId = (u64, u64);
 
@@ -280,9 +288,7 @@ impl Store {
             // the partial paths are leftovers: removed, so that no later
             // commit takes them for a complete blob.
             if ours {
-                for path in &partial.paths {
-                    layout::remove_if_present(path).map_err(io_at(path))?;
-                }
+                remove_files(&partial.paths)?;
             }
             return Ok(());
         }
@@ -311,7 +317,11 @@ impl Store {
     /// files so; with nothing left to fetch, no copy would ever commit them.
     /// The files are read back whole first: only a record of this node's
     /// says they are complete, and it reads blocking.
-    pub fn commit_if_complete(&self, hash: &BlobHash, size: u64) -> Result<bool, StoreError> {
+    pub(super) fn commit_if_complete(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+    ) -> Result<bool, StoreError> {
         if !self.partial_missing(hash, size).is_empty() {
             return Ok(false);
         }
@@ -322,9 +332,7 @@ impl Store {
         }
         if let Err(e) = partial.verify_all() {
             tracing::warn!(blob = %hash, error = %e, "partial blob recorded complete does not verify; fetched again");
-            for path in &partial.paths {
-                layout::remove_if_present(path).map_err(io_at(path))?;
-            }
+            remove_files(&partial.paths)?;
             return Ok(false);
         }
         self.commit_partial(partial)?;

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use cartable_proto::BlobHash;
 
-use super::{Store, StoreError, io_at, layout};
+use super::{Store, StoreError, io_at};
 
 /// Partial blobs kept on disk at most (each is two or three files). A flood of
 /// 1-byte ranges of distinct files leaves no more than this behind. Four times
@@ -184,9 +184,7 @@ impl Store {
         if open.contains_key(hash) {
             return Ok(false);
         }
-        for path in self.partial_paths(hash) {
-            layout::remove_if_present(&path).map_err(io_at(&path))?;
-        }
+        super::partial::remove_files(&self.partial_paths(hash))?;
         Ok(true)
     }
 

@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use super::dial::Dialer;
 use super::reputation::Reputation;
 use crate::peer::sink::GroupSink;
-use crate::store::{MAX_PARTIAL_BLOBS, PartialBlob, Store};
+use crate::store::{BlobFiles, MAX_PARTIAL_BLOBS, PartialBlob, Store};
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_net::peer::exchange::{PeerFailure, STALL_LIMIT, ask_manifest, request_groups};
@@ -331,26 +331,43 @@ impl FetchThrough {
         }
     }
 
-    /// Makes sure the groups covering `range` of a blob are verified here,
-    /// fetching the missing ones from a peer. Partial files that moved under
-    /// the blob's slot (a copy committed them) are forgotten and the fetch
-    /// starts again from what the store holds then.
-    pub async fn ensure(
+    /// Opens the files holding the verified bytes of `range` of a blob,
+    /// fetching the missing groups from a peer. The files can move under the
+    /// blob's slot (a copy committed them, then released them or let them be
+    /// evicted): the slot is then forgotten once and the fetch starts again
+    /// from what the store holds.
+    pub async fn open(
         &self,
         hash: BlobHash,
         size: u64,
         range: Range<u64>,
-    ) -> Result<Source, Unavailable> {
-        match self.ensure_once(hash, size, range.clone()).await {
-            Err(Unavailable::Local(..)) => {
-                self.forget_partial(&hash);
-                self.ensure_once(hash, size, range).await
+    ) -> std::io::Result<BlobFiles> {
+        let mut retried = false;
+        loop {
+            let (opened, moved) = match self.ensure(hash, size, range.clone()).await {
+                Ok(source) => {
+                    let opened = match source {
+                        Source::Stored => self.store.open_blob(&hash, size),
+                        Source::Partial => self.store.open_partial(&hash, size),
+                    };
+                    let gone =
+                        matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+                    (opened, gone)
+                }
+                Err(Unavailable::Local(_, e)) => (Err(e), true),
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
+            if !moved || retried {
+                return opened;
             }
-            done => done,
+            self.forget_partial(&hash);
+            retried = true;
         }
     }
 
-    async fn ensure_once(
+    /// Makes sure the groups covering `range` of a blob are verified here,
+    /// fetching the missing ones from a peer.
+    async fn ensure(
         &self,
         hash: BlobHash,
         size: u64,
@@ -390,7 +407,7 @@ impl FetchThrough {
     /// Forgets what this node knows of a blob's partial files, when they were
     /// found gone: a copy of a bundle using the blob committed them, and the
     /// blob was released or evicted since. The next request starts afresh.
-    pub fn forget_partial(&self, hash: &BlobHash) {
+    fn forget_partial(&self, hash: &BlobHash) {
         lock(&self.slots).remove(hash);
     }
 
