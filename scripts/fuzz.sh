@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs every fuzz target, one after the other, for SECONDS each (default 60):
+# Runs every fuzz target, one after the other, for SECONDS each (default 60)
+# or FUZZ_RUNS executions (default 10 million), whichever comes first:
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
-# Each target starts from its kept corpus (proto/fuzz/corpus/NAME or
-# node/fuzz/corpus/NAME) and writes what it finds to a scratch corpus under
+# Each target starts from its kept corpus (proto/fuzz/corpus/NAME,
+# node/fuzz/corpus/NAME or coordinator/fuzz/corpus/NAME) and writes what it finds to a scratch corpus under
 # target/fuzz-corpus/NAME, so the repository's corpora stay small; a crash
 # stops the run and leaves its input in FUZZ_DIR/artifacts/NAME/. The last
 # line libFuzzer prints for each target (executions, cov, ft) is summed up at
@@ -16,7 +17,7 @@ shift || true
 only=("$@")
 
 summary=()
-for fuzz_dir in proto/fuzz node/fuzz; do
+for fuzz_dir in proto/fuzz node/fuzz coordinator/fuzz; do
   for target in $(cd "$fuzz_dir" && cargo +nightly fuzz list); do
     if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " =~ " $target " ]]; then
       continue
@@ -26,7 +27,7 @@ for fuzz_dir in proto/fuzz node/fuzz; do
     log="$root/target/fuzz-corpus/$target.log"
     echo "== $target ($fuzz_dir), ${seconds}s"
     (cd "$fuzz_dir" && cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- \
-      -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1) 2>"$log" \
+      -max_total_time="$seconds" -runs="${FUZZ_RUNS:-10000000}" -rss_limit_mb=2048 -print_final_stats=1) 2>"$log" \
       || { tail -n 40 "$log"; echo "$target: CRASH, input in $fuzz_dir/artifacts/$target/"; exit 1; }
     last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
     summary+=("$target: $last")

@@ -153,6 +153,28 @@ impl RegionNet {
     }
 }
 
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A timing setting, `default` when absent; a value outside `range` is refused
+/// by its name (past a day, a deadline is a typo, and near `u64::MAX` it would
+/// overflow the clock it is added to).
+fn timing(
+    name: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<u64> {
+    let v = value.unwrap_or(default);
+    anyhow::ensure!(
+        range.contains(&v),
+        "{name} must be between {} and {}",
+        range.start(),
+        range.end()
+    );
+    Ok(v)
+}
+
 /// The QUIC caps from the file, defaults where absent.
 fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
     let d = Limits::default();
@@ -186,21 +208,27 @@ impl CoordinatorConfig {
         cartable_net::config::load(path, |file| Self::resolve(file, overrides))
     }
 
+    /// The configuration a file's text gives, without flags: a pure function
+    /// of the text (no file is read), so that it can be fuzzed.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        cartable_net::config::check_text(text, |file| Self::resolve(file, Overrides::default()))
+    }
+
     fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
         let d = Policy::default();
-        let positive = |name: &str, v: Option<u64>, default: u64| -> anyhow::Result<u64> {
-            let v = v.unwrap_or(default);
-            anyhow::ensure!(v > 0, "{name} must be positive");
-            Ok(v)
+        let ms = |name, v, default: Duration, max| -> anyhow::Result<Duration> {
+            let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+            Ok(Duration::from_millis(timing(name, v, default, 1..=max)?))
         };
         let policy = Policy {
-            heartbeat: Duration::from_millis(positive("heartbeat_ms", file.heartbeat_ms, 5000)?),
-            down_after: Duration::from_millis(positive(
-                "down_after_ms",
-                file.down_after_ms,
-                30_000,
+            heartbeat: ms("heartbeat_ms", file.heartbeat_ms, d.heartbeat, HOUR_MS)?,
+            down_after: ms("down_after_ms", file.down_after_ms, d.down_after, DAY_MS)?,
+            repair_delay: Duration::from_secs(timing(
+                "repair_delay_secs",
+                file.repair_delay_secs,
+                d.repair_delay.as_secs(),
+                0..=30 * DAY_MS / 1000,
             )?),
-            repair_delay: Duration::from_secs(file.repair_delay_secs.unwrap_or(600)),
             default_replicas: file.default_replicas.unwrap_or(d.default_replicas),
             min_replicas: file.min_replicas.unwrap_or(d.min_replicas),
             copies_per_node: file.copies_per_node.unwrap_or(d.copies_per_node),
@@ -219,16 +247,18 @@ impl CoordinatorConfig {
             "copies_per_node must be at least 1"
         );
         let d_route = RouteTimes::default();
-        let ms = |name, v: Option<u64>, default: Duration| -> anyhow::Result<Duration> {
-            let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-            Ok(Duration::from_millis(positive(name, v, default)?))
-        };
         let routing = RouteTimes {
-            fresh: ms("route_fresh_ms", file.route_fresh_ms, d_route.fresh)?,
+            fresh: ms(
+                "route_fresh_ms",
+                file.route_fresh_ms,
+                d_route.fresh,
+                HOUR_MS,
+            )?,
             probe_timeout: ms(
                 "route_check_timeout_ms",
                 file.route_check_timeout_ms,
                 d_route.probe_timeout,
+                HOUR_MS,
             )?,
         };
         let quic_limits = quic_limits(&file)?;
@@ -317,7 +347,11 @@ mod tests {
     #[test]
     fn bad_configs_say_what_is_wrong() {
         for (text, says) in [
-            ("heartbeat_ms = 0", "positive"),
+            ("heartbeat_ms = 0", "between 1 and 3600000"),
+            (
+                "repair_delay_secs = 18446744073709551615",
+                "between 0 and 2592000",
+            ),
             ("heartbeat_ms = 5000\ndown_after_ms = 100", "longer than"),
             ("min_replicas = 0", "at least 1"),
             ("quic_max_strangers_per_network = 0", "between 1 and"),

@@ -47,7 +47,7 @@ fn init_with(data_dir: &Path, cluster: &mut Cluster) -> anyhow::Result<Option<St
     ring::rand::SystemRandom::new()
         .fill(&mut secret)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    let token = cartable_proto::join::hex(&secret);
+    let token = cartable_proto::hex::encode(&secret);
     cluster.set_admin_hash(secret_hash(token.as_bytes()))?;
     cartable_net::secret_file::create(&path, &format!("{token}\n"))
         .with_context(|| format!("writing {}", path.display()))?;

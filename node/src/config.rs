@@ -185,6 +185,12 @@ impl NodeConfig {
                 .interval_secs
                 .map_or(defaults.interval, Duration::from_secs),
         };
+        // Past a year the next pass never comes, and near `u64::MAX` the
+        // interval would overflow the clock it is added to.
+        anyhow::ensure!(
+            scrub.interval <= Duration::from_secs(MAX_SCRUB_INTERVAL_SECS),
+            "scrub.interval_secs must be at most {MAX_SCRUB_INTERVAL_SECS} (a year)"
+        );
         let keep_free_mib = file
             .uploads
             .keep_free_mib
@@ -235,6 +241,8 @@ impl NodeConfig {
             .unwrap_or_else(|| TlsFiles::self_signed_in(&self.data_dir))
     }
 }
+
+const MAX_SCRUB_INTERVAL_SECS: u64 = 365 * 86_400;
 
 /// `value` MiB in bytes; a value past `u64` is refused by the name of its
 /// setting, rather than wrapped to a small one.
@@ -307,6 +315,9 @@ mod tests {
         let shared =
             NodeConfig::from_toml("[lessons]\nsandbox = [\"allow-same-origin\"]").unwrap_err();
         assert!(shared.to_string().contains("allow-same-origin"), "{shared}");
+        let never =
+            NodeConfig::from_toml("[scrub]\ninterval_secs = 18446744073709551615").unwrap_err();
+        assert!(never.to_string().contains("at most 31536000"), "{never}");
     }
 
     #[test]

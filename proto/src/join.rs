@@ -40,7 +40,7 @@ impl fmt::Display for JoinToken {
         write!(
             f,
             "{JOIN_PREFIX}{}-{}@{}",
-            hex(&self.secret),
+            crate::hex::encode(&self.secret),
             self.coordinator,
             self.quic
         )
@@ -68,7 +68,8 @@ impl FromStr for JoinToken {
         let (keys, addr) = rest.split_once('@').ok_or(bad("no @address"))?;
         let (secret, coordinator) = keys.split_once('-').ok_or(bad("no coordinator key"))?;
         Ok(Self {
-            secret: unhex(secret).ok_or(bad("the secret is not 64 hex digits"))?,
+            secret: crate::hex::decode_lower(secret)
+                .ok_or(bad("the secret is not 64 hex digits"))?,
             coordinator: coordinator
                 .parse()
                 .map_err(|_| bad("the coordinator key is not 64 hex digits"))?,
@@ -82,7 +83,7 @@ impl FromStr for JoinToken {
 impl JoinToken {
     /// The secret as sent in a join and hashed by the coordinator: 64 hex digits.
     pub fn secret_text(&self) -> String {
-        hex(&self.secret)
+        crate::hex::encode(&self.secret)
     }
 }
 
@@ -117,8 +118,8 @@ impl fmt::Display for UploadGrant {
             "{}{}{}{}",
             self.bundle,
             self.node,
-            hex(&self.expires.to_be_bytes()),
-            hex(&self.signature)
+            crate::hex::encode(&self.expires.to_be_bytes()),
+            crate::hex::encode(&self.signature)
         )
     }
 }
@@ -141,10 +142,10 @@ impl FromStr for UploadGrant {
         if s.len() != 272 || !s.is_ascii() {
             return Err(bad);
         }
-        let bundle: [u8; 32] = unhex(&s[..64]).ok_or(bad.clone())?;
-        let node: [u8; 32] = unhex(&s[64..128]).ok_or(bad.clone())?;
-        let expires: [u8; 8] = unhex(&s[128..144]).ok_or(bad.clone())?;
-        let signature: [u8; 64] = unhex(&s[144..]).ok_or(bad)?;
+        let bundle: [u8; 32] = crate::hex::decode_lower(&s[..64]).ok_or(bad.clone())?;
+        let node: [u8; 32] = crate::hex::decode_lower(&s[64..128]).ok_or(bad.clone())?;
+        let expires: [u8; 8] = crate::hex::decode_lower(&s[128..144]).ok_or(bad.clone())?;
+        let signature: [u8; 64] = crate::hex::decode_lower(&s[144..]).ok_or(bad)?;
         Ok(Self {
             bundle: BundleId::from_hash(crate::BlobHash::from_bytes(bundle)),
             node: NodeId::from_bytes(node),
@@ -152,26 +153,6 @@ impl FromStr for UploadGrant {
             signature,
         })
     }
-}
-
-/// Lowercase hex of `bytes`: how secrets, fingerprints and grants are written.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = &text[2 * i..2 * i + 2];
-        if !pair.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

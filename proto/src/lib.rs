@@ -10,6 +10,7 @@
 //! - [`cidr`]: client networks as operators write them in configuration.
 //! - [`wire`]: the node ↔ node protocol over QUIC, specified in its module docs.
 //! - [`control`]: the node ↔ coordinator protocol, specified in its module docs.
+//! - [`hex`]: hex and percent-encoding, read strictly.
 //! - [`units`]: sizes, durations and dates as operators type and read them.
 //! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
 //! - [`api`]: the coordinator's admin API, its routes and JSON types (the CLI's contract).
@@ -22,6 +23,7 @@ pub mod control;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod id;
 pub mod join;
 pub mod manifest;

@@ -52,7 +52,7 @@ async fn fake_node() -> anyhow::Result<(String, String, Arc<Mutex<Received>>)> {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let cert = CertificateDer::from(key.cert.der().to_vec());
     let sha =
-        cartable_proto::join::hex(ring::digest::digest(&ring::digest::SHA256, &cert).as_ref());
+        cartable_proto::hex::encode(ring::digest::digest(&ring::digest::SHA256, &cert).as_ref());
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

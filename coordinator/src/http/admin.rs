@@ -203,24 +203,30 @@ fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// A query value as forms encode it: `+` is a space, `%2B` a plus.
 fn percent_decode(text: &str) -> Result<String, Failure> {
-    let bad = || {
-        fail(
-            StatusCode::BAD_REQUEST,
-            "malformed percent-encoding in the query",
-        )
-    };
-    let bytes = text.as_bytes();
-    let (mut out, mut i) = (Vec::new(), 0);
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).ok_or_else(bad)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
+    cartable_proto::hex::percent_decode(&text.replace('+', "%20"))
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "malformed percent-encoding in the query",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{percent_decode, query_value};
+
+    #[test]
+    fn query_values_decode_as_forms_send_them_and_signs_are_not_hex() {
+        let query = "replicas=3&name=maths%2F6e+%C3%A9t%C3%A9%2B";
+        let name = query_value(query, "name").unwrap();
+        assert_eq!(percent_decode(name).unwrap(), "maths/6e été+");
+        assert_eq!(query_value(query, "replicas"), Some("3"));
+        for bad in ["%+a", "%-1", "%4", "%ff"] {
+            assert!(percent_decode(bad).is_err(), "{bad}");
         }
     }
-    String::from_utf8(out).map_err(|_| bad())
 }

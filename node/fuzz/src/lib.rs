@@ -140,6 +140,13 @@ pub fn node_config(data: &[u8]) {
     if let Some(m) = mib("uploads", "keep_free_mib") {
         assert_eq!(bytes(config.uploads_keep_free), Some(m));
     }
+    let now = std::time::Instant::now();
+    for timing in [config.scrub.interval]
+        .into_iter()
+        .chain(config.connections.timings())
+    {
+        assert!(now.checked_add(timing * 4).is_some(), "{timing:?}");
+    }
 }
 
 /// One file of an arbitrary manifest: sizes gather near the edges where

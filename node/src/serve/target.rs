@@ -65,34 +65,13 @@ pub fn parse(raw: &str) -> Result<Target, HttpError> {
 
 /// Percent-decodes one segment; an encoded `/` would smuggle a separator in.
 fn decode_segment(segment: &str) -> Result<String, HttpError> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Two hex digits exactly: `u8::from_str_radix` alone would take
-            // `%+a` as a newline.
-            let byte = match bytes.get(i + 1..i + 3) {
-                Some(&[high, low]) => hex_digit(high).zip(hex_digit(low)),
-                _ => None,
-            }
-            .ok_or(HttpError::BadRequest("malformed percent-encoding"))?;
-            out.push(byte.0 << 4 | byte.1);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
+    let out = cartable_proto::hex::percent_decode(segment)
+        .ok_or(HttpError::BadRequest("malformed percent-encoding"))?;
     let text = String::from_utf8(out).map_err(|_| HttpError::BadRequest("path is not UTF-8"))?;
     if text.contains('/') {
         return Err(HttpError::BadRequest("encoded slash in path"));
     }
     Ok(text)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    char::from(c).to_digit(16).map(|d| d as u8)
 }
 
 /// Percent-encodes a path segment for a link: everything but unreserved characters.

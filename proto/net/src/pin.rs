@@ -35,15 +35,9 @@ impl Pin {
     /// A SHA-256 given as 64 hex digits.
     pub fn from_sha256_hex(hex: &str) -> anyhow::Result<Self> {
         let bad = || anyhow::anyhow!("certificate pin {hex:?} is not 64 hex digits");
-        if hex.len() != 64 {
-            return Err(bad());
-        }
-        let mut digest = [0; 32];
-        for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-        }
-        Ok(Self::Sha256(digest))
+        cartable_proto::hex::decode_lower(&hex.to_ascii_lowercase())
+            .map(Self::Sha256)
+            .ok_or_else(bad)
     }
 
     /// What a server presenting another certificate is told it failed.
@@ -153,7 +147,7 @@ mod tests {
         let pem = dir.path().join("cert.pem");
         std::fs::write(&pem, cert.pem())?;
         let by_der = Pin::from_pem_file(&pem)?;
-        let hex = cartable_proto::join::hex(
+        let hex = cartable_proto::hex::encode(
             ring::digest::digest(&ring::digest::SHA256, cert.der()).as_ref(),
         );
         let by_hash = Pin::from_sha256_hex(&hex)?;

@@ -69,7 +69,7 @@ impl TlsFiles {
             .with_context(|| format!("no certificate in {}", self.cert.display()))?
             .with_context(|| format!("reading certificate {}", self.cert.display()))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, &leaf);
-        Ok(cartable_proto::join::hex(digest.as_ref()))
+        Ok(cartable_proto::hex::encode(digest.as_ref()))
     }
 
     /// A rustls server configuration offering HTTP/2 and HTTP/1.1 by ALPN.

@@ -112,6 +112,22 @@ pub struct NetworkRule {
     pub share: Option<f64>,
 }
 
+impl ConnectionLimits {
+    /// Every duration the table sets: what a check of a config (its fuzz
+    /// target) holds against the clock.
+    pub fn timings(&self) -> [Duration; 6] {
+        let d = &self.deadlines;
+        [
+            d.handshake,
+            d.first_bytes,
+            d.header_read,
+            d.idle,
+            d.progress,
+            self.retry_after,
+        ]
+    }
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         FileConnections::default()
@@ -236,9 +252,13 @@ fn share(name: &str, value: Option<f64>, default: f64) -> anyhow::Result<f64> {
     Ok(v)
 }
 
+/// A deadline in seconds: positive, and at most a day (a longer one is a typo,
+/// and near `u64::MAX` it would overflow the clock it is added to).
 fn secs(name: &str, value: Option<u64>, default: u64) -> anyhow::Result<Duration> {
+    const DAY: u64 = 86_400;
     let v = value.unwrap_or(default);
     anyhow::ensure!(v > 0, "connections.{name} must be positive");
+    anyhow::ensure!(v <= DAY, "connections.{name} must be at most {DAY} (a day)");
     Ok(Duration::from_secs(v))
 }
 
@@ -288,6 +308,10 @@ mod tests {
             (
                 "idle_timeout_secs = 0",
                 "idle_timeout_secs must be positive",
+            ),
+            (
+                "progress_timeout_secs = 18446744073709551615",
+                "progress_timeout_secs must be at most 86400",
             ),
             ("ipv4_prefix = 40", "at most 32"),
             ("max_conections = 3", "unknown field"),
