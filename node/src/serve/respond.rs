@@ -21,7 +21,7 @@ use super::target::{self, Target};
 use super::upload;
 use crate::peer::through::{FetchThrough, LookupError};
 use crate::store::verify::VerifyError;
-use crate::store::{BlobFiles, ReadFault, Store};
+use crate::store::{BlobFiles, HOT_FILE_MAX, ReadFault, Store};
 use cartable_net::https::shed::Level;
 use cartable_proto::wire::GROUP_BYTES;
 
@@ -214,21 +214,28 @@ async fn verified_body(
     range: Range<u64>,
 ) -> Result<Body, HttpError> {
     let store = &ctx.store;
+    if entry.size <= HOT_FILE_MAX {
+        let whole = match store.hot_file(&entry.hash) {
+            Some(bytes) => Ok(bytes),
+            // One chunk group: cheaper to verify in place than to hand to a thread.
+            None if entry.size <= GROUP_BYTES => store.read_small(&entry.hash, entry.size),
+            None => {
+                let (store, hash, size) = (store.clone(), entry.hash, entry.size);
+                tokio::task::spawn_blocking(move || store.read_small(&hash, size))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
+            }
+        }
+        .map_err(|e| failed(store, &entry.hash, &e))?;
+        // The range lies inside the file, which is under 64 KiB.
+        return Ok(Body::full(
+            whole.slice(range.start as usize..range.end as usize),
+        ));
+    }
     let files = store
         .open_blob(&entry.hash, entry.size)
         .map_err(|e| failed(store, &entry.hash, &VerifyError::Io(e)))?;
     let len = range.end - range.start;
-    if entry.size <= GROUP_BYTES {
-        // One chunk group: cheaper to verify in place than to hand to a thread.
-        let mut bytes = Bytes::new();
-        files
-            .read_verified(range, |b| {
-                bytes = b;
-                true
-            })
-            .map_err(|e| failed(store, &files.hash, &e))?;
-        return Ok(Body::full(bytes));
-    }
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let (store, files, progress) = (store.clone(), Arc::new(files), ctx.progress_timeout);
     tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! beside them. The background scrub ([`scrub`]) turns a blob rotten on disk
 //! into a missing one that a fetch from a replica restores.
 
+mod hot;
 mod import;
 mod index;
 pub mod layout;
@@ -29,9 +30,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
+use bytes::Bytes;
 use cartable_net::folder::{Folder, FolderError, WalkError};
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestError};
 
+pub use hot::HOT_FILE_MAX;
 pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
@@ -115,6 +118,8 @@ pub struct Store {
     manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
     /// Partial blobs open now, never trimmed.
     open_partials: partial_space::OpenPartials,
+    /// Small files read lately, verified.
+    hot: hot::HotFiles,
 }
 
 impl Store {
@@ -134,6 +139,7 @@ impl Store {
             writes: Mutex::new(()),
             manifests: RwLock::new(HashMap::new()),
             open_partials: Default::default(),
+            hot: hot::HotFiles::new(hot::HOT_BYTES_MAX),
         };
         store.reconcile()?;
         Ok(store)
@@ -247,6 +253,32 @@ impl Store {
         })
     }
 
+    /// The whole of a stored blob of at most [`HOT_FILE_MAX`] bytes, verified:
+    /// from memory when it was read lately ([`Store::hot_file`]), else read
+    /// from disk (blocking) and kept.
+    pub fn read_small(&self, hash: &BlobHash, size: u64) -> Result<Bytes, VerifyError> {
+        if let Some(bytes) = self.hot.get(hash) {
+            return Ok(bytes);
+        }
+        let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
+        let mut pieces = Vec::new();
+        files.read_verified(0..size, |piece| {
+            pieces.push(piece);
+            true
+        })?;
+        let bytes = match <[Bytes; 1]>::try_from(pieces) {
+            Ok([one]) => one,
+            Err(pieces) => pieces.concat().into(),
+        };
+        self.hot.keep(*hash, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The whole of a small blob, when it was read lately: no disk, no hash.
+    pub fn hot_file(&self, hash: &BlobHash) -> Option<Bytes> {
+        self.hot.get(hash)
+    }
+
     /// The size of a blob held whole and not marked damaged.
     pub fn blob_size(&self, hash: &BlobHash) -> Option<u64> {
         if self.index.is_damaged(hash) {
@@ -338,6 +370,7 @@ impl Store {
 
     fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<(), StoreError> {
         for h in hashes {
+            self.hot.forget(h);
             for path in [self.layout.blob(h), self.layout.outboard(h)] {
                 layout::remove_if_present(&path).map_err(io_at(&path))?;
             }

@@ -306,6 +306,45 @@ fn a_flipped_byte_is_caught_and_never_served() -> anyhow::Result<()> {
 }
 
 #[test]
+fn small_files_read_lately_come_from_memory_and_only_once_verified() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[
+            ("page.html", pattern(40_000, 1)),
+            ("tiny.css", b"p{}".to_vec()),
+        ],
+    );
+    let store = Store::open(data.path())?;
+    let id = store.add_folder(a.path())?.summary.id;
+    let m = store.manifest(&id)?.unwrap();
+    for e in m.entries() {
+        let path = store.layout().blob(&e.hash);
+        let good = fs::read(&path)?;
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        fs::write(&path, &bad)?;
+        let err = store.read_small(&e.hash, e.size).unwrap_err();
+        assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
+        assert!(store.hot_file(&e.hash).is_none(), "unverified bytes kept");
+        fs::write(&path, &good)?;
+        assert_eq!(store.read_small(&e.hash, e.size)?, good);
+        // Read again with the file away: the bytes come from memory.
+        let away = path.with_extension("away");
+        fs::rename(&path, &away)?;
+        assert_eq!(store.read_small(&e.hash, e.size)?, good);
+        fs::rename(&away, &path)?;
+    }
+    store.remove(&id)?;
+    assert!(
+        m.entries()
+            .iter()
+            .all(|e| store.hot_file(&e.hash).is_none())
+    );
+    Ok(())
+}
+
+#[test]
 fn a_truncated_blob_is_caught() -> anyhow::Result<()> {
     let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
     lesson(a.path(), &[("big.bin", pattern(100_000, 8))]);
