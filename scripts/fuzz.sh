@@ -30,6 +30,11 @@ for fuzz_dir in proto/fuzz node/fuzz coordinator/fuzz; do
       -max_total_time="$seconds" -runs="${FUZZ_RUNS:-10000000}" -rss_limit_mb=2048 -print_final_stats=1) 2>"$log" \
       || { tail -n 40 "$log"; echo "$target: CRASH, input in $fuzz_dir/artifacts/$target/"; exit 1; }
     last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
+    # What the run found that covers new edges joins the kept corpus (edges
+    # only, not hit counts: a few hundred small files per target, replayed by
+    # the ordinary tests; review them with `git status` and commit them).
+    (cd "$fuzz_dir" && cargo +nightly fuzz run "$target" "corpus/$target" "$scratch" -- \
+      -merge=1 -use_counters=0) 2>>"$log"
     summary+=("$target: $last")
   done
 done
