@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
-use cartable_net::peer::admission::Limits;
+use cartable_net::peer::admission::{Limits, StatedLimits};
 use cartable_net::tls::TlsFiles;
 use cartable_proto::cidr::Cidr;
 
@@ -177,29 +177,14 @@ fn timing(
 
 /// The QUIC caps from the file, defaults where absent.
 fn quic_limits(file: &FileConfig) -> anyhow::Result<Limits> {
-    let d = Limits::default();
-    let limits = Limits {
-        max_connections: file.quic_max_connections.unwrap_or(d.max_connections),
-        max_strangers: file.quic_max_strangers.unwrap_or(d.max_strangers),
-        max_strangers_per_network: file
-            .quic_max_strangers_per_network
-            .unwrap_or(d.max_strangers_per_network),
-        retry_above_handshakes: file
-            .quic_retry_above_handshakes
-            .unwrap_or(d.retry_above_handshakes),
-        retry_above_strangers: file
-            .quic_retry_above_strangers
-            .unwrap_or(d.retry_above_strangers),
-    };
-    anyhow::ensure!(
-        (1..=limits.max_connections).contains(&limits.max_strangers),
-        "quic_max_strangers must be between 1 and quic_max_connections"
-    );
-    anyhow::ensure!(
-        (1..=limits.max_strangers).contains(&limits.max_strangers_per_network),
-        "quic_max_strangers_per_network must be between 1 and quic_max_strangers"
-    );
-    Ok(limits)
+    StatedLimits {
+        max_connections: file.quic_max_connections,
+        max_strangers: file.quic_max_strangers,
+        max_strangers_per_network: file.quic_max_strangers_per_network,
+        retry_above_handshakes: file.quic_retry_above_handshakes,
+        retry_above_strangers: file.quic_retry_above_strangers,
+    }
+    .check(|key| format!("quic_{key}"))
 }
 
 impl CoordinatorConfig {

@@ -23,6 +23,7 @@ use crate::store::ScrubSettings;
 use cartable_net::config::public_url;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
 use cartable_net::peer::PeerAddr;
+use cartable_net::peer::admission::{Limits, StatedLimits};
 use cartable_net::tls::TlsFiles;
 
 /// The node's own settings in the file `init` writes (see [`template`]).
@@ -78,6 +79,11 @@ struct FileQuic {
     peers: Vec<String>,
     fetch_rate_mib_s: Option<u64>,
     cache_max_mib: Option<u64>,
+    max_connections: Option<usize>,
+    max_strangers: Option<usize>,
+    max_strangers_per_network: Option<usize>,
+    retry_above_handshakes: Option<usize>,
+    retry_above_strangers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +144,8 @@ pub struct QuicConfig {
     pub fetch_rate: Option<u64>,
     /// Space for the fetch-through cache, bytes.
     pub cache_max_bytes: u64,
+    /// Connection caps of the QUIC endpoint.
+    pub limits: Limits,
 }
 
 /// The checked HTTPS settings.
@@ -225,6 +233,14 @@ impl NodeConfig {
                     "quic.cache_max_mib",
                     file.quic.cache_max_mib.unwrap_or(10_240),
                 )?,
+                limits: StatedLimits {
+                    max_connections: file.quic.max_connections,
+                    max_strangers: file.quic.max_strangers,
+                    max_strangers_per_network: file.quic.max_strangers_per_network,
+                    retry_above_handshakes: file.quic.retry_above_handshakes,
+                    retry_above_strangers: file.quic.retry_above_strangers,
+                }
+                .check(|key| format!("quic.{key}"))?,
             },
             scrub,
             connections: file.connections.check()?,
@@ -318,6 +334,15 @@ mod tests {
         let never =
             NodeConfig::from_toml("[scrub]\ninterval_secs = 18446744073709551615").unwrap_err();
         assert!(never.to_string().contains("at most 31536000"), "{never}");
+        let quic =
+            NodeConfig::from_toml("[quic]\nmax_strangers = 5\nmax_strangers_per_network = 6")
+                .unwrap_err();
+        assert!(
+            quic.to_string().contains(
+                "quic.max_strangers_per_network must be between 1 and quic.max_strangers"
+            ),
+            "{quic}"
+        );
     }
 
     #[test]

@@ -42,7 +42,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
-    let peers = PeerEndpoint::bind(config.quic.listen, &identity, members.clone())?;
+    let peers = PeerEndpoint::bind_for(
+        config.quic.listen,
+        &identity,
+        members.clone(),
+        cartable_proto::wire::ALPN,
+        config.quic.limits,
+    )?;
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
         quic: peers.local_addr()?,

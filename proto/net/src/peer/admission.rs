@@ -104,6 +104,54 @@ impl Default for Limits {
     }
 }
 
+/// The caps as a configuration file states them; each `None` is its default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StatedLimits {
+    /// [`Limits::max_connections`].
+    pub max_connections: Option<usize>,
+    /// [`Limits::max_strangers`].
+    pub max_strangers: Option<usize>,
+    /// [`Limits::max_strangers_per_network`].
+    pub max_strangers_per_network: Option<usize>,
+    /// [`Limits::retry_above_handshakes`].
+    pub retry_above_handshakes: Option<usize>,
+    /// [`Limits::retry_above_strangers`].
+    pub retry_above_strangers: Option<usize>,
+}
+
+impl StatedLimits {
+    /// The caps, checked; `key` spells a setting's name as its file does.
+    pub fn check(self, key: impl Fn(&str) -> String) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_strangers: self.max_strangers.unwrap_or(d.max_strangers),
+            max_strangers_per_network: self
+                .max_strangers_per_network
+                .unwrap_or(d.max_strangers_per_network),
+            retry_above_handshakes: self
+                .retry_above_handshakes
+                .unwrap_or(d.retry_above_handshakes),
+            retry_above_strangers: self
+                .retry_above_strangers
+                .unwrap_or(d.retry_above_strangers),
+        };
+        anyhow::ensure!(
+            (1..=limits.max_connections).contains(&limits.max_strangers),
+            "{} must be between 1 and {}",
+            key("max_strangers"),
+            key("max_connections")
+        );
+        anyhow::ensure!(
+            (1..=limits.max_strangers).contains(&limits.max_strangers_per_network),
+            "{} must be between 1 and {}",
+            key("max_strangers_per_network"),
+            key("max_strangers")
+        );
+        Ok(limits)
+    }
+}
+
 /// A client network: what one subscriber or one school controls. An IPv6 user
 /// gets a whole /64, so counting addresses there would count nothing.
 pub type Network = Cidr;
