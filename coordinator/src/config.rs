@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
+use cartable_net::metrics::FileMetrics;
 use cartable_net::peer::admission::{Limits, StatedLimits};
 use cartable_net::tls::TlsFiles;
 use cartable_proto::cidr::Cidr;
@@ -23,7 +24,12 @@ const TEMPLATE: &str = include_str!("../cartable-coordinator.toml");
 /// The commented configuration file `cartable-coordinator init` writes: every
 /// setting, its default and what it may be.
 pub fn template() -> String {
-    [TEMPLATE, cartable_net::https::limits::TEMPLATE].concat()
+    [
+        TEMPLATE,
+        cartable_net::metrics::TEMPLATE,
+        cartable_net::https::limits::TEMPLATE,
+    ]
+    .concat()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +58,8 @@ struct FileConfig {
     #[serde(default)]
     regions: Vec<FileRegion>,
     #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
     connections: FileConnections,
 }
 
@@ -71,6 +79,8 @@ pub struct Overrides {
     pub https: Option<SocketAddr>,
     /// `--quic`
     pub quic: Option<SocketAddr>,
+    /// `--metrics`
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The checked configuration.
@@ -98,6 +108,8 @@ pub struct CoordinatorConfig {
     pub connections: ConnectionLimits,
     /// Connection caps of the QUIC endpoint.
     pub quic_limits: Limits,
+    /// Where `/metrics` is served (plain HTTP); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// How replicas are kept.
@@ -249,6 +261,10 @@ impl CoordinatorConfig {
         let quic_limits = quic_limits(&file)?;
         let tls = TlsFiles::configured(file.tls_cert, file.tls_key)?;
         let public_url = cartable_net::config::public_url("public_url", file.public_url)?;
+        let https = o
+            .https
+            .or(file.https)
+            .unwrap_or_else(|| "127.0.0.1:7443".parse().expect("valid default"));
         let regions = file
             .regions
             .iter()
@@ -259,10 +275,8 @@ impl CoordinatorConfig {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| "./cartable-coordinator-data".into()),
-            https: o
-                .https
-                .or(file.https)
-                .unwrap_or_else(|| "127.0.0.1:7443".parse().expect("valid default")),
+            metrics: file.metrics.check(o.metrics, https)?,
+            https,
             quic: o
                 .quic
                 .or(file.quic)
@@ -311,6 +325,11 @@ mod tests {
         assert_eq!(c.https.to_string(), "127.0.0.1:7443");
         assert_eq!(c.policy, Policy::default());
         assert_eq!(c.quic_limits, Limits::default());
+        assert_eq!(c.metrics, None, "no metrics unless asked");
+        assert_eq!(
+            parse("[metrics]\nlisten = \"127.0.0.1:0\"")?.metrics,
+            Some("127.0.0.1:0".parse()?)
+        );
         Ok(())
     }
 
@@ -355,6 +374,11 @@ mod tests {
             ("heartbeat = 1", "unknown field"),
             ("tls_cert = \"/c.pem\"", "go together"),
             ("public_url = \"http://x\"", "https://"),
+            ("[metrics]\nlisten = \"9464\"", "line 2: metrics.listen"),
+            (
+                "https = \"127.0.0.1:7443\"\n[metrics]\nlisten = \"127.0.0.1:7443\"",
+                "must differ from the HTTPS address",
+            ),
         ] {
             let e = format!("{:#}", parse(text).unwrap_err());
             assert!(e.contains(says), "{text}: {e}");

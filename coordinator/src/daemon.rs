@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cartable_net::https::HttpsServer;
 use cartable_net::identity::Identity;
+use cartable_net::metrics::MetricsServer;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_net::tls::TlsFiles;
@@ -78,6 +79,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("binding HTTPS on {}", config.https))?;
+    let metrics = MetricsServer::bind_configured(config.metrics).await?;
     let endpoint = PeerEndpoint::bind_for(
         config.quic,
         &identity,
@@ -98,6 +100,9 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         public_quic,
     ));
     let nodes_task = tokio::spawn(crate::control::serve_nodes(coord.clone()));
+    let metrics_word = MetricsServer::listening_word(metrics.as_ref())?;
+    let metrics_task =
+        metrics.map(|m| m.spawn(crate::metrics::registry(coord.clone(), server.load())));
     let loop_coord = coord.clone();
     let loop_task = tokio::spawn(async move {
         let mut last = lifecycle::Eligibility::default();
@@ -113,7 +118,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "cartable-coordinator listening https={https} quic={quic} id={}",
+        "cartable-coordinator listening https={https} quic={quic} id={}{metrics_word}",
         coord.identity.id()
     )?;
     stdout.flush()?;
@@ -124,6 +129,9 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         .serve(handler, cartable_net::signal::stop_signal())
         .await;
     loop_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     coord.endpoint.close();
     let _ = nodes_task.await;
     coord.lock().flush()?;

@@ -21,6 +21,7 @@
 //! - [`views`]: the state as the admin API shows it.
 //! - [`state`]: what the coordinator knows, behind one key-value interface (sled);
 //!   the rows' stored schema, its version and migrations: [`state::records`].
+//! - [`metrics`]: what the operator's monitoring reads at `/metrics`.
 //! - [`config`]: the coordinator's TOML configuration and policy.
 //! - [`daemon`]: `cartable-coordinator init` and `serve`: the key, certificate
 //!   and admin token; the endpoints and the lifecycle loop.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod failure_reports;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod ops;
 pub mod probe;
 pub mod spotcheck;

@@ -12,7 +12,8 @@ use crate::ops::OpError;
 use crate::state::{Cluster, TokenRecord};
 use cartable_proto::api::*;
 
-fn state_of(c: &Cluster, id: &NodeId, policy: &Policy, now: Instant) -> NodeState {
+/// A node's state as the admin API and monitoring show it.
+pub fn state_of(c: &Cluster, id: &NodeId, policy: &Policy, now: Instant) -> NodeState {
     if c.nodes[id].draining {
         NodeState::Draining
     } else if c.is_up(id, now, policy.down_after) {

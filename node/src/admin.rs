@@ -170,6 +170,8 @@ pub struct AdminContext {
     pub through: Option<Arc<FetchThrough>>,
     /// Peers caught lying, counted.
     pub reputation: Arc<Reputation>,
+    /// Verified bytes copied from peers, for monitoring.
+    pub copied: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyhow::Result<()> {
@@ -189,6 +191,7 @@ async fn answer(stream: tokio::net::UnixStream, ctx: Arc<AdminContext>) -> anyho
             let options = FetchOptions {
                 rate,
                 reputation: ctx.reputation.clone(),
+                copied: Some(ctx.copied.clone()),
                 ..FetchOptions::default()
             };
             match fetch_bundle(&ctx.peers, ctx.store.clone(), bundle, &from, options).await {

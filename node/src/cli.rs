@@ -62,6 +62,10 @@ enum Command {
         /// A node allowed to copy from this one (repeatable).
         #[arg(long = "peer", value_name = "NODEID@ADDR")]
         peers: Vec<PeerAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics [default: metrics.listen,
+        /// else none]; port 0 picks a free port. Never the HTTPS address.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Add a lesson folder as a bundle; prints its id and URL.
     Add {
@@ -135,8 +139,10 @@ impl Cli {
             tls_key,
             quic,
             peers,
+            metrics,
         } = &self.command
         {
+            overrides.metrics = *metrics;
             overrides.https = *https;
             overrides.tls_cert = tls_cert.clone();
             overrides.tls_key = tls_key.clone();

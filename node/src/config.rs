@@ -22,6 +22,7 @@ use crate::serve::{DEFAULT_DISK_MARGIN, FileLessons, LessonPolicy};
 use crate::store::ScrubSettings;
 use cartable_net::config::public_url;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
+use cartable_net::metrics::FileMetrics;
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::admission::{Limits, StatedLimits};
 use cartable_net::tls::TlsFiles;
@@ -32,7 +33,12 @@ const TEMPLATE: &str = include_str!("../cartable-node.toml");
 /// The commented configuration file `cartable-node init` writes: every
 /// setting, its default and what it may be.
 pub fn template() -> String {
-    [TEMPLATE, cartable_net::https::limits::TEMPLATE].concat()
+    [
+        TEMPLATE,
+        cartable_net::metrics::TEMPLATE,
+        cartable_net::https::limits::TEMPLATE,
+    ]
+    .concat()
 }
 
 const DEFAULT_DATA_DIR: &str = "./cartable-data";
@@ -55,6 +61,8 @@ struct FileConfig {
     uploads: FileUploads,
     #[serde(default)]
     lessons: FileLessons,
+    #[serde(default)]
+    metrics: FileMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +118,8 @@ pub struct Overrides {
     pub quic: Option<SocketAddr>,
     /// `--peer`, added to the file's peers
     pub peers: Vec<PeerAddr>,
+    /// `--metrics`
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The checked configuration of a node.
@@ -129,6 +139,8 @@ pub struct NodeConfig {
     pub uploads_keep_free: u64,
     /// The sandbox lesson documents run in.
     pub lessons: LessonPolicy,
+    /// Where `/metrics` is served (plain HTTP); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The checked QUIC settings.
@@ -204,16 +216,18 @@ impl NodeConfig {
             .keep_free_mib
             .unwrap_or(DEFAULT_DISK_MARGIN >> 20);
         let uploads_keep_free = mib("uploads.keep_free_mib", keep_free_mib)?;
+        let https_listen = o
+            .https
+            .or(h.listen)
+            .unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default"));
         Ok(Self {
             data_dir: o
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            metrics: file.metrics.check(o.metrics, https_listen)?,
             https: HttpsConfig {
-                listen: o
-                    .https
-                    .or(h.listen)
-                    .unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default")),
+                listen: https_listen,
                 public_url,
                 tls,
             },
@@ -343,6 +357,26 @@ mod tests {
             ),
             "{quic}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_where_told_and_a_bad_address_names_the_field() -> anyhow::Result<()> {
+        assert_eq!(NodeConfig::from_toml("")?.metrics, None);
+        let on = NodeConfig::from_toml("[metrics]\nlisten = \"127.0.0.1:0\"")?;
+        assert_eq!(on.metrics, Some("127.0.0.1:0".parse()?));
+        let bad = NodeConfig::from_toml("\n[metrics]\nlisten = \"everywhere\"").unwrap_err();
+        let said = format!("{bad:#}");
+        assert!(said.starts_with("line 3: metrics.listen"), "{said}");
+        assert!(said.contains("expected IP:PORT"), "{said}");
+        let browsers = NodeConfig::from_toml(
+            "[https]\nlisten = \"127.0.0.1:8443\"\n[metrics]\nlisten = \"127.0.0.1:8443\"",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{browsers:#}").contains("metrics.listen"),
+            "{browsers:#}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `cartable-node serve`: opens the store, starts HTTPS, QUIC and the admin socket,
-//! prints the line scripts wait for, and stops cleanly on Ctrl-C or SIGTERM.
+//! `cartable-node serve`: opens the store, starts HTTPS, QUIC, the admin socket
+//! and, when configured, `/metrics`; prints the line scripts wait for, and stops
+//! cleanly on Ctrl-C or SIGTERM.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use crate::member::{Member, Membership};
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
-use crate::serve::{ServeContext, UploadLimits, Uploads};
+use crate::serve::{CacheCounts, ServeContext, UploadLimits, Uploads};
+use crate::status::Sources;
 use crate::store::{Store, scrub_forever};
 use cartable_net::https::HttpsServer;
 use cartable_net::identity::Identity;
+use cartable_net::metrics::MetricsServer;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::control::Contact;
@@ -40,6 +43,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("binding HTTPS on {}", config.https.listen))?;
+    let metrics = MetricsServer::bind_configured(config.metrics).await?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
     let peers = PeerEndpoint::bind_for(
@@ -66,6 +70,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ))
     });
     let damaged = Arc::new(AtomicU64::new(0));
+    let copied = Arc::new(AtomicU64::new(0));
     let scrub_task = tokio::spawn(scrub_forever(
         store.clone(),
         config.scrub,
@@ -84,7 +89,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ))),
         None => None,
     };
-    let (member_task, names) = match (membership, &through) {
+    let (member, names) = match (membership, &through) {
         (Some(membership), Some(through)) => {
             let contact = Contact {
                 https_url: config
@@ -108,12 +113,33 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 config.quic.fetch_rate,
                 damaged,
                 server.load(),
+                copied.clone(),
             )?;
             let names = member.names.clone();
-            (Some(tokio::spawn(member.run())), Some(names))
+            (Some(member), Some(names))
         }
         _ => (None, None),
     };
+    let member_task = member.clone().map(|m| tokio::spawn(m.run()));
+    let status = Arc::new(Sources::new(
+        info.id,
+        store.clone(),
+        through.clone(),
+        member,
+        reputation.clone(),
+        copied.clone(),
+    ));
+    let http = crate::metrics::Http::new(status.served.clone());
+    let cache = CacheCounts::default();
+    let metrics_word = MetricsServer::listening_word(metrics.as_ref())?;
+    let metrics_task = metrics.map(|m| {
+        m.spawn(crate::metrics::registry(
+            status.clone(),
+            &http,
+            &cache,
+            server.load(),
+        ))
+    });
     let admin = AdminServer::bind(&data_dir)?;
     let admin_task = tokio::spawn(admin.run(Arc::new(AdminContext {
         store: store.clone(),
@@ -121,11 +147,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         peers: peers.clone(),
         through: through.clone(),
         reputation,
+        copied,
     })));
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "cartable-node listening https={} quic={} id={}",
+        "cartable-node listening https={} quic={} id={}{metrics_word}",
         info.https, info.quic, info.id
     )?;
     stdout.flush()?;
@@ -139,8 +166,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         pressure: server.load().pressure().clone(),
         progress_timeout: config.connections.deadlines.progress,
         lessons: config.lessons.clone(),
+        status: Some(status),
+        cache,
     });
-    let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);
+    let handler = move |req: http::Request<_>, _peer| {
+        let seen = http.start(&req);
+        let answer = crate::serve::respond(ctx.clone(), req);
+        async move { seen.answered(answer.await) }
+    };
     server
         .serve(handler, cartable_net::signal::stop_signal())
         .await;
@@ -150,6 +183,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         task.abort();
     }
     admin_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = admin_task.await;
     let _ = peers_task.await;
     tracing::info!("stopped");

@@ -10,6 +10,8 @@
 //! - [`admin`]: the local socket through which the CLI talks to a running daemon.
 //! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
 //! - [`member`]: membership of a coordinator: heartbeats, orders kept on disk, the replication agent.
+//! - [`status`]: what the node shows about itself: the status page at `/`,
+//!   and, in [`metrics`], what `/metrics` tells the operator's monitoring.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`cli`]: the `cartable-node` commands.
 
@@ -21,8 +23,10 @@ pub mod cli;
 pub mod config;
 mod daemon;
 mod member;
+mod metrics;
 pub mod peer;
 mod serve;
+mod status;
 pub mod store;
 
 pub use serve::{conditional, target};

@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cartable_proto::control::{
@@ -145,6 +145,12 @@ pub struct Member {
     pub names: Arc<Mutex<control::NameTable>>,
     /// Browser connections open (the load reported) and the pressure copies yield to.
     pub load: Load,
+    /// Verified bytes copied from peers by assigned copies, for monitoring.
+    pub copied: Arc<AtomicU64>,
+    /// When the coordinator last answered a heartbeat, and the interval it asked for.
+    answered: Mutex<Option<(Instant, Duration)>>,
+    /// Bundles the last orders assign here that are not held whole yet.
+    pending: AtomicUsize,
     fetching: Mutex<HashSet<BundleId>>,
     reported: Mutex<Reported>,
     /// Whether the operator was told that the coordinator still sends
@@ -168,6 +174,7 @@ impl Member {
         fetch_rate: Option<u64>,
         damaged: Arc<AtomicU64>,
         load: Load,
+        copied: Arc<AtomicU64>,
     ) -> anyhow::Result<Arc<Self>> {
         let token = membership.parsed_token()?;
         let member = Arc::new(Self {
@@ -186,6 +193,9 @@ impl Member {
             reputation,
             damaged,
             load,
+            copied,
+            answered: Mutex::default(),
+            pending: AtomicUsize::new(0),
             fetch_rate,
             names: Arc::default(),
             fetching: Mutex::default(),
@@ -227,6 +237,35 @@ impl Member {
         }
     }
 
+    /// How long ago the coordinator last answered a heartbeat; `None`: not
+    /// since this node started.
+    pub fn last_answer(&self) -> Option<Duration> {
+        let answered = *self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.map(|(at, _)| at.elapsed())
+    }
+
+    /// Whether the coordinator answered within the time a heartbeat is given
+    /// (the node gives up on one after as long).
+    pub fn coordinator_reachable(&self) -> bool {
+        let answered = *self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.is_some_and(|(at, interval)| {
+            at.elapsed() < interval + (interval * ANSWER_WITHIN_BEATS).max(MIN_ANSWER_WAIT)
+        })
+    }
+
+    /// Bundles assigned here by the last orders that are not held whole yet.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The capacity offered at join, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity
+    }
+
     fn saved_orders(&self) -> Option<Orders> {
         let text = std::fs::read(self.data_dir.join(ORDERS_FILE)).ok()?;
         control::decode(&text)
@@ -249,6 +288,8 @@ impl Member {
             match answer {
                 Ok(mut orders) => {
                     interval = Duration::from_millis(orders.heartbeat_ms.clamp(100, 60_000));
+                    *self.answered.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((Instant::now(), interval));
                     // Orders name the table only when it changed: keep the last one
                     // on disk with them, for a restart without the coordinator.
                     if orders.names.is_none() {
@@ -428,6 +469,8 @@ impl Member {
                 held.insert(id);
             }
         }
+        let pending = orders.hold.iter().filter(|o| !held.contains(&o.bundle));
+        self.pending.store(pending.count(), Ordering::Relaxed);
         for order in &orders.hold {
             if held.contains(&order.bundle) || order.sources.is_empty() {
                 continue;
@@ -454,6 +497,7 @@ impl Member {
                 rate: member.fetch_rate,
                 reputation: member.reputation.clone(),
                 yield_to: Some(member.load.pressure().clone()),
+                copied: Some(member.copied.clone()),
                 ..FetchOptions::default()
             };
             tracing::info!(bundle = %bundle, sources = sources.len(), "copying an assigned bundle");

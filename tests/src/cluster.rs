@@ -42,6 +42,8 @@ pub struct Coordinator {
     pub url: String,
     /// `IP:PORT` of its QUIC endpoint.
     pub quic: String,
+    /// `http://IP:PORT` of its metrics, when its config has `[metrics] listen`.
+    pub metrics: Option<String>,
 }
 
 impl Coordinator {
@@ -94,6 +96,7 @@ impl Coordinator {
                     data_dir: data_dir.to_owned(),
                     url,
                     quic,
+                    metrics: field("metrics="),
                 })
             }
             _ => {

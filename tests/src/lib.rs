@@ -11,6 +11,8 @@ pub mod client;
 pub mod cluster;
 /// Lessons and readers for the fire scenarios.
 pub mod fire;
+/// Scraping `/metrics` and reading the OpenMetrics text.
+pub mod metrics;
 pub mod node;
 /// Helpers shared by the peer-to-peer tests: sample lessons, serving nodes, lying peers.
 pub mod peers;

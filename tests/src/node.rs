@@ -103,6 +103,8 @@ pub struct Node {
     pub id: String,
     /// `IP:PORT` of its QUIC endpoint.
     pub quic: String,
+    /// `http://IP:PORT` of its metrics, when started with `--metrics` or `[metrics]`.
+    pub metrics: Option<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -207,6 +209,7 @@ impl Node {
                     url,
                     quic,
                     id,
+                    metrics: field("metrics="),
                     _temp: None,
                 })
             }

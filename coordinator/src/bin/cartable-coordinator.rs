@@ -43,6 +43,10 @@ enum Command {
         /// QUIC address for nodes. Default: 127.0.0.1:7444
         #[arg(long)]
         quic: Option<SocketAddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics. Default: metrics.listen,
+        /// else none; port 0 picks a free port. Never the HTTPS address.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
 }
 
@@ -65,9 +69,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let (https, quic) = match cli.command {
-        Command::Serve { https, quic } => (https, quic),
-        Command::Init { .. } => (None, None),
+    let (https, quic, metrics) = match cli.command {
+        Command::Serve {
+            https,
+            quic,
+            metrics,
+        } => (https, quic, metrics),
+        Command::Init { .. } => (None, None, None),
     };
     let mut config_file = cli.config;
     if let Command::Init { file, force } = &cli.command {
@@ -88,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         https,
         quic,
+        metrics,
     };
     let config = CoordinatorConfig::load(config_file.as_deref(), overrides)?;
     match cli.command {

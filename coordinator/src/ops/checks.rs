@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cartable_net::peer::PeerAddr;
+use cartable_proto::api::ReplicaState;
 use cartable_proto::{BundleId, NodeId};
 
 use super::Coordinator;
@@ -93,7 +94,21 @@ impl Coordinator {
                 tracing::debug!(bundle = %bundle, node = %node, bytes, ?kind, "check passed");
                 match kind {
                     Check::Claim => {
-                        lifecycle::confirm_copy(&mut c, bundle, node, &self.policy, Instant::now())?
+                        let copying = |c: &crate::state::Cluster| {
+                            c.replicas.get(&bundle).and_then(|r| r.get(&node))
+                                == Some(&ReplicaState::Copying)
+                        };
+                        let was_copying = copying(&c);
+                        lifecycle::confirm_copy(
+                            &mut c,
+                            bundle,
+                            node,
+                            &self.policy,
+                            Instant::now(),
+                        )?;
+                        if was_copying && !copying(&c) {
+                            self.metrics.copies_completed.inc();
+                        }
                     }
                     Check::UnderLoad => trust::proven(&mut c, node, bundle)?,
                     Check::Again => {}

@@ -130,6 +130,7 @@ impl Coordinator {
         node: NodeId,
         beat: &Heartbeat,
     ) -> Result<Orders, HeartbeatError> {
+        self.metrics.heartbeats.inc();
         crate::contact::check(&beat.contact).map_err(HeartbeatError::BadContact)?;
         let now = Instant::now();
         let (orders, claims) = {

@@ -92,6 +92,8 @@ pub struct Coordinator {
     pub quic_addr: std::net::SocketAddr,
     /// Checks that nodes browsers are sent to still answer.
     pub prober: Arc<Prober>,
+    /// What monitoring counts as it happens (the rest is read from the state).
+    pub metrics: crate::metrics::Counts,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
 }
 
@@ -114,6 +116,7 @@ impl Coordinator {
             endpoint,
             https_url,
             quic_addr,
+            metrics: crate::metrics::Counts::default(),
             checking: Mutex::new(HashSet::new()),
         }
     }
@@ -130,7 +133,11 @@ impl Coordinator {
         let mut c = self.lock();
         let eligible = lifecycle::eligibility(&mut c, &self.policy, now);
         if c.needs_plan || eligible != *last {
+            let planning = Instant::now();
             lifecycle::replan(&mut c, &self.policy, now, &eligible)?;
+            self.metrics
+                .plan_seconds
+                .observe(planning.elapsed().as_secs_f64());
             *last = eligible;
         }
         lifecycle::release_replaced(&mut c, &self.policy, now)?;

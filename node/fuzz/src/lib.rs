@@ -76,7 +76,7 @@ pub fn request_target(data: &[u8]) {
     let (id, path) = match &target {
         Target::File(id, path) => (id, path.to_string()),
         Target::Folder(id, path) => (id, path.clone()),
-        Target::Health | Target::Name(_) | Target::BundleRoot(_) => return,
+        Target::Status | Target::Health | Target::Name(_) | Target::BundleRoot(_) => return,
     };
     stays_in_the_bundle(&path);
     let escapes = raw.split('%').skip(1);

@@ -41,6 +41,9 @@ pub struct FetchOptions {
     pub reputation: Arc<Reputation>,
     /// Browsers this copy yields to: it pauses while they wait.
     pub yield_to: Option<Arc<Pressure>>,
+    /// A daemon-wide count of verified bytes copied, added to as they arrive
+    /// (for monitoring: its rate is the copy bandwidth).
+    pub copied: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for FetchOptions {
@@ -58,6 +61,7 @@ impl Default for FetchOptions {
             progress: Arc::new(|_, _| {}),
             reputation: Arc::default(),
             yield_to: None,
+            copied: None,
         }
     }
 }
@@ -452,6 +456,7 @@ impl Fetch {
             partial: job.partial.clone(),
             store: self.store.clone(),
             received: self.received.clone(),
+            also_counted: self.options.copied.clone(),
             rate: self.rate.clone(),
         };
         request_groups(&conn, unit.hash, job.size, groups, sink).await

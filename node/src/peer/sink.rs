@@ -19,6 +19,8 @@ pub struct GroupSink {
     pub store: Arc<Store>,
     /// Counts verified bytes received.
     pub received: Arc<AtomicU64>,
+    /// A daemon-wide count the same bytes go to as well, when one is kept.
+    pub also_counted: Option<Arc<AtomicU64>>,
     /// A bandwidth cap, for background copies.
     pub rate: Option<Arc<RateLimit>>,
 }
@@ -47,8 +49,9 @@ impl VerifiedSink for GroupSink {
             rate.take(data.len() as u64);
         }
         self.with_partial(&mut |b| b.write_group(offset, data))?;
-        self.received
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        for count in std::iter::once(&self.received).chain(&self.also_counted) {
+            count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -47,7 +47,8 @@ pub fn render(manifest: &Manifest, folder: &str) -> String {
     html
 }
 
-fn escape(text: &str) -> String {
+/// Text as HTML: the five characters that could end a text or an attribute.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

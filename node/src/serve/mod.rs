@@ -11,6 +11,7 @@ mod listing;
 mod policy;
 mod reserve;
 mod respond;
+mod status_page;
 pub mod target;
 mod upload;
 #[cfg(test)]
@@ -19,13 +20,25 @@ mod upload_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use listing::escape;
 pub use policy::{FileLessons, LessonPolicy};
 pub use respond::respond;
 pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 
 use crate::peer::through::FetchThrough;
+use crate::status::Sources;
 use crate::store::Store;
 use cartable_net::https::shed::Pressure;
+use prometheus_client::metrics::counter::Counter;
+
+/// Files of bundles this node does not hold, by where their bytes came from.
+#[derive(Debug, Clone, Default)]
+pub struct CacheCounts {
+    /// Answered from the fetch-through cache on this node's disk.
+    pub hits: Counter,
+    /// Fetched from peers.
+    pub misses: Counter,
+}
 
 /// What requests are answered from.
 #[derive(Debug)]
@@ -44,6 +57,10 @@ pub struct ServeContext {
     pub progress_timeout: Duration,
     /// The sandbox lesson documents run in.
     pub lessons: LessonPolicy,
+    /// What the status page at `/` shows; `None`: no status page.
+    pub status: Option<Arc<Sources>>,
+    /// Fetch-through cache hits and misses, for monitoring.
+    pub cache: CacheCounts,
 }
 
 impl ServeContext {
@@ -59,6 +76,8 @@ impl ServeContext {
             pressure: Pressure::new(limits.max_pending),
             progress_timeout: limits.deadlines.progress,
             lessons: LessonPolicy::default(),
+            status: None,
+            cache: CacheCounts::default(),
         }
     }
 }

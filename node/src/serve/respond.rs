@@ -47,12 +47,15 @@ where
             .await
             .unwrap_or_else(HttpError::into_response);
     }
-    // Every answer about bundle content, errors and redirects included, is
-    // readable by the sandboxed (so cross-origin) lesson that asked.
     let mut response = route(&ctx, &req)
         .await
         .unwrap_or_else(HttpError::into_response);
-    policy::allow_any_origin(response.headers_mut());
+    // Every answer about bundle content, errors and redirects included, is
+    // readable by the sandboxed (so cross-origin) lesson that asked; the
+    // node's own status page is not.
+    if req.uri().path() != "/" {
+        policy::allow_any_origin(response.headers_mut());
+    }
     response
 }
 
@@ -63,7 +66,8 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
         Method::OPTIONS => return Ok(policy::preflight()),
         _ => return Err(HttpError::MethodNotAllowed),
     };
-    let (id, manifest, path) = match target::parse(req.uri().path())? {
+    let (id, (manifest, held), path) = match target::parse(req.uri().path())? {
+        Target::Status => return super::status_page::answer(ctx, head).await,
         Target::Health => {
             let mut response = text(StatusCode::OK, "ok\n");
             policy::node_page(response.headers_mut());
@@ -88,11 +92,11 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
             } else {
                 format!("{folder}/index.html")
             };
-            if manifest.entry(&index).is_none() {
-                if !folder.is_empty() && !manifest.is_folder(&folder) {
+            if manifest.0.entry(&index).is_none() {
+                if !folder.is_empty() && !manifest.0.is_folder(&folder) {
                     return Err(HttpError::NotFound("no such folder in this bundle"));
                 }
-                return Ok(listing_page(&manifest, &folder, head));
+                return Ok(listing_page(&manifest.0, &folder, head));
             }
             (id, manifest, index)
         }
@@ -105,24 +109,35 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
         return Err(HttpError::NotFound("no such file in this bundle"));
     };
     tracing::trace!(bundle = %id, path, "serving");
+    if !held && !head {
+        // A bundle held elsewhere: its file is in the fetch-through cache or not.
+        let cache = &ctx.cache;
+        let cached = ctx.store.blob_size(&entry.hash).is_some();
+        (if cached { &cache.hits } else { &cache.misses }).inc();
+    }
     serve_file(ctx, entry, req.headers(), head).await
 }
 
-/// The bundle's manifest: held here, or else from a peer through fetch-through.
-async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<Arc<Manifest>, HttpError> {
+/// The bundle's manifest and whether this node holds the bundle: held here,
+/// or else from a peer through fetch-through.
+async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<(Arc<Manifest>, bool), HttpError> {
     match ctx.store.manifest(id) {
-        Ok(Some(m)) => Ok(m),
+        Ok(Some(m)) => Ok((m, true)),
         Ok(None) => match &ctx.through {
             // Held bundles first: asking peers waits for a quieter moment.
             Some(_) if ctx.pressure.level() > Level::Calm => {
                 Err(HttpError::Unavailable("busy, retry shortly"))
             }
-            Some(through) => through.lookup(id).await.map_err(|e| match e {
-                LookupError::Unknown => HttpError::NotFound("no such bundle here"),
-                LookupError::Unavailable => {
-                    HttpError::Unavailable("peers cannot be asked right now")
-                }
-            }),
+            Some(through) => through
+                .lookup(id)
+                .await
+                .map(|m| (m, false))
+                .map_err(|e| match e {
+                    LookupError::Unknown => HttpError::NotFound("no such bundle here"),
+                    LookupError::Unavailable => {
+                        HttpError::Unavailable("peers cannot be asked right now")
+                    }
+                }),
             None => Err(HttpError::NotFound("no such bundle here")),
         },
         Err(e) => {
@@ -370,7 +385,13 @@ fn failed(store: &Store, hash: &BlobHash, e: &VerifyError) -> HttpError {
 }
 
 fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body> {
-    let html = listing::render(manifest, folder);
+    // A listing never changes under its URL: the bundle is immutable.
+    html_page(listing::render(manifest, folder), head, IMMUTABLE)
+}
+
+/// One of the node's own HTML pages (a listing, the status page), its body
+/// left out for HEAD.
+pub(super) fn html_page(html: String, head: bool, cache_control: &'static str) -> Response<Body> {
     let len = html.len();
     let mut response = Response::new(if head {
         Body::empty()
@@ -383,7 +404,10 @@ fn listing_page(manifest: &Manifest, folder: &str, head: bool) -> Response<Body>
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CONTENT_LENGTH, value(&len.to_string()));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

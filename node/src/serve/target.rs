@@ -1,5 +1,5 @@
-//! From a request path to what it names: `/healthz`, a bundle's root, a folder
-//! or a file. Every path spelling is decoded here, once, and checked against the
+//! From a request path to what it names: the status page `/`, `/healthz`, a
+//! bundle's root, a folder or a file. Every path spelling is decoded here, once, and checked against the
 //! path rules, so nothing outside a bundle can be named.
 
 use cartable_proto::{BundleId, BundlePath};
@@ -9,6 +9,8 @@ use super::error::HttpError;
 /// What a request path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// `/`: the node's status page.
+    Status,
     /// `/healthz`
     Health,
     /// `/n/{name}/{path}`: the rest of the path, as sent (names are URL-safe).
@@ -23,8 +25,10 @@ pub enum Target {
 
 /// Decodes and checks a raw request path (without the query).
 pub fn parse(raw: &str) -> Result<Target, HttpError> {
-    if raw == "/healthz" {
-        return Ok(Target::Health);
+    match raw {
+        "/" => return Ok(Target::Status),
+        "/healthz" => return Ok(Target::Health),
+        _ => {}
     }
     if let Some(rest) = raw.strip_prefix("/n/") {
         return Ok(Target::Name(rest.to_owned()));

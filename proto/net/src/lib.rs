@@ -10,6 +10,8 @@
 //! - [`control`]: one control request to the coordinator, seen from a node.
 //! - [`https`]: the HTTPS server shell both daemons run: admission, a deadline on
 //!   every phase of a connection, shedding.
+//! - [`metrics`]: the `[metrics]` table, the plain-HTTP `/metrics` server on an
+//!   address of its own, and the HTTPS shell's counts, for both daemons.
 //! - [`client`], [`pin`]: HTTPS requests to one server whose certificate is pinned
 //!   (the CLI to the coordinator and nodes, the coordinator probing nodes).
 //! - [`folder`]: a lesson folder read into a manifest, the one way both a node's
@@ -23,6 +25,7 @@ pub mod control;
 pub mod folder;
 pub mod https;
 pub mod identity;
+pub mod metrics;
 pub mod peer;
 pub mod pin;
 pub mod progress;

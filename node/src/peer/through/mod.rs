@@ -175,7 +175,8 @@ impl FetchThrough {
         lock(&self.holders).set_assigned(holders);
     }
 
-    fn peers(&self) -> Vec<PeerAddr> {
+    /// The peers asked now.
+    pub fn peers(&self) -> Vec<PeerAddr> {
         lock(&self.peers).clone()
     }
 
@@ -434,6 +435,7 @@ impl FetchThrough {
                     partial: slot.partial.clone(),
                     store: self.store.clone(),
                     received: self.received.clone(),
+                    also_counted: None,
                     rate: None,
                 };
                 match request_groups(&conn, hash, size, groups.clone(), sink).await {

@@ -78,9 +78,14 @@ pub fn check_template<T: DeserializeOwned>(
 
 /// Checks that `docs/config.md` shows a daemon's own part of its template as it
 /// is, between the `<!-- begin NAME -->` and `<!-- end NAME -->` marks, and the
-/// `[connections]` part both share; with `CARTABLE_BLESS=1`, rewrites them.
+/// `[metrics]` and `[connections]` parts both share; with `CARTABLE_BLESS=1`,
+/// rewrites them.
 pub fn check_reference(name: &str, own: &str) -> anyhow::Result<()> {
-    let parts = [(name, own), ("connections", crate::https::limits::TEMPLATE)];
+    let parts = [
+        (name, own),
+        ("metrics", crate::metrics::TEMPLATE),
+        ("connections", crate::https::limits::TEMPLATE),
+    ];
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
     let doc = std::fs::read_to_string(&path)?;
     let mut want = doc.clone();

@@ -18,14 +18,14 @@
 pub mod admission;
 mod head;
 pub mod limits;
+pub mod refusals;
 pub mod shed;
 pub mod watch;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +42,7 @@ use tokio_rustls::server::TlsStream;
 
 use admission::{Admission, Refusal, Ticket};
 use limits::ConnectionLimits;
+use refusals::{Refusals, Shed};
 use shed::{Pending, Pressure, shed_response};
 use watch::{Activity, Ended, InFlight, Watched};
 
@@ -52,9 +53,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const SMALL_RESPONSE: u64 = 64 * 1024;
 /// HTTP/2 data buffered per stream ahead of the client's window: one verified piece.
 const H2_SEND_BUFFER: usize = 256 * 1024;
-/// Refused connections are logged as a count at most this often: a flood must
-/// not become a flood of log lines.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The request body handlers get: the client's upload, watched for progress.
 pub type RequestBody = Watched<Incoming>;
@@ -68,6 +66,7 @@ pub struct HttpsServer {
     limits: ConnectionLimits,
     admission: Arc<Admission>,
     pressure: Arc<Pressure>,
+    refusals: Arc<Refusals>,
 }
 
 impl std::fmt::Debug for HttpsServer {
@@ -85,6 +84,7 @@ impl std::fmt::Debug for HttpsServer {
 pub struct Load {
     admission: Arc<Admission>,
     pressure: Arc<Pressure>,
+    refusals: Arc<Refusals>,
 }
 
 impl Load {
@@ -97,6 +97,11 @@ impl Load {
     pub fn pressure(&self) -> &Arc<Pressure> {
         &self.pressure
     }
+
+    /// Connections refused and requests shed so far, by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
 }
 
 /// What every connection task shares.
@@ -105,6 +110,7 @@ struct Shared<H> {
     limits: ConnectionLimits,
     admission: Arc<Admission>,
     pressure: Arc<Pressure>,
+    refusals: Arc<Refusals>,
     handler: H,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -123,6 +129,7 @@ impl HttpsServer {
             tls: TlsAcceptor::from(tls),
             admission: Admission::new(limits.clone()),
             pressure: Pressure::new(limits.max_pending),
+            refusals: Arc::default(),
             limits,
         })
     }
@@ -132,6 +139,7 @@ impl HttpsServer {
         Load {
             admission: self.admission.clone(),
             pressure: self.pressure.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 
@@ -156,10 +164,10 @@ impl HttpsServer {
             limits: self.limits,
             admission: self.admission,
             pressure: self.pressure,
+            refusals: self.refusals,
             handler,
         });
         let (stop, stopping) = signal::channel(false);
-        let refusals = Refusals::default();
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -179,7 +187,7 @@ impl HttpsServer {
                     let (shared, stopping) = (shared.clone(), stopping.clone());
                     tokio::spawn(connection(shared, tcp, peer, ticket, stopping));
                 }
-                Err(why) => refusals.note(why),
+                Err(why) => shared.refusals.connection(why),
             }
         }
         let open = shared.admission.open();
@@ -284,6 +292,7 @@ where
     let work = if head::forget_cookies(&uri, req.headers_mut(), shared.limits.max_header_bytes) {
         admit(shared, req, peer, &in_flight)
     } else {
+        shared.refusals.request(Shed::HeadTooLarge);
         Err(Box::new(head::too_large()))
     };
     async move {
@@ -329,6 +338,11 @@ where
             Ok(((shared.handler)(req, peer), pending, place))
         }
         (refused, _) => {
+            shared.refusals.request(
+                refused
+                    .as_ref()
+                    .map_or_else(|e| Shed::of(*e), |_| Shed::Overloaded),
+            );
             let (status, why, wait) = match refused {
                 Err(Refusal::TooFast(wait)) => (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -372,34 +386,4 @@ fn h2_builder(limits: &ConnectionLimits) -> http2::Builder<TokioExecutor> {
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(head::h2_header_list(limits));
     builder
-}
-
-/// Refused connections, counted and logged now and then.
-#[derive(Debug, Default)]
-struct Refusals {
-    counts: [AtomicU64; 3],
-    logged: Mutex<Option<Instant>>,
-}
-
-impl Refusals {
-    fn note(&self, why: Refusal) {
-        let i = match why {
-            Refusal::Full | Refusal::Busy => 0,
-            Refusal::NetworkFull | Refusal::NetworkBusy => 1,
-            Refusal::TooFast(_) => 2,
-        };
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        if logged.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
-            return;
-        }
-        *logged = Some(Instant::now());
-        let [full, network, rate] = self.counts.each_ref().map(|c| c.swap(0, Ordering::Relaxed));
-        tracing::warn!(
-            full,
-            network_full = network,
-            too_fast = rate,
-            "connections refused since the last report"
-        );
-    }
 }

@@ -53,6 +53,11 @@ impl Pressure {
         })
     }
 
+    /// Requests waiting for their answer now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// The level now.
     pub fn level(&self) -> Level {
         let pending = self.pending.load(Ordering::Relaxed);
