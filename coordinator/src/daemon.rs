@@ -23,6 +23,10 @@ use crate::state::{Cluster, SledKv, secret_hash};
 
 /// The admin token's file under the data folder (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Where the running coordinator's admin API answers (`https://IP:PORT`),
+/// written at each start under the data folder, for `cartable-coordinator
+/// backup` to find it when the port was chosen at start (port 0).
+pub const ADMIN_URL_FILE: &str = "admin-url";
 /// How often the lifecycle loop runs.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -86,6 +90,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         config.quic_limits,
     )?;
     let https = format!("https://{}", server.local_addr()?);
+    write_admin_url(&data_dir, server.local_addr()?)?;
     let quic = endpoint.local_addr()?;
     let public_url = config.public_url.clone().unwrap_or_else(|| https.clone());
     let public_quic = config.public_quic.unwrap_or(quic);
@@ -125,8 +130,30 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         .await;
     loop_task.abort();
     coord.endpoint.close();
-    let _ = nodes_task.await;
-    coord.lock().flush()?;
+    let _ = tokio::time::timeout(NODES_CLOSE, nodes_task).await;
+    // Every acknowledged change was flushed before its answer; this flush
+    // makes the lifecycle's and heartbeats' last bookkeeping durable too.
+    let flushing = coord.clone();
+    cartable_net::signal::persist("the coordinator's state", move || flushing.lock().flush())
+        .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the node-facing QUIC side gets to close at a stop.
+const NODES_CLOSE: Duration = Duration::from_secs(1);
+
+/// Writes [`ADMIN_URL_FILE`]: the bound address, with a wildcard IP given as
+/// loopback, the address a local command reaches it on.
+fn write_admin_url(data_dir: &Path, bound: std::net::SocketAddr) -> anyhow::Result<()> {
+    let mut reach = bound;
+    if reach.ip().is_unspecified() {
+        reach.set_ip(match reach {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = data_dir.join(ADMIN_URL_FILE);
+    cartable_net::secret_file::replace(&path, format!("https://{reach}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

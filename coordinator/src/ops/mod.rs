@@ -93,6 +93,8 @@ pub struct Coordinator {
     /// Checks that nodes browsers are sent to still answer.
     pub prober: Arc<Prober>,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
+    /// One backup at a time: each holds a copy of the state in memory.
+    pub(crate) backup_slot: tokio::sync::Semaphore,
 }
 
 impl Coordinator {
@@ -115,6 +117,7 @@ impl Coordinator {
             https_url,
             quic_addr,
             checking: Mutex::new(HashSet::new()),
+            backup_slot: tokio::sync::Semaphore::new(1),
         }
     }
 
