@@ -115,6 +115,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
             tokio::time::sleep(TICK).await;
         }
     });
+    // Before the listening line: a stop signal from then on is a clean stop.
+    let stop = cartable_net::signal::stop_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -125,9 +127,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     drop(stdout);
     let handler_coord = coord.clone();
     let handler = move |req, peer| crate::http::respond(handler_coord.clone(), req, peer);
-    server
-        .serve(handler, cartable_net::signal::stop_signal())
-        .await;
+    server.serve(handler, stop).await;
     loop_task.abort();
     coord.endpoint.close();
     let _ = tokio::time::timeout(NODES_CLOSE, nodes_task).await;

@@ -124,6 +124,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         through: through.clone(),
         reputation,
     })));
+    // Before the listening line: a stop signal from then on is a clean stop.
+    let stop = cartable_net::signal::stop_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -144,9 +146,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         lessons: config.lessons.clone(),
     });
     let handler = move |req, _peer| crate::serve::respond(ctx.clone(), req);
-    server
-        .serve(handler, cartable_net::signal::stop_signal())
-        .await;
+    server.serve(handler, stop).await;
     // Stop everything that changes the store, then flush it.
     if let Some(task) = member_task {
         task.abort();

@@ -26,21 +26,31 @@ const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
 pub const DEADLINE_EXIT_CODE: i32 = 3;
 
 /// Completes on Ctrl-C or SIGTERM, and from then on holds the process to
-/// [`STOP_DEADLINE`].
-pub async fn stop_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+/// [`STOP_DEADLINE`]. The handlers are installed by this call, not when the
+/// future is first polled: call it before printing the listening line, so
+/// that a signal sent as soon as the daemon says it listens stops it cleanly
+/// instead of killing it.
+pub fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = signal(SignalKind::terminate()).and_then(|term| {
+        let int = signal(SignalKind::interrupt())?;
+        Ok((term, int))
+    });
+    async move {
+        let (mut term, mut int) = match handlers {
+            Ok(handlers) => handlers,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+        tracing::info!(deadline = ?STOP_DEADLINE, "stopping");
+        arm_exit_deadline(STOP_DEADLINE);
     }
-    tracing::info!(deadline = ?STOP_DEADLINE, "stopping");
-    arm_exit_deadline(STOP_DEADLINE);
 }
 
 /// Exits the process `after` from now unless it has exited by then. A thread,
