@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::Context;
+use cartable_proto::backup::Snapshot;
 use serde_json::Value;
 
 use cartable_tests::cluster::{
@@ -68,6 +69,22 @@ fn a_restored_coordinator_keeps_its_members_and_bundles() -> anyhow::Result<()> 
     // The disk is lost.
     let stopped = c.stop_timed(Duration::from_secs(20))?;
     assert!(stopped.status.success(), "{stopped:?}");
+    // A stopped coordinator's folder is read directly: the same coordinator
+    // and members.
+    let offline = dir.path().join("offline.backup");
+    let out = c.command(&["backup", offline.to_str().context("UTF-8")?])?;
+    ensure_success(&out, "cartable-coordinator backup (stopped)")?;
+    let said = String::from_utf8(out.stdout)?;
+    assert!(
+        said.contains("from the stopped coordinator's folder"),
+        "{said}"
+    );
+    let (running, stopped) = (read_backup(&file)?, read_backup(&offline)?);
+    assert_eq!(running.coordinator, stopped.coordinator);
+    assert_eq!(running.files, stopped.files);
+    assert_eq!(row_keys(&running, "nodes"), row_keys(&stopped, "nodes"));
+    assert_eq!(row_keys(&running, "bundles"), row_keys(&stopped, "bundles"));
+    assert_eq!(row_keys(&running, "nodes").len(), 2);
     std::fs::remove_dir_all(c.data_dir())?;
     let out = c.command(&["restore", file.to_str().context("UTF-8")?])?;
     ensure_success(&out, "cartable-coordinator restore")?;
@@ -190,6 +207,19 @@ fn a_damaged_backup_or_a_used_folder_is_refused_and_nothing_changes() -> anyhow:
         assert_eq!(mode & 0o077, 0, "{secret} is private");
     }
     Ok(())
+}
+
+fn read_backup(file: &std::path::Path) -> anyhow::Result<Snapshot> {
+    Ok(cartable_proto::backup::decode(&std::fs::read(file)?)?)
+}
+
+fn row_keys(snapshot: &Snapshot, table: &str) -> Vec<String> {
+    snapshot
+        .tables
+        .iter()
+        .filter(|t| t.name == table)
+        .flat_map(|t| t.rows.iter().map(|r| r.key.clone()))
+        .collect()
 }
 
 fn flip(bytes: &[u8], at: usize) -> Vec<u8> {

@@ -12,6 +12,8 @@
 
 pub mod fetch;
 pub mod restore;
+#[cfg(test)]
+mod restore_tests;
 
 use std::path::Path;
 
