@@ -66,6 +66,9 @@ fn open_state(data_dir: &Path) -> anyhow::Result<SledKv> {
 /// Runs the coordinator until a stop signal.
 pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    // A former run's address is not this run's: until this run listens,
+    // `backup` finds none rather than a wrong one.
+    let _ = std::fs::remove_file(data_dir.join(ADMIN_URL_FILE));
     let mut cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
     if let Some(_token) = init_with(&data_dir, &mut cluster)? {
         tracing::info!(file = %data_dir.join(ADMIN_TOKEN_FILE).display(), "made an admin token");

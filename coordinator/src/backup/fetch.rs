@@ -62,7 +62,7 @@ async fn ask_running(data_dir: &Path, cert: &Path) -> anyhow::Result<Vec<u8>> {
     let url_file = data_dir.join(ADMIN_URL_FILE);
     let url = std::fs::read_to_string(&url_file).with_context(|| {
         format!(
-            "a coordinator runs on {} but {} is unreadable",
+            "a coordinator runs on {} but {} is unreadable (is it still starting? try again once it listens)",
             data_dir.display(),
             url_file.display()
         )
