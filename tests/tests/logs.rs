@@ -99,3 +99,50 @@ fn a_coordinator_logs_json_and_a_bad_level_is_refused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn text_logs_carry_no_colours_off_a_terminal_and_no_timestamps_in_the_journal() -> anyhow::Result<()>
+{
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir()?;
+    let init = |data: &str, log: &std::path::Path, journal: Option<String>| {
+        let mut command = Command::new(binary("cartable-coordinator"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join(data))
+            .arg("init")
+            .arg(dir.path().join(format!("{data}.toml")))
+            .env_remove("CARTABLE_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?);
+        if let Some(stream) = journal {
+            command.env("JOURNAL_STREAM", stream);
+        }
+        let status = command.status()?;
+        anyhow::ensure!(status.success(), "init failed");
+        anyhow::Ok(std::fs::read_to_string(log)?)
+    };
+    // stderr is a file: plain text, stamped.
+    let plain = init("a", &dir.path().join("a.log"), None)?;
+    assert!(
+        plain.contains("INFO") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
+    let year = |line: &str| line.starts_with("20") && line.as_bytes().get(4) == Some(&b'-');
+    assert!(plain.lines().all(year), "{plain}");
+    // stderr is the stream JOURNAL_STREAM names: the journal stamps it.
+    let log = dir.path().join("b.log");
+    std::fs::File::create(&log)?;
+    let meta = std::fs::metadata(&log)?;
+    let journal = init("b", &log, Some(format!("{}:{}", meta.dev(), meta.ino())))?;
+    assert!(
+        !journal.is_empty() && !journal.lines().any(year),
+        "{journal}"
+    );
+    assert!(
+        journal.lines().all(|l| l.trim_start().starts_with("INFO")),
+        "{journal}"
+    );
+    Ok(())
+}

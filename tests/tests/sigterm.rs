@@ -29,6 +29,19 @@ async fn idle_connection(client: &HttpsClient) -> anyhow::Result<TlsStream<TcpSt
     Ok(tls)
 }
 
+/// A connection in the middle of a request whose body never comes: a stop
+/// must not wait for it past the bound.
+async fn stalled_upload(client: &HttpsClient, token: &str) -> anyhow::Result<TlsStream<TcpStream>> {
+    let mut tls = client.http1_only().connect().await?;
+    let head = format!(
+        "POST /api/bundles HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+         content-length: 1000\r\n\r\nCBM"
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.flush().await?;
+    Ok(tls)
+}
+
 #[test]
 fn a_coordinator_stopped_by_sigterm_keeps_what_it_acknowledged() -> anyhow::Result<()> {
     let mut cl = cluster_of(&PLACES[..1], FAST_POLICY, "")?;
@@ -42,8 +55,10 @@ fn a_coordinator_stopped_by_sigterm_keeps_what_it_acknowledged() -> anyhow::Resu
         &[b"http/1.1"],
     )?;
     let _idle = runtime.block_on(idle_connection(&client))?;
+    let _stalled = runtime.block_on(stalled_upload(&client, &c.admin_token()?))?;
 
     let stopped = c.stop_timed(STOP_DEADLINE + Duration::from_secs(5))?;
+    eprintln!("{stopped:?}");
     assert!(stopped.status.success(), "{stopped:?}");
     assert!(stopped.took < STOP_DEADLINE, "{stopped:?}");
 
@@ -77,6 +92,7 @@ fn a_node_stopped_by_sigterm_keeps_what_it_acknowledged() -> anyhow::Result<()> 
     let _idle = runtime.block_on(idle_connection(&HttpsClient::for_node(&node)?))?;
 
     let stopped = node.stop_timed(STOP_DEADLINE + Duration::from_secs(5))?;
+    eprintln!("{stopped:?}");
     assert!(stopped.status.success(), "{stopped:?}");
     assert!(stopped.took < STOP_DEADLINE, "{stopped:?}");
 
