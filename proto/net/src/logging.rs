@@ -8,16 +8,21 @@
 //!    name targets (`info,cartable_node::peer=debug`);
 //! 3. `info`.
 //!
-//! Text is what a person reads: colours only when stderr is a terminal, and no
-//! timestamp when stderr is the journal (systemd sets `JOURNAL_STREAM` to the
-//! device and inode of the stream it gave us; the journal stamps every line
-//! itself). JSON is one object per line, with `timestamp`, `level`, `message`,
+//! Text is what a person reads: colours only when stderr is a terminal. When
+//! stderr is the journal (systemd sets `JOURNAL_STREAM` to the device and
+//! inode of the stream it gave us), no timestamp, since the journal stamps
+//! every line itself, and a `<N>` syslog priority before each line, which the
+//! journal reads as the entry's priority. JSON is one object per line, with `timestamp`, `level`, `message`,
 //! the event's fields and `target`, for log shippers.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::registry::LookupSpan;
 
 /// The environment variable holding a `tracing` filter.
 pub const ENV_FILTER: &str = "CARTABLE_LOG";
@@ -82,14 +87,14 @@ impl LogArgs {
             .with_env_filter(filter);
         match self.log_format {
             LogFormat::Json => builder.json().flatten_event(true).init(),
-            LogFormat::Text => {
-                let builder = builder.with_ansi(std::io::stderr().is_terminal());
-                if stderr_is_journal() {
-                    builder.without_time().init();
-                } else {
-                    builder.init();
-                }
+            LogFormat::Text if stderr_is_journal() => {
+                let format = tracing_subscriber::fmt::format().without_time();
+                builder
+                    .with_ansi(false)
+                    .event_format(JournalPriority(format))
+                    .init();
             }
+            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         }
         if let Some(error) = refused {
             tracing::warn!(
@@ -113,6 +118,38 @@ fn filter(level: Option<LogLevel>, env: Option<String>) -> (EnvFilter, Option<St
             Ok(filter) => (filter, None),
             Err(e) => (EnvFilter::new("info"), Some(format!("{text:?}: {e}"))),
         },
+    }
+}
+
+/// Text lines prefixed with their syslog priority (`<3>` error … `<7>`
+/// debug), which the journal reads off each line of a service's stream, so
+/// that `journalctl -p warning` shows warnings and errors.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// The syslog priority of a level: err, warning, info, debug.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
     }
 }
 
@@ -156,6 +193,14 @@ mod tests {
         let (f, refused) = filter(None, Some("info,[".into()));
         assert_eq!(f.to_string(), "info");
         assert!(refused.is_some_and(|why| why.contains("info,[")));
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        assert_eq!(syslog_priority(Level::ERROR), 3);
+        assert_eq!(syslog_priority(Level::WARN), 4);
+        assert_eq!(syslog_priority(Level::INFO), 6);
+        assert_eq!(syslog_priority(Level::TRACE), 7);
     }
 
     #[test]
