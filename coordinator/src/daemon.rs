@@ -24,6 +24,10 @@ use crate::state::{Cluster, SledKv, secret_hash};
 
 /// The admin token's file under the data folder (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Where the running coordinator's admin API answers (`https://IP:PORT`),
+/// written at each start under the data folder, for `cartable-coordinator
+/// backup` to find it when the port was chosen at start (port 0).
+pub const ADMIN_URL_FILE: &str = "admin-url";
 /// How often the lifecycle loop runs.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -63,6 +67,9 @@ fn open_state(data_dir: &Path) -> anyhow::Result<SledKv> {
 /// Runs the coordinator until a stop signal.
 pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    // A former run's address is not this run's: until this run listens,
+    // `backup` finds none rather than a wrong one.
+    let _ = std::fs::remove_file(data_dir.join(ADMIN_URL_FILE));
     let mut cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
     if let Some(_token) = init_with(&data_dir, &mut cluster)? {
         tracing::info!(file = %data_dir.join(ADMIN_TOKEN_FILE).display(), "made an admin token");
@@ -88,6 +95,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         config.quic_limits,
     )?;
     let https = format!("https://{}", server.local_addr()?);
+    write_admin_url(&data_dir, server.local_addr()?)?;
     let quic = endpoint.local_addr()?;
     let public_url = config.public_url.clone().unwrap_or_else(|| https.clone());
     let public_quic = config.public_quic.unwrap_or(quic);
@@ -115,6 +123,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
             tokio::time::sleep(TICK).await;
         }
     });
+    // Before the listening line: a stop signal from then on is a clean stop.
+    let stop = cartable_net::signal::stop_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -125,16 +135,36 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     drop(stdout);
     let handler_coord = coord.clone();
     let handler = move |req, peer| crate::http::respond(handler_coord.clone(), req, peer);
-    server
-        .serve(handler, cartable_net::signal::stop_signal())
-        .await;
+    server.serve(handler, stop).await;
     loop_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
     coord.endpoint.close();
-    let _ = nodes_task.await;
-    coord.lock().flush()?;
+    let _ = tokio::time::timeout(NODES_CLOSE, nodes_task).await;
+    // Every acknowledged change was flushed before its answer; this flush
+    // makes the lifecycle's and heartbeats' last bookkeeping durable too.
+    let flushing = coord.clone();
+    cartable_net::signal::persist("the coordinator's state", move || flushing.lock().flush())
+        .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the node-facing QUIC side gets to close at a stop.
+const NODES_CLOSE: Duration = Duration::from_secs(1);
+
+/// Writes [`ADMIN_URL_FILE`]: the bound address, with a wildcard IP given as
+/// loopback, the address a local command reaches it on.
+fn write_admin_url(data_dir: &Path, bound: std::net::SocketAddr) -> anyhow::Result<()> {
+    let mut reach = bound;
+    if reach.ip().is_unspecified() {
+        reach.set_ip(match reach {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = data_dir.join(ADMIN_URL_FILE);
+    cartable_net::secret_file::replace(&path, format!("https://{reach}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -24,8 +24,10 @@
 //! - [`metrics`]: what the operator's monitoring reads at `/metrics`.
 //! - [`config`]: the coordinator's TOML configuration and policy.
 //! - [`daemon`]: `cartable-coordinator init` and `serve`: the key, certificate
-//!   and admin token; the endpoints and the lifecycle loop.
+//!   and admin token; the endpoints and the lifecycle loop; what a stop persists.
+//! - [`backup`]: `backup` and `restore`: the whole coordinator in one file.
 
+pub mod backup;
 pub mod config;
 pub mod contact;
 pub mod control;

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Data folder [default: ./cartable-data].
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// `--log-format` and `--log-level`.
+    #[command(flatten)]
+    pub log: cartable_net::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -153,7 +156,7 @@ impl Cli {
         match self.command {
             Command::Init { .. } => unreachable!("handled before the config is read"),
             Command::Serve { .. } => {
-                tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))
+                cartable_net::signal::block_on_daemon(crate::daemon::run(config))
             }
             Command::Add { dir, json } => add(&config, dir, json),
             Command::Bundles { json } => {

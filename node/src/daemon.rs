@@ -1,9 +1,16 @@
 //! `cartable-node serve`: opens the store, starts HTTPS, QUIC, the admin socket
 //! and, when configured, `/metrics`; prints the line scripts wait for, and stops
-//! cleanly on Ctrl-C or SIGTERM.
+//! cleanly on Ctrl-C or SIGTERM, within [`cartable_net::signal::STOP_DEADLINE`].
+//!
+//! What a stop persists: the replication agent keeps its membership and its
+//! last orders on disk as it gets them (temporary file, sync, rename), and a
+//! copy in progress records each verified group once its bytes are synced, so
+//! stopping the agent mid-copy loses no acknowledged state and the copy
+//! resumes; the store's index is flushed last, once nothing changes it.
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -149,6 +156,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         reputation,
         copied,
     })));
+    // Before the listening line: a stop signal from then on is a clean stop.
+    let stop = cartable_net::signal::stop_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -158,6 +167,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     tracing::info!(https = %info.https, node = %info.id, "serving");
+    let index = store.clone();
     let ctx = Arc::new(ServeContext {
         store,
         through,
@@ -174,20 +184,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let answer = crate::serve::respond(ctx.clone(), req);
         async move { seen.answered(answer.await) }
     };
-    server
-        .serve(handler, cartable_net::signal::stop_signal())
-        .await;
-    peers.close();
-    scrub_task.abort();
+    server.serve(handler, stop).await;
+    // Stop everything that changes the store, then flush it.
     if let Some(task) = member_task {
         task.abort();
     }
+    scrub_task.abort();
+    peers.close();
     admin_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
     let _ = admin_task.await;
-    let _ = peers_task.await;
+    let _ = tokio::time::timeout(PEERS_CLOSE, peers_task).await;
+    cartable_net::signal::persist("the store's index", move || Ok(index.flush()?)).await?;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long the peers' QUIC side gets to close at a stop.
+const PEERS_CLOSE: Duration = Duration::from_secs(1);

@@ -27,6 +27,7 @@
 //! | `GET /api/tokens` | | `[TokenView]` |
 //! | `DELETE /api/tokens/{id}` | | [`TokenView`] |
 //! | `POST /api/plan` | [`PlanChange`] | [`PlanPreview`] (nothing is changed) |
+//! | `POST /api/backup` | | the whole state as one backup file (`application/octet-stream`, [`crate::backup`]: secrets included); 503 while another backup is taken, 507 when the state exceeds the backup size limit |
 //!
 //! Public routes (no token): `GET /b/{bundle}/{path}` answers 302 to a healthy node
 //! holding a complete copy, near the client; `GET /n/{name}/{path}` answers 302 to

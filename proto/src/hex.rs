@@ -15,15 +15,21 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Exactly `2 * N` lowercase hex digits as `N` bytes: the one text a value
 /// prints as, so what is read prints back the same.
 pub fn decode_lower<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.as_bytes();
-    if text.len() != 2 * N || text.iter().any(|c| c.is_ascii_uppercase()) {
+    if text.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    decode_lower_vec(text)?.try_into().ok()
+}
+
+/// Lowercase hex digits, an even number of them, as bytes.
+pub fn decode_lower_vec(text: &str) -> Option<Vec<u8>> {
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(2) || text.iter().any(|c| c.is_ascii_uppercase()) {
+        return None;
     }
-    Some(out)
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 /// The bytes `text` percent-encodes: each `%` must be followed by two hex
@@ -74,5 +80,10 @@ mod tests {
         assert_eq!(decode_lower::<4>("007FABFF"), None);
         assert_eq!(decode_lower::<4>("007fab"), None);
         assert_eq!(decode_lower::<2>("é0"), None);
+        assert_eq!(decode_lower_vec("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(decode_lower_vec(""), Some(vec![]));
+        for bad in ["0", "zz", "éé", "+f"] {
+            assert_eq!(decode_lower_vec(bad), None, "{bad}");
+        }
     }
 }

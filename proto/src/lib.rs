@@ -14,8 +14,10 @@
 //! - [`units`]: sizes, durations and dates as operators type and read them.
 //! - [`join`]: join tokens and upload grants, the two credentials the coordinator hands out.
 //! - [`api`]: the coordinator's admin API, its routes and JSON types (the CLI's contract).
+//! - [`backup`]: the coordinator's backup file: one versioned, checksummed snapshot.
 
 pub mod api;
+pub mod backup;
 pub mod cert;
 pub mod cidr;
 pub mod content_type;

@@ -16,7 +16,7 @@ use cartable_proto::control::{self, Contact, ControlRequest, ControlResponse, Jo
 use cartable_proto::join::JoinToken;
 use serde_json::Value;
 
-use crate::node::{Node, binary, cli_in, read_line_within, terminate_child};
+use crate::node::{Node, StopTime, binary, cli_in, read_line_within, stop_timed, terminate_child};
 use crate::{HttpsClient, sample_lesson};
 
 /// Timings short enough for tests: heartbeats every 200 ms, down after 1.5 s,
@@ -175,6 +175,29 @@ impl Coordinator {
         Node::start_in(dir, extra)
     }
 
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Runs `cartable-coordinator ARGS` on this coordinator's data folder and
+    /// configuration (`backup`, `restore`), running or not.
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(coordinator_binary())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env("CARTABLE_LOG", "warn")
+            .output()
+            .context("running cartable-coordinator")
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the exit; keeps the folder
+    /// and addresses for [`Coordinator::restart`].
+    pub fn stop_timed(&mut self, limit: Duration) -> anyhow::Result<StopTime> {
+        stop_timed(&mut self.child, limit)
+    }
+
     /// Kills the process with SIGKILL.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
@@ -292,6 +315,16 @@ pub fn publish_dir(c: &Coordinator, dir: &Path, args: &[&str]) -> anyhow::Result
         .find_map(|l| l.strip_prefix("bundle "))
         .ok_or_else(|| anyhow::anyhow!("publish printed no bundle line: {stdout}"))?;
     Ok(id.trim().to_owned())
+}
+
+/// Whether `cartable bundles` lists `bundle`.
+pub fn lists_bundle(c: &Coordinator, bundle: &str) -> anyhow::Result<bool> {
+    let bundles = c.json(&["bundles"])?;
+    Ok(bundles
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| b["id"] == bundle))
 }
 
 /// Complete replicas of `bundle` on nodes that are up: (node, region, site).

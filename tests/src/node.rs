@@ -274,6 +274,40 @@ impl Node {
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         terminate_child(&mut self.child)
     }
+
+    /// Sends SIGTERM and waits at most `limit` for the node to exit; keeps its
+    /// folder and addresses for [`Node::restart`].
+    pub fn stop_timed(&mut self, limit: Duration) -> anyhow::Result<StopTime> {
+        stop_timed(&mut self.child, limit)
+    }
+}
+
+/// How a daemon stopped after SIGTERM.
+#[derive(Debug)]
+pub struct StopTime {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// From SIGTERM to its exit.
+    pub took: Duration,
+}
+
+/// Sends SIGTERM to `child` and reaps it, failing (after a SIGKILL) if it
+/// is still running `limit` later.
+pub fn stop_timed(child: &mut Child, limit: Duration) -> anyhow::Result<StopTime> {
+    let start = std::time::Instant::now();
+    signal(child, libc::SIGTERM)?;
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait()? {
+            return Ok(StopTime {
+                status,
+                took: start.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    bail!("still running {limit:?} after SIGTERM")
 }
 
 /// Stops a daemon with SIGTERM (it drains and releases its store), with SIGKILL

@@ -71,12 +71,38 @@ impl ApiClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// `POST path` with no body, for an answer that is not JSON (a backup
+    /// file): its bytes, or the error the API answered.
+    pub async fn post_for_bytes(&mut self, path: &str) -> anyhow::Result<Bytes> {
+        let (status, answer) = self.exchange(Method::POST, path, None).await?;
+        if !status.is_success() {
+            return parse_answer::<serde_json::Value>(status, &answer).map(|_| Bytes::new());
+        }
+        Ok(answer)
+    }
+
     async fn call<T: DeserializeOwned>(
         &mut self,
         method: Method,
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<T> {
+        let url = self.url(path);
+        let (status, answer) = self.exchange(method.clone(), path, body).await?;
+        // An error answer is printed as it is (`error: 404 no such node`); only a
+        // success that is not the expected JSON needs the route to be understood.
+        if !status.is_success() {
+            return parse_answer(status, &answer);
+        }
+        parse_answer(status, &answer).with_context(|| format!("{method} {url}"))
+    }
+
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<(http::StatusCode, Bytes)> {
         let mut headers = vec![(header::AUTHORIZATION, format!("Bearer {}", self.token))];
         let body = match body {
             Some((content_type, bytes)) => {
@@ -87,14 +113,8 @@ impl ApiClient {
         };
         let url = self.url(path);
         let sent = self.http.send(method.clone(), path, &headers, body);
-        let (status, answer) = tokio::time::timeout(API_TIMEOUT, sent)
+        tokio::time::timeout(API_TIMEOUT, sent)
             .await
-            .map_err(|_| anyhow::anyhow!("{method} {url}: no answer in {API_TIMEOUT:?}"))??;
-        // An error answer is printed as it is (`error: 404 no such node`); only a
-        // success that is not the expected JSON needs the route to be understood.
-        if !status.is_success() {
-            return parse_answer(status, &answer);
-        }
-        parse_answer(status, &answer).with_context(|| format!("{method} {url}"))
+            .map_err(|_| anyhow::anyhow!("{method} {url}: no answer in {API_TIMEOUT:?}"))?
     }
 }

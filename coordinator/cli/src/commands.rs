@@ -59,6 +59,13 @@ pub enum Command {
     /// Preview what losing a site or a region would cost (changes nothing).
     #[command(subcommand)]
     Drill(DrillCommand),
+    /// Save the whole coordinator (key, certificate, admin token, members,
+    /// tokens, bundles, names) to FILE, mode 0600; `cartable-coordinator
+    /// restore FILE` brings it back.
+    Backup {
+        /// The backup file; replaced whole if it exists.
+        file: std::path::PathBuf,
+    },
 }
 
 /// `cartable node ...`.
@@ -228,6 +235,7 @@ impl Command {
             Self::Status(out) => show(out, &api.get("/api/status").await?, views::status),
             Self::Plan(args) => args.run(api).await,
             Self::Drill(command) => command.run(api).await,
+            Self::Backup { file } => backup(api, &file).await,
         }
     }
 }
@@ -336,6 +344,22 @@ impl TokenCommand {
             }
         }
     }
+}
+
+/// `cartable backup FILE`: the backup is checked whole before it is kept.
+async fn backup(api: &mut ApiClient, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = api.post_for_bytes("/api/backup").await?;
+    let snapshot = cartable_proto::backup::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("the coordinator sent a bad backup: {e}"))?;
+    cartable_net::secret_file::replace(file, &bytes)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+    println!(
+        "wrote {} (mode 0600, holds secrets): coordinator {}, {}",
+        file.display(),
+        snapshot.coordinator,
+        snapshot.summary()
+    );
+    Ok(())
 }
 
 /// Lists `path` as pretty JSON or through `view`.

@@ -1,13 +1,14 @@
-//! `cartable-coordinator`: parse arguments, start logging, run `init` or `serve`.
+//! `cartable-coordinator`: parse arguments, start logging, run `init`, `serve`,
+//! `backup` or `restore`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use cartable_coordinator::config::{CoordinatorConfig, Overrides};
-use cartable_coordinator::daemon;
+use cartable_coordinator::{backup, daemon};
+use cartable_net::logging::LogArgs;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// The Cartable coordinator: places lesson copies on nodes across sites and regions.
 #[derive(Debug, Parser)]
@@ -19,6 +20,8 @@ struct Cli {
     /// Data folder (key, certificate, admin token, state). Default: ./cartable-coordinator-data
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,17 +51,29 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
     },
+    /// Writes the whole coordinator (key, certificate, admin token, every
+    /// member, token, bundle and name) to FILE, mode 0600: asked of the
+    /// running coordinator, else read from the stopped one's data folder.
+    Backup {
+        /// The backup file; replaced whole if it exists.
+        file: PathBuf,
+    },
+    /// Restores a backup into the data folder, which must be empty or absent.
+    /// The file is checked whole first; a bad one changes nothing.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Restore into a folder that is not empty: what it holds is moved
+        /// into a replaced-UNIXTIME folder inside it, not deleted.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_env("CARTABLE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    cli.log.init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -75,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quic,
             metrics,
         } => (https, quic, metrics),
-        Command::Init { .. } => (None, None, None),
+        _ => (None, None, None),
     };
     let mut config_file = cli.config;
     if let Command::Init { file, force } = &cli.command {
@@ -112,8 +127,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { .. } => tokio::runtime::Runtime::new()
-            .context("starting the runtime")?
-            .block_on(daemon::run(config)),
+        Command::Serve { .. } => cartable_net::signal::block_on_daemon(daemon::run(config)),
+        Command::Backup { file } => backup(&config, &file),
+        Command::Restore { file, force } => restore(&config, &file, force),
     }
+}
+
+fn backup(config: &CoordinatorConfig, file: &std::path::Path) -> anyhow::Result<()> {
+    let cert = match &config.tls {
+        Some(tls) => tls.cert.clone(),
+        None => cartable_net::tls::TlsFiles::self_signed_in(&config.data_dir).cert,
+    };
+    let (snapshot, source) = tokio::runtime::Runtime::new()
+        .context("starting the runtime")?
+        .block_on(backup::fetch::backup_to(file, &config.data_dir, &cert))?;
+    let from = match source {
+        backup::fetch::Source::Running => "the running coordinator",
+        backup::fetch::Source::Folder => "the stopped coordinator's folder",
+    };
+    println!(
+        "wrote {} (mode 0600, holds secrets) from {from}: coordinator {}, {}",
+        file.display(),
+        snapshot.coordinator,
+        snapshot.summary()
+    );
+    Ok(())
+}
+
+fn restore(config: &CoordinatorConfig, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    let restored = backup::restore::restore(file, dir, force)?;
+    if let Some(aside) = &restored.set_aside {
+        println!("moved what {} held into {}", dir.display(), aside.display());
+    }
+    println!(
+        "restored coordinator {} taken {} into {} ({}); start it on the addresses its nodes know",
+        restored.snapshot.coordinator,
+        cartable_proto::units::utc_minute(restored.snapshot.taken_at),
+        dir.display(),
+        restored.snapshot.summary()
+    );
+    Ok(())
 }

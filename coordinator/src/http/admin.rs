@@ -151,6 +151,7 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
         }
         (Method::GET, ["tokens"]) => ok(&coord.tokens()),
         (Method::DELETE, ["tokens", id]) => ok(&coord.revoke_token(id)?),
+        (Method::POST, ["backup"]) => Ok(super::backup::reply(coord.clone()).await),
         (Method::POST, ["plan"]) => {
             let change: PlanChange = json_body(req).await?;
             ok(&coord.plan(&change))

@@ -1,8 +1,9 @@
 //! The coordinator's HTTPS side: public redirects for browsers (`/b/…` to a
 //! healthy copy near the client, `/n/{name}/…` to the current bundle) and the
-//! admin API under `/api/` (see [`cartable_proto::api`]).
+//! admin API under `/api/` (see [`cartable_proto::api`]), the backup among it.
 
 mod admin;
+mod backup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -95,6 +95,8 @@ pub struct Coordinator {
     /// What monitoring counts as it happens (the rest is read from the state).
     pub metrics: crate::metrics::Counts,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
+    /// One backup at a time: each holds a copy of the state in memory.
+    pub(crate) backup_slot: tokio::sync::Semaphore,
 }
 
 impl Coordinator {
@@ -118,6 +120,7 @@ impl Coordinator {
             quic_addr,
             metrics: crate::metrics::Counts::default(),
             checking: Mutex::new(HashSet::new()),
+            backup_slot: tokio::sync::Semaphore::new(1),
         }
     }
 

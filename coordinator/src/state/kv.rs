@@ -46,6 +46,23 @@ impl SledKv {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         Ok(Self(sled::open(dir)?))
     }
+
+    /// Whether a process has the database in `dir` open now. sled takes an
+    /// exclusive `flock` on its `db` file for as long as it is open; probing
+    /// that lock, released at once, tells a running coordinator from a
+    /// stopped one without opening (or creating) anything.
+    pub fn is_open_elsewhere(dir: &Path) -> std::io::Result<bool> {
+        let file = match std::fs::File::open(dir.join("db")) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Kv for SledKv {
@@ -137,5 +154,15 @@ mod tests {
         // coordinator's restart test covers a reopen by a new process.
         let dir = tempfile::tempdir()?;
         exercise(&SledKv::open(dir.path())?)
+    }
+
+    #[test]
+    fn an_open_database_is_seen_from_outside() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(!SledKv::is_open_elsewhere(dir.path())?, "nothing there yet");
+        let kv = SledKv::open(dir.path())?;
+        assert!(SledKv::is_open_elsewhere(dir.path())?);
+        drop(kv);
+        Ok(())
     }
 }

@@ -27,6 +27,16 @@ const RETIRED: &str = "retired";
 const META: &str = "meta";
 const PROVEN: &str = "proven";
 
+/// Every table the state keeps, and so every table a backup holds.
+pub const TABLES: [&str; 8] = [
+    NODES, TOKENS, BUNDLES, REPLICAS, NAMES, RETIRED, META, PROVEN,
+];
+
+/// Every row of every table in `kv`, by table.
+pub fn scan_tables(kv: &dyn Kv) -> anyhow::Result<Vec<(&'static str, kv::Rows)>> {
+    TABLES.iter().map(|t| Ok((*t, kv.scan(t)?))).collect()
+}
+
 /// A member node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
@@ -368,6 +378,12 @@ impl Cluster {
     fn put<V: Serialize>(&self, table: &str, key: &[u8], value: &V) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(value)?;
         self.kv.put(table, key, &bytes)
+    }
+
+    /// Every stored row, by table, as of now: with the state's lock held,
+    /// no change lands half in it.
+    pub fn stored_tables(&self) -> anyhow::Result<Vec<(&'static str, kv::Rows)>> {
+        scan_tables(&*self.kv)
     }
 
     /// Makes every change so far durable.

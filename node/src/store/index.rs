@@ -81,6 +81,13 @@ impl Index {
         })
     }
 
+    /// Makes every change so far durable (the cache order and damage marks
+    /// are written without a flush of their own).
+    pub fn flush(&self) -> sled::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Records a bundle and its blobs. Idempotent.
     pub fn insert_bundle(&self, manifest: &Manifest, summary: BundleSummary) -> sled::Result<()> {
         let mut refs = sled::Batch::default();

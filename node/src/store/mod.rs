@@ -338,6 +338,15 @@ impl Store {
         self.index.is_damaged(hash)
     }
 
+    /// Makes the index's last changes durable, as a stop does. Blob files,
+    /// manifests and partial-copy records are synced as they are written.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let path = self.layout.index_dir();
+        self.index
+            .flush()
+            .map_err(|source| StoreError::Index { path, source })
+    }
+
     fn read_manifest(&self, id: &BundleId) -> Result<Manifest, StoreError> {
         let path = self.layout.bundle(id);
         let bytes = fs::read(&path).map_err(io_at(&path))?;

@@ -31,13 +31,21 @@ impl Identity {
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(path = %path.display(), "made a new node key");
         }
-        let pem = secret_file::read(&path)?;
-        let key = KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", path.display()))?;
-        anyhow::ensure!(
-            key.algorithm() == &PKCS_ED25519,
-            "{} is not an ed25519 key",
-            path.display()
-        );
+        Self::load(data_dir)
+    }
+
+    /// Loads the key from `data_dir`; fails if there is none.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = data_dir.join(KEY_FILE);
+        let pem =
+            secret_file::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_pem(&pem).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The key in PEM text.
+    pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(pem)?;
+        anyhow::ensure!(key.algorithm() == &PKCS_ED25519, "not an ed25519 key");
         Ok(Self { key })
     }
 

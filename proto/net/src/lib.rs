@@ -16,8 +16,8 @@
 //!   (the CLI to the coordinator and nodes, the coordinator probing nodes).
 //! - [`folder`]: a lesson folder read into a manifest, the one way both a node's
 //!   `add` and the CLI's `publish` do it.
-//! - [`config`], [`signal`], [`progress`]: what both daemons' configuration files,
-//!   stopping and terminal output share.
+//! - [`config`], [`logging`], [`signal`], [`progress`]: what both daemons'
+//!   configuration files, logs, stopping and terminal output share.
 
 pub mod client;
 pub mod config;
@@ -25,6 +25,7 @@ pub mod control;
 pub mod folder;
 pub mod https;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod peer;
 pub mod pin;

@@ -33,6 +33,40 @@ pub fn create(path: &Path, contents: &str) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Writes `path` whole or not at all, mode 0600: a temporary file beside it,
+/// synced, renamed over it, and the folder synced, so that a crash leaves the
+/// old file or the new one, never a part.
+pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +80,23 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
         let err = read(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_replaced_file_is_whole_and_private() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("backup");
+        fs::write(&path, "old")?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        replace(&path, b"new")?;
+        assert_eq!(fs::read(&path)?, b"new");
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::read_dir(dir.path())?.count(),
+            1,
+            "no temporary file left"
+        );
         Ok(())
     }
 }
