@@ -26,8 +26,10 @@ for fuzz_dir in proto/fuzz node/fuzz coordinator/fuzz; do
     mkdir -p "$scratch"
     log="$root/target/fuzz-corpus/$target.log"
     echo "== $target ($fuzz_dir), ${seconds}s"
+    (cd "$fuzz_dir" && cargo +nightly fuzz build "$target") 2>"$log" \
+      || { tail -n 40 "$log"; echo "$target: the fuzz target does not build"; exit 1; }
     (cd "$fuzz_dir" && cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- \
-      -max_total_time="$seconds" -runs="${FUZZ_RUNS:-10000000}" -rss_limit_mb=2048 -print_final_stats=1) 2>"$log" \
+      -max_total_time="$seconds" -runs="${FUZZ_RUNS:-10000000}" -rss_limit_mb=2048 -print_final_stats=1) 2>>"$log" \
       || { tail -n 40 "$log"; echo "$target: CRASH, input in $fuzz_dir/artifacts/$target/"; exit 1; }
     last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
     # What the run found that covers new edges joins the kept corpus (edges

@@ -31,6 +31,9 @@ pub enum HttpError {
     /// The content is here but cannot be served now (damaged, pending repair),
     /// or too many uploads are in progress: 503.
     Unavailable(&'static str),
+    /// A peer's answer contradicts what this node verified (a manifest giving
+    /// a held blob another size): 502.
+    BadGateway(&'static str),
     /// An upload that would overrun the node's capacity or its disk: 507.
     InsufficientStorage(&'static str),
     /// Something failed on our side: 500.
@@ -49,6 +52,7 @@ impl HttpError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -62,6 +66,7 @@ impl HttpError {
             | Self::NotFound(r)
             | Self::TooLarge(r)
             | Self::Unavailable(r)
+            | Self::BadGateway(r)
             | Self::InsufficientStorage(r) => r,
             Self::MethodNotAllowed => "only GET, HEAD and OPTIONS are allowed",
             Self::LengthRequired => "Content-Length required",

@@ -199,6 +199,14 @@ async fn serve_file(
             "file damaged on this node, repair pending",
         ));
     }
+    let held = store.blob_size(&entry.hash);
+    if held.is_some_and(|size| size != entry.size) {
+        // The hash fixes the size: a manifest (a peer's, seen through
+        // fetch-through) giving a held blob another one is wrong, not the blob.
+        return Err(HttpError::BadGateway(
+            "this bundle's manifest contradicts a file verified here",
+        ));
+    }
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, value(&entry.content_type));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -208,7 +216,7 @@ async fn serve_file(
     );
     if !head && !range.is_empty() {
         *response.body_mut() = match &ctx.through {
-            Some(through) if store.blob_size(&entry.hash).is_none() => {
+            Some(through) if held.is_none() => {
                 if ctx.pressure.level() > Level::Calm {
                     // Held bundles first: fetch-through waits for a quieter moment.
                     return Err(HttpError::Unavailable("busy, retry shortly"));
@@ -454,5 +462,42 @@ mod tests {
         let pieces: Vec<_> = cut(10..2 * mib + 5, SEGMENT).collect();
         assert_eq!(pieces, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
         assert_eq!(cut(5..5, PIECE).count(), 0);
+    }
+
+    /// A peer's manifest may name a blob this node holds with another size:
+    /// the lie is refused, before and after the file is kept in memory, and
+    /// the good blob is neither marked damaged nor cut.
+    #[tokio::test]
+    async fn a_manifest_giving_a_held_file_another_size_is_refused_and_marks_nothing()
+    -> anyhow::Result<()> {
+        let (data, lesson) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        std::fs::write(lesson.path().join("a.txt"), vec![7u8; 30_000])?;
+        let store = Arc::new(Store::open(data.path())?);
+        let id = store.add_folder(lesson.path())?.summary.id;
+        let held = store
+            .manifest(&id)?
+            .unwrap()
+            .entry("a.txt")
+            .unwrap()
+            .clone();
+        let ctx = ServeContext::new(store.clone());
+        let none = HeaderMap::new();
+        for warm in [false, true] {
+            if warm {
+                let served = serve_file(&ctx, &held, &none, false).await.unwrap();
+                assert_eq!(served.status(), StatusCode::OK);
+                assert!(store.hot_file(&held.hash).is_some());
+            }
+            for size in [held.size + 30_000, held.size - 1] {
+                let liar = ManifestEntry {
+                    size,
+                    ..held.clone()
+                };
+                let refused = serve_file(&ctx, &liar, &none, false).await.unwrap_err();
+                assert!(matches!(refused, HttpError::BadGateway(_)), "{refused:?}");
+            }
+            assert!(!store.is_damaged(&held.hash));
+        }
+        Ok(())
     }
 }

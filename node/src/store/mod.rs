@@ -257,7 +257,7 @@ impl Store {
     /// from memory when it was read lately ([`Store::hot_file`]), else read
     /// from disk (blocking) and kept.
     pub fn read_small(&self, hash: &BlobHash, size: u64) -> Result<Bytes, VerifyError> {
-        if let Some(bytes) = self.hot.get(hash) {
+        if let Some(bytes) = self.hot.get(hash).filter(|b| b.len() as u64 == size) {
             return Ok(bytes);
         }
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
@@ -324,6 +324,11 @@ impl Store {
         let Some(size) = self.index.blob_size(hash) else {
             return transient(hash, error);
         };
+        // A reader told another size than the one indexed was misled (by a
+        // manifest that lies); the blob was not shown wrong.
+        if matches!(error, VerifyError::WrongLength { expected, .. } if *expected != size) {
+            return transient(hash, error);
+        }
         let missing = matches!(error, VerifyError::Io(e) if e.kind() == io::ErrorKind::NotFound);
         // Missing then, back now: fetched through again since.
         if !error.shows_damage() || (missing && self.open_blob(hash, size).is_ok()) {

@@ -335,6 +335,12 @@ fn small_files_read_lately_come_from_memory_and_only_once_verified() -> anyhow::
         assert_eq!(store.read_small(&e.hash, e.size)?, good);
         fs::rename(&away, &path)?;
     }
+    // Asked with another size than the one stored (a manifest that lies):
+    // an error, and the blob is not the one judged wrong.
+    let e = &m.entries()[0];
+    let misled = store.read_small(&e.hash, e.size + 1).unwrap_err();
+    assert_eq!(store.read_failed(&e.hash, &misled), ReadFault::Transient);
+    assert!(!store.is_damaged(&e.hash));
     store.remove(&id)?;
     assert!(
         m.entries()
