@@ -4,8 +4,9 @@
 //!
 //! The rows are read with the state's lock held, so the snapshot is one
 //! instant of the state; the lock is released before the file is encoded and
-//! sent. Memory is bounded: one backup at a time (a second request meanwhile
-//! gets 503), each at most [`MAX_BACKUP_BYTES`], about the size of the state
+//! sent. Memory is bounded: one backup at a time, from its taking to the last
+//! byte sent (a second request meanwhile gets 503, however slowly the first
+//! one reads), each at most [`MAX_BACKUP_BYTES`], about the size of the state
 //! the coordinator already holds in memory.
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const BUSY_RETRY: Duration = Duration::from_secs(5);
 
 /// The backup file, or why there is none.
 pub async fn reply(coord: Arc<Coordinator>) -> Reply {
-    let Ok(_slot) = coord.backup_slot.try_acquire() else {
+    let Ok(slot) = coord.backup_slot.clone().try_acquire_owned() else {
         return shed_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "another backup is being taken",
@@ -38,7 +39,7 @@ pub async fn reply(coord: Arc<Coordinator>) -> Reply {
     match taken {
         Ok(Ok(bytes)) => {
             tracing::info!(bytes = bytes.len(), "backup taken");
-            file(bytes)
+            file(Bytes::from_owner(Sending { bytes, _slot: slot }))
         }
         Ok(Err(Refused::TooLarge(e))) => error(StatusCode::INSUFFICIENT_STORAGE, &e.to_string()),
         Ok(Err(Refused::Failed(e))) => {
@@ -74,13 +75,26 @@ fn take(coord: &Coordinator) -> Result<Vec<u8>, Refused> {
     })
 }
 
-fn file(bytes: Vec<u8>) -> Reply {
+/// A backup file on its way out: the slot is freed with its bytes, once the
+/// body is sent or dropped.
+struct Sending {
+    bytes: Vec<u8>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Sending {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn file(bytes: Bytes) -> Reply {
     debug_assert!(bytes.len() as u64 <= MAX_BACKUP_BYTES);
     let name = format!(
         "attachment; filename=\"cartable-coordinator-{}.backup\"",
         crate::state::unix_now()
     );
-    let mut reply = Reply::new(Full::new(Bytes::from(bytes)));
+    let mut reply = Reply::new(Full::new(bytes));
     let headers = reply.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -94,4 +108,25 @@ fn file(bytes: Vec<u8>) -> Reply {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_is_held_until_the_file_is_sent_or_dropped() {
+        let slot = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = slot.clone().try_acquire_owned().unwrap();
+        let sending = Sending {
+            bytes: b"backup".to_vec(),
+            _slot: permit,
+        };
+        let reply = file(Bytes::from_owner(sending));
+        assert_eq!(slot.available_permits(), 0, "freed before the body went");
+        let body = reply.into_body();
+        assert_eq!(slot.available_permits(), 0);
+        drop(body);
+        assert_eq!(slot.available_permits(), 1);
+    }
 }

@@ -96,7 +96,7 @@ pub struct Coordinator {
     pub metrics: crate::metrics::Counts,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
     /// One backup at a time: each holds a copy of the state in memory.
-    pub(crate) backup_slot: tokio::sync::Semaphore,
+    pub(crate) backup_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl Coordinator {
@@ -120,7 +120,7 @@ impl Coordinator {
             quic_addr,
             metrics: crate::metrics::Counts::default(),
             checking: Mutex::new(HashSet::new()),
-            backup_slot: tokio::sync::Semaphore::new(1),
+            backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

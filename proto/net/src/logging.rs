@@ -91,10 +91,14 @@ impl LogArgs {
                 let format = tracing_subscriber::fmt::format().without_time();
                 builder
                     .with_ansi(false)
-                    .event_format(JournalPriority(format))
+                    .event_format(OneLine(JournalPriority(format)))
                     .init();
             }
-            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Text if std::io::stderr().is_terminal() => builder.init(),
+            LogFormat::Text => builder
+                .with_ansi(false)
+                .event_format(OneLine(tracing_subscriber::fmt::format()))
+                .init(),
         }
         if let Some(error) = refused {
             tracing::warn!(
@@ -140,6 +144,30 @@ where
     ) -> std::fmt::Result {
         write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
         self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// One event, one line: a newline or carriage return inside an event (from a
+/// peer's error message, a request path) is written escaped, so text read
+/// from a stranger cannot start a forged line in a log file or the journal.
+struct OneLine<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for OneLine<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(writer, "{}", body.replace('\n', "\\n").replace('\r', "\\r"))
     }
 }
 
@@ -193,6 +221,37 @@ mod tests {
         let (f, refused) = filter(None, Some("info,[".into()));
         assert_eq!(f.to_string(), "info");
         assert!(refused.is_some_and(|why| why.contains("info,[")));
+    }
+
+    #[test]
+    fn a_newline_in_an_event_cannot_start_a_forged_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Capture::default();
+        let writer = out.clone();
+        let format = tracing_subscriber::fmt::format().without_time();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .event_format(OneLine(JournalPriority(format)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let peer_says = "refused\n<0>forged\r\nline";
+            tracing::warn!(error = %peer_says, "check failed");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("<4>") && text.contains("refused\\n<0>forged\\r\\nline"));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! bound on a connection's whole life, so a client that stops reading frees
 //! its place.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ use tokio::task::JoinSet;
 pub struct Limits {
     /// Connections served at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Connections served at once from one address: one client cannot take
+    /// every place and starve the monitoring system.
+    pub per_address: usize,
     /// A request head must arrive within this; between two requests, a
     /// connection stays open this long (hyper counts the head's deadline from
     /// the end of the previous response).
@@ -43,7 +47,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 16,
-            header_read: Duration::from_secs(10),
+            per_address: 4,
+            header_read: Duration::from_secs(3),
             life: Duration::from_secs(60),
         }
     }
@@ -105,12 +110,13 @@ impl MetricsServer {
     pub async fn serve(self, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
         let limits = self.limits;
         let places = Arc::new(Semaphore::new(limits.max_connections));
+        let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let tcp = tokio::select! {
+            let (tcp, from) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok((tcp, from)) => (tcp, from.ip()),
                     Err(e) => {
                         // Out of file descriptors, usually: back off instead of spinning.
                         tracing::warn!(error = %e, "metrics accept failed");
@@ -118,18 +124,34 @@ impl MetricsServer {
                         continue;
                     }
                 },
-                Some(_) = connections.join_next() => continue,
+                Some(ended) = connections.join_next() => {
+                    if let Ok(ip) = ended
+                        && let Some(n) = per_address.get_mut(&ip)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            per_address.remove(&ip);
+                        }
+                    }
+                    continue;
+                }
                 () = &mut shutdown => break,
             };
             // No place: the socket is dropped, which closes it.
+            let held = per_address.entry(from).or_default();
+            if *held >= limits.per_address {
+                continue;
+            }
             let Ok(place) = places.clone().try_acquire_owned() else {
                 continue;
             };
+            *held += 1;
             let registry = registry.clone();
             connections.spawn(async move {
                 let served = connection(tcp, registry, limits.header_read);
                 let _ = tokio::time::timeout(limits.life, served).await;
                 drop(place);
+                from
             });
         }
     }
@@ -206,7 +228,8 @@ mod tests {
 
     const SMALL: Limits = Limits {
         max_connections: 4,
-        header_read: Duration::from_millis(500),
+        per_address: 2,
+        header_read: Duration::from_secs(3),
         life: Duration::from_secs(3),
     };
 
@@ -250,19 +273,27 @@ mod tests {
     #[tokio::test]
     async fn silent_connections_are_closed_and_places_are_capped() -> anyhow::Result<()> {
         let (addr, _, _stop) = server().await?;
-        let mut silent = Vec::new();
-        for _ in 0..SMALL.max_connections {
-            silent.push(TcpStream::connect(addr).await?);
-        }
-        // Let the server take them all before one more knocks.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut extra = TcpStream::connect(addr).await?;
+        let from = |last: u8| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from(([127, 0, 0, last], 0)))?;
+            socket.connect(addr).await
+        };
         let mut byte = [0u8; 1];
-        let refused = tokio::time::timeout(Duration::from_secs(1), extra.read(&mut byte)).await;
-        assert!(
-            matches!(refused, Ok(Ok(0)) | Ok(Err(_))),
-            "closed at once: {refused:?}"
-        );
+        let mut silent = Vec::new();
+        for (i, last) in [1, 1, 1, 2, 2, 3].into_iter().enumerate() {
+            let mut tcp = from(last).await?;
+            // Let the server take it before the next one knocks.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The third from one address, and any past the total, close at once.
+            let kept = i != 2 && i != 5;
+            let read = tokio::time::timeout(Duration::from_millis(150), tcp.read(&mut byte)).await;
+            let closed = matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+            assert_eq!(
+                closed, !kept,
+                "connection {i} from 127.0.0.{last}: {read:?}"
+            );
+            silent.push(tcp);
+        }
         let closed = tokio::time::timeout(SMALL.header_read * 4, silent[0].read(&mut byte)).await;
         assert!(
             matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
