@@ -91,13 +91,19 @@ impl LogArgs {
                 let format = tracing_subscriber::fmt::format().without_time();
                 builder
                     .with_ansi(false)
-                    .event_format(OneLine(JournalPriority(format)))
+                    .event_format(OneLine {
+                        format,
+                        priority: true,
+                    })
                     .init();
             }
             LogFormat::Text if std::io::stderr().is_terminal() => builder.init(),
             LogFormat::Text => builder
                 .with_ansi(false)
-                .event_format(OneLine(tracing_subscriber::fmt::format()))
+                .event_format(OneLine {
+                    format: tracing_subscriber::fmt::format(),
+                    priority: false,
+                })
                 .init(),
         }
         if let Some(error) = refused {
@@ -125,32 +131,16 @@ fn filter(level: Option<LogLevel>, env: Option<String>) -> (EnvFilter, Option<St
     }
 }
 
-/// Text lines prefixed with their syslog priority (`<3>` error … `<7>`
-/// debug), which the journal reads off each line of a service's stream, so
+/// One event, one line of text: a newline or carriage return inside an event
+/// (from a peer's error message, a request path) is written escaped, so text
+/// read from a stranger cannot start a forged line in a log file or the
+/// journal. For the journal, each line starts with its syslog priority (`<3>`
+/// error … `<7>` debug), which the journal reads as the entry's priority, so
 /// that `journalctl -p warning` shows warnings and errors.
-struct JournalPriority<F>(F);
-
-impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
-    }
+struct OneLine<F> {
+    format: F,
+    priority: bool,
 }
-
-/// One event, one line: a newline or carriage return inside an event (from a
-/// peer's error message, a request path) is written escaped, so text read
-/// from a stranger cannot start a forged line in a log file or the journal.
-struct OneLine<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for OneLine<F>
 where
@@ -164,8 +154,12 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
+        if self.priority {
+            write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        }
         let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.format
+            .format_event(ctx, Writer::new(&mut line), event)?;
         let body = line.strip_suffix('\n').unwrap_or(&line);
         writeln!(writer, "{}", body.replace('\n', "\\n").replace('\r', "\\r"))
     }
@@ -243,7 +237,10 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(move || writer.clone())
-            .event_format(OneLine(JournalPriority(format)))
+            .event_format(OneLine {
+                format,
+                priority: true,
+            })
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let peer_says = "refused\n<0>forged\r\nline";
