@@ -60,8 +60,13 @@ depends_of() {
 }
 
 # fill PKG NAME ROLE CONFIG < TEMPLATE: a template of packaging/ for one package.
+# A coordinator is not started on install: its first start makes the key every
+# member trusts, so its operator configures it (or restores a backup) first.
 fill() {
-  sed -e "s|@PKG@|$1|g" -e "s|@NAME@|$2|g" -e "s|@ROLE@|$3|g" -e "s|@CONFIG@|$4|g"
+  local start=yes
+  [ "$1" = cartable-coordinator ] && start=no
+  sed -e "s|@PKG@|$1|g" -e "s|@NAME@|$2|g" -e "s|@ROLE@|$3|g" -e "s|@CONFIG@|$4|g" \
+    -e "s|@START@|$start|g"
 }
 
 # package PKG NAME ROLE CONFIG SUMMARY BINARY...
