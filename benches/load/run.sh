@@ -168,7 +168,10 @@ else
     log "starting node: $CARTABLE_NODE"
     : >"$WORK/node.out"
     : >"$WORK/node.err"
-    "$CARTABLE_NODE" serve --data-dir "$WORK/node" --https 127.0.0.1:0 \
+    # The load generator is one client network: exempt from the per-network
+    # rate and share (nginx has none), as an operator exempts its own tools.
+    printf '[[connections.networks]]\ncidr = "127.0.0.0/8"\nexempt = true\n' >"$WORK/node.toml"
+    "$CARTABLE_NODE" --config "$WORK/node.toml" serve --data-dir "$WORK/node" --https 127.0.0.1:0 \
         >"$WORK/node.out" 2>"$WORK/node.err" &
     NODE_PID=$!
     for ((i = 0; i < 300; i++)); do

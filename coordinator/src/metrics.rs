@@ -4,8 +4,8 @@
 //! ([`StateCollector`]), so that no gauge can drift from the state it shows.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cartable_net::https::Load;
 use cartable_net::metrics::encode::{self, Scrape};
@@ -60,16 +60,29 @@ pub fn registry(coord: Arc<Coordinator>, https: Load) -> Registry {
         "How long each placement run took",
         counts.plan_seconds,
     );
-    registry.register_collector(Box::new(StateCollector(coord)));
+    registry.register_collector(Box::new(StateCollector {
+        coord,
+        last: Mutex::default(),
+    }));
     registry.register_collector(Box::new(HttpsCollector(https)));
     registry
 }
 
-/// Reads nodes, bundles and the repair queue from the state at each scrape.
+/// How long one reading of the state answers scrapes: a reading walks every
+/// node and bundle under the state's lock, so scrapes back to back on the
+/// metrics port must not each take it.
+const READING_LIFE: Duration = Duration::from_secs(1);
+
+/// Reads nodes, bundles and the repair queue from the state, at most once per
+/// [`READING_LIFE`].
 #[derive(Debug)]
-pub struct StateCollector(pub Arc<Coordinator>);
+struct StateCollector {
+    coord: Arc<Coordinator>,
+    last: Mutex<Option<(Instant, Reading)>>,
+}
 
 /// What one scrape reads under the state's lock.
+#[derive(Debug, Clone)]
 struct Reading {
     nodes: [(&'static str, f64); 3],
     by_copies: BTreeMap<usize, u64>,
@@ -80,8 +93,20 @@ struct Reading {
 }
 
 impl StateCollector {
+    fn reading(&self) -> Reading {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, reading)) if at.elapsed() < READING_LIFE => reading.clone(),
+            _ => {
+                let reading = self.read();
+                *last = Some((Instant::now(), reading.clone()));
+                reading
+            }
+        }
+    }
+
     fn read(&self) -> Reading {
-        let coord = &self.0;
+        let coord = &self.coord;
         let policy = &coord.policy;
         let now = Instant::now();
         let c = coord.lock();
@@ -115,7 +140,7 @@ impl StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut scrape: Scrape) -> std::fmt::Result {
-        let r = self.read();
+        let r = self.reading();
         encode::gauges(
             &mut scrape,
             "cartable_coordinator_nodes",
