@@ -41,7 +41,8 @@ pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
                 }
             };
             let Some(_slot) = ConnectionSlot::take(&open, peer.peer) else {
-                peer.conn.close(1u32.into(), b"too many connections");
+                let code = cartable_net::peer::endpoint::CLOSED_TOO_MANY;
+                peer.conn.close(code.into(), b"too many connections");
                 return;
             };
             // The handshake checked the key against the member list.

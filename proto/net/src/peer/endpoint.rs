@@ -305,6 +305,11 @@ impl Listed {
 /// The application close code sent to a peer that is no longer a member.
 pub const CLOSED_NOT_MEMBER: u32 = 2;
 
+/// The QUIC close code of a connection refused for the peer's cap on
+/// connections from one node: the asker is told to come back, not that the
+/// peer is gone (see [`crate::peer::exchange::PeerFailure::Busy`]).
+pub const CLOSED_TOO_MANY: u32 = 3;
+
 /// A connection's entry in [`Listed`], removed when dropped.
 #[derive(Debug)]
 struct Listing {

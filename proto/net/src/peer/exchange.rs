@@ -89,7 +89,7 @@ pub async fn ask_manifest(
     bundle: BundleId,
 ) -> Result<Manifest, PeerFailure> {
     let mut recv = send_request(conn, &Request::Manifest(bundle)).await?;
-    match read_answer(&mut recv).await? {
+    match read_answer(conn, &mut recv).await? {
         Response::Manifest(bytes) if BundleId::of_manifest(&bytes) == bundle => {
             Manifest::decode(&bytes).map_err(|e| PeerFailure::Lied(format!("manifest: {e}")))
         }
@@ -114,7 +114,7 @@ pub async fn request_groups(
         groups: groups.clone(),
     };
     let mut recv = send_request(conn, &request).await?;
-    match read_answer(&mut recv).await? {
+    match read_answer(conn, &mut recv).await? {
         Response::Blob { size: claimed } if claimed == size => {}
         Response::Blob { size: claimed } => {
             return Err(PeerFailure::Lied(format!(
@@ -157,6 +157,20 @@ pub async fn verify_groups(
     }
 }
 
+/// A connection that failed: gone, unless the peer closed it for its cap on
+/// connections from this node, which is a busy peer to ask again shortly
+/// (one copy too many at once must not cost a source).
+fn lost(conn: &quinn::Connection, e: impl std::fmt::Display) -> PeerFailure {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == super::endpoint::CLOSED_TOO_MANY.into() =>
+        {
+            PeerFailure::Busy(Duration::from_secs(1))
+        }
+        _ => PeerFailure::Gone(e.to_string()),
+    }
+}
+
 /// What a typed error from a peer means for the asker.
 fn refusal(e: &WireError) -> PeerFailure {
     match e.kind {
@@ -172,22 +186,22 @@ async fn send_request(
     conn: &quinn::Connection,
     request: &Request,
 ) -> Result<quinn::RecvStream, PeerFailure> {
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(conn, e))?;
     frame::write_frame(&mut send, &request.encode())
         .await
-        .map_err(|e| PeerFailure::Gone(e.to_string()))?;
+        .map_err(|e| lost(conn, e))?;
     let _ = send.finish();
     Ok(recv)
 }
 
-async fn read_answer(recv: &mut quinn::RecvStream) -> Result<Response, PeerFailure> {
+async fn read_answer(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+) -> Result<Response, PeerFailure> {
     match tokio::time::timeout(STALL_LIMIT, frame::read_response(recv)).await {
         Err(_) => Err(PeerFailure::Gone("stalled".into())),
         Ok(Err(frame::FrameError::Decode(e))) => Err(PeerFailure::Lied(format!("answer: {e}"))),
-        Ok(Err(e)) => Err(PeerFailure::Gone(e.to_string())),
+        Ok(Err(e)) => Err(lost(conn, e)),
         Ok(Ok(response)) => Ok(response),
     }
 }
@@ -229,4 +243,46 @@ pub fn chunk_ranges(groups: &GroupRanges) -> ChunkRanges {
         );
     }
     chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::peer::PeerAddr;
+    use crate::peer::auth::Members;
+    use crate::peer::endpoint::{CLOSED_TOO_MANY, PeerEndpoint};
+
+    /// What asking a peer that closes every connection with `code` gives.
+    async fn asked_of_a_peer_closing_with(code: u32) -> anyhow::Result<PeerFailure> {
+        let keys = tempfile::tempdir()?;
+        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
+        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
+        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
+        let addr = PeerAddr {
+            id: server_key.id(),
+            addr: server.local_addr()?,
+        };
+        tokio::spawn(async move {
+            while let Some(arriving) = server.accept().await {
+                if let Ok(peer) = arriving.handshake().await {
+                    peer.conn.close(code.into(), b"closing");
+                }
+            }
+        });
+        let conn = client.connect(addr).await?;
+        let bundle = BundleId::of_manifest(b"any");
+        Ok(ask_manifest(&conn, bundle).await.expect_err("closed"))
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_connection_cap_is_busy_not_gone() -> anyhow::Result<()> {
+        let failure = asked_of_a_peer_closing_with(CLOSED_TOO_MANY).await?;
+        assert!(matches!(failure, PeerFailure::Busy(_)), "{failure:?}");
+        let failure = asked_of_a_peer_closing_with(0).await?;
+        assert!(matches!(failure, PeerFailure::Gone(_)), "{failure:?}");
+        Ok(())
+    }
 }
