@@ -1,6 +1,6 @@
-//! Importing one file as a blob: a single streaming pass that copies the bytes to
-//! a temporary file while computing the BLAKE3 hash and the outboard, so a 5 GiB
-//! video never sits in memory (at most [`BLOCKS_IN_FLIGHT`] 1 MiB blocks do). The
+//! Importing one file as a blob: the kernel copies the bytes to a temporary file
+//! while this process computes the BLAKE3 hash and the outboard of the copy as
+//! it lands, so a 5 GiB video never sits in memory (one 1 MiB buffer does). The
 //! temporary files are synced and renamed into place only when complete; a blob
 //! already stored is not written twice.
 //!
@@ -10,12 +10,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc;
 
 use bao_tree::BaoTree;
 use bao_tree::io::sync::outboard_post_order;
-use bytes::{Bytes, BytesMut};
 use cartable_proto::BlobHash;
 
 use super::layout::{self, Layout};
@@ -23,12 +23,12 @@ use super::{Store, StoreError, io_at};
 use cartable_net::peer::exchange::BLOCK_SIZE;
 use cartable_proto::wire::GROUP_BYTES;
 
-/// Bytes read from the source per system call.
+/// Bytes the hasher reads from the copy per system call.
 const READ_BUFFER: usize = 1 << 20;
-/// Blocks queued between the reading-hashing thread and the writer thread.
-const BLOCKS_IN_FLIGHT: usize = 8;
-/// The writer syncs to disk after this many bytes.
-const SYNC_EVERY: usize = 64 << 20;
+/// Bytes the copy thread copies before telling the hasher.
+const COPY_STEP: u64 = 4 << 20;
+/// The copy thread syncs to disk after this many bytes.
+const SYNC_EVERY: u64 = 64 << 20;
 
 /// The outcome of importing one file.
 #[derive(Debug, Clone, Copy)]
@@ -120,45 +120,89 @@ impl Store {
     }
 }
 
-/// Writes the temporary data and outboard files and returns the hash. This
-/// thread reads the source and hashes it; a second thread writes the copy and
-/// flushes it to disk as it goes, so hashing, copying and the disk overlap.
+/// Writes the temporary data and outboard files and returns the hash. A second
+/// thread copies the source in the kernel (`io::copy` between files is
+/// `copy_file_range` on Linux) and syncs as it goes; this thread hashes the
+/// copy as it lands, from the page cache. The hash is thus of the bytes stored,
+/// whatever the source did meanwhile, and copying, hashing and the disk overlap.
 fn copy_and_hash(
     source: &Path,
     size: u64,
     temp_data: &Path,
     temp_outboard: &Path,
 ) -> io::Result<BlobHash> {
-    let mut input = File::open(source)?;
-    let data = File::create(temp_data)?;
-    let (blocks, to_writer) = mpsc::sync_channel::<Bytes>(BLOCKS_IN_FLIGHT);
-    let writer = std::thread::spawn(move || write_blocks(&data, to_writer));
-    let mut tee = Tee {
-        input: &mut input,
-        block: Bytes::new(),
-        copy: blocks,
-    };
+    let input = File::open(source)?;
+    let data = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp_data)?;
+    let (progress, landed) = mpsc::channel();
+    let copy_to = data.try_clone()?;
+    let copier = std::thread::spawn(move || copy_in_steps(&input, &copy_to, size, &progress));
+    let reader = io::BufReader::with_capacity(
+        READ_BUFFER,
+        Landed {
+            file: &data,
+            read: 0,
+            copied: 0,
+            progress: landed,
+        },
+    );
     let tree = BaoTree::new(size, BLOCK_SIZE);
     let outboard = File::create(temp_outboard)?;
     let mut outboard_writer = BufWriter::new(&outboard);
-    let hashed = outboard_post_order(&mut tee, tree, &mut outboard_writer);
-    let leftover = tee.block.len() + tee.input.read(&mut [0u8; 1])?;
-    drop(tee);
-    let written = writer
+    let hashed = outboard_post_order(reader, tree, &mut outboard_writer);
+    // The copier's error says why the copy stopped short; the hasher only saw
+    // the end of what landed.
+    let copied = copier
         .join()
-        .map_err(|_| io::Error::other("writer thread panicked"))?;
-    written?;
+        .map_err(|_| io::Error::other("copy thread panicked"))?;
+    match copied {
+        Ok(true) => {}
+        Ok(false) => return Err(changed(source)),
+        Err(e) => return Err(e),
+    }
     let hash = hashed.map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => changed(source),
         _ => e,
     })?;
-    if leftover != 0 {
-        return Err(changed(source));
-    }
     outboard_writer.flush()?;
     drop(outboard_writer);
     outboard.sync_all()?;
     Ok(hash.into())
+}
+
+/// The copy thread: `size` bytes from `input` to `data` in [`COPY_STEP`]s,
+/// each announced to the hasher once written, syncing every [`SYNC_EVERY`]
+/// bytes so the final sync has little left to do. Returns whether the source
+/// was exactly `size` bytes long.
+fn copy_in_steps(
+    mut input: &File,
+    mut data: &File,
+    size: u64,
+    progress: &mpsc::Sender<u64>,
+) -> io::Result<bool> {
+    let (mut copied, mut unsynced) = (0, 0);
+    while copied < size {
+        let n = io::copy(&mut input.take(COPY_STEP.min(size - copied)), &mut data)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        copied += n;
+        unsynced += n;
+        if unsynced >= SYNC_EVERY {
+            data.sync_data()?;
+            unsynced = 0;
+        }
+        if progress.send(copied).is_err() {
+            return Err(io::Error::other("hashing stopped"));
+        }
+    }
+    let longer = input.read(&mut [0u8; 1])? != 0;
+    data.sync_all()?;
+    Ok(!longer)
 }
 
 /// Reads the file at `data`, which must be `size` bytes long, once to write its
@@ -178,21 +222,6 @@ fn outboard_of(data: &Path, size: u64, temp_outboard: &Path) -> io::Result<BlobH
     outboard.sync_all()?;
     file.sync_all()?;
     Ok(hash.into())
-}
-
-/// The writer thread: appends blocks, syncing every [`SYNC_EVERY`] bytes so the
-/// final sync has little left to do.
-fn write_blocks(mut file: &File, blocks: mpsc::Receiver<Bytes>) -> io::Result<()> {
-    let mut unsynced = 0;
-    for block in blocks {
-        file.write_all(&block)?;
-        unsynced += block.len();
-        if unsynced >= SYNC_EVERY {
-            file.sync_data()?;
-            unsynced = 0;
-        }
-    }
-    file.sync_all()
 }
 
 fn changed(source: &Path) -> io::Error {
@@ -231,27 +260,28 @@ fn place(
     })
 }
 
-/// A reader over the source that hands every block it reads to the writer thread.
-struct Tee<'a> {
-    input: &'a mut File,
-    /// The part of the last block not yet read through.
-    block: Bytes,
-    copy: mpsc::SyncSender<Bytes>,
+/// Reads the copy as far as it has landed: waits for the copy thread to
+/// announce more, and ends where the copy ended.
+struct Landed<'a> {
+    file: &'a File,
+    read: u64,
+    copied: u64,
+    progress: mpsc::Receiver<u64>,
 }
 
-impl Read for Tee<'_> {
+impl Read for Landed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.block.is_empty() {
-            let mut next = BytesMut::zeroed(READ_BUFFER);
-            let n = self.input.read(&mut next)?;
-            next.truncate(n);
-            self.block = next.freeze();
-            if n > 0 && self.copy.send(self.block.clone()).is_err() {
-                return Err(io::Error::other("writer thread stopped"));
+        while self.read >= self.copied {
+            match self.progress.recv() {
+                Ok(copied) => self.copied = copied,
+                Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.block.len());
-        buf[..n].copy_from_slice(&self.block.split_to(n));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.copied - self.read).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.read)?;
+        self.read += n as u64;
         Ok(n)
     }
 }
@@ -280,6 +310,40 @@ mod tests {
             true
         })?;
         Ok(out)
+    }
+
+    #[test]
+    fn an_imported_file_is_stored_whole_with_the_hash_of_its_bytes() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path().join("store"))?;
+        // Across copy steps, and empty, one group, and one byte over a group.
+        for len in [0, 16 * 1024, 16 * 1024 + 1, 9 << 20] {
+            let data = pattern(len);
+            let source = dir.path().join("source");
+            fs::write(&source, &data)?;
+            let imported = import_file(store.layout(), &source, len as u64)?;
+            assert_eq!(imported.hash, BlobHash::of(&data), "{len} bytes");
+            assert_eq!(read_verified(&store, &imported.hash, len as u64)?, data);
+        }
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_that_shrank_or_grew_since_it_was_listed_is_refused_and_leaves_nothing()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path().join("store"))?;
+        let source = dir.path().join("source");
+        fs::write(&source, pattern(5 << 20))?;
+        for listed in [(6 << 20) as u64, (5 << 20) - 1, 1] {
+            let err = import_file(store.layout(), &source, listed).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{listed}: {err}");
+            assert!(err.to_string().contains("changed while being imported"));
+        }
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
+        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
+        Ok(())
     }
 
     #[test]
