@@ -157,8 +157,13 @@ fn one_big_file(args: &Args) -> Result<()> {
         sink: Some(work.join("ceiling-store.bin")),
         ..CeilingCopy::one_stream(&ceiling, big.size, 1)
     };
+    let verified = CeilingCopy {
+        sink: Some(work.join("ceiling-verified.bin")),
+        hashed: true,
+        ..CeilingCopy::one_stream(&ceiling, big.size, 1)
+    };
     let (synced, unsynced) = (fetch(&cartable, false), fetch(&cartable, true));
-    let mut copiers: Vec<&dyn Copier> = vec![&one_stream, &synced, &stored];
+    let mut copiers: Vec<&dyn Copier> = vec![&one_stream, &synced, &stored, &verified];
     if args.eatmydata {
         copiers.push(&unsynced);
     }
@@ -170,6 +175,16 @@ fn one_big_file(args: &Args) -> Result<()> {
     println!(
         "cartable / (ceiling + store) = {:.2}x",
         rows[1].mib_s / rows[2].mib_s
+    );
+    let (speed, cpu) = (rows[1].mib_s / rows[3].mib_s, rows[1].cpu / rows[3].cpu);
+    let verdict = if speed >= 0.95 && cpu <= 1.25 {
+        "met"
+    } else {
+        "NOT met"
+    };
+    println!(
+        "cartable / (ceiling + store + BLAKE3) = {speed:.2}x in speed, {cpu:.2}x in CPU \
+         (goal >= 0.95x and <= 1.25x: {verdict})"
     );
     Ok(())
 }
@@ -362,6 +377,8 @@ fn run_round(name: &str, reverse: bool, copiers: &[&dyn Copier]) -> Result<Vec<(
 struct Row {
     mib_s: f64,
     files_s: f64,
+    /// CPU seconds, sender and receiver together, per GiB (or 1000 files).
+    cpu: f64,
 }
 
 /// What CPU time is counted per in the table.
@@ -408,6 +425,7 @@ fn report_row(label: String, runs: &[Sample], per: Per) -> Row {
     let row = Row {
         mib_s: mib_per_s(bytes, wall),
         files_s: files as f64 / wall.as_secs_f64(),
+        cpu: send + recv,
     };
     println!(
         "{:<44} {:>7.3}-{:<7.3} {:>7.3} {:>6.0} {:>8} {:>5.2} + {:>5.2} = {:>5.2}",
@@ -493,6 +511,8 @@ struct CeilingCopy<'a> {
     files: u64,
     /// `Some(file)` to store what arrives there (one fsync at the end).
     sink: Option<PathBuf>,
+    /// Whether the stored bytes are also hashed with BLAKE3, every one of them.
+    hashed: bool,
 }
 
 impl<'a> CeilingCopy<'a> {
@@ -503,6 +523,7 @@ impl<'a> CeilingCopy<'a> {
             stream_bytes: bytes,
             files,
             sink: None,
+            hashed: false,
         }
     }
 }
@@ -511,6 +532,7 @@ impl Copier for CeilingCopy<'_> {
     fn label(&self) -> String {
         match (self.streams, &self.sink) {
             (1, None) => "ceiling: quinn, 1 stream, no verify/store".into(),
+            (1, Some(_)) if self.hashed => "ceiling + store + BLAKE3 of every byte".into(),
             (1, Some(_)) => "ceiling + store: pwrite, 1 fsync at the end".into(),
             (n, _) => format!("ceiling: quinn, {n} streams in turn"),
         }
@@ -525,7 +547,11 @@ impl Copier for CeilingCopy<'_> {
     }
 
     fn copy(&self) -> Result<Sample> {
-        let sink = self.sink.as_ref().map_or("-".as_ref(), |p| p.as_os_str());
+        let sink = match &self.sink {
+            None => "-".into(),
+            Some(path) if self.hashed => format!("b3:{}", path.display()),
+            Some(path) => path.display().to_string(),
+        };
         let sender_before = self.ceiling.server.cpu()?;
         let run = run_timed(
             Command::new(std::env::current_exe()?)

@@ -18,6 +18,9 @@ use cartable_net::peer::frame::{self, FrameError};
 
 /// Encoded bytes handed from the disk reader to the stream at a time.
 const PIECE_BYTES: usize = 256 * 1024;
+/// Room for a piece and the one write that takes it past [`PIECE_BYTES`] (a
+/// chunk group and its hashes), so a piece is never reallocated.
+const PIECE_CAPACITY: usize = PIECE_BYTES + 64 * 1024;
 
 /// Connections one peer may hold open at once; more are closed at once.
 const MAX_CONNECTIONS_PER_PEER: usize = 4;
@@ -172,7 +175,7 @@ async fn send_blob(
     let reader = tokio::task::spawn_blocking(move || {
         let out = ChannelWriter {
             tx,
-            buf: BytesMut::with_capacity(PIECE_BYTES),
+            buf: BytesMut::with_capacity(PIECE_CAPACITY),
         };
         let result = files.encode_groups(groups.ranges(), out);
         if let Err(e) = &result {
@@ -183,7 +186,8 @@ async fn send_blob(
         result
     });
     while let Some(piece) = rx.recv().await {
-        send.write_all(&piece).await?;
+        // Handed over whole: quinn keeps the piece itself rather than a copy.
+        send.write_chunk(piece).await?;
     }
     match reader.await {
         Ok(Ok(())) => {
@@ -223,8 +227,12 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let piece = self.buf.split().freeze();
+        // A fresh piece's room at once: grown by doubling from what `split`
+        // leaves (nothing), it would be copied at every step.
+        self.buf.reserve(PIECE_CAPACITY);
         self.tx
-            .blocking_send(self.buf.split().freeze())
+            .blocking_send(piece)
             .map_err(|_| io::Error::new(io::ErrorKind::ConnectionReset, "peer stream closed"))
     }
 }
