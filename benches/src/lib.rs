@@ -14,6 +14,7 @@
 
 pub mod ceiling;
 pub mod process;
+pub mod quota;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};

@@ -6,16 +6,24 @@
 //!    resident memory with them (goal ≤ 256 MiB).
 //! 2. `capacity`: closed loop, 64 streams over 200 HTTP/2 connections from 200
 //!    networks, on a 16 KiB lesson file: the node's requests per second.
-//! 3. `overload` (rounds, interleaved with `unloaded`): open loop at 3× capacity;
-//!    the node stays up, p99 of admitted requests against `unloaded` (0.3×
-//!    capacity; goal ≤ 2×), p99 of shed answers (goal ≤ 5 ms), peak memory.
+//! 3. `overload`, with the node held to a quarter of its core (`--node-cpu`, a
+//!    cgroup quota of 1 ms per 4 ms): a request costs this generator about
+//!    what it costs the node, so one generator core can offer 3× only a node
+//!    with less than a core. Over HTTP/1.1 as `oha -q` sends it (50
+//!    connections, each one request at a time), then over HTTP/2 (200
+//!    connections, any number of streams): the capacity (closed loop), then
+//!    rounds of open loop at 3× it (`overload`) interleaved with 0.3×
+//!    (`unloaded`); the node stays up, p99 of admitted requests against
+//!    `unloaded` (goal ≤ 2×), p99 of shed answers (goal ≤ 5 ms), peak memory.
 //! 4. `flood` (rounds, interleaved with `pupils`): pupils from their own
 //!    networks at 0.2× capacity alone, then with a closed-loop flood from one
 //!    /24 at the generator's maximum; the pupils' successes (goal ≥ 0.95 of
 //!    alone) and p99 (goal ≤ 2× alone).
 //!
-//! `cargo run --release -p cartable-benches --bin surge [-- --rounds N --secs S]`
+//! `cargo run --release -p cartable-benches --bin surge [-- --rounds N --secs S --node-cpu F]`
+//! (as root, for the quota)
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,8 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use cartable_benches::process::Server;
+use cartable_benches::quota::CpuQuota;
 use cartable_net::pin::Pin;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
@@ -42,12 +52,25 @@ const NOT_SENT: u16 = 1;
 const GENERATOR_SLACK: Duration = Duration::from_millis(5);
 /// Requests of the generator's own in flight beyond which it sends no more.
 const GENERATOR_OUTSTANDING: usize = 4096;
+/// HTTP/1.1 connections of the overload phase: `oha`'s default.
+const OHA_CONNECTIONS: u8 = 50;
+/// The share of its core the node gets in the overload phase, so that the
+/// generator's one core can offer three times what the node serves.
+const NODE_CPU: f64 = 0.25;
+
+/// Which HTTP a connection speaks (negotiated by ALPN).
+#[derive(Debug, Clone, Copy)]
+enum Http {
+    H1,
+    H2,
+}
 
 /// How to reach the node under test.
 #[derive(Clone)]
 struct Endpoint {
     addr: SocketAddr,
     tls: TlsConnector,
+    tls_h1: TlsConnector,
     path: String,
 }
 
@@ -63,15 +86,19 @@ fn main() -> Result<()> {
         }
     };
     let (rounds, secs) = (flag("--rounds", 3)?, flag("--secs", 5)?);
+    let node_cpu = match args.iter().position(|a| a == "--node-cpu") {
+        Some(i) => args.get(i + 1).context("a value")?.parse()?,
+        None => NODE_CPU,
+    };
     pin_self_to_core(1)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(run(rounds as usize, Duration::from_secs(secs)))
+    runtime.block_on(run(rounds as usize, Duration::from_secs(secs), node_cpu))
 }
 
-async fn run(rounds: usize, secs: Duration) -> Result<()> {
+async fn run(rounds: usize, secs: Duration, node_cpu: f64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (node, target) = start_node(dir.path())?;
     let base = rss_kib(node.pid())?;
@@ -88,20 +115,15 @@ async fn run(rounds: usize, secs: Duration) -> Result<()> {
     let capacity = closed_loop(&target, &sources(20, 200), 64, secs).await?;
     let cap_rate = ok_rate(&capacity, secs);
     println!("capacity: {cap_rate:.0} req/s (closed loop, 64 streams)");
-    let (mut unloaded, mut overload, mut peak) = (Vec::new(), Vec::new(), 0);
-    for round in 0..rounds {
-        let calm = open_loop(&target, &sources(20, 200), cap_rate * 0.3, secs).await?;
-        let watch = watch_rss(node.pid());
-        let over = open_loop(&target, &sources(20, 200), cap_rate * 3.0, secs).await?;
-        peak = peak.max(watch.stop());
-        println!(
-            "round {round}: unloaded {} | overload {}",
-            summary(&calm, secs),
-            summary(&over, secs)
-        );
-        unloaded.push(calm);
-        overload.push(over);
-    }
+    let overloads = {
+        let _held = CpuQuota::hold(node.pid(), node_cpu)?;
+        println!("overload: the node held to {node_cpu} of its core");
+        let mut overloads = Vec::new();
+        for http in [Http::H1, Http::H2] {
+            overloads.push(overload_rounds(&target, http, rounds, secs, node.pid()).await?);
+        }
+        overloads
+    };
     let alive = closed_loop(&target, &sources(240, 1), 1, Duration::from_secs(1)).await?;
     let (mut alone, mut flooded) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -122,19 +144,78 @@ async fn run(rounds: usize, secs: Duration) -> Result<()> {
         alone.push(quiet);
         flooded.push(busy);
     }
-    report(&unloaded, &overload, &alone, &flooded, peak, &alive)?;
+    report(&overloads, &alone, &flooded, &alive);
     drop(node);
     Ok(())
 }
 
+/// The overload phase's rounds over one protocol.
+struct Overload {
+    http: Http,
+    unloaded: Vec<Vec<Sample>>,
+    overload: Vec<Vec<Sample>>,
+    peak_kib: u64,
+}
+
+/// The node's capacity over `http` (closed loop), then rounds of open-loop
+/// traffic at 0.3× (`unloaded`) and 3× (`overload`) of it.
+async fn overload_rounds(
+    target: &Endpoint,
+    http: Http,
+    rounds: usize,
+    secs: Duration,
+    pid: u32,
+) -> Result<Overload> {
+    let from = match http {
+        Http::H1 => sources(20, OHA_CONNECTIONS),
+        Http::H2 => sources(20, 200),
+    };
+    let capacity = ok_rate(&load(target, http, &from, None, secs).await?, secs);
+    println!("{http:?} capacity: {capacity:.0} req/s (closed loop)");
+    let mut o = Overload {
+        http,
+        unloaded: Vec::new(),
+        overload: Vec::new(),
+        peak_kib: 0,
+    };
+    for round in 0..rounds {
+        let calm = load(target, http, &from, Some(capacity * 0.3), secs).await?;
+        let watch = watch_rss(pid);
+        let over = load(target, http, &from, Some(capacity * 3.0), secs).await?;
+        o.peak_kib = o.peak_kib.max(watch.stop());
+        println!(
+            "round {round} {http:?}: unloaded {} | overload {}",
+            summary(&calm, secs),
+            summary(&over, secs)
+        );
+        o.unloaded.push(calm);
+        o.overload.push(over);
+    }
+    Ok(o)
+}
+
+/// Traffic over `http` from `from` for `secs`: open loop at `rate`, or closed
+/// loop (64 streams over HTTP/2; one request at a time per HTTP/1.1 connection).
+async fn load(
+    target: &Endpoint,
+    http: Http,
+    from: &[IpAddr],
+    rate: Option<f64>,
+    secs: Duration,
+) -> Result<Vec<Sample>> {
+    match (http, rate) {
+        (Http::H2, Some(rate)) => open_loop(target, from, rate, secs).await,
+        (Http::H2, None) => closed_loop(target, from, 64, secs).await,
+        (Http::H1, rate) => h1_loop(target, from, rate, secs).await,
+    }
+}
+
 fn report(
-    unloaded: &[Vec<Sample>],
-    overload: &[Vec<Sample>],
+    overloads: &[Overload],
     alone: &[Vec<Sample>],
     flooded: &[Vec<Sample>],
-    peak_kib: u64,
     alive: &[Sample],
-) -> Result<()> {
+) {
     let ratios = |a: &[Vec<Sample>], b: &[Vec<Sample>], f: &dyn Fn(&[Sample], &[Sample]) -> f64| {
         let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| f(a, b)).collect();
         r.sort_by(f64::total_cmp);
@@ -143,21 +224,32 @@ fn report(
     let p99_ratio = |base: &[Sample], loaded: &[Sample]| {
         p99(loaded, |s| s == 200).as_secs_f64() / p99(base, |s| s == 200).as_secs_f64()
     };
-    let shed_p99: Vec<f64> = overload
-        .iter()
-        .map(|o| p99(o, |s| s == 503 || s == 429).as_secs_f64() * 1000.0)
-        .collect();
     let success = |base: &[Sample], loaded: &[Sample]| {
         count(loaded, |s| s == 200) as f64 / count(base, |s| s == 200).max(1) as f64
     };
     let show = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2} (spread {lo:.2}–{hi:.2})");
     println!("\nmedian over rounds (spread):");
-    println!(
-        "  overload p99 of admitted / unloaded p99: {}",
-        show(ratios(unloaded, overload, &p99_ratio))
-    );
-    println!("  overload p99 of shed answers, ms: {shed_p99:.2?}");
-    println!("  node peak RSS under overload: {} MiB", peak_kib / 1024);
+    for o in overloads {
+        let shed_p99: Vec<f64> = o
+            .overload
+            .iter()
+            .map(|o| p99(o, |s| s == 503 || s == 429).as_secs_f64() * 1000.0)
+            .collect();
+        println!(
+            "  {:?} overload p99 of admitted / unloaded p99: {}",
+            o.http,
+            show(ratios(&o.unloaded, &o.overload, &p99_ratio))
+        );
+        println!(
+            "  {:?} overload p99 of shed answers, ms: {shed_p99:.2?}",
+            o.http
+        );
+        println!(
+            "  {:?} node peak RSS under overload: {} MiB",
+            o.http,
+            o.peak_kib / 1024
+        );
+    }
     println!(
         "  node up after overload: {}",
         alive.iter().all(|(s, _)| *s == 200) && !alive.is_empty()
@@ -170,7 +262,6 @@ fn report(
         "  pupils' p99 with flood / alone: {}",
         show(ratios(alone, flooded, &p99_ratio))
     );
-    Ok(())
 }
 
 /// Addresses 127.0.(first+i).1: each its own client network.
@@ -183,25 +274,37 @@ fn sources(first: u8, n: u8) -> Vec<IpAddr> {
 async fn tls_from(
     target: &Endpoint,
     source: IpAddr,
+    http: Http,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(target.addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    Ok(target.tls.connect(name, tcp).await?)
+    let tls = match http {
+        Http::H1 => &target.tls_h1,
+        Http::H2 => &target.tls,
+    };
+    Ok(tls.connect(name, tcp).await?)
 }
 
 async fn h2_from(target: &Endpoint, source: IpAddr) -> Result<SendRequest<Empty<Bytes>>> {
-    let tls = tls_from(target, source).await?;
+    let tls = tls_from(target, source, Http::H2).await?;
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     Ok(send)
 }
 
-/// One GET; its latency counts from when our side could open a stream, so a
-/// generator short of streams (or of CPU) does not charge its own queue to the
-/// node.
+async fn h1_from(target: &Endpoint, source: IpAddr) -> Result<http1::SendRequest<Empty<Bytes>>> {
+    let tls = tls_from(target, source, Http::H1).await?;
+    let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// One GET over HTTP/2; its latency counts from when our side could open a
+/// stream, so a generator short of streams (or of CPU) does not charge its own
+/// queue to the node.
 async fn get(mut send: SendRequest<Empty<Bytes>>, uri: &str) -> Sample {
     let Ok(request) = http::Request::get(uri).body(Empty::new()) else {
         return (0, Duration::ZERO);
@@ -210,8 +313,29 @@ async fn get(mut send: SendRequest<Empty<Bytes>>, uri: &str) -> Sample {
         return (0, Duration::ZERO);
     }
     let sent = Instant::now();
+    answered(sent, send.send_request(request)).await
+}
+
+/// One GET over an HTTP/1.1 connection, from when it is sent.
+async fn get_h1(send: &mut http1::SendRequest<Empty<Bytes>>, uri: &str) -> Sample {
+    let Ok(request) = http::Request::get(uri).body(Empty::new()) else {
+        return (0, Duration::ZERO);
+    };
+    if send.ready().await.is_err() {
+        return (0, Duration::ZERO);
+    }
+    let sent = Instant::now();
+    answered(sent, send.send_request(request)).await
+}
+
+/// The status of a response once its body is read (0 if none within 10 s),
+/// and the time since `sent`.
+async fn answered(
+    sent: Instant,
+    response: impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+) -> Sample {
     let answer = async {
-        let response = send.send_request(request).await.ok()?;
+        let response = response.await.ok()?;
         let status = response.status().as_u16();
         response.into_body().collect().await.ok()?;
         Some(status)
@@ -266,6 +390,57 @@ async fn open_loop(
         .into_inner()?)
 }
 
+/// HTTP/1.1 as `oha -q` sends it: each connection one request at a time, its
+/// share of `rate` due at fixed times, the latency counted from the send. A
+/// connection still busy with an earlier answer sends late, as oha does; a
+/// request over 5 ms late is not sent (counted as status 1), so what the node
+/// kept the client from sending shows as a lower rate sent. With no `rate`,
+/// every connection sends again as soon as it is answered (closed loop).
+async fn h1_loop(
+    target: &Endpoint,
+    from: &[IpAddr],
+    rate: Option<f64>,
+    secs: Duration,
+) -> Result<Vec<Sample>> {
+    let uri = format!("https://{}{}", target.addr, target.path);
+    let mut conns = Vec::new();
+    for source in from {
+        conns.push(h1_from(target, *source).await?);
+    }
+    let n = conns.len() as f64;
+    let started = Instant::now();
+    let end = started + secs;
+    let mut workers = tokio::task::JoinSet::new();
+    for (k, mut send) in conns.into_iter().enumerate() {
+        let uri = uri.clone();
+        workers.spawn(async move {
+            let mut samples = Vec::new();
+            for j in 0u64.. {
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64((k as f64 + j as f64 * n) / rate);
+                    if due >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    if due.elapsed() > GENERATOR_SLACK {
+                        samples.push((NOT_SENT, Duration::ZERO));
+                        continue;
+                    }
+                } else if Instant::now() >= end {
+                    break;
+                }
+                samples.push(get_h1(&mut send, &uri).await);
+            }
+            samples
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(samples) = workers.join_next().await {
+        all.extend(samples?);
+    }
+    Ok(all)
+}
+
 /// `streams` requests kept in flight over connections from `from` for `secs`.
 async fn closed_loop(
     target: &Endpoint,
@@ -313,7 +488,7 @@ async fn idle_phase(target: &Endpoint, n: usize) -> Result<Held> {
     let mut tries = tokio::task::JoinSet::new();
     for i in 0..n {
         let (target, source) = (target.clone(), from[i % from.len()]);
-        tries.spawn(async move { tls_from(&target, source).await });
+        tries.spawn(async move { tls_from(&target, source, Http::H2).await });
         if tries.len() >= 64
             && let Some(Ok(Ok(conn))) = tries.join_next().await
         {
@@ -467,10 +642,13 @@ fn start_node(dir: &Path) -> Result<(Server, Endpoint)> {
     let addr: SocketAddr = https.trim_start_matches("https://").parse()?;
     let cert = CertificateDer::from_pem_file(data.join("tls/cert.pem"))?;
     let mut config = (*Pin::Der(cert).client_config()?).clone();
+    let mut h1 = config.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.alpn_protocols = vec![b"h2".to_vec()];
     let endpoint = Endpoint {
         addr,
         tls: TlsConnector::from(Arc::new(config)),
+        tls_h1: TlsConnector::from(Arc::new(h1)),
         path: format!("/b/{id}/small.bin"),
     };
     Ok((node, endpoint))
