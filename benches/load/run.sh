@@ -16,6 +16,8 @@ environment (defaults):
   ROUNDS         rounds; median is kept    (3)
   CONNECTIONS    wrk -c                    (32)
   THREADS        wrk -t                    (2)
+  CLIENT         wrk (HTTP/1.1) or h2load (HTTP/2)        (wrk)
+  STREAMS        h2load -m: streams per connection        (8)
   WARMUP         warm-up per target/file before the rounds, 0 = none (2s)
   RESULTS        where the summary is written (<repo>/benches/load/last-run.txt)
   SKIP_NODE      1 = dry run: measure nginx only, with its own ECDSA P-256
@@ -40,6 +42,8 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
+CLIENT=${CLIENT:-wrk}
+STREAMS=${STREAMS:-8}
 WARMUP=${WARMUP:-2s}
 RESULTS=${RESULTS:-$ROOT/benches/load/last-run.txt}
 SKIP_NODE=${SKIP_NODE:-0}
@@ -54,6 +58,8 @@ die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
+[[ $CLIENT == wrk || $CLIENT == h2load ]] || die "CLIENT must be wrk or h2load (got '$CLIENT')"
+[[ $STREAMS =~ ^[1-9][0-9]*$ ]] || die "STREAMS must be a positive integer (got '$STREAMS')"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer (got '$THREADS')"
 ((THREADS <= CONNECTIONS)) || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS)"
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10s, 2m (got '$DURATION')"
@@ -67,6 +73,7 @@ ensure_tools() {
     local missing=()
     command -v nginx >/dev/null || missing+=(nginx-light)
     command -v wrk >/dev/null || missing+=(wrk)
+    [[ $CLIENT != h2load ]] || command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v curl >/dev/null || missing+=(curl)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v python3 >/dev/null || missing+=(python3)
@@ -376,9 +383,39 @@ parse_wrk() {
     ' "$1"
 }
 
+# parse_h2load file -> the same fields as parse_wrk; the p99 comes from the
+# per-request log h2load wrote beside the file (column 3: microseconds)
+parse_h2load() {
+    local p99
+    p99=$(cut -f3 "$1.log" 2>/dev/null | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print -1; else { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f\n", v[i] / 1000 } }')
+    awk -v p99="$p99" '
+        /^finished in/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i + 1) ~ /^req\/s/) rps = $i + 0
+                if ($i ~ /B\/s$/) {
+                    v = $i; u = v; sub(/[A-Za-z\/]+$/, "", v); sub(/^[0-9.]+/, "", u)
+                    f = (u == "B/s") ? 1 / 1048576 : (u == "KB/s") ? 1 / 1024 : (u == "MB/s") ? 1 : (u == "GB/s") ? 1024 : -1
+                    mbs = (f < 0) ? -1 : v * f
+                }
+            }
+        }
+        /^requests:/ { ok = $8 + 0; sock = $10 + $12 + $14 }
+        /^status codes:/ { other = $5 + $7 + $9 }
+        END { printf "%.2f %.2f %.3f %d %d %d\n", rps, mbs, p99, sock, other, ok }
+    ' "$1"
+}
+
 # run_wrk label duration url -> appends the raw output to $WORK/wrk/label.txt
+# (h2load's with CLIENT=h2load, and its per-request log beside it)
 run_wrk() {
     local out=$WORK/wrk/$1.txt
+    if [[ $CLIENT == h2load ]]; then
+        if ! h2load -t"$THREADS" -c"$CONNECTIONS" -m"$STREAMS" -D "$2" --log-file="$out.log" "$3" >"$out" 2>&1; then
+            echo "h2load exited with an error" >>"$out"
+            return 1
+        fi
+        return 0
+    fi
     if ! wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$2" "$3" >"$out" 2>&1; then
         echo "wrk exited with an error" >>"$out"
         return 1
@@ -406,7 +443,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             label="r$r-$f-$s"
             ok=1
             run_wrk "$label" "$DURATION" "${BASE[$s]}/b/$BUNDLE/$f.bin" || ok=0
-            read -r rps mbs p99 sock non2xx reqs < <(parse_wrk "$WORK/wrk/$label.txt")
+            read -r rps mbs p99 sock non2xx reqs < <(parse_"$CLIENT" "$WORK/wrk/$label.txt")
             if [[ $s == cartable ]] && ! node_alive; then
                 cat "$WORK/wrk/$label.txt" >&2 || true
                 node_died
@@ -465,7 +502,11 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
         echo "node:        $CARTABLE_NODE (repo $git_rev)"
     fi
     echo "tls key:     ${KEY_TYPE:-unknown}"
-    echo "load:        wrk -t$THREADS -c$CONNECTIONS -d$DURATION, HTTP/1.1 over TLS, loopback, $ROUNDS round(s), warm-up $WARMUP"
+    if [[ $CLIENT == h2load ]]; then
+        echo "load:        h2load -t$THREADS -c$CONNECTIONS -m$STREAMS -D $DURATION, HTTP/2 over TLS, loopback, $ROUNDS round(s), warm-up $WARMUP"
+    else
+        echo "load:        wrk -t$THREADS -c$CONNECTIONS -d$DURATION, HTTP/1.1 over TLS, loopback, $ROUNDS round(s), warm-up $WARMUP"
+    fi
     echo
     echo "runs:"
     printf '  %s\n' "${RUN_LINES[@]}"

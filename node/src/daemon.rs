@@ -181,7 +181,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
     let handler = move |req: http::Request<_>, _peer| {
         let seen = http.start(&req);
-        let answer = crate::serve::respond(ctx.clone(), req);
+        // Boxed, so that this wrapper does not hold the (large) answer twice.
+        let answer = Box::pin(crate::serve::respond(ctx.clone(), req));
         async move { seen.answered(answer.await) }
     };
     server.serve(handler, stop).await;

@@ -25,6 +25,7 @@ pub mod watch;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -325,7 +326,7 @@ fn admit<H, F>(
     req: Request<Incoming>,
     peer: SocketAddr,
     in_flight: &InFlight,
-) -> Result<(F, Pending, Ticket), Refused>
+) -> Result<(Pin<Box<F>>, Pending, Ticket), Refused>
 where
     H: Fn(Request<RequestBody>, SocketAddr) -> F,
 {
@@ -335,7 +336,11 @@ where
         (Ok(place), Some(pending)) => {
             let mut req = req.map(|body| Watched::request(body, in_flight.progress()));
             req.extensions_mut().insert(in_flight.progress());
-            Ok(((shared.handler)(req, peer), pending, place))
+            // Boxed once here: every layer above (this answer, hyper's
+            // service, the task of an HTTP/2 stream) holds the handler's
+            // future by value and would copy all of it at each move; a
+            // handler's future easily takes kilobytes.
+            Ok((Box::pin((shared.handler)(req, peer)), pending, place))
         }
         (refused, _) => {
             shared.refusals.request(
