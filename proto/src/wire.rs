@@ -51,7 +51,9 @@
 //! ```
 //!
 //! The blob's size comes from the responder and is not trusted: a wrong size
-//! changes the BLAKE3 tree, so the first hash check fails.
+//! changes the BLAKE3 tree, so the first hash check fails. A blob of at most
+//! one group has no parent hashes: its encoding is its bytes, and its hash
+//! their BLAKE3 hash (a fetcher may read it whole and check it at once).
 
 use std::ops::Range;
 

@@ -1,6 +1,7 @@
 //! Nodes copying bundles from each other over QUIC, as real processes on
-//! loopback: byte-exact copies, resuming after SIGKILL, strangers refused,
-//! garbage on a stream answered with a typed error.
+//! loopback: byte-exact copies, resuming after SIGKILL (large files and many
+//! small ones), strangers refused, garbage on a stream answered with a typed
+//! error, liars caught.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,7 +13,8 @@ use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_proto::wire::{ErrorKind, Request, Response};
 use cartable_tests::peers::{
-    Lie, has_checkpoint, mixed_lesson, pattern, serving, start_liar, stored_blob,
+    GROUP, Lie, has_checkpoint, lesson_of_sizes, mixed_lesson, pattern, serving, start_liar,
+    stored_blob,
 };
 use cartable_tests::{Node, cli_in, node_binary};
 
@@ -25,6 +27,29 @@ fn fetch(data: &Path, bundle: &str, from: &Node) -> anyhow::Result<std::process:
     )
 }
 
+/// The JSON report of a fetch that must have succeeded.
+fn report_of(out: &std::process::Output) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// [`fetch`], insisting it succeeds: its JSON report.
+fn fetch_ok(data: &Path, bundle: &str, from: &Node) -> anyhow::Result<serde_json::Value> {
+    report_of(&fetch(data, bundle, from)?)
+}
+
+/// Every one of `files` is stored in the node folder `data`, byte-exact.
+fn assert_stored(data: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    for (name, bytes) in files {
+        anyhow::ensure!(stored_blob(data, bytes)? == *bytes, "{name} differs");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_bundle_of_awkward_sizes_is_copied_byte_exact() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -32,19 +57,10 @@ fn a_bundle_of_awkward_sizes_is_copied_byte_exact() -> anyhow::Result<()> {
     let files = mixed_lesson(&lesson, 64 << 20)?;
     let source = serving(&a, &b)?;
     let bundle = source.add(&lesson)?;
-    let out = fetch(&b, &bundle, &source)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let report = fetch_ok(&b, &bundle, &source)?;
     let total: usize = files.iter().map(|(_, d)| d.len()).sum();
     assert_eq!(report["bytes_received"], total as u64);
-    for (name, data) in &files {
-        let stored = stored_blob(&b, data)?;
-        assert!(stored == *data, "{name} differs");
-    }
+    assert_stored(&b, &files)?;
     let check = cli_in(&b, &["check"])?;
     assert!(
         check.status.success(),
@@ -98,6 +114,45 @@ fn a_node_that_is_not_a_member_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts `cartable-node fetch BUNDLE --from FROM` into the (stopped) node in
+/// `data` and kills it with SIGKILL as soon as `ready` says so.
+fn kill_fetch_when(
+    data: &Path,
+    bundle: &str,
+    from: &Node,
+    ready: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut child = Command::new(node_binary())
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "fetch",
+            bundle,
+            "--from",
+            &from.peer_addr(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        assert!(
+            child.try_wait()?.is_none(),
+            "fetch finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// Files in `dir`, none when it is missing.
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
 #[test]
 fn sigkill_mid_fetch_then_rerun_fetches_only_what_was_missing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -107,30 +162,9 @@ fn sigkill_mid_fetch_then_rerun_fetches_only_what_was_missing() -> anyhow::Resul
     std::fs::write(lesson.join("video.mp4"), pattern(size, 3))?;
     let source = serving(&a, &b)?;
     let bundle = source.add(&lesson)?;
-    let mut child = Command::new(node_binary())
-        .args([
-            "--data-dir",
-            b.to_str().unwrap(),
-            "fetch",
-            &bundle,
-            "--from",
-            &source.peer_addr(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let started = Instant::now();
-    // Wait for a checkpoint: the record of verified groups appears.
-    while !has_checkpoint(&b.join("partial")) {
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
-        assert!(
-            child.try_wait()?.is_none(),
-            "fetch finished before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill()?;
-    child.wait()?;
+    // Killed once a checkpoint, the record of verified groups, appears.
+    let partial = b.join("partial");
+    kill_fetch_when(&b, &bundle, &source, || has_checkpoint(&partial))?;
     let out = fetch(&b, &bundle, &source)?;
     assert!(
         out.status.success(),
@@ -143,6 +177,64 @@ fn sigkill_mid_fetch_then_rerun_fetches_only_what_was_missing() -> anyhow::Resul
         received < size as u64,
         "resumed: {received} of {size} bytes fetched again"
     );
+    assert!(cli_in(&b, &["check"])?.status.success());
+    Ok(())
+}
+
+#[test]
+fn sigkill_mid_fetch_of_many_small_files_then_rerun_ends_byte_exact() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let [a, b, lesson] = ["a", "b", "lesson"].map(|n| dir.path().join(n));
+    // Sizes from 1 byte to one whole chunk group: every file is fetched whole.
+    let sizes: Vec<usize> = (0..4000).map(|i| 1 + (i * 997) % GROUP).collect();
+    let files = lesson_of_sizes(&lesson, &sizes)?;
+    let source = serving(&a, &b)?;
+    let bundle = source.add(&lesson)?;
+    // Killed once a first batch of files is stored under its names.
+    let blobs = b.join("blobs");
+    kill_fetch_when(&b, &bundle, &source, || files_in(&blobs) > 0)?;
+    let report = fetch_ok(&b, &bundle, &source)?;
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    let received = report["bytes_received"].as_u64().unwrap();
+    assert!(
+        received < total as u64,
+        "resumed: {received} of {total} bytes fetched again"
+    );
+    assert_stored(&b, &files)?;
+    assert_eq!(files_in(&b.join("tmp")), 0, "no temporary file left");
+    assert!(cli_in(&b, &["check"])?.status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_sending_wrong_small_files_gets_none_of_them_stored() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let [a, b, liar_dir, lesson] = ["a", "b", "liar", "lesson"].map(|n| dir.path().join(n));
+    let files = lesson_of_sizes(&lesson, &[1, 100, 4096, GROUP - 1, GROUP])?;
+    let honest = serving(&a, &b)?;
+    let bundle = honest.add(&lesson)?;
+    let (liar_id, liar_addr) = start_liar(&liar_dir, &lesson, &b, Lie::FlipBit)?;
+    let fetch_from = |from: Vec<String>| {
+        let (into, bundle) = (b.clone(), bundle.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["fetch", &bundle, "--json"];
+            for peer in &from {
+                args.extend(["--from", peer]);
+            }
+            cli_in(&into, &args)
+        })
+    };
+    // From the liar alone: every file it sends is caught, none is kept.
+    let out = fetch_from(vec![liar_addr.clone()]).await??;
+    assert!(!out.status.success(), "a fetch from a liar alone succeeded");
+    assert_eq!(files_in(&b.join("blobs")), 0, "a lied file was stored");
+    assert_eq!(files_in(&b.join("tmp")), 0, "a lied file was kept");
+    // With an honest peer too, the copy completes byte-exact.
+    let out = fetch_from(vec![liar_addr, honest.peer_addr()]).await??;
+    let report = report_of(&out)?;
+    assert_eq!(report["liars"][0][0], liar_id, "{report}");
+    assert_stored(&b, &files)?;
     assert!(cli_in(&b, &["check"])?.status.success());
     Ok(())
 }
@@ -205,17 +297,9 @@ async fn a_lying_peer_is_caught_dropped_and_reported_and_the_honest_one_complete
         cli_in(&into, &args)
     })
     .await??;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let report = report_of(&out)?;
     assert_eq!(report["liars"][0][0], liar_id, "{report}");
-    for (name, data) in &files {
-        let stored = stored_blob(&b, data)?;
-        assert!(stored == *data, "{name}: not one wrong byte stored");
-    }
+    assert_stored(&b, &files)?;
     assert!(cli_in(&b, &["check"])?.status.success());
     Ok(())
 }

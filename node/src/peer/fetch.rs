@@ -3,6 +3,10 @@
 //! [`UNIT_GROUPS`] chunk groups spread over all peers and fetched several at a
 //! time. Each unit is verified group by group as it arrives and written to the
 //! blob's partial files, so an interrupted fetch resumes with what is missing.
+//! A blob of one chunk group or less has nothing to resume: it is fetched
+//! whole, many at a time, checked against its hash and stored in batches
+//! ([`Store::store_whole`]), so a lesson of many small files costs a round
+//! trip and a new file each, not a checkpoint each.
 //! A peer that sends one wrong byte, lies about a size or stalls is dropped for
 //! this bundle (liars are reported); its unit goes to another peer.
 
@@ -12,8 +16,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::bail;
-use cartable_proto::wire::GroupRanges;
+use anyhow::{Context, bail};
+use cartable_proto::wire::{GROUP_BYTES, GroupRanges};
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 
 use super::rate::RateLimit;
@@ -23,12 +27,48 @@ use crate::store::{PartialBlob, Store};
 use cartable_net::https::shed::Pressure;
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::endpoint::PeerEndpoint;
-use cartable_net::peer::exchange::{PeerFailure, ask_manifest, request_groups};
+use cartable_net::peer::exchange::{
+    PeerFailure, WholeBlob, ask_manifest, request_groups, request_whole,
+};
+use tokio::sync::mpsc;
 
 /// Largest unit of work: 4 MiB, so a large file spreads over every peer.
 pub const UNIT_GROUPS: u64 = 256;
-/// Units in flight per peer.
-const UNITS_PER_PEER: usize = 4;
+/// Whole blobs stored at once: one `syncfs` for each batch. A fetch holds at
+/// most two batches in memory (one being stored, one arriving), 8 MiB at most.
+const WHOLE_BATCH: usize = 256;
+
+/// How a blob is fetched, by its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Over one chunk group: in units of groups, into partial files.
+    Parts,
+    /// One chunk group at most: whole, into memory, stored in batches.
+    Whole,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::Parts, Kind::Whole];
+
+    fn of(size: u64) -> Self {
+        if size <= GROUP_BYTES {
+            Self::Whole
+        } else {
+            Self::Parts
+        }
+    }
+
+    /// Requests of this kind in flight per peer. A whole blob is a round trip
+    /// for a few KiB, so many are asked at once to keep the link busy; they
+    /// hold 16 × 16 KiB per peer at most. Both kinds together stay under a
+    /// member's 32 streams per connection.
+    fn per_peer(self) -> usize {
+        match self {
+            Self::Parts => 4,
+            Self::Whole => 16,
+        }
+    }
+}
 
 /// How a fetch runs.
 #[derive(Clone)]
@@ -91,7 +131,7 @@ struct Peer {
 enum Pick {
     /// This one (its index in the table).
     Peer(usize, quinn::Connection),
-    /// Every candidate has [`UNITS_PER_PEER`] requests in flight.
+    /// Every candidate has its [`Kind::per_peer`] requests in flight.
     AllFull,
     /// No live peer is left that might hold the unit.
     NoneLeft,
@@ -100,13 +140,13 @@ enum Pick {
 /// Part of a blob to fetch, and the peers that said they lack it.
 struct Unit {
     hash: BlobHash,
+    size: u64,
     groups: Range<u64>,
     lacking: Vec<usize>,
 }
 
-/// A blob being fetched by several units at once.
+/// A blob fetched in parts, perhaps by several units at once.
 struct BlobJob {
-    size: u64,
     /// Whether the partial files were opened (they are closed again at commit).
     opened: std::sync::atomic::AtomicBool,
     partial: Arc<Mutex<Option<PartialBlob>>>,
@@ -118,11 +158,13 @@ struct Fetch {
     store: Arc<Store>,
     peers: Mutex<Vec<Option<Peer>>>,
     liars: Mutex<Vec<(NodeId, String)>>,
-    queue: Mutex<VecDeque<Unit>>,
+    /// Units to fetch, by [`Kind`].
+    queues: [Mutex<VecDeque<Unit>>; 2],
+    /// The blobs fetched in parts.
     jobs: HashMap<BlobHash, Arc<BlobJob>>,
     next_peer: AtomicUsize,
-    /// Requests in flight, per peer index.
-    inflight: Mutex<Vec<usize>>,
+    /// Requests in flight, per peer index and [`Kind`].
+    inflight: Mutex<Vec<[usize; 2]>>,
     received: Arc<AtomicU64>,
     done: AtomicU64,
     total: u64,
@@ -153,14 +195,22 @@ pub async fn fetch_bundle(
         liars,
         options,
     )?);
-    let workers = (fetch.live_peers() * UNITS_PER_PEER)
-        .min(fetch.queue_len())
-        .max(1);
+    let (keep, kept) = mpsc::channel(WHOLE_BATCH);
+    let storing = tokio::spawn(store_whole_blobs(store.clone(), kept));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        tasks.spawn(fetch.clone().work());
+    for kind in Kind::ALL {
+        let workers = (fetch.live_peers() * kind.per_peer()).min(fetch.queue_len(kind));
+        for _ in 0..workers {
+            tasks.spawn(fetch.clone().work(kind, keep.clone()));
+        }
     }
+    // The workers hold the only senders left: storing ends with them.
+    drop(keep);
     while tasks.join_next().await.is_some() {}
+    storing
+        .await
+        .context("storing whole blobs")?
+        .context("storing whole blobs")?;
     if let Some(why) = fetch
         .failed
         .lock()
@@ -239,39 +289,44 @@ impl Fetch {
             .collect();
         blobs.sort();
         blobs.dedup();
-        let (mut queue, mut jobs, mut done) = (VecDeque::new(), HashMap::new(), 0);
+        let (mut queues, mut jobs, mut done) =
+            ([VecDeque::new(), VecDeque::new()], HashMap::new(), 0);
         for (hash, size) in blobs {
             if store.has_blob_file(&hash, size) {
                 done += size;
                 continue;
             }
-            // Files are opened when a blob's first unit starts: a bundle of
-            // many small files would otherwise run out of file descriptors.
-            let units = split(&store.partial_missing(&hash, size));
-            jobs.insert(
+            let unit = |groups| Unit {
                 hash,
-                Arc::new(BlobJob {
-                    size,
-                    units_left: AtomicUsize::new(units.len()),
-                    partial: Arc::new(Mutex::new(None)),
-                    opened: std::sync::atomic::AtomicBool::new(false),
-                }),
-            );
-            queue.extend(units.into_iter().map(|groups| Unit {
-                hash,
+                size,
                 groups,
                 lacking: vec![],
-            }));
+            };
+            if Kind::of(size) == Kind::Whole {
+                // Nothing to resume: one unit, and no record to read.
+                queues[Kind::Whole as usize].push_back(unit(0..1));
+                continue;
+            }
+            let units = split(&store.partial_missing(&hash, size));
+            // Files are opened when a blob's first unit starts: a bundle of
+            // many files would otherwise run out of file descriptors.
+            let job = BlobJob {
+                units_left: AtomicUsize::new(units.len()),
+                partial: Arc::new(Mutex::new(None)),
+                opened: std::sync::atomic::AtomicBool::new(false),
+            };
+            jobs.insert(hash, Arc::new(job));
+            queues[Kind::Parts as usize].extend(units.into_iter().map(unit));
         }
         let peer_count = peers.len();
         Ok(Self {
             store,
             peers: Mutex::new(peers),
             liars: Mutex::new(liars),
-            queue: Mutex::new(queue),
+            queues: queues.map(Mutex::new),
             jobs,
             next_peer: AtomicUsize::new(0),
-            inflight: Mutex::new(vec![0; peer_count]),
+            inflight: Mutex::new(vec![[0; 2]; peer_count]),
             received: Arc::new(AtomicU64::new(0)),
             done: AtomicU64::new(done),
             total: manifest.total_size(),
@@ -290,12 +345,19 @@ impl Fetch {
             .count()
     }
 
-    fn queue_len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    fn queue(&self, kind: Kind) -> std::sync::MutexGuard<'_, VecDeque<Unit>> {
+        self.queues[kind as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One worker: takes units until none is left or the fetch failed.
-    async fn work(self: Arc<Self>) {
+    fn queue_len(&self, kind: Kind) -> usize {
+        self.queue(kind).len()
+    }
+
+    /// One worker: takes units of `kind` until none is left or the fetch
+    /// failed; whole blobs go to `keep`, to be stored.
+    async fn work(self: Arc<Self>, kind: Kind, keep: mpsc::Sender<WholeBlob>) {
         loop {
             if let Some(pressure) = &self.options.yield_to {
                 pressure.wait_calm().await;
@@ -308,22 +370,14 @@ impl Fetch {
             {
                 return;
             }
-            let Some(mut unit) = self
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front()
-            else {
+            let Some(mut unit) = self.queue(kind).pop_front() else {
                 return;
             };
-            let (index, conn) = match self.pick_peer(&unit) {
+            let (index, conn) = match self.pick_peer(&unit, kind) {
                 Pick::Peer(index, conn) => (index, conn),
                 Pick::AllFull => {
                     // Every candidate has its share in flight: let one finish.
-                    self.queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_front(unit);
+                    self.queue(kind).push_front(unit);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -333,22 +387,25 @@ impl Fetch {
                     return;
                 }
             };
-            let result = self.fetch_unit(conn, &unit).await;
-            self.inflight.lock().unwrap_or_else(|e| e.into_inner())[index] -= 1;
+            let result = match kind {
+                Kind::Parts => self.fetch_parts(conn, &unit).await,
+                Kind::Whole => self.fetch_whole(conn, &unit, &keep).await,
+            };
+            self.inflight.lock().unwrap_or_else(|e| e.into_inner())[index][kind as usize] -= 1;
             match result {
                 Ok(()) => self.unit_done(&unit),
                 Err(PeerFailure::Busy(delay)) => {
                     // Not this peer's fault: come back to it later.
                     tokio::time::sleep(delay).await;
-                    self.queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(unit);
+                    self.queue(kind).push_back(unit);
                 }
                 Err(PeerFailure::Local(why)) => {
-                    // The partial files moved under this copy: it stops, and
-                    // the next try starts from what the store holds then.
-                    self.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    // The partial files moved under this copy, or storing
+                    // failed: it stops, and the next try starts from what the
+                    // store holds then.
+                    for each in Kind::ALL {
+                        self.queue(each).clear();
+                    }
                     *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     return;
                 }
@@ -357,10 +414,7 @@ impl Fetch {
                         unit.lacking.push(index);
                     }
                     self.drop_peer(index, failure);
-                    self.queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(unit);
+                    self.queue(kind).push_back(unit);
                 }
             }
         }
@@ -369,7 +423,7 @@ impl Fetch {
     /// A live peer not known to lack the unit and with room for one more
     /// request, taking peers in turn. The cap keeps a dead or stalled peer from
     /// holding every worker while the others sit idle.
-    fn pick_peer(&self, unit: &Unit) -> Pick {
+    fn pick_peer(&self, unit: &Unit, kind: Kind) -> Pick {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let start = self.next_peer.fetch_add(1, Ordering::Relaxed);
@@ -377,14 +431,15 @@ impl Fetch {
             .map(|k| (start + k) % peers.len())
             .filter(|i| !unit.lacking.contains(i) && peers[*i].is_some())
             .collect();
-        let Some(&i) = candidates.iter().find(|i| inflight[**i] < UNITS_PER_PEER) else {
+        let room = |i: &&usize| inflight[**i][kind as usize] < kind.per_peer();
+        let Some(&i) = candidates.iter().find(room) else {
             return if candidates.is_empty() {
                 Pick::NoneLeft
             } else {
                 Pick::AllFull
             };
         };
-        inflight[i] += 1;
+        inflight[i][kind as usize] += 1;
         let conn = peers[i]
             .as_ref()
             .map(|p| p.conn.clone())
@@ -417,8 +472,8 @@ impl Fetch {
     }
 
     fn unit_done(&self, unit: &Unit) {
-        let job = &self.jobs[&unit.hash];
-        if job.units_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let last_part = |job: &&Arc<BlobJob>| job.units_left.fetch_sub(1, Ordering::AcqRel) == 1;
+        if let Some(job) = self.jobs.get(&unit.hash).filter(last_part) {
             let partial = job.partial.lock().unwrap_or_else(|e| e.into_inner()).take();
             let committed = match partial {
                 Some(p) if p.is_complete() => {
@@ -436,14 +491,33 @@ impl Fetch {
         (self.options.progress)(done.min(self.total), self.total);
     }
 
-    /// Asks one peer for one unit and stores what verifies.
-    async fn fetch_unit(&self, conn: quinn::Connection, unit: &Unit) -> Result<(), PeerFailure> {
+    /// Asks one peer for a whole blob and hands it, verified, to be stored.
+    async fn fetch_whole(
+        &self,
+        conn: quinn::Connection,
+        unit: &Unit,
+        keep: &mpsc::Sender<WholeBlob>,
+    ) -> Result<(), PeerFailure> {
+        let blob = request_whole(&conn, unit.hash, unit.size).await?;
+        if let Some(rate) = &self.rate {
+            tokio::time::sleep(rate.reserve(unit.size)).await;
+        }
+        for count in std::iter::once(&self.received).chain(&self.options.copied) {
+            count.fetch_add(unit.size, Ordering::Relaxed);
+        }
+        keep.send(blob)
+            .await
+            .map_err(|_| PeerFailure::Local("storing whole blobs stopped".into()))
+    }
+
+    /// Asks one peer for one unit of a blob's groups and stores what verifies.
+    async fn fetch_parts(&self, conn: quinn::Connection, unit: &Unit) -> Result<(), PeerFailure> {
         let job = &self.jobs[&unit.hash];
         {
             // Under the lock, so that no unit of this blob writes before the files are open.
             let mut slot = job.partial.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_none() && !job.opened.load(Ordering::Acquire) {
-                let partial = self.store.partial(&unit.hash, job.size);
+                let partial = self.store.partial(&unit.hash, unit.size);
                 *slot = Some(
                     partial
                         .map_err(|e| PeerFailure::Local(format!("opening partial blob: {e}")))?,
@@ -459,7 +533,28 @@ impl Fetch {
             also_counted: self.options.copied.clone(),
             rate: self.rate.clone(),
         };
-        request_groups(&conn, unit.hash, job.size, groups, sink).await
+        request_groups(&conn, unit.hash, unit.size, groups, sink).await
+    }
+}
+
+/// Stores the whole blobs the workers send, [`WHOLE_BATCH`] at a time, and
+/// those left once the workers are done (whether the fetch failed or not: a
+/// later try need not fetch them again).
+async fn store_whole_blobs(
+    store: Arc<Store>,
+    mut kept: mpsc::Receiver<WholeBlob>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(WHOLE_BATCH);
+    loop {
+        let room = WHOLE_BATCH - batch.len();
+        let more = kept.recv_many(&mut batch, room).await > 0;
+        if batch.len() == WHOLE_BATCH || (!more && !batch.is_empty()) {
+            let (store, full) = (store.clone(), std::mem::take(&mut batch));
+            tokio::task::spawn_blocking(move || store.store_whole(&full)).await??;
+        }
+        if !more {
+            return Ok(());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! A token bucket capping the bandwidth of background copying, shared by every
-//! stream of a fetch. Callers block (they run on blocking threads).
+//! stream of a fetch. [`RateLimit::take`] blocks (for blocking threads);
+//! [`RateLimit::reserve`] says how long to wait instead.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,19 +25,22 @@ impl RateLimit {
 
     /// Takes `bytes` tokens, sleeping until they are there.
     pub fn take(&self, bytes: u64) {
-        let wait = {
-            let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
-            bucket.0 = (bucket.0 + refill).min(self.bytes_per_sec) - bytes as f64;
-            bucket.1 = now;
-            if bucket.0 < 0.0 {
-                Duration::from_secs_f64(-bucket.0 / self.bytes_per_sec)
-            } else {
-                Duration::ZERO
-            }
-        };
-        std::thread::sleep(wait);
+        std::thread::sleep(self.reserve(bytes));
+    }
+
+    /// Takes `bytes` tokens and says how long to wait until they are there,
+    /// for callers on the async workers, which must not block.
+    pub fn reserve(&self, bytes: u64) -> Duration {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
+        bucket.0 = (bucket.0 + refill).min(self.bytes_per_sec) - bytes as f64;
+        bucket.1 = now;
+        if bucket.0 < 0.0 {
+            Duration::from_secs_f64(-bucket.0 / self.bytes_per_sec)
+        } else {
+            Duration::ZERO
+        }
     }
 }
 

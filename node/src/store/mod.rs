@@ -16,6 +16,7 @@ mod maintenance;
 mod partial;
 mod partial_space;
 mod scrub;
+mod small;
 pub mod verify;
 
 #[cfg(test)]

@@ -490,6 +490,34 @@ fn two_copies_fetching_one_shared_blob_both_commit() -> anyhow::Result<()> {
 }
 
 #[test]
+fn whole_blobs_are_stored_by_name_replacing_only_a_damaged_copy() -> anyhow::Result<()> {
+    use cartable_net::peer::exchange::WholeBlob;
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let (good, fresh) = (pattern(4096, 1), pattern(100, 2));
+    let (good_hash, fresh_hash) = (BlobHash::of(&good), BlobHash::of(&fresh));
+    // A copy rotten on disk, marked damaged: the batch replaces it.
+    fs::write(store.layout().blob(&good_hash), pattern(4096, 3))?;
+    store.mark_damaged(&good_hash, "test");
+    let blobs = [(good_hash, &good), (fresh_hash, &fresh), (good_hash, &good)]
+        .map(|(h, b)| WholeBlob::verify(h, b.clone().into()).expect("verified"));
+    store.store_whole(&blobs)?;
+    for (hash, data) in [(good_hash, &good), (fresh_hash, &fresh)] {
+        assert!(store.has_blob_file(&hash, data.len() as u64));
+        assert_eq!(
+            read_all(&store, &hash, data.len() as u64, 0..data.len() as u64)?,
+            *data
+        );
+    }
+    assert_eq!(
+        fs::read_dir(store.layout().tmp_dir())?.count(),
+        0,
+        "no temporary file left"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_whole_blob_is_never_replaced_by_partial_files_reopened_after_its_commit() -> anyhow::Result<()>
 {
     let data_dir = tempfile::tempdir()?;

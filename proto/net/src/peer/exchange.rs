@@ -10,6 +10,7 @@ use std::time::Duration;
 use bao_tree::io::sync::DecodeResponseIter;
 use bao_tree::io::{BaoContentItem, DecodeError as BaoDecodeError};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use bytes::Bytes;
 use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 use tokio_util::io::SyncIoBridge;
@@ -109,25 +110,90 @@ pub async fn request_groups(
     groups: GroupRanges,
     sink: impl VerifiedSink,
 ) -> Result<(), PeerFailure> {
-    let request = Request::Blob {
-        hash,
-        groups: groups.clone(),
-    };
-    let mut recv = send_request(conn, &request).await?;
-    match read_answer(conn, &mut recv).await? {
-        Response::Blob { size: claimed } if claimed == size => {}
-        Response::Blob { size: claimed } => {
-            return Err(PeerFailure::Lied(format!(
-                "size {claimed}, manifest says {size}"
-            )));
-        }
-        Response::Error(e) => return Err(refusal(&e)),
-        other => return Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
-    }
+    let recv = ask_blob(conn, hash, size, groups.clone()).await?;
     let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
     tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
         .await
         .map_err(|e| PeerFailure::Gone(e.to_string()))?
+}
+
+/// The whole of a blob of at most one chunk group, checked against its hash:
+/// the only way to hold one is [`WholeBlob::verify`].
+#[derive(Debug, Clone)]
+pub struct WholeBlob {
+    hash: BlobHash,
+    bytes: Bytes,
+}
+
+impl WholeBlob {
+    /// `bytes` as the blob `hash`, if they are at most one chunk group and
+    /// their BLAKE3 hash is `hash` (a tree of one group is its root).
+    pub fn verify(hash: BlobHash, bytes: Bytes) -> Option<Self> {
+        (bytes.len() as u64 <= GROUP_BYTES && BlobHash::of(&bytes) == hash)
+            .then_some(Self { hash, bytes })
+    }
+
+    /// The blob's hash.
+    pub fn hash(&self) -> BlobHash {
+        self.hash
+    }
+
+    /// The blob's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Asks `conn` for the whole of a blob of `size` bytes, at most one chunk
+/// group ([`GROUP_BYTES`]), and checks it. Such a blob's tree has no parent
+/// hashes, so its encoding is its bytes: they are read whole (never more than
+/// `size` held) and hashed at once, on this task, with no blocking thread.
+pub async fn request_whole(
+    conn: &quinn::Connection,
+    hash: BlobHash,
+    size: u64,
+) -> Result<WholeBlob, PeerFailure> {
+    let limit = usize::try_from(size)
+        .ok()
+        .filter(|s| *s as u64 <= GROUP_BYTES)
+        .ok_or_else(|| PeerFailure::Local(format!("blob of {size} bytes asked for whole")))?;
+    let only_group = 0..1;
+    let whole = GroupRanges::new(vec![only_group]).expect("one group is a valid range");
+    let mut recv = ask_blob(conn, hash, size, whole).await?;
+    let bytes = match tokio::time::timeout(STALL_LIMIT, recv.read_to_end(limit)).await {
+        Err(_) => return Err(PeerFailure::Gone("stalled".into())),
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            return Err(PeerFailure::Lied("sent more than the blob".into()));
+        }
+        Ok(Err(quinn::ReadToEndError::Read(e))) => return Err(lost(conn, e)),
+        Ok(Ok(bytes)) => bytes,
+    };
+    if bytes.len() != limit {
+        return Err(PeerFailure::Lied(
+            "stream ended before every group was sent".into(),
+        ));
+    }
+    WholeBlob::verify(hash, bytes.into())
+        .ok_or_else(|| PeerFailure::Lied("blob does not match its hash".into()))
+}
+
+/// Sends a blob request and reads the answer's header: the stream of the
+/// encoding, once the peer agreed on the size.
+async fn ask_blob(
+    conn: &quinn::Connection,
+    hash: BlobHash,
+    size: u64,
+    groups: GroupRanges,
+) -> Result<quinn::RecvStream, PeerFailure> {
+    let mut recv = send_request(conn, &Request::Blob { hash, groups }).await?;
+    match read_answer(conn, &mut recv).await? {
+        Response::Blob { size: claimed } if claimed == size => Ok(recv),
+        Response::Blob { size: claimed } => Err(PeerFailure::Lied(format!(
+            "size {claimed}, manifest says {size}"
+        ))),
+        Response::Error(e) => Err(refusal(&e)),
+        other => Err(PeerFailure::Lied(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// Asks `conn` for `groups` of a blob of `size` bytes and checks every byte
@@ -275,6 +341,34 @@ mod tests {
         let conn = client.connect(addr).await?;
         let bundle = BundleId::of_manifest(b"any");
         Ok(ask_manifest(&conn, bundle).await.expect_err("closed"))
+    }
+
+    #[test]
+    fn a_blob_of_one_group_is_encoded_as_its_bytes_and_checked_by_its_hash() {
+        use bao_tree::io::outboard::PostOrderOutboard;
+        use bao_tree::io::sync::encode_ranges_validated;
+        for size in [0, 1, 1025, GROUP_BYTES as usize] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let hash = BlobHash::of(&data);
+            let outboard = PostOrderOutboard {
+                root: hash.into(),
+                tree: BaoTree::new(size as u64, BLOCK_SIZE),
+                data: Vec::new(),
+            };
+            let only_group = 0..1;
+            let whole = GroupRanges::new(vec![only_group]).expect("valid");
+            let mut encoded = Vec::new();
+            encode_ranges_validated(&data[..], outboard, &chunk_ranges(&whole), &mut encoded)
+                .expect("encodes");
+            assert_eq!(encoded, data, "{size} bytes");
+            assert!(WholeBlob::verify(hash, encoded.into()).is_some());
+        }
+        let mut wrong = vec![7; 100];
+        let hash = BlobHash::of(&wrong);
+        wrong[50] ^= 1;
+        assert!(WholeBlob::verify(hash, wrong.into()).is_none());
+        let large = vec![0; GROUP_BYTES as usize + 1];
+        assert!(WholeBlob::verify(BlobHash::of(&large), large.into()).is_none());
     }
 
     #[tokio::test]
