@@ -302,30 +302,31 @@ async fn h1_from(target: &Endpoint, source: IpAddr) -> Result<http1::SendRequest
     Ok(send)
 }
 
-/// One GET over HTTP/2; its latency counts from when our side could open a
-/// stream, so a generator short of streams (or of CPU) does not charge its own
-/// queue to the node.
-async fn get(mut send: SendRequest<Empty<Bytes>>, uri: &str) -> Sample {
-    let Ok(request) = http::Request::get(uri).body(Empty::new()) else {
-        return (0, Duration::ZERO);
-    };
-    if send.ready().await.is_err() {
-        return (0, Duration::ZERO);
-    }
-    let sent = Instant::now();
-    answered(sent, send.send_request(request)).await
+/// A client connection, of either HTTP version.
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(SendRequest<Empty<Bytes>>),
 }
 
-/// One GET over an HTTP/1.1 connection, from when it is sent.
-async fn get_h1(send: &mut http1::SendRequest<Empty<Bytes>>, uri: &str) -> Sample {
+/// One GET; its latency counts from when our side could send it (an HTTP/2
+/// stream open, an HTTP/1.1 connection free), so a generator short of streams
+/// (or of CPU) does not charge its own queue to the node.
+async fn get(send: &mut Sender, uri: &str) -> Sample {
     let Ok(request) = http::Request::get(uri).body(Empty::new()) else {
         return (0, Duration::ZERO);
     };
-    if send.ready().await.is_err() {
+    let ready = match send {
+        Sender::H1(s) => s.ready().await,
+        Sender::H2(s) => s.ready().await,
+    };
+    if ready.is_err() {
         return (0, Duration::ZERO);
     }
     let sent = Instant::now();
-    answered(sent, send.send_request(request)).await
+    match send {
+        Sender::H1(s) => answered(sent, s.send_request(request)).await,
+        Sender::H2(s) => answered(sent, s.send_request(request)).await,
+    }
 }
 
 /// The status of a response once its body is read (0 if none within 10 s),
@@ -380,7 +381,7 @@ async fn open_loop(
         }
         let (send, uri, samples) = (conns[i % conns.len()].clone(), uri.clone(), samples.clone());
         tasks.spawn(async move {
-            let sample = get(send, &uri).await;
+            let sample = get(&mut Sender::H2(send), &uri).await;
             samples.lock().unwrap().push(sample);
         });
     }
@@ -411,8 +412,8 @@ async fn h1_loop(
     let started = Instant::now();
     let end = started + secs;
     let mut workers = tokio::task::JoinSet::new();
-    for (k, mut send) in conns.into_iter().enumerate() {
-        let uri = uri.clone();
+    for (k, send) in conns.into_iter().enumerate() {
+        let (uri, mut send) = (uri.clone(), Sender::H1(send));
         workers.spawn(async move {
             let mut samples = Vec::new();
             for j in 0u64.. {
@@ -429,7 +430,7 @@ async fn h1_loop(
                 } else if Instant::now() >= end {
                     break;
                 }
-                samples.push(get_h1(&mut send, &uri).await);
+                samples.push(get(&mut send, &uri).await);
             }
             samples
         });
@@ -466,7 +467,7 @@ async fn closed_loop(
         workers.spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < end {
-                samples.push(get(send.clone(), &uri).await);
+                samples.push(get(&mut Sender::H2(send.clone()), &uri).await);
             }
             samples
         });
