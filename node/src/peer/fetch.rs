@@ -201,7 +201,10 @@ pub async fn fetch_bundle(
     for kind in Kind::ALL {
         let workers = (fetch.live_peers() * kind.per_peer()).min(fetch.queue_len(kind));
         for _ in 0..workers {
-            tasks.spawn(fetch.clone().work(kind, keep.clone()));
+            // Only whole-blob workers hold a sender: the last batch is stored
+            // when they end, not when the largest blob does.
+            let keep = (kind == Kind::Whole).then(|| keep.clone());
+            tasks.spawn(fetch.clone().work(kind, keep));
         }
     }
     // The workers hold the only senders left: storing ends with them.
@@ -357,7 +360,7 @@ impl Fetch {
 
     /// One worker: takes units of `kind` until none is left or the fetch
     /// failed; whole blobs go to `keep`, to be stored.
-    async fn work(self: Arc<Self>, kind: Kind, keep: mpsc::Sender<WholeBlob>) {
+    async fn work(self: Arc<Self>, kind: Kind, keep: Option<mpsc::Sender<WholeBlob>>) {
         loop {
             if let Some(pressure) = &self.options.yield_to {
                 pressure.wait_calm().await;
@@ -389,7 +392,10 @@ impl Fetch {
             };
             let result = match kind {
                 Kind::Parts => self.fetch_parts(conn, &unit).await,
-                Kind::Whole => self.fetch_whole(conn, &unit, &keep).await,
+                Kind::Whole => match &keep {
+                    Some(keep) => self.fetch_whole(conn, &unit, keep).await,
+                    None => Err(PeerFailure::Local("no store for whole blobs".into())),
+                },
             };
             self.inflight.lock().unwrap_or_else(|e| e.into_inner())[index][kind as usize] -= 1;
             match result {
@@ -486,7 +492,8 @@ impl Fetch {
                     Some(format!("blob {}: {why}", unit.hash));
             }
         }
-        let groups_bytes = (unit.groups.end - unit.groups.start) * (16 << 10);
+        // A whole blob counts its size, not a whole group's.
+        let groups_bytes = ((unit.groups.end - unit.groups.start) * GROUP_BYTES).min(unit.size);
         let done = self.done.fetch_add(groups_bytes, Ordering::Relaxed) + groups_bytes;
         (self.options.progress)(done.min(self.total), self.total);
     }

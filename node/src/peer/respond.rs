@@ -175,7 +175,7 @@ async fn send_blob(
     let reader = tokio::task::spawn_blocking(move || {
         let out = ChannelWriter {
             tx,
-            buf: BytesMut::with_capacity(PIECE_CAPACITY),
+            buf: BytesMut::new(),
         };
         let result = files.encode_groups(groups.ranges(), out);
         if let Err(e) = &result {
@@ -227,10 +227,17 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let piece = self.buf.split().freeze();
-        // A fresh piece's room at once: grown by doubling from what `split`
-        // leaves (nothing), it would be copied at every step.
-        self.buf.reserve(PIECE_CAPACITY);
+        // quinn keeps a piece until the peer acknowledges it, and with it the
+        // allocation it sits in: a short piece (a small blob, a blob's end) is
+        // copied out, so that it does not hold a whole piece's room, and the
+        // room is kept for the next one.
+        let piece = if self.buf.len() < PIECE_BYTES / 4 {
+            let short = Bytes::copy_from_slice(&self.buf);
+            self.buf.clear();
+            short
+        } else {
+            self.buf.split().freeze()
+        };
         self.tx
             .blocking_send(piece)
             .map_err(|_| io::Error::new(io::ErrorKind::ConnectionReset, "peer stream closed"))
@@ -239,6 +246,11 @@ impl ChannelWriter {
 
 impl io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && self.buf.capacity() < PIECE_BYTES {
+            // A fresh piece's room at once: grown by doubling from what
+            // `split` left, it would be copied at every step.
+            self.buf = BytesMut::with_capacity(PIECE_CAPACITY);
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= PIECE_BYTES {
             self.send()?;

@@ -138,6 +138,9 @@ fn copy_and_hash(
         .create(true)
         .truncate(true)
         .open(temp_data)?;
+    // Everything that can fail before the copy starts comes first: the copy
+    // thread is only joined below.
+    let outboard = File::create(temp_outboard)?;
     let (progress, landed) = mpsc::channel();
     let copy_to = data.try_clone()?;
     let copier = std::thread::spawn(move || copy_in_steps(&input, &copy_to, size, &progress));
@@ -151,23 +154,21 @@ fn copy_and_hash(
         },
     );
     let tree = BaoTree::new(size, BLOCK_SIZE);
-    let outboard = File::create(temp_outboard)?;
     let mut outboard_writer = BufWriter::new(&outboard);
     let hashed = outboard_post_order(reader, tree, &mut outboard_writer);
-    // The copier's error says why the copy stopped short; the hasher only saw
-    // the end of what landed.
     let copied = copier
         .join()
         .map_err(|_| io::Error::other("copy thread panicked"))?;
-    match copied {
-        Ok(true) => {}
-        Ok(false) => return Err(changed(source)),
-        Err(e) => return Err(e),
-    }
-    let hash = hashed.map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => changed(source),
-        _ => e,
-    })?;
+    let hash = match (hashed, copied) {
+        // The hasher's own failure (the outboard's disk full, a read error)
+        // says why; the copier then only saw it stop.
+        (Err(e), _) if e.kind() != io::ErrorKind::UnexpectedEof => return Err(e),
+        // The copier's says why the copy stopped short; the hasher only saw
+        // the end of what landed.
+        (_, Err(e)) => return Err(e),
+        (Ok(hash), Ok(true)) => hash,
+        (_, Ok(_)) => return Err(changed(source)),
+    };
     outboard_writer.flush()?;
     drop(outboard_writer);
     outboard.sync_all()?;

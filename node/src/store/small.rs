@@ -5,8 +5,9 @@
 //! Per file, that is one new inode and one rename; the syncs, once per file
 //! and per checkpoint on the partial path, are one per batch. A crash before
 //! the renames leaves the files in `tmp/`, emptied when the store opens; the
-//! folder itself is synced once the bundle is recorded
-//! ([`Store::add_fetched_bundle`]), before which nothing depends on the names.
+//! folder is synced after each batch's renames, before a replaced damaged
+//! copy loses its mark, and nothing depends on the names before the bundle
+//! is recorded ([`Store::add_fetched_bundle`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -51,6 +52,7 @@ impl Store {
             .map_err(io_at(&tmp))?;
         // Under the lock removals and commits take, as a partial blob's commit.
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replaced = Vec::new();
         for (blob, temp) in blobs.iter().zip(&temps.0) {
             let hash = blob.hash();
             if self.has_blob_file(&hash, blob.bytes().len() as u64) {
@@ -59,7 +61,13 @@ impl Store {
             }
             let dest = self.layout.blob(&hash);
             fs::rename(temp, &dest).map_err(io_at(&dest))?;
-            // After the rename: a blob is never unmarked while its bad copy is in place.
+            replaced.push(hash);
+        }
+        // A mark is cleared only once the new names are durable: a crash must
+        // not bring back a bad copy without its mark.
+        let blobs_dir = self.layout.blobs_dir();
+        layout::sync_dir(&blobs_dir).map_err(io_at(&blobs_dir))?;
+        for hash in replaced {
             self.index
                 .clear_damaged(&hash)
                 .map_err(|e| self.index_err(e))?;

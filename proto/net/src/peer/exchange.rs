@@ -13,6 +13,7 @@ use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use bytes::Bytes;
 use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, Manifest};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
 
 use super::frame;
@@ -159,16 +160,21 @@ pub async fn request_whole(
         .ok_or_else(|| PeerFailure::Local(format!("blob of {size} bytes asked for whole")))?;
     let only_group = 0..1;
     let whole = GroupRanges::new(vec![only_group]).expect("one group is a valid range");
-    let mut recv = ask_blob(conn, hash, size, whole).await?;
-    let bytes = match tokio::time::timeout(STALL_LIMIT, recv.read_to_end(limit)).await {
-        Err(_) => return Err(PeerFailure::Gone("stalled".into())),
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            return Err(PeerFailure::Lied("sent more than the blob".into()));
-        }
-        Ok(Err(quinn::ReadToEndError::Read(e))) => return Err(lost(conn, e)),
-        Ok(Ok(bytes)) => bytes,
-    };
-    if bytes.len() != limit {
+    let recv = ask_blob(conn, hash, size, whole).await?;
+    // A slow link is not a stalled one: the deadline is on progress, as for
+    // every other read from a peer, not on the whole blob.
+    let mut reader = StallGuard::new(recv, STALL_LIMIT).take(limit as u64 + 1);
+    let mut bytes = Vec::with_capacity(limit);
+    if let Err(e) = reader.read_to_end(&mut bytes).await {
+        return Err(match e.kind() {
+            std::io::ErrorKind::TimedOut => PeerFailure::Gone("stalled".into()),
+            _ => lost(conn, e),
+        });
+    }
+    if bytes.len() > limit {
+        return Err(PeerFailure::Lied("sent more than the blob".into()));
+    }
+    if bytes.len() < limit {
         return Err(PeerFailure::Lied(
             "stream ended before every group was sent".into(),
         ));
