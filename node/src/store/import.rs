@@ -131,7 +131,7 @@ fn copy_and_hash(
     temp_data: &Path,
     temp_outboard: &Path,
 ) -> io::Result<BlobHash> {
-    let input = File::open(source)?;
+    let input = open_regular(source)?;
     let data = File::options()
         .read(true)
         .write(true)
@@ -173,6 +173,25 @@ fn copy_and_hash(
     drop(outboard_writer);
     outboard.sync_all()?;
     Ok(hash.into())
+}
+
+/// Opens `source` for reading only if it is still a regular file: the folder
+/// was listed earlier, and a file swapped since for a symlink (to a secret
+/// the node may read) or a FIFO (which would block the import, holding the
+/// store's lock) is refused, not followed or waited on.
+fn open_regular(source: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(source)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is no longer a regular file", source.display()),
+        ));
+    }
+    Ok(file)
 }
 
 /// The copy thread: `size` bytes from `input` to `data` in [`COPY_STEP`]s,
@@ -342,6 +361,36 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{listed}: {err}");
             assert!(err.to_string().contains("changed while being imported"));
         }
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
+        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_or_a_fifo_is_refused_not_followed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path().join("store"))?;
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"the node's key")?;
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link)?;
+        assert!(
+            import_file(store.layout(), &link, 14).is_err(),
+            "a symlink is not followed"
+        );
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )?;
+        let err = import_file(store.layout(), &fifo, 14).unwrap_err();
+        assert!(
+            err.to_string().contains("no longer a regular file"),
+            "{err}"
+        );
         assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
         assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
         Ok(())
