@@ -20,8 +20,8 @@ const QUOTA_US: u64 = 1000;
 #[derive(Debug)]
 pub struct CpuQuota {
     group: PathBuf,
-    parent_procs: PathBuf,
-    pid: u32,
+    /// The `cgroup.procs` of the group the process came from.
+    home_procs: PathBuf,
 }
 
 impl CpuQuota {
@@ -45,6 +45,7 @@ impl CpuQuota {
                 "no cgroup cpu controller at /sys/fs/cgroup: cannot hold the node to part of a core"
             );
         };
+        let home = parent.join(home_of(pid, v1)?);
         let group = parent.join(name);
         fs::create_dir(&group).with_context(|| {
             format!(
@@ -55,8 +56,7 @@ impl CpuQuota {
         // From here on, dropping this removes the group again.
         let held = Self {
             group,
-            parent_procs: parent.join("cgroup.procs"),
-            pid,
+            home_procs: home.join("cgroup.procs"),
         };
         if v1 {
             write(
@@ -77,10 +77,33 @@ impl CpuQuota {
 
 impl Drop for CpuQuota {
     fn drop(&mut self) {
-        // A process that already exited has left the group by itself.
-        let _ = fs::write(&self.parent_procs, self.pid.to_string());
+        // Only what is in the group goes home (a process that exited has
+        // left by itself), so no other process is ever moved.
+        let procs = fs::read_to_string(self.group.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = fs::write(&self.home_procs, pid);
+        }
         let _ = fs::remove_dir(&self.group);
     }
+}
+
+/// The cgroup `pid` is in now, relative to the hierarchy's root: the `cpu`
+/// hierarchy's line of `/proc/PID/cgroup` on v1, the unified (`0::`) one on v2.
+fn home_of(pid: u32, v1: bool) -> Result<PathBuf> {
+    let lines = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    lines
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let wanted = if v1 {
+                controllers.split(',').any(|c| c == "cpu")
+            } else {
+                controllers.is_empty()
+            };
+            wanted.then(|| PathBuf::from(path.trim_start_matches('/')))
+        })
+        .with_context(|| format!("no cpu cgroup for process {pid}"))
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
