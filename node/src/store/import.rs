@@ -323,6 +323,13 @@ mod tests {
         Ok(temp)
     }
 
+    /// Neither a temporary file nor a blob is left in the store.
+    fn holds_nothing(store: &Store) -> anyhow::Result<()> {
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
+        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
+        Ok(())
+    }
+
     fn read_verified(store: &Store, hash: &BlobHash, size: u64) -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::new();
         store.open_blob(hash, size)?.read_verified(0..size, |b| {
@@ -361,9 +368,7 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{listed}: {err}");
             assert!(err.to_string().contains("changed while being imported"));
         }
-        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
-        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
-        Ok(())
+        holds_nothing(&store)
     }
 
     #[test]
@@ -391,9 +396,7 @@ mod tests {
             err.to_string().contains("no longer a regular file"),
             "{err}"
         );
-        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
-        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
-        Ok(())
+        holds_nothing(&store)
     }
 
     #[test]
