@@ -79,23 +79,25 @@ fn main() -> Result<()> {
         .install_default()
         .ok();
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: u64| -> Result<u64> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args.get(i + 1).context("a value")?.parse()?),
-            None => Ok(default),
-        }
-    };
-    let (rounds, secs) = (flag("--rounds", 3)?, flag("--secs", 5)?);
-    let node_cpu = match args.iter().position(|a| a == "--node-cpu") {
-        Some(i) => args.get(i + 1).context("a value")?.parse()?,
-        None => NODE_CPU,
-    };
+    let (rounds, secs) = (flag(&args, "--rounds", 3)?, flag(&args, "--secs", 5)?);
+    let node_cpu = flag(&args, "--node-cpu", NODE_CPU)?;
     pin_self_to_core(1)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(run(rounds as usize, Duration::from_secs(secs), node_cpu))
+}
+
+/// The value after `name` on the command line, or `default`.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(args.get(i + 1).context("a value")?.parse()?),
+        None => Ok(default),
+    }
 }
 
 async fn run(rounds: usize, secs: Duration, node_cpu: f64) -> Result<()> {

@@ -153,9 +153,7 @@ fn copy_and_hash(
             progress: landed,
         },
     );
-    let tree = BaoTree::new(size, BLOCK_SIZE);
-    let mut outboard_writer = BufWriter::new(&outboard);
-    let hashed = outboard_post_order(reader, tree, &mut outboard_writer);
+    let hashed = write_outboard(reader, size, &outboard);
     let copied = copier
         .join()
         .map_err(|_| io::Error::other("copy thread panicked"))?;
@@ -169,8 +167,16 @@ fn copy_and_hash(
         (Ok(hash), Ok(true)) => hash,
         (_, Ok(_)) => return Err(changed(source)),
     };
-    outboard_writer.flush()?;
-    drop(outboard_writer);
+    Ok(hash)
+}
+
+/// Builds the outboard of the `size` bytes `data` gives into `outboard`,
+/// synced, and returns their hash.
+fn write_outboard(data: impl Read, size: u64, outboard: &File) -> io::Result<BlobHash> {
+    let mut writer = BufWriter::new(outboard);
+    let hash = outboard_post_order(data, BaoTree::new(size, BLOCK_SIZE), &mut writer)?;
+    writer.flush()?;
+    drop(writer);
     outboard.sync_all()?;
     Ok(hash.into())
 }
@@ -233,15 +239,10 @@ fn outboard_of(data: &Path, size: u64, temp_outboard: &Path) -> io::Result<BlobH
         return Err(changed(data));
     }
     let outboard = File::create(temp_outboard)?;
-    let mut writer = BufWriter::new(&outboard);
-    let tree = BaoTree::new(size, BLOCK_SIZE);
     let reader = io::BufReader::with_capacity(READ_BUFFER, &file);
-    let hash = outboard_post_order(reader, tree, &mut writer)?;
-    writer.flush()?;
-    drop(writer);
-    outboard.sync_all()?;
+    let hash = write_outboard(reader, size, &outboard)?;
     file.sync_all()?;
-    Ok(hash.into())
+    Ok(hash)
 }
 
 fn changed(source: &Path) -> io::Error {

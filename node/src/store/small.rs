@@ -52,7 +52,7 @@ impl Store {
             .map_err(io_at(&tmp))?;
         // Under the lock removals and commits take, as a partial blob's commit.
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut replaced = Vec::new();
+        let mut placed = Vec::new();
         for (blob, temp) in blobs.iter().zip(&temps.0) {
             let hash = blob.hash();
             if self.has_blob_file(&hash, blob.bytes().len() as u64) {
@@ -61,13 +61,13 @@ impl Store {
             }
             let dest = self.layout.blob(&hash);
             fs::rename(temp, &dest).map_err(io_at(&dest))?;
-            replaced.push(hash);
+            placed.push(hash);
         }
         // A mark is cleared only once the new names are durable: a crash must
         // not bring back a bad copy without its mark.
         let blobs_dir = self.layout.blobs_dir();
         layout::sync_dir(&blobs_dir).map_err(io_at(&blobs_dir))?;
-        for hash in replaced {
+        for hash in placed {
             self.index
                 .clear_damaged(&hash)
                 .map_err(|e| self.index_err(e))?;
