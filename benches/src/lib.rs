@@ -6,12 +6,17 @@
 //!   plain read of the same file.
 //! - `src/bin/quic-copy.rs`: copying a bundle between two nodes over QUIC against
 //!   a minimal quinn sender/receiver, as a ratio measured in one run.
+//! - `src/bin/surge.rs`: idle connections, overload and a flood against one node.
+//! - `src/bin/repair-while-serving.rs`: browsers' p99 on a node that is the
+//!   source of copies, against the same load without them.
 //! - `load/`: the HTTPS load harness against nginx.
 //!
 //! The helpers here parse the import benchmarks' options, make test data and read
-//! the single blob of a one-file bundle; [`process`] times child processes and
-//! [`ceiling`] is the minimal QUIC sender and receiver `quic-copy` compares with.
+//! the single blob of a one-file bundle; [`process`] times child processes,
+//! [`ceiling`] is the minimal QUIC sender and receiver `quic-copy` compares with,
+//! and [`browsers`] the HTTPS clients of `surge` and `repair-while-serving`.
 
+pub mod browsers;
 pub mod ceiling;
 pub mod process;
 pub mod quota;

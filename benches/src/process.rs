@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Add;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -136,6 +137,25 @@ pub fn run_timed(cmd: &mut Command, what: &str) -> Result<Timed> {
     Ok(Timed { output, wall, cpu })
 }
 
+/// `cartable-node --data-dir DIR`, logging warnings only.
+pub fn node_command(node: &Path, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(node);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .env("CARTABLE_LOG", "warn");
+    cmd
+}
+
+/// The first line `cmd` printed, once it succeeded.
+pub fn printed_first(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = run_timed(cmd, what)?.output;
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .next()
+        .with_context(|| format!("{what} printed nothing"))?
+        .to_owned())
+}
+
 /// A long-running child that printed one line when ready; killed on drop.
 #[derive(Debug)]
 pub struct Server {
@@ -172,6 +192,15 @@ impl Server {
         self.line
             .split_whitespace()
             .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// `ID@ADDR` of a node (or ceiling) that printed `id=` and `quic=`.
+    pub fn peer_addr(&self) -> Result<String> {
+        Ok(format!(
+            "{}@{}",
+            self.field("id").context("no id=")?,
+            self.field("quic").context("no quic=")?
+        ))
     }
 
     /// Its process id.

@@ -156,7 +156,12 @@ impl Cli {
         match self.command {
             Command::Init { .. } => unreachable!("handled before the config is read"),
             Command::Serve { .. } => {
-                cartable_net::signal::block_on_daemon(crate::daemon::run(config))
+                // Outlives the daemon's runtime: dropped here, outside any task.
+                let copies = crate::background::Background::start()?;
+                cartable_net::signal::block_on_daemon(crate::daemon::run(
+                    config,
+                    copies.handle().clone(),
+                ))
             }
             Command::Add { dir, json } => add(&config, dir, json),
             Command::Bundles { json } => {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::runtime::Handle;
 
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
@@ -32,7 +33,9 @@ use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
 
 /// Runs the node until a stop signal.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// Copies between nodes (answering peers, the replication agent) run on
+/// `copies`, whose threads yield to the browsers' (see [`crate::background`]).
+pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let identity = Identity::load_or_create(&data_dir)?;
     let store = Arc::new(
@@ -53,19 +56,24 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let metrics = MetricsServer::bind_configured(config.metrics).await?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
-    let peers = PeerEndpoint::bind_for(
-        config.quic.listen,
-        &identity,
-        members.clone(),
-        cartable_proto::wire::ALPN,
-        config.quic.limits,
-    )?;
+    // Bound from the copies' runtime: quinn drives the endpoint, and the
+    // connections it accepts, on the runtime current when they are made.
+    let peers = {
+        let _copies = copies.enter();
+        PeerEndpoint::bind_for(
+            config.quic.listen,
+            &identity,
+            members.clone(),
+            cartable_proto::wire::ALPN,
+            config.quic.limits,
+        )?
+    };
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
         quic: peers.local_addr()?,
         id: identity.id(),
     };
-    let peers_task = tokio::spawn(serve_peers(peers.clone(), store.clone()));
+    let peers_task = copies.spawn(serve_peers(peers.clone(), store.clone()));
     let reputation = Arc::new(Reputation::default());
     let through = (!config.quic.peers.is_empty() || membership.is_some()).then(|| {
         Arc::new(FetchThrough::new(
@@ -127,7 +135,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
         _ => (None, None),
     };
-    let member_task = member.clone().map(|m| tokio::spawn(m.run()));
+    let member_task = member.clone().map(|m| copies.spawn(m.run()));
     let status = Arc::new(Sources::new(
         info.id,
         store.clone(),

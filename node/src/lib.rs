@@ -8,7 +8,8 @@
 //!   `If-None-Match`) and [`target`] (the request path), are public for the
 //!   fuzz targets in `node/fuzz`.
 //! - [`admin`]: the local socket through which the CLI talks to a running daemon.
-//! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together.
+//! - [`daemon`]: `cartable-node serve`: store, HTTPS and admin socket together;
+//!   copies between nodes on a [`background`] runtime that yields to browsers.
 //! - [`member`]: membership of a coordinator: heartbeats, orders kept on disk, the replication agent.
 //! - [`status`]: what the node shows about itself: the status page at `/`,
 //!   and, in [`metrics`], what `/metrics` tells the operator's monitoring.
@@ -19,6 +20,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod admin;
+mod background;
 pub mod cli;
 pub mod config;
 mod daemon;

@@ -1,7 +1,7 @@
 //! Nodes copying bundles from each other over QUIC, as real processes on
 //! loopback: byte-exact copies, resuming after SIGKILL (large files and many
 //! small ones), strangers refused, garbage on a stream answered with a typed
-//! error, liars caught.
+//! error, liars caught, copies served from threads that yield to browsers.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -47,6 +47,71 @@ fn assert_stored(data: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<()>
     for (name, bytes) in files {
         anyhow::ensure!(stored_blob(data, bytes)? == *bytes, "{name} differs");
     }
+    Ok(())
+}
+
+/// A thread of a running process: its name, scheduling policy and CPU ticks
+/// (fields 2, 41, 14 and 15 of `/proc/PID/task/TID/stat`).
+struct Thread {
+    name: String,
+    policy: u32,
+    ticks: u64,
+}
+
+fn threads_of(pid: u32) -> anyhow::Result<Vec<Thread>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue; // ended since the listing
+        };
+        let (open, close) = (stat.find('(').unwrap_or(0), stat.rfind(')').unwrap_or(0));
+        // Field 3 onwards, after the name.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |n: usize| -> anyhow::Result<u64> { Ok(fields[n - 3].parse()?) };
+        threads.push(Thread {
+            name: stat[open + 1..close].to_owned(),
+            policy: u32::try_from(field(41)?)?,
+            ticks: field(14)? + field(15)?,
+        });
+    }
+    Ok(threads)
+}
+
+/// The CPU ticks of `pid`'s threads named `name`.
+fn ticks_of(pid: u32, name: &str) -> anyhow::Result<u64> {
+    Ok(threads_of(pid)?
+        .iter()
+        .filter(|t| t.name == name)
+        .map(|t| t.ticks)
+        .sum())
+}
+
+#[test]
+fn copies_are_served_from_threads_that_yield_to_browsers() -> anyhow::Result<()> {
+    const SCHED_IDLE: u32 = 5;
+    const COPIES: &str = "cartable-copies";
+    let dir = tempfile::tempdir()?;
+    let [a, b, lesson] = ["a", "b", "lesson"].map(|n| dir.path().join(n));
+    let files = lesson_of_sizes(&lesson, &[32 << 20])?;
+    let source = serving(&a, &b)?;
+    let bundle = source.add(&lesson)?;
+    let before = ticks_of(source.pid(), COPIES)?;
+    fetch_ok(&b, &bundle, &source)?;
+    assert_stored(&b, &files)?;
+    let threads = threads_of(source.pid())?;
+    let (copies, others): (Vec<_>, Vec<_>) = threads.iter().partition(|t| t.name == COPIES);
+    assert!(!copies.is_empty(), "no copies' threads");
+    for t in &copies {
+        assert_eq!(t.policy, SCHED_IDLE, "a copies' thread is not SCHED_IDLE");
+    }
+    for t in &others {
+        assert_eq!(t.policy, 0, "{} is not under the normal policy", t.name);
+    }
+    // Reading, verifying and encrypting 32 MiB for the peer took CPU there.
+    assert!(
+        ticks_of(source.pid(), COPIES)? > before,
+        "the copy was not served from the copies' threads"
+    );
     Ok(())
 }
 

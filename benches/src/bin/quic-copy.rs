@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use cartable_benches::ceiling;
-use cartable_benches::process::{Cpu, Server, machine_busy, run_timed};
+use cartable_benches::process::{
+    Cpu, Server, machine_busy, node_command, printed_first, run_timed,
+};
 use cartable_benches::{BigFile, FileArgs, median, mib_per_s, target_dir, write_random_file};
 use cartable_net::identity::{Identity, KEY_FILE};
 use cartable_proto::NodeId;
@@ -489,11 +491,7 @@ impl Ceiling {
             "ceiling listening ",
             START_LIMIT,
         )?;
-        let peer = format!(
-            "{}@{}",
-            server.field("id").context("no id=")?,
-            server.field("quic").context("no quic=")?
-        );
+        let peer = server.peer_addr()?;
         Ok(Self {
             server,
             peer,
@@ -599,7 +597,7 @@ impl<'a> Cartable<'a> {
     fn start(node: &'a Path, work: &Path, lesson: &Path) -> Result<Self> {
         let b_key = work.join("b-key");
         let b_id: NodeId =
-            first_line(node_command(node, &b_key).arg("id"), "cartable-node id")?.parse()?;
+            printed_first(node_command(node, &b_key).arg("id"), "cartable-node id")?.parse()?;
         let a_dir = work.join("a");
         let bundle = add_bundle(node, &a_dir, lesson)?;
         // B never listens: only its id matters to A, the address is a placeholder.
@@ -616,11 +614,7 @@ impl<'a> Cartable<'a> {
             "cartable-node listening ",
             START_LIMIT,
         )?;
-        let a_peer = format!(
-            "{}@{}",
-            a.field("id").context("no id=")?,
-            a.field("quic").context("no quic=")?
-        );
+        let a_peer = a.peer_addr()?;
         Ok(Self {
             node,
             a,
@@ -719,23 +713,5 @@ fn add_bundle(node: &Path, data_dir: &Path, lesson: &Path) -> Result<String> {
         .lines()
         .next()
         .context("add printed nothing")?
-        .to_owned())
-}
-
-/// `cartable-node --data-dir DIR`, logging warnings only.
-fn node_command(node: &Path, data_dir: &Path) -> Command {
-    let mut cmd = Command::new(node);
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .env("CARTABLE_LOG", "warn");
-    cmd
-}
-
-fn first_line(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = run_timed(cmd, what)?.output;
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .next()
-        .with_context(|| format!("{what} printed nothing"))?
         .to_owned())
 }

@@ -1,0 +1,108 @@
+//! The runtime for copies between nodes, whose threads the kernel runs only
+//! when the browsers' threads leave it a core.
+//!
+//! A node that is the source of repairs spends its CPU on reading, verifying,
+//! encrypting and sending groups to peers; a node that receives them, on
+//! decoding, verifying and storing. Both can wait; a pupil's page cannot. So
+//! the peers' QUIC endpoint (answering peers) and the replication agent (this
+//! node's own copies) run here, on threads under Linux's `SCHED_IDLE` policy:
+//! a browser's request that wakes a worker takes the core from a copy at
+//! once, where a nicer value would still let the copy finish its time slice
+//! (`benches/README.md`, "repair while serving", measures both). When
+//! browsers are quiet the copies take the whole machine; under a surge that
+//! fills every core they slow to a crawl (a weight of 3 against 1024), and
+//! their peers' progress deadlines send the fetchers to other holders. A
+//! fetch-through on a browser's behalf stays on the browsers' runtime.
+
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+/// How long leftover copy tasks get at a stop, after the daemon has returned.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// The copies' runtime; dropped after the daemon's own, outside any task.
+pub struct Background {
+    runtime: Option<Runtime>,
+}
+
+impl Background {
+    /// Starts the runtime; its worker and blocking threads each put themselves
+    /// under `SCHED_IDLE` as they start.
+    pub fn start() -> std::io::Result<Self> {
+        let runtime = Builder::new_multi_thread()
+            .thread_name("cartable-copies")
+            .enable_all()
+            .on_thread_start(idle_this_thread)
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Where to spawn copy work, and what to enter to bind the peers' endpoint.
+    pub fn handle(&self) -> &Handle {
+        self.runtime
+            .as_ref()
+            .expect("only taken when dropped")
+            .handle()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(LEFTOVER_GRACE);
+        }
+    }
+}
+
+/// Linux keeps a scheduling policy per thread: this changes the calling
+/// thread's only. Lowering it needs no privilege; failing (a seccomp filter)
+/// leaves the thread as it was, which costs browsers' latency, not
+/// correctness, so it is logged, not fatal.
+fn idle_this_thread() {
+    if let Err(e) = set_idle_policy() {
+        tracing::warn!(error = %e, "copies' thread keeps the daemon's priority");
+    }
+}
+
+/// `sched_setscheduler(0, SCHED_IDLE)`, which neither rustix nor std wraps.
+#[allow(unsafe_code)]
+fn set_idle_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is initialised and outlives the call, which only reads
+    // it; pid 0 is the calling thread.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's policy, field 41 of `/proc/thread-self/stat`.
+    fn my_policy() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields count from the command's closing parenthesis, which is field 2.
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn worker_and_blocking_threads_run_under_sched_idle() {
+        let daemon = my_policy();
+        assert_eq!(daemon, libc::SCHED_OTHER);
+        let background = Background::start().unwrap();
+        let (worker, blocking) = background.handle().block_on(async {
+            let worker = tokio::spawn(async { my_policy() }).await.unwrap();
+            let blocking = tokio::task::spawn_blocking(my_policy).await.unwrap();
+            (worker, blocking)
+        });
+        assert_eq!((worker, blocking), (libc::SCHED_IDLE, libc::SCHED_IDLE));
+        // The caller's own thread, which only entered the runtime, is untouched.
+        assert_eq!(my_policy(), daemon);
+    }
+}
