@@ -1,18 +1,28 @@
-//! The runtime for copies between nodes, whose threads the kernel runs only
-//! when the browsers' threads leave it a core.
+//! The runtime for answering peers' copies, whose threads the kernel runs
+//! only when the browsers' threads leave it a core.
 //!
 //! A node that is the source of repairs spends its CPU on reading, verifying,
-//! encrypting and sending groups to peers; a node that receives them, on
-//! decoding, verifying and storing. Both can wait; a pupil's page cannot. So
-//! the peers' QUIC endpoint (answering peers) and the replication agent (this
-//! node's own copies) run here, on threads under Linux's `SCHED_IDLE` policy:
-//! a browser's request that wakes a worker takes the core from a copy at
-//! once, where a nicer value would still let the copy finish its time slice
-//! (`benches/README.md`, "repair while serving", measures both). When
-//! browsers are quiet the copies take the whole machine; under a surge that
-//! fills every core they slow to a crawl (a weight of 3 against 1024), and
-//! their peers' progress deadlines send the fetchers to other holders. A
-//! fetch-through on a browser's behalf stays on the browsers' runtime.
+//! encrypting and sending groups to peers. That can wait; a pupil's page
+//! cannot. So the connections peers open to this node are accepted and served
+//! here, on threads under Linux's `SCHED_IDLE` policy: a browser's request
+//! that wakes a worker takes the core from a copy at once, where a nicer value
+//! would still let the copy finish its time slice (`benches/README.md`,
+//! "Repair while serving", measures both). When browsers are quiet the copies
+//! take the whole machine; under a surge that fills every core they slow to a
+//! crawl (a weight of 3 against 1024), and their fetchers' progress deadlines
+//! send them to other holders.
+//!
+//! Only that: the QUIC endpoint's driver, the member's heartbeats and its
+//! replication agent, fetch-through and the admin socket stay on the daemon's
+//! runtime. They hold the store's write lock across syncs and sled's batch
+//! lock, which browsers' requests wait on; a thread that the kernel may leave
+//! off the CPU for long must not hold them (no priority inheritance on
+//! futexes). What runs here only reads the store, caches manifests and, on
+//! a failed read, marks a blob damaged.
+//!
+//! Under systemd (or any session of its own, with autogroup) the node is its
+//! own group: `SCHED_IDLE` yields to the node's browsers' threads, while the
+//! node as a whole keeps its fair share against other processes.
 
 use std::time::Duration;
 

@@ -33,8 +33,8 @@ use cartable_proto::control::Contact;
 use std::sync::atomic::AtomicU64;
 
 /// Runs the node until a stop signal.
-/// Copies between nodes (answering peers, the replication agent) run on
-/// `copies`, whose threads yield to the browsers' (see [`crate::background`]).
+/// Answering peers' requests runs on `copies`, whose threads yield to the
+/// browsers' (see [`crate::background`]).
 pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let identity = Identity::load_or_create(&data_dir)?;
@@ -56,18 +56,16 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     let metrics = MetricsServer::bind_configured(config.metrics).await?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
-    // Bound from the copies' runtime: quinn drives the endpoint, and the
-    // connections it accepts, on the runtime current when they are made.
-    let peers = {
-        let _copies = copies.enter();
-        PeerEndpoint::bind_for(
-            config.quic.listen,
-            &identity,
-            members.clone(),
-            cartable_proto::wire::ALPN,
-            config.quic.limits,
-        )?
-    };
+    // The endpoint's driver stays here, with fetch-through's and the member's
+    // own connections; quinn drives each accepted connection on the runtime
+    // that accepts it, so `serve_peers` on `copies` takes only the copies.
+    let peers = PeerEndpoint::bind_for(
+        config.quic.listen,
+        &identity,
+        members.clone(),
+        cartable_proto::wire::ALPN,
+        config.quic.limits,
+    )?;
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
         quic: peers.local_addr()?,
@@ -135,7 +133,7 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
         }
         _ => (None, None),
     };
-    let member_task = member.clone().map(|m| copies.spawn(m.run()));
+    let member_task = member.clone().map(|m| tokio::spawn(m.run()));
     let status = Arc::new(Sources::new(
         info.id,
         store.clone(),
