@@ -12,9 +12,9 @@
 //! crawl (a weight of 3 against 1024), and their fetchers' progress deadlines
 //! send them to other holders.
 //!
-//! Only that: the QUIC endpoint's driver, the member's heartbeats and its
-//! replication agent, fetch-through and the admin socket stay on the daemon's
-//! runtime. They hold the store's write lock across syncs and sled's batch
+//! Only that: the endpoint this node dials from (the member's heartbeats and
+//! its replication agent, fetch-through, the admin socket's fetches) stays on
+//! the daemon's runtime. They hold the store's write lock across syncs and sled's batch
 //! lock, which browsers' requests wait on; a thread that the kernel may leave
 //! off the CPU for long must not hold them (no priority inheritance on
 //! futexes). What runs here only reads the store, caches manifests and, on

@@ -4,9 +4,10 @@
 //!
 //! What a stop persists: the replication agent keeps its membership and its
 //! last orders on disk as it gets them (temporary file, sync, rename), and a
-//! copy in progress records each verified group once its bytes are synced, so
-//! stopping the agent mid-copy loses no acknowledged state and the copy
-//! resumes; the store's index is flushed last, once nothing changes it.
+//! copy in progress records its verified groups once their bytes are synced
+//! (every 64 MiB or 2 s of them), so stopping the agent mid-copy loses no
+//! acknowledged state and the copy resumes, fetching again at most what was
+//! not recorded yet; the store's index is flushed last, once nothing changes it.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -56,10 +57,11 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     let metrics = MetricsServer::bind_configured(config.metrics).await?;
     let membership = Membership::load(&data_dir)?;
     let members = Members::new(config.quic.peers.iter().map(|p| p.id));
-    // The endpoint's driver stays here, with fetch-through's and the member's
-    // own connections; quinn drives each accepted connection on the runtime
-    // that accepts it, so `serve_peers` on `copies` takes only the copies.
-    let peers = PeerEndpoint::bind_for(
+    // Peers' connections are accepted, driven and answered on `copies`; the
+    // ones this node opens (heartbeats, its own copies, fetch-through) go out
+    // of an endpoint driven here, at the browsers' priority.
+    let peers = PeerEndpoint::bind_listening_on(
+        &copies,
         config.quic.listen,
         &identity,
         members.clone(),

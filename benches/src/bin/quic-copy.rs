@@ -14,6 +14,8 @@
 //!   group and stores the bundle durably; with `--eatmydata`, the same fetch
 //!   again with every fsync a no-op.
 //!
+//! Senders run on core 0 and receivers on core 1, as on two machines.
+//!
 //! Each round runs every copy, in an order that reverses from round to round,
 //! after one untimed warm-up round; a round during which other processes were
 //! busy is run again. Wall time is the receiving process's, from spawn to exit
@@ -48,6 +50,19 @@ const USAGE: &str = "usage: quic-copy [OPTIONS]
                  to see what durability costs
   --noise-limit C  run a round again when other processes used more than C cores in user
                  space during one of its copies (default 0.15; at most 3x the rounds in all)";
+
+/// Where every sender runs, and every receiver: one core each, as on two
+/// machines. Unpinned, a receiver would take the sending node's cores from its
+/// copies' threads, which yield to anything else (`SCHED_IDLE`).
+const SENDER_CORE: &str = "0";
+const RECEIVER_CORE: &str = "1";
+
+/// `program` under `taskset -c core` (which execs it: the same process).
+fn on_core(core: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", core]).arg(program);
+    cmd
+}
 
 /// How long a server may take to print its ready line.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -483,7 +498,7 @@ impl Ceiling {
         let client_key = work.join("ceiling-client");
         let client = Identity::load_or_create(&client_key)?.id();
         let server = Server::spawn(
-            Command::new(std::env::current_exe()?)
+            on_core(SENDER_CORE, &std::env::current_exe()?)
                 .arg("ceiling-server")
                 .arg(file)
                 .arg(work.join("ceiling-server"))
@@ -552,7 +567,7 @@ impl Copier for CeilingCopy<'_> {
         };
         let sender_before = self.ceiling.server.cpu()?;
         let run = run_timed(
-            Command::new(std::env::current_exe()?)
+            on_core(RECEIVER_CORE, &std::env::current_exe()?)
                 .arg("ceiling-client")
                 .arg(&self.ceiling.peer)
                 .arg(&self.ceiling.client_key)
@@ -602,15 +617,19 @@ impl<'a> Cartable<'a> {
         let bundle = add_bundle(node, &a_dir, lesson)?;
         // B never listens: only its id matters to A, the address is a placeholder.
         let a = Server::spawn(
-            node_command(node, &a_dir).args([
-                "serve",
-                "--https",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--peer",
-                &format!("{b_id}@127.0.0.1:9"),
-            ]),
+            on_core(SENDER_CORE, node)
+                .arg("--data-dir")
+                .arg(&a_dir)
+                .env("CARTABLE_LOG", "warn")
+                .args([
+                    "serve",
+                    "--https",
+                    "127.0.0.1:0",
+                    "--quic",
+                    "127.0.0.1:0",
+                    "--peer",
+                    &format!("{b_id}@127.0.0.1:9"),
+                ]),
             "cartable-node listening ",
             START_LIMIT,
         )?;
@@ -662,14 +681,17 @@ impl Copier for FetchCopy<'_> {
         let c = self.cartable;
         let sender_before = c.a.cpu()?;
         let mut fetch = match self.eatmydata {
-            false => node_command(c.node, &c.b_dir),
+            false => on_core(RECEIVER_CORE, c.node),
             true => {
-                let mut cmd = Command::new("eatmydata");
-                cmd.arg(c.node).arg("--data-dir").arg(&c.b_dir);
-                cmd.env("CARTABLE_LOG", "warn");
+                let mut cmd = on_core(RECEIVER_CORE, Path::new("eatmydata"));
+                cmd.arg(c.node);
                 cmd
             }
         };
+        fetch
+            .arg("--data-dir")
+            .arg(&c.b_dir)
+            .env("CARTABLE_LOG", "warn");
         fetch.args(["fetch", &c.bundle, "--from", &c.a_peer, "--json"]);
         let run = run_timed(&mut fetch, "cartable-node fetch")?;
         let sender_cpu = c.a.cpu()?.since(sender_before);

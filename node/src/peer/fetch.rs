@@ -2,7 +2,8 @@
 //! then every missing part of every blob, as units of at most
 //! [`UNIT_GROUPS`] chunk groups spread over all peers and fetched several at a
 //! time. Each unit is verified group by group as it arrives and written to the
-//! blob's partial files, so an interrupted fetch resumes with what is missing.
+//! blob's partial files, recorded every 64 MiB or 2 s, so an interrupted
+//! fetch resumes with what is missing.
 //! A blob of one chunk group or less has nothing to resume: it is fetched
 //! whole, many at a time, checked against its hash and stored in batches
 //! ([`Store::store_whole`]), so a lesson of many small files costs a round

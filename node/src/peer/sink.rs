@@ -63,7 +63,7 @@ impl VerifiedSink for GroupSink {
                     "stream ended early",
                 ));
             }
-            b.checkpoint(&self.store)
+            b.checkpoint_if_due(&self.store)
         })
     }
 }

@@ -1,4 +1,7 @@
-//! The node's QUIC endpoint: one UDP socket that accepts members and dials peers.
+//! The node's QUIC endpoint: one UDP socket that accepts members and dials
+//! peers, or, bound with [`PeerEndpoint::bind_listening_on`], one that
+//! accepts on the runtime given and a second, on an ephemeral port, that
+//! dials from the caller's.
 //!
 //! Accepting, in order: [`PeerEndpoint::accept`] judges each attempt against the
 //! [`admission`](super::admission) caps before any handshake work (refused, asked
@@ -43,6 +46,9 @@ const INCOMING_BUFFER_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct PeerEndpoint {
     endpoint: quinn::Endpoint,
+    /// Where connections this side opens go out: `endpoint` itself, or a
+    /// client-only endpoint driven by another runtime.
+    dialing: quinn::Endpoint,
     cert: CertificateDer<'static>,
     key: Arc<PrivateKeyDer<'static>>,
     members: Members,
@@ -112,12 +118,39 @@ impl PeerEndpoint {
         let endpoint = quinn::Endpoint::server(server, addr)
             .with_context(|| format!("binding QUIC on {addr}"))?;
         Ok(Self {
+            dialing: endpoint.clone(),
             endpoint,
             cert,
             key: Arc::new(key),
             members,
             admission: Admission::new(limits),
             listed: Listed::default(),
+        })
+    }
+
+    /// [`PeerEndpoint::bind_for`] with the accepting endpoint on `listening`:
+    /// quinn drives an endpoint, and the connections it accepts, on the
+    /// runtime current when they are made. Connections this side opens go out
+    /// of a second endpoint on `addr`'s address and an ephemeral port, driven
+    /// by the caller's runtime, so that neither waits on the other's threads.
+    pub fn bind_listening_on(
+        listening: &tokio::runtime::Handle,
+        addr: SocketAddr,
+        identity: &Identity,
+        members: Members,
+        alpn: &[u8],
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let dial_from = SocketAddr::new(addr.ip(), 0);
+        let dialing = quinn::Endpoint::client(dial_from)
+            .with_context(|| format!("binding QUIC on {dial_from} to dial from"))?;
+        let accepting = {
+            let _listening = listening.enter();
+            Self::bind_for(addr, identity, members, alpn, limits)?
+        };
+        Ok(Self {
+            dialing,
+            ..accepting
         })
     }
 
@@ -141,7 +174,7 @@ impl PeerEndpoint {
         let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
         config.transport_config(client_transport());
         let connecting = self
-            .endpoint
+            .dialing
             .connect_with(config, peer.addr, "cartable-node")
             .with_context(|| format!("connecting to {peer}"))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -213,6 +246,7 @@ impl PeerEndpoint {
     /// Closes every connection.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutting down");
+        self.dialing.close(0u32.into(), b"shutting down");
     }
 }
 
