@@ -446,4 +446,57 @@ mod tests {
         assert!(client.connect(addr).await.is_ok(), "a freed place is taken");
         Ok(())
     }
+
+    #[test]
+    fn listening_on_another_runtime_leaves_dialing_to_the_callers() -> anyhow::Result<()> {
+        let keys = tempfile::tempdir()?;
+        let (a_key, b_key) = (
+            Identity::load_or_create(&keys.path().join("a"))?,
+            Identity::load_or_create(&keys.path().join("b"))?,
+        );
+        let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+        let dialing = tokio::runtime::Runtime::new()?;
+        let listening = tokio::runtime::Runtime::new()?;
+        let a = {
+            let _dialing = dialing.enter();
+            PeerEndpoint::bind_listening_on(
+                listening.handle(),
+                loopback,
+                &a_key,
+                Members::anyone(),
+                wire::ALPN,
+                Limits::default(),
+            )?
+        };
+        // With the listening runtime gone, A's listener has no driver left...
+        drop(listening);
+        dialing.block_on(async {
+            let b = PeerEndpoint::bind(loopback, &b_key, Members::anyone())?;
+            let (seen, arrived) = tokio::sync::oneshot::channel();
+            let accepting = b.clone();
+            tokio::spawn(async move {
+                let arriving = accepting.accept().await.expect("B is open");
+                let _ = seen.send(arriving.remote_address());
+                let _ = arriving.handshake().await;
+            });
+            let a_at = PeerAddr {
+                id: a_key.id(),
+                addr: a.local_addr()?,
+            };
+            let b_at = PeerAddr {
+                id: b_key.id(),
+                addr: b.local_addr()?,
+            };
+            // ...while it still dials, from a port of its own.
+            a.connect(b_at).await?;
+            let from = arrived.await?;
+            assert_ne!(
+                from.port(),
+                a_at.addr.port(),
+                "dialed from the listening port"
+            );
+            assert!(b.connect(a_at).await.is_err(), "A still accepts");
+            Ok(())
+        })
+    }
 }
