@@ -12,13 +12,14 @@
 //! crawl (a weight of 3 against 1024), and their fetchers' progress deadlines
 //! send them to other holders.
 //!
-//! Only that: the endpoint this node dials from (the member's heartbeats and
-//! its replication agent, fetch-through, the admin socket's fetches) stays on
-//! the daemon's runtime. They hold the store's write lock across syncs and sled's batch
-//! lock, which browsers' requests wait on; a thread that the kernel may leave
-//! off the CPU for long must not hold them (no priority inheritance on
-//! futexes). What runs here only reads the store, caches manifests and, on
-//! a failed read, marks a blob damaged.
+//! Only that: the connections this node opens (the member's heartbeats and
+//! its replication agent, fetch-through, the admin socket's fetches) go out
+//! of a second endpoint on the daemon's runtime. They hold the store's write
+//! lock across syncs and sled's batch lock, which browsers' requests wait on,
+//! and a thread that the kernel may leave off the CPU for long must not hold
+//! them (no priority inheritance on futexes). What runs here only reads the
+//! store, caches manifests and, on a failed read, marks a blob damaged (after
+//! a `try_lock`, never waiting).
 //!
 //! Under systemd (or any session of its own, with autogroup) the node is its
 //! own group: `SCHED_IDLE` yields to the node's browsers' threads, while the
