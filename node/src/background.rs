@@ -18,8 +18,9 @@
 //! lock across syncs and sled's batch lock, which browsers' requests wait on,
 //! and a thread that the kernel may leave off the CPU for long must not hold
 //! them (no priority inheritance on futexes). What runs here only reads the
-//! store, caches manifests and, on a failed read, marks a blob damaged (after
-//! a `try_lock`, never waiting).
+//! store, caches manifests (a map insert under a write lock browsers' reads
+//! wait on, held for that insert only) and, on a failed read, marks a blob
+//! damaged (after a `try_lock`, never waiting).
 //!
 //! Under systemd (or any session of its own, with autogroup) the node is its
 //! own group: `SCHED_IDLE` yields to the node's browsers' threads, while the

@@ -77,9 +77,15 @@ impl PartialBlob {
     /// [`CHECKPOINT_EVERY`] of verified groups are unrecorded. A crash then
     /// costs at most that much fetched again, where a checkpoint at the end of
     /// every 4 MiB unit cost two syncs, a write, a third sync and a rename each
-    /// (about 750 syncs a GiB). The commit checkpoints last, whatever is due.
+    /// (about 750 syncs a GiB). The commit checkpoints last, whatever is due;
+    /// a blob whose last group just landed is recorded at once, as its commit
+    /// may not follow (a fetch-through whose browser went away), and
+    /// [`Store::commit_if_complete`] finds it complete.
     pub fn checkpoint_if_due(&mut self, store: &Store) -> io::Result<()> {
-        if self.unrecorded >= CHECKPOINT_BYTES || self.recorded_at.elapsed() >= CHECKPOINT_EVERY {
+        let due = self.unrecorded >= CHECKPOINT_BYTES
+            || self.recorded_at.elapsed() >= CHECKPOINT_EVERY
+            || (self.unrecorded > 0 && self.is_complete());
+        if due {
             return self.checkpoint(store);
         }
         Ok(())

@@ -141,13 +141,16 @@ impl PeerEndpoint {
         alpn: &[u8],
         limits: Limits,
     ) -> anyhow::Result<Self> {
-        let dial_from = SocketAddr::new(addr.ip(), 0);
-        let dialing = quinn::Endpoint::client(dial_from)
-            .with_context(|| format!("binding QUIC on {dial_from} to dial from"))?;
+        // The listening port first: an ephemeral one must not take it.
         let accepting = {
             let _listening = listening.enter();
             Self::bind_for(addr, identity, members, alpn, limits)?
         };
+        // `addr` with port 0 keeps an IPv6 scope.
+        let mut dial_from = addr;
+        dial_from.set_port(0);
+        let dialing = quinn::Endpoint::client(dial_from)
+            .with_context(|| format!("binding QUIC on {dial_from} to dial from"))?;
         Ok(Self {
             dialing,
             ..accepting
