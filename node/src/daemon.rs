@@ -60,14 +60,17 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     // Peers' connections are accepted, driven and answered on `copies`; the
     // ones this node opens (heartbeats, its own copies, fetch-through) go out
     // of an endpoint driven here, at the browsers' priority.
-    let peers = PeerEndpoint::bind_listening_on(
-        &copies,
-        config.quic.listen,
-        &identity,
-        members.clone(),
-        cartable_proto::wire::ALPN,
-        config.quic.limits,
-    )?;
+    let peers = {
+        let _copies = copies.enter();
+        PeerEndpoint::bind_for(
+            config.quic.listen,
+            &identity,
+            members.clone(),
+            cartable_proto::wire::ALPN,
+            config.quic.limits,
+        )?
+    }
+    .dialing_from_here()?;
     let info = Info {
         https: format!("https://{}", server.local_addr()?),
         quic: peers.local_addr()?,

@@ -137,7 +137,7 @@ async fn run(args: &Args) -> Result<()> {
     println!(
         "capacity: {capacity:.0} req/s (closed loop, {BROWSER_CONNECTIONS} connections); browsers at {rate:.0} req/s"
     );
-    let copies = Copies::start(&source, args.copies)?;
+    let copies = Copies::start(&source)?;
     tokio::time::sleep(RAMP + args.secs).await;
     let alone = copies.stop()?;
     println!("copies alone: {:.0} MiB/s", alone.mib_per_s);
@@ -147,7 +147,7 @@ async fn run(args: &Args) -> Result<()> {
         let mut busy = None;
         for with_copies in [round % 2 == 1, round % 2 == 0] {
             if with_copies {
-                let mut copies = Copies::start(&source, args.copies)?;
+                let mut copies = Copies::start(&source)?;
                 tokio::time::sleep(RAMP).await;
                 copies.mark();
                 let samples = h1_loop(&source.page, &from, Some(rate), args.secs).await?;
@@ -332,10 +332,10 @@ struct Landed {
 }
 
 impl Copies {
-    fn start(source: &Source, n: usize) -> Result<Self> {
+    fn start(source: &Source) -> Result<Self> {
         let mut children = Vec::new();
         let mut dirs = Vec::new();
-        for key in source.keys.iter().take(n) {
+        for key in &source.keys {
             let dir = source.work.join(format!("b-{}", dirs.len()));
             if dir.exists() {
                 fs::remove_dir_all(&dir)?;

@@ -71,6 +71,21 @@ impl Kind {
     }
 }
 
+/// What a worker takes, and, for whole blobs, where they go to be stored.
+enum Worker {
+    Parts,
+    Whole(mpsc::Sender<WholeBlob>),
+}
+
+impl Worker {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Parts => Kind::Parts,
+            Self::Whole(_) => Kind::Whole,
+        }
+    }
+}
+
 /// How a fetch runs.
 #[derive(Clone)]
 pub struct FetchOptions {
@@ -204,8 +219,11 @@ pub async fn fetch_bundle(
         for _ in 0..workers {
             // Only whole-blob workers hold a sender: the last batch is stored
             // when they end, not when the largest blob does.
-            let keep = (kind == Kind::Whole).then(|| keep.clone());
-            tasks.spawn(fetch.clone().work(kind, keep));
+            let worker = match kind {
+                Kind::Parts => Worker::Parts,
+                Kind::Whole => Worker::Whole(keep.clone()),
+            };
+            tasks.spawn(fetch.clone().work(worker));
         }
     }
     // The workers hold the only senders left: storing ends with them.
@@ -359,9 +377,10 @@ impl Fetch {
         self.queue(kind).len()
     }
 
-    /// One worker: takes units of `kind` until none is left or the fetch
-    /// failed; whole blobs go to `keep`, to be stored.
-    async fn work(self: Arc<Self>, kind: Kind, keep: Option<mpsc::Sender<WholeBlob>>) {
+    /// One worker: takes units of its kind until none is left or the fetch
+    /// failed.
+    async fn work(self: Arc<Self>, worker: Worker) {
+        let kind = worker.kind();
         loop {
             if let Some(pressure) = &self.options.yield_to {
                 pressure.wait_calm().await;
@@ -391,12 +410,9 @@ impl Fetch {
                     return;
                 }
             };
-            let result = match kind {
-                Kind::Parts => self.fetch_parts(conn, &unit).await,
-                Kind::Whole => match &keep {
-                    Some(keep) => self.fetch_whole(conn, &unit, keep).await,
-                    None => Err(PeerFailure::Local("no store for whole blobs".into())),
-                },
+            let result = match &worker {
+                Worker::Parts => self.fetch_parts(conn, &unit).await,
+                Worker::Whole(keep) => self.fetch_whole(conn, &unit, keep).await,
             };
             self.inflight.lock().unwrap_or_else(|e| e.into_inner())[index][kind as usize] -= 1;
             match result {

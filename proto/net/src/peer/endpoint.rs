@@ -1,7 +1,7 @@
 //! The node's QUIC endpoint: one UDP socket that accepts members and dials
-//! peers, or, bound with [`PeerEndpoint::bind_listening_on`], one that
-//! accepts on the runtime given and a second, on an ephemeral port, that
-//! dials from the caller's.
+//! peers, or, with [`PeerEndpoint::dialing_from_here`], one that accepts on
+//! the runtime it was bound on and a second, on an ephemeral port, that dials
+//! from another.
 //!
 //! Accepting, in order: [`PeerEndpoint::accept`] judges each attempt against the
 //! [`admission`](super::admission) caps before any handshake work (refused, asked
@@ -128,33 +128,19 @@ impl PeerEndpoint {
         })
     }
 
-    /// [`PeerEndpoint::bind_for`] with the accepting endpoint on `listening`:
+    /// This endpoint, its own connections dialed from a second one on its
+    /// address and an ephemeral port, driven by the runtime current now.
     /// quinn drives an endpoint, and the connections it accepts, on the
-    /// runtime current when they are made. Connections this side opens go out
-    /// of a second endpoint on `addr`'s address and an ephemeral port, driven
-    /// by the caller's runtime, so that neither waits on the other's threads.
-    pub fn bind_listening_on(
-        listening: &tokio::runtime::Handle,
-        addr: SocketAddr,
-        identity: &Identity,
-        members: Members,
-        alpn: &[u8],
-        limits: Limits,
-    ) -> anyhow::Result<Self> {
-        // The listening port first: an ephemeral one must not take it.
-        let accepting = {
-            let _listening = listening.enter();
-            Self::bind_for(addr, identity, members, alpn, limits)?
-        };
-        // `addr` with port 0 keeps an IPv6 scope.
-        let mut dial_from = addr;
+    /// runtime current when they are made: an endpoint bound on another
+    /// runtime (a node's copies') so leaves its dialing to this one's, and
+    /// neither waits on the other's threads.
+    pub fn dialing_from_here(self) -> anyhow::Result<Self> {
+        // The listening address with port 0 keeps an IPv6 scope.
+        let mut dial_from = self.endpoint.local_addr()?;
         dial_from.set_port(0);
         let dialing = quinn::Endpoint::client(dial_from)
             .with_context(|| format!("binding QUIC on {dial_from} to dial from"))?;
-        Ok(Self {
-            dialing,
-            ..accepting
-        })
+        Ok(Self { dialing, ..self })
     }
 
     /// The address bound (port 0 resolved).
@@ -461,15 +447,12 @@ mod tests {
         let dialing = tokio::runtime::Runtime::new()?;
         let listening = tokio::runtime::Runtime::new()?;
         let a = {
+            let _listening = listening.enter();
+            PeerEndpoint::bind(loopback, &a_key, Members::anyone())?
+        };
+        let a = {
             let _dialing = dialing.enter();
-            PeerEndpoint::bind_listening_on(
-                listening.handle(),
-                loopback,
-                &a_key,
-                Members::anyone(),
-                wire::ALPN,
-                Limits::default(),
-            )?
+            a.dialing_from_here()?
         };
         // With the listening runtime gone, A's listener has no driver left...
         drop(listening);
