@@ -165,7 +165,11 @@ fn parse_args(argv: Vec<String>) -> Result<Args> {
 /// One large file: the ceiling on one stream against a fetch.
 fn one_big_file(args: &Args) -> Result<()> {
     let big = BigFile::prepare_named(&args.common, "quic-copy-")?;
-    print_header(&format!("1 file of {} bytes", big.size), &args.node);
+    print_header(
+        &format!("1 file of {} bytes", big.size),
+        &args.node,
+        &args.common.dir,
+    );
     let work = big.work.path();
     let ceiling = Ceiling::start(&big.path, work)?;
     let cartable = Cartable::start(&args.node, work, &big.lesson)?;
@@ -220,6 +224,7 @@ fn small_files(args: &Args, count: u64) -> Result<()> {
     print_header(
         &format!("{count} files of {} KiB", args.file_kib),
         &args.node,
+        work.path(),
     );
     let ceiling = Ceiling::start(&all, work.path())?;
     let cartable = Cartable::start(&args.node, work.path(), &lesson)?;
@@ -274,7 +279,7 @@ fn make_small_files(lesson: &Path, count: u64, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-fn print_header(what: &str, node: &Path) {
+fn print_header(what: &str, node: &Path, dir: &Path) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -282,6 +287,37 @@ fn print_header(what: &str, node: &Path) {
         load.split(' ').take(3).collect::<Vec<_>>().join(" "),
         node.display()
     );
+    if let Some(device) = ext4_without_journal(dir) {
+        println!(
+            "WARNING: {} is on ext4 without a journal ({device}). There, every new file \
+             checks the inodes freed in the last 60-360 s one by one, and each round \
+             frees the previous copy's: small files measure that, not the node. A \
+             journaled filesystem (ext4's default) skips the check; see benches/README.md.",
+            dir.display()
+        );
+    }
+}
+
+/// The ext4 device holding `dir`, when that filesystem has no journal
+/// (`/sys/fs/ext4/DEV/journal_task` reads `<none>`).
+fn ext4_without_journal(dir: &Path) -> Option<String> {
+    let dir = fs::canonicalize(dir).ok()?;
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The deepest mount point holding `dir`; fields after " - " are the
+    // filesystem type and its source.
+    let (_, fstype, source) = mounts
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = Path::new(left.split(' ').nth(4)?);
+            let mut right = right.split(' ');
+            let found = (point, right.next()?, right.next()?);
+            dir.starts_with(point).then_some(found)
+        })
+        .max_by_key(|(point, ..)| point.components().count())?;
+    let device = Path::new(source).file_name()?.to_str()?;
+    let task = fs::read_to_string(format!("/sys/fs/ext4/{device}/journal_task")).ok()?;
+    (fstype == "ext4" && task.trim() == "<none>").then(|| device.to_owned())
 }
 
 // ---------------------------------------------------------------------------
