@@ -79,7 +79,7 @@ package() {
   trap 'rm -rf "$stage"' RETURN
   mkdir -p "$stage/DEBIAN" "$stage/usr/bin" "$stage/etc/cartable" \
     "$stage/usr/lib/systemd/system" "$stage/usr/lib/sysusers.d" \
-    "$stage/usr/lib/tmpfiles.d" "$stage/usr/share/doc/$pkg"
+    "$stage/usr/lib/tmpfiles.d" "$stage/usr/lib/sysctl.d" "$stage/usr/share/doc/$pkg"
   local bin
   for bin in "$@"; do
     [ -x "$bins/$bin" ] || { echo "package.sh: no $bins/$bin (build it, or drop --no-build)" >&2; return 1; }
@@ -106,6 +106,7 @@ package() {
   fill "$pkg" "$name" "$role" "$config" <packaging/service.in >"$stage/usr/lib/systemd/system/$pkg.service"
   fill "$pkg" "$name" "$role" "$config" <packaging/sysusers.conf.in >"$stage/usr/lib/sysusers.d/$pkg.conf"
   fill "$pkg" "$name" "$role" "$config" <packaging/tmpfiles.conf.in >"$stage/usr/lib/tmpfiles.d/$pkg.conf"
+  fill "$pkg" "$name" "$role" "$config" <packaging/sysctl.conf.in >"$stage/usr/lib/sysctl.d/60-$pkg.conf"
   local script
   for script in postinst prerm postrm; do
     fill "$pkg" "$name" "$role" "$config" <"packaging/$script.in" >"$stage/DEBIAN/$script"

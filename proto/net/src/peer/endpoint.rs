@@ -91,6 +91,40 @@ fn client_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Kernel buffer asked for each way of an endpoint's UDP socket. Linux's
+/// default (208 KiB) holds about a millisecond of a copy at full speed: when
+/// the receiving process is busy a moment longer (verifying, writing to disk),
+/// datagrams are dropped, QUIC takes the loss for congestion and slows down,
+/// and the sender spends CPU sending them again. The kernel caps what is asked
+/// at `net.core.rmem_max` and `wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A QUIC endpoint on a [`udp_socket`] bound to `addr`, accepting with
+/// `server` when given; on the runtime of the caller.
+fn endpoint_on(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> anyhow::Result<quinn::Endpoint> {
+    let socket = udp_socket(addr)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .with_context(|| format!("starting QUIC on {addr}"))
+}
+
+/// A UDP socket bound to `addr`, its buffers asked for [`SOCKET_BUFFER`].
+fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use rustix::net::sockopt;
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr}"))?;
+    let sized = sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER)
+        .and_then(|()| sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER));
+    if let Err(e) = sized {
+        // The default buffers work, only slower under load.
+        tracing::warn!(%addr, error = %e, "could not size the QUIC socket's buffers");
+    }
+    Ok(socket)
+}
+
 impl PeerEndpoint {
     /// Binds `addr` for the node ↔ node protocol, accepting `members` only.
     pub fn bind(addr: SocketAddr, identity: &Identity, members: Members) -> anyhow::Result<Self> {
@@ -115,8 +149,7 @@ impl PeerEndpoint {
             .max_incoming(limits.max_connections)
             .incoming_buffer_size(INCOMING_BUFFER_BYTES)
             .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .with_context(|| format!("binding QUIC on {addr}"))?;
+        let endpoint = endpoint_on(addr, Some(server))?;
         Ok(Self {
             dialing: endpoint.clone(),
             endpoint,
@@ -138,8 +171,7 @@ impl PeerEndpoint {
         // The listening address with port 0 keeps an IPv6 scope.
         let mut dial_from = self.endpoint.local_addr()?;
         dial_from.set_port(0);
-        let dialing = quinn::Endpoint::client(dial_from)
-            .with_context(|| format!("binding QUIC on {dial_from} to dial from"))?;
+        let dialing = endpoint_on(dial_from, None)?;
         Ok(Self { dialing, ..self })
     }
 
@@ -349,6 +381,23 @@ impl Drop for Listing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_socket_buffers_what_the_kernel_allows_up_to_its_size() -> anyhow::Result<()> {
+        use rustix::net::sockopt;
+        let socket = udp_socket("127.0.0.1:0".parse()?)?;
+        for (got, max) in [
+            (sockopt::socket_recv_buffer_size(&socket)?, "rmem_max"),
+            (sockopt::socket_send_buffer_size(&socket)?, "wmem_max"),
+        ] {
+            let allowed: usize = std::fs::read_to_string(format!("/proc/sys/net/core/{max}"))?
+                .trim()
+                .parse()?;
+            // Linux reports twice what it grants: its own bookkeeping included.
+            assert_eq!(got, 2 * SOCKET_BUFFER.min(allowed), "{max} {allowed}");
+        }
+        Ok(())
+    }
 
     /// A listening endpoint under `limits` that serves every accepted connection
     /// (trusted, one echo of a byte per stream), and a client of it.
