@@ -56,6 +56,7 @@ impl VerifiedSink for GroupSink {
     }
 
     fn finish(&self, groups: &GroupRanges) -> std::io::Result<()> {
+        let mut due = None;
         self.with_partial(&mut |b| {
             if groups.ranges().iter().any(|g| b.missing_in(g)) {
                 return Err(std::io::Error::new(
@@ -63,7 +64,10 @@ impl VerifiedSink for GroupSink {
                     "stream ended early",
                 ));
             }
-            b.checkpoint_if_due(&self.store)
-        })
+            due = b.checkpoint_if_due()?;
+            Ok(())
+        })?;
+        // Synced outside the blob's lock: its other units go on meanwhile.
+        due.map_or(Ok(()), |checkpoint| checkpoint.write(&self.store))
     }
 }

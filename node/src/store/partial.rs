@@ -1,6 +1,6 @@
 //! Blobs being fetched from peers: sparse data and outboard files in
 //! `DATA/partial/`, and a record of which 16 KiB groups have been verified, so
-//! an interrupted fetch resumes group by group from its last record (at most
+//! an interrupted fetch resumes group by group from its last record (about
 //! 64 MiB or 2 s of verified groups back). Only a complete blob is moved
 //! under its final name in `blobs/`.
 
@@ -21,6 +21,34 @@ use super::verify::VerifyError;
 use super::{BlobFiles, BundleSummary, Store, StoreError, io_at, layout};
 use cartable_net::peer::exchange::BLOCK_SIZE;
 use cartable_proto::wire::GROUP_BYTES;
+
+/// A record of the groups a [`PartialBlob`] had verified, taken under the
+/// lock its fetch's units share and written outside it: the syncs it waits
+/// for (64 MiB of writeback) do not hold up the blob's other units.
+#[derive(Debug)]
+pub struct Checkpoint {
+    data: File,
+    outboard: File,
+    done: Vec<u8>,
+    paths: [PathBuf; 3],
+    ids: [FileId; 2],
+}
+
+impl Checkpoint {
+    /// Makes what was written before it was taken durable, then records it:
+    /// a crash never leaves a group marked done whose bytes were lost, and a
+    /// record is written only beside the files it describes. Two records of
+    /// one blob written at once may land in either order; the older one marks
+    /// fewer groups, each of them synced.
+    pub fn write(self, store: &Store) -> io::Result<()> {
+        self.data.sync_data()?;
+        self.outboard.sync_data()?;
+        if !files_in_place(&self.paths, self.ids) {
+            return Err(replaced());
+        }
+        layout::write_atomic(&store.layout, &self.paths[2], &self.done)
+    }
+}
 
 /// A blob being fetched.
 #[derive(Debug)]
@@ -73,45 +101,43 @@ impl PartialBlob {
         Ok(())
     }
 
-    /// [`PartialBlob::checkpoint`]s once [`CHECKPOINT_BYTES`] or
-    /// [`CHECKPOINT_EVERY`] of verified groups are unrecorded. A crash then
-    /// costs at most that much fetched again, where a checkpoint at the end of
-    /// every 4 MiB unit cost two syncs, a write, a third sync and a rename each
-    /// (about 750 syncs a GiB). The commit checkpoints last, whatever is due;
-    /// a blob whose last group just landed is recorded at once, as its commit
-    /// may not follow (a fetch-through whose browser went away), and
+    /// A [`Checkpoint`] once [`CHECKPOINT_BYTES`] or [`CHECKPOINT_EVERY`] of
+    /// verified groups are unrecorded. A crash then costs at most that much
+    /// fetched again, where a checkpoint at the end of every 4 MiB unit cost
+    /// two syncs, a write, a third sync and a rename each (about 750 syncs a
+    /// GiB). The commit checkpoints last, whatever is due; a blob whose last
+    /// group just landed is recorded at once, as its commit may not follow (a
+    /// fetch-through whose browser went away), and
     /// [`Store::commit_if_complete`] finds it complete.
-    pub fn checkpoint_if_due(&mut self, store: &Store) -> io::Result<()> {
+    pub fn checkpoint_if_due(&mut self) -> io::Result<Option<Checkpoint>> {
         let due = self.unrecorded >= CHECKPOINT_BYTES
             || self.recorded_at.elapsed() >= CHECKPOINT_EVERY
             || (self.unrecorded > 0 && self.is_complete());
-        if due {
-            return self.checkpoint(store);
-        }
-        Ok(())
+        due.then(|| self.take_checkpoint()).transpose()
     }
 
-    /// Makes what was written durable, then records it as done: a crash never
-    /// leaves a group marked done whose bytes were lost, and a record is
-    /// written only beside the files it describes.
+    /// Makes what was written durable, then records it as done.
     pub fn checkpoint(&mut self, store: &Store) -> io::Result<()> {
-        self.data.sync_data()?;
-        self.outboard.data.sync_data()?;
-        if !self.files_in_place() {
-            return Err(replaced());
-        }
-        layout::write_atomic(&store.layout, &self.paths[2], &self.done)?;
+        self.take_checkpoint()?.write(store)
+    }
+
+    /// The groups verified so far, to record once the files are synced.
+    fn take_checkpoint(&mut self) -> io::Result<Checkpoint> {
+        let checkpoint = Checkpoint {
+            data: self.data.try_clone()?,
+            outboard: self.outboard.data.try_clone()?,
+            done: self.done.clone(),
+            paths: self.paths.clone(),
+            ids: self.ids,
+        };
         (self.unrecorded, self.recorded_at) = (0, Instant::now());
-        Ok(())
+        Ok(checkpoint)
     }
 
     /// Whether the files at this blob's partial paths are the ones this holder
     /// opened.
     fn files_in_place(&self) -> bool {
-        self.paths[..2]
-            .iter()
-            .zip(self.ids)
-            .all(|(path, id)| fs::metadata(path).is_ok_and(|m| file_id(&m) == id))
+        files_in_place(&self.paths, self.ids)
     }
 
     /// Reads the whole blob back from this holder's files, verified.
@@ -177,6 +203,14 @@ pub(super) fn remove_files(paths: &[PathBuf]) -> Result<(), StoreError> {
 
 /// Which file a path or a handle is: device and inode.
 type FileId = (u64, u64);
+
+/// Whether the files at `paths` are the ones `ids` name.
+fn files_in_place(paths: &[PathBuf; 3], ids: [FileId; 2]) -> bool {
+    paths[..2]
+        .iter()
+        .zip(ids)
+        .all(|(path, id)| fs::metadata(path).is_ok_and(|m| file_id(&m) == id))
+}
 
 fn file_id(meta: &fs::Metadata) -> FileId {
     (meta.dev(), meta.ino())
