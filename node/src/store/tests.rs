@@ -686,3 +686,21 @@ fn a_blob_that_cannot_be_opened_now_is_not_marked_damaged() -> anyhow::Result<()
     assert!(store.is_damaged(&hash));
     Ok(())
 }
+
+#[test]
+fn a_checkpoint_records_only_what_was_written_before_it_was_taken() -> anyhow::Result<()> {
+    let group = cartable_proto::wire::GROUP_BYTES as usize;
+    let data_dir = tempfile::tempdir()?;
+    let store = Store::open(data_dir.path())?;
+    let data = pattern(3 * group, 21);
+    let (hash, len) = (BlobHash::of(&data), data.len() as u64);
+    let mut partial = store.partial(&hash, len)?;
+    partial.write_group(0, &data[..group])?;
+    let checkpoint = partial.take_checkpoint()?;
+    // Written while the checkpoint syncs, outside the blob's lock.
+    partial.write_group(group as u64, &data[group..2 * group])?;
+    checkpoint.write(&store)?;
+    drop(partial);
+    assert_eq!(store.partial_missing(&hash, len), [1..3]);
+    Ok(())
+}
