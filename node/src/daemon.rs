@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
 use crate::member::{Member, Membership};
+use crate::peer::pacing::BrowsersFirst;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
 use crate::peer::through::FetchThrough;
@@ -76,7 +77,8 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
         quic: peers.local_addr()?,
         id: identity.id(),
     };
-    let peers_task = copies.spawn(serve_peers(peers.clone(), store.clone()));
+    let pacing = Arc::new(BrowsersFirst::new(server.load().pressure().clone()));
+    let peers_task = copies.spawn(serve_peers(peers.clone(), store.clone(), Some(pacing)));
     let reputation = Arc::new(Reputation::default());
     let through = (!config.quic.peers.is_empty() || membership.is_some()).then(|| {
         Arc::new(FetchThrough::new(

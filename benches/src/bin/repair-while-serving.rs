@@ -49,6 +49,8 @@ const USAGE: &str = "usage: repair-while-serving [OPTIONS]
   --copies N     peers copying the lesson from the node at once (default 3)
   --size-mib N   the lesson's large file (default 1024)
   --node PATH    the cartable-node binary (default: target/release/cartable-node)
+  --receivers PATH  the receivers' binary, to tell the source's share of a change
+                 from theirs (default: --node)
   --dir DIR      where the lesson and the data folders go (default: the workspace's target/)";
 
 /// HTTP/1.1 connections of the browsers: `wrk -c32`'s.
@@ -65,6 +67,8 @@ struct Args {
     copies: usize,
     size_mib: u64,
     node: PathBuf,
+    /// The receivers' binary, when not `node`.
+    receivers: Option<PathBuf>,
     dir: PathBuf,
 }
 
@@ -89,6 +93,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args> {
         copies: 3,
         size_mib: 1024,
         node: target_dir().join("release/cartable-node"),
+        receivers: None,
         dir: target_dir(),
     };
     let mut argv = argv.into_iter();
@@ -104,6 +109,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args> {
             "--copies" => args.copies = value()?.parse()?,
             "--size-mib" => args.size_mib = value()?.parse()?,
             "--node" => args.node = value()?.into(),
+            "--receivers" => args.receivers = Some(value()?.into()),
             "--dir" => args.dir = value()?.into(),
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
@@ -252,6 +258,7 @@ fn shown(p99: Option<Duration>) -> String {
 struct Source {
     /// Kept for its drop, which stops A.
     _server: Server,
+    /// The receivers' binary.
     node: PathBuf,
     /// `ID@ADDR` of A's QUIC endpoint.
     peer: String,
@@ -306,7 +313,7 @@ impl Source {
         let peer = server.peer_addr()?;
         Ok(Self {
             _server: server,
-            node: args.node.clone(),
+            node: args.receivers.clone().unwrap_or_else(|| args.node.clone()),
             peer,
             bundle,
             keys,

@@ -8,9 +8,11 @@
 //! - [`through`]: fetch-through, serving browsers bundles held only by peers.
 //! - [`reputation`]: verification failures counted per peer.
 //! - [`rate`]: the bandwidth cap of background copies.
+//! - [`pacing`]: copies served to peers give way to this node's browsers.
 
 pub(crate) mod dial;
 pub(crate) mod fetch;
+pub(crate) mod pacing;
 pub(crate) mod rate;
 pub(crate) mod reputation;
 pub mod respond;

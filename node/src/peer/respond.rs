@@ -12,6 +12,7 @@ use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::pacing::{BrowsersFirst, PACED_SLICE};
 use crate::store::{ReadFault, Store, VerifyError};
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_net::peer::frame::{self, FrameError};
@@ -29,12 +30,18 @@ const MAX_BLOB_STREAMS: usize = 64;
 /// When a busy node asks peers to come back.
 const BUSY_RETRY_MS: u32 = 1000;
 
-/// Accepts members' connections and answers their requests until the endpoint closes.
-pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
+/// Accepts members' connections and answers their requests until the endpoint
+/// closes; blobs are sent at the `pacing` of this node's browsers, if given.
+pub async fn serve_peers(
+    endpoint: PeerEndpoint,
+    store: Arc<Store>,
+    pacing: Option<Arc<BrowsersFirst>>,
+) {
     let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
     let streams = Arc::new(Semaphore::new(MAX_BLOB_STREAMS));
     while let Some(arriving) = endpoint.accept().await {
         let (store, open, streams) = (store.clone(), open.clone(), streams.clone());
+        let pacing = pacing.clone();
         tokio::spawn(async move {
             let remote = arriving.remote_address();
             let peer = match arriving.handshake().await {
@@ -51,9 +58,9 @@ pub async fn serve_peers(endpoint: PeerEndpoint, store: Arc<Store>) {
             // The handshake checked the key against the member list.
             peer.trust();
             while let Ok((send, recv)) = peer.conn.accept_bi().await {
-                let (store, streams) = (store.clone(), streams.clone());
+                let (store, streams, pacing) = (store.clone(), streams.clone(), pacing.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answer(send, recv, store, streams).await {
+                    if let Err(e) = answer(send, recv, store, streams, pacing).await {
                         tracing::debug!(%remote, error = %e, "peer stream ended");
                     }
                 });
@@ -101,6 +108,7 @@ async fn answer(
     mut recv: RecvStream,
     store: Arc<Store>,
     streams: Arc<Semaphore>,
+    pacing: Option<Arc<BrowsersFirst>>,
 ) -> Result<(), FrameError> {
     let request = match frame::read_request(&mut recv).await {
         Ok(request) => request,
@@ -118,7 +126,7 @@ async fn answer(
     };
     let response = match request {
         Request::Blob { hash, groups } => match streams.try_acquire_owned() {
-            Ok(_permit) => return send_blob(send, &store, hash, groups).await,
+            Ok(_permit) => return send_blob(send, &store, hash, groups, pacing).await,
             Err(_) => Response::Error(WireError {
                 retry_after_ms: BUSY_RETRY_MS,
                 ..WireError::new(ErrorKind::Busy, "serving too many blobs")
@@ -160,6 +168,7 @@ async fn send_blob(
     store: &Arc<Store>,
     hash: BlobHash,
     groups: GroupRanges,
+    pacing: Option<Arc<BrowsersFirst>>,
 ) -> Result<(), FrameError> {
     let files = match open_held(store, &hash) {
         Ok(files) => files,
@@ -185,9 +194,18 @@ async fn send_blob(
         }
         result
     });
-    while let Some(piece) = rx.recv().await {
-        // Handed over whole: quinn keeps the piece itself rather than a copy.
-        send.write_chunk(piece).await?;
+    while let Some(mut piece) = rx.recv().await {
+        while !piece.is_empty() {
+            // Paced in slices of a millisecond's worth: a whole piece at once
+            // is a burst of datagrams the browsers' requests wait behind.
+            let slice = piece.split_to(piece.len().min(PACED_SLICE));
+            let delay = pacing.as_ref().map(|p| p.delay(slice.len() as u64));
+            if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+                tokio::time::sleep(delay).await;
+            }
+            // Handed over whole: quinn keeps the slice itself rather than a copy.
+            send.write_chunk(slice).await?;
+        }
     }
     match reader.await {
         Ok(Ok(())) => {

@@ -331,7 +331,7 @@ impl Serving {
             id: server_key.id(),
             addr: server.local_addr()?,
         };
-        tokio::spawn(serve_peers(server.clone(), store));
+        tokio::spawn(serve_peers(server.clone(), store, None));
         let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
         Ok(Self {
             server,

@@ -510,7 +510,7 @@ mod tests {
         let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
         let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
         let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
-        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store.clone()));
+        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store.clone(), None));
         let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
         let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
         let peer = PeerAddr {

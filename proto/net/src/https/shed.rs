@@ -9,8 +9,8 @@
 //! on peers) without the server being pressed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -27,11 +27,14 @@ pub enum Level {
     Overloaded,
 }
 
-/// Requests waiting for their answer.
+/// Requests waiting for their answer, and when the last one came.
 #[derive(Debug)]
 pub struct Pressure {
     pending: AtomicUsize,
     max_pending: usize,
+    /// When this was made, and the last request after it, in nanoseconds.
+    born: Instant,
+    last_request: AtomicU64,
 }
 
 /// A request waiting for its answer.
@@ -50,7 +53,15 @@ impl Pressure {
         Arc::new(Self {
             pending: AtomicUsize::new(0),
             max_pending,
+            born: Instant::now(),
+            last_request: AtomicU64::new(0),
         })
+    }
+
+    /// How long ago the last request came (since this was made, if none did).
+    pub fn since_last_request(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_request.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
     }
 
     /// Requests waiting for their answer now.
@@ -72,6 +83,8 @@ impl Pressure {
 
     /// A request starts waiting, unless the server is overloaded.
     pub fn enter(self: &Arc<Self>) -> Option<Pending> {
+        let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_request.fetch_max(now, Ordering::Relaxed);
         if self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             return None;
