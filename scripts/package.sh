@@ -106,7 +106,7 @@ package() {
   fill "$pkg" "$name" "$role" "$config" <packaging/service.in >"$stage/usr/lib/systemd/system/$pkg.service"
   fill "$pkg" "$name" "$role" "$config" <packaging/sysusers.conf.in >"$stage/usr/lib/sysusers.d/$pkg.conf"
   fill "$pkg" "$name" "$role" "$config" <packaging/tmpfiles.conf.in >"$stage/usr/lib/tmpfiles.d/$pkg.conf"
-  fill "$pkg" "$name" "$role" "$config" <packaging/sysctl.conf.in >"$stage/usr/lib/sysctl.d/60-$pkg.conf"
+  fill "$pkg" "$name" "$role" "$config" <packaging/sysctl.conf.in >"$stage/usr/lib/sysctl.d/10-$pkg.conf"
   local script
   for script in postinst prerm postrm; do
     fill "$pkg" "$name" "$role" "$config" <"packaging/$script.in" >"$stage/DEBIAN/$script"

@@ -169,11 +169,11 @@ fn check_install(root: &Path, package: &Package) -> anyhow::Result<()> {
     );
 
     // The socket buffers the endpoint asks for are granted at boot.
-    let sysctl = std::fs::read_to_string(root.join(format!("usr/lib/sysctl.d/60-{name}.conf")))?;
+    let sysctl = std::fs::read_to_string(root.join(format!("usr/lib/sysctl.d/10-{name}.conf")))?;
     for line in ["net.core.rmem_max = 4194304", "net.core.wmem_max = 4194304"] {
         ensure!(
             sysctl.lines().any(|l| l == line),
-            "60-{name}.conf lacks {line}"
+            "10-{name}.conf lacks {line}"
         );
     }
 

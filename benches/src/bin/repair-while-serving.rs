@@ -119,11 +119,13 @@ fn parse_args(argv: Vec<String>) -> Result<Args> {
         args.load > 0.0 && args.load < 1.0,
         "--load is a share of capacity, in (0, 1)"
     );
-    ensure!(
-        args.node.exists(),
-        "{} missing: cargo build --release -p cartable-node first",
-        args.node.display()
-    );
+    for node in std::iter::once(&args.node).chain(&args.receivers) {
+        ensure!(
+            node.exists(),
+            "{} missing: cargo build --release -p cartable-node first",
+            node.display()
+        );
+    }
     Ok(args)
 }
 
@@ -134,6 +136,9 @@ async fn run(args: &Args) -> Result<()> {
         .tempdir_in(&args.dir)?;
     let source = Source::start(args, work.path())?;
     println!("node: {}", args.node.display());
+    if let Some(receivers) = &args.receivers {
+        println!("receivers: {}", receivers.display());
+    }
     let from = sources(20, BROWSER_CONNECTIONS);
     let capacity = ok_rate(
         &h1_loop(&source.page, &from, None, args.secs).await?,

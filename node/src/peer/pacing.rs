@@ -23,6 +23,10 @@ pub const BESIDE_BROWSERS: u64 = 64 << 20;
 /// [`BESIDE_BROWSERS`], the timer's granularity.
 pub const PACED_SLICE: usize = 64 * 1024;
 
+/// What copies may send at once beside browsers, beyond the pace: a few
+/// slices, so that copies starting beside browsers get no second's worth.
+const BURST: u64 = 4 * PACED_SLICE as u64;
+
 /// Quiet after which browsers count as gone. Requests in flight at one
 /// instant are a poor sign at low load: most instants fall between requests.
 pub const BROWSERS_GONE_AFTER: Duration = Duration::from_millis(200);
@@ -39,7 +43,7 @@ impl BrowsersFirst {
     pub fn new(browsers: Arc<Pressure>) -> Self {
         Self {
             browsers,
-            beside_browsers: RateLimit::new(BESIDE_BROWSERS),
+            beside_browsers: RateLimit::with_burst(BESIDE_BROWSERS, BURST),
         }
     }
 

@@ -5,10 +5,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// At most `bytes_per_sec` on average, with bursts of one second's worth.
+/// At most `bytes_per_sec` on average, with bursts of one second's worth
+/// unless told otherwise.
 #[derive(Debug)]
 pub struct RateLimit {
     bytes_per_sec: f64,
+    burst: f64,
     /// Tokens available and when they were counted.
     bucket: Mutex<(f64, Instant)>,
 }
@@ -16,10 +18,16 @@ pub struct RateLimit {
 impl RateLimit {
     /// A cap of `bytes_per_sec` (at least 1).
     pub fn new(bytes_per_sec: u64) -> Self {
-        let rate = bytes_per_sec.max(1) as f64;
+        Self::with_burst(bytes_per_sec, bytes_per_sec)
+    }
+
+    /// A cap of `bytes_per_sec` (at least 1) whose bursts are at most
+    /// `burst` bytes.
+    pub fn with_burst(bytes_per_sec: u64, burst: u64) -> Self {
         Self {
-            bytes_per_sec: rate,
-            bucket: Mutex::new((rate, Instant::now())),
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            burst: burst as f64,
+            bucket: Mutex::new((burst as f64, Instant::now())),
         }
     }
 
@@ -40,7 +48,7 @@ impl RateLimit {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
-        bucket.0 = (bucket.0 + refill).min(self.bytes_per_sec) - bytes as f64;
+        bucket.0 = (bucket.0 + refill).min(self.burst) - bytes as f64;
         bucket.1 = now;
         if bucket.0 < 0.0 {
             Duration::from_secs_f64(-bucket.0 / self.bytes_per_sec)

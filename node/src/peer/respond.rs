@@ -7,7 +7,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use cartable_proto::wire::{ErrorKind, GroupRanges, Request, Response, WireError};
+use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -179,6 +179,9 @@ async fn send_blob(
         }
     };
     frame::write_frame(&mut send, &Response::Blob { size: files.size }.encode()).await?;
+    // A file of one group (a page, a style sheet) is a round trip a pupil
+    // reading through a peer waits on, and too small to matter: never paced.
+    let pacing = pacing.filter(|_| files.size > GROUP_BYTES);
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let reader_store = store.clone();
     let reader = tokio::task::spawn_blocking(move || {

@@ -41,8 +41,21 @@ impl Checkpoint {
     /// one blob written at once may land in either order; the older one marks
     /// fewer groups, each of them synced.
     pub fn write(self, store: &Store) -> io::Result<()> {
+        self.sync()?;
+        // Under the lock commits take: a record never lands beside files a
+        // commit has just moved away (a fetch-through's late unit).
+        let _writing = store.writes.lock().unwrap_or_else(|e| e.into_inner());
+        self.record(store)
+    }
+
+    fn sync(&self) -> io::Result<()> {
         self.data.sync_data()?;
-        self.outboard.sync_data()?;
+        self.outboard.sync_data()
+    }
+
+    /// Writes the record beside the files it describes, once synced; the
+    /// caller holds the store's write lock, or is alone.
+    fn record(&self, store: &Store) -> io::Result<()> {
         if !files_in_place(&self.paths, self.ids) {
             return Err(replaced());
         }
@@ -116,9 +129,12 @@ impl PartialBlob {
         due.then(|| self.take_checkpoint()).transpose()
     }
 
-    /// Makes what was written durable, then records it as done.
+    /// Makes what was written durable, then records it as done; the caller
+    /// holds the store's write lock (a commit), or is alone.
     pub fn checkpoint(&mut self, store: &Store) -> io::Result<()> {
-        self.take_checkpoint()?.write(store)
+        let checkpoint = self.take_checkpoint()?;
+        checkpoint.sync()?;
+        checkpoint.record(store)
     }
 
     /// The groups verified so far, to record once the files are synced.

@@ -100,27 +100,60 @@ fn client_transport() -> Arc<quinn::TransportConfig> {
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// A QUIC endpoint on a [`udp_socket`] bound to `addr`, accepting with
-/// `server` when given; on the runtime of the caller.
+/// `server` when given (a dialing one is dual-stack, as quinn's
+/// `Endpoint::client`); on the runtime of the caller.
 fn endpoint_on(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let socket = udp_socket(addr)?;
+    let socket = udp_socket(addr, server.is_none())?;
     let runtime = Arc::new(quinn::TokioRuntime);
     quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .with_context(|| format!("starting QUIC on {addr}"))
 }
 
-/// A UDP socket bound to `addr`, its buffers asked for [`SOCKET_BUFFER`].
-fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
-    use rustix::net::sockopt;
-    let socket =
-        std::net::UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr}"))?;
+/// A UDP socket bound to `addr`, its buffers asked for [`SOCKET_BUFFER`];
+/// when `dual_stack` and `addr` is IPv6, reaching IPv4 peers too whatever
+/// `net.ipv6.bindv6only` says.
+fn udp_socket(addr: SocketAddr, dual_stack: bool) -> anyhow::Result<std::net::UdpSocket> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto, sockopt};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let bound = (|| {
+        let fd = rustix::net::socket_with(
+            family,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            Some(ipproto::UDP),
+        )?;
+        if addr.is_ipv6() && dual_stack {
+            sockopt::set_ipv6_v6only(&fd, false)?;
+        }
+        rustix::net::bind(&fd, &addr)?;
+        Ok::<_, rustix::io::Errno>(std::net::UdpSocket::from(fd))
+    })();
+    let socket = bound.with_context(|| format!("binding QUIC on {addr}"))?;
     let sized = sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER)
         .and_then(|()| sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER));
     if let Err(e) = sized {
         // The default buffers work, only slower under load.
         tracing::warn!(%addr, error = %e, "could not size the QUIC socket's buffers");
+    }
+    // Linux grants at most net.core.rmem_max, silently (and reports twice
+    // what it grants).
+    let granted = sockopt::socket_recv_buffer_size(&socket).unwrap_or(0);
+    if granted < 2 * SOCKET_BUFFER {
+        static TOLD: std::sync::Once = std::sync::Once::new();
+        TOLD.call_once(|| {
+            tracing::info!(
+                granted = granted / 2,
+                "the kernel grants the QUIC socket less buffer than it asks; copies from \
+                 peers may lose datagrams: set net.core.rmem_max and wmem_max to 4194304 \
+                 (the packages do)"
+            );
+        });
     }
     Ok(socket)
 }
@@ -385,7 +418,7 @@ mod tests {
     #[test]
     fn a_peer_socket_buffers_what_the_kernel_allows_up_to_its_size() -> anyhow::Result<()> {
         use rustix::net::sockopt;
-        let socket = udp_socket("127.0.0.1:0".parse()?)?;
+        let socket = udp_socket("127.0.0.1:0".parse()?, false)?;
         for (got, max) in [
             (sockopt::socket_recv_buffer_size(&socket)?, "rmem_max"),
             (sockopt::socket_send_buffer_size(&socket)?, "wmem_max"),
@@ -396,6 +429,19 @@ mod tests {
             // Linux reports twice what it grants: its own bookkeeping included.
             assert_eq!(got, 2 * SOCKET_BUFFER.min(allowed), "{max} {allowed}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_dialing_socket_on_ipv6_reaches_ipv4_peers_too() -> anyhow::Result<()> {
+        use rustix::net::sockopt;
+        let Ok(socket) = udp_socket("[::]:0".parse()?, true) else {
+            return Ok(()); // no IPv6 on this machine
+        };
+        assert!(!sockopt::ipv6_v6only(&socket)?);
+        let listening = udp_socket("[::]:0".parse()?, false)?;
+        let system = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")?;
+        assert_eq!(sockopt::ipv6_v6only(&listening)?, system.trim() == "1");
         Ok(())
     }
 
