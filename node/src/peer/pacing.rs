@@ -48,10 +48,9 @@ impl BrowsersFirst {
     }
 
     /// How long a copy waits before sending `bytes` more. Browsers that come
-    /// back find the cap's bucket empty: what copies sent alone is no credit.
+    /// back find at most [`BURST`] saved up, however long copies ran alone.
     pub fn delay(&self, bytes: u64) -> Duration {
         if self.browsers.since_last_request() >= BROWSERS_GONE_AFTER {
-            self.beside_browsers.empty();
             return Duration::ZERO;
         }
         self.beside_browsers.reserve(bytes)

@@ -36,12 +36,6 @@ impl RateLimit {
         std::thread::sleep(self.reserve(bytes));
     }
 
-    /// Empties the bucket: what was not sent under the cap is not saved up
-    /// for a burst later.
-    pub fn empty(&self) {
-        *self.bucket.lock().unwrap_or_else(|e| e.into_inner()) = (0.0, Instant::now());
-    }
-
     /// Takes `bytes` tokens and says how long to wait until they are there,
     /// for callers on the async workers, which must not block.
     pub fn reserve(&self, bytes: u64) -> Duration {

@@ -40,7 +40,7 @@ pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
-pub use partial::{Checkpoint, PartialBlob};
+pub use partial::PartialBlob;
 pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};

@@ -138,7 +138,7 @@ impl PartialBlob {
     }
 
     /// The groups verified so far, to record once the files are synced.
-    pub(crate) fn take_checkpoint(&mut self) -> io::Result<Checkpoint> {
+    pub(super) fn take_checkpoint(&mut self) -> io::Result<Checkpoint> {
         let checkpoint = Checkpoint {
             data: self.data.try_clone()?,
             outboard: self.outboard.data.try_clone()?,

@@ -83,8 +83,10 @@ impl Pressure {
 
     /// A request starts waiting, unless the server is overloaded.
     pub fn enter(self: &Arc<Self>) -> Option<Pending> {
+        // A plain store: two workers racing leave one of two nearly equal
+        // times, and a read-modify-write would cost every request more.
         let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_request.fetch_max(now, Ordering::Relaxed);
+        self.last_request.store(now, Ordering::Relaxed);
         if self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             return None;
