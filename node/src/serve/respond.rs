@@ -21,7 +21,7 @@ use super::target::{self, Target};
 use super::upload;
 use crate::peer::through::{FetchThrough, LookupError};
 use crate::store::verify::VerifyError;
-use crate::store::{BlobFiles, HOT_FILE_MAX, ReadFault, Store};
+use crate::store::{BlobFiles, HOT_FILE_MAX, HOT_PIECE, ReadFault, Store};
 use cartable_net::https::shed::Level;
 use cartable_proto::wire::GROUP_BYTES;
 
@@ -31,8 +31,9 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// read only once the connection took the one before, so a client that does
 /// not read holds at most this piece and the one hyper holds.
 const PIECES_IN_FLIGHT: usize = 1;
-/// Files are read this much at a time: one verified block.
-const PIECE: u64 = 256 * 1024;
+/// Files are read this much at a time, aligned: one verified block, the
+/// pieces the store keeps in memory.
+const PIECE: u64 = HOT_PIECE;
 /// Fetch-through fetches this much at a time: 64 chunk groups.
 const SEGMENT: u64 = 1 << 20;
 
@@ -238,7 +239,7 @@ async fn verified_body(
 ) -> Result<Body, HttpError> {
     let store = &ctx.store;
     if entry.size <= HOT_FILE_MAX {
-        let whole = match store.hot_file(&entry.hash) {
+        let whole = match store.hot_file(&entry.hash, entry.size) {
             Some(bytes) => Ok(bytes),
             // One chunk group: cheaper to verify in place than to hand to a thread.
             None if entry.size <= GROUP_BYTES => store.read_small(&entry.hash, entry.size),
@@ -262,7 +263,8 @@ async fn verified_body(
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let (store, files, progress) = (store.clone(), Arc::new(files), ctx.progress_timeout);
     tokio::spawn(async move {
-        if let Err(Stopped::Failed(e)) = send_range(files.clone(), range, &tx, progress).await {
+        let sent = send_range(&store, files.clone(), range, &tx, progress).await;
+        if let Err(Stopped::Failed(e)) = sent {
             failed(&store, &files.hash, &e);
             let _ = tx.try_send(Err(std::io::Error::other("blob failed verification")));
         }
@@ -281,11 +283,12 @@ enum Stopped {
     Failed(VerifyError),
 }
 
-/// Sends `range` verified, piece by piece: a piece is read (on a blocking
-/// thread, held only while it reads) once the connection has room for it. A
-/// client that does not read holds a task and one piece, and only until the
-/// progress deadline.
+/// Sends `range` verified, piece by piece: a piece kept in memory at once,
+/// else read (on a blocking thread, held only while it reads) once the
+/// connection has room for it. A client that does not read holds a task and
+/// one piece, and only until the progress deadline.
 async fn send_range(
+    store: &Arc<Store>,
     files: Arc<BlobFiles>,
     range: Range<u64>,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -297,21 +300,12 @@ async fn send_range(
             Ok(Err(_)) => return Err(Stopped::Gone),
             Err(_) => return Err(Stopped::Stalled),
         };
-        let files = files.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            // A piece lies within one verified block: one emission, no copy.
-            let mut bytes = Bytes::new();
-            files
-                .read_verified(piece, |b| {
-                    bytes = if bytes.is_empty() {
-                        b
-                    } else {
-                        [bytes.as_ref(), b.as_ref()].concat().into()
-                    };
-                    true
-                })
-                .map(|()| bytes)
-        });
+        if let Some(bytes) = store.hot_piece(&files.hash, &piece) {
+            room.send(Ok(bytes));
+            continue;
+        }
+        let (store, files) = (store.clone(), files.clone());
+        let read = tokio::task::spawn_blocking(move || store.read_piece(&files, piece));
         match read.await {
             Ok(Ok(bytes)) => room.send(Ok(bytes)),
             Ok(Err(e)) => return Err(Stopped::Failed(e)),
@@ -349,12 +343,12 @@ async fn through_body(
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let len = range.end - range.start;
     let (through, hash, size) = (through.clone(), entry.hash, entry.size);
-    let progress = ctx.progress_timeout;
+    let (store, progress) = (ctx.store.clone(), ctx.progress_timeout);
     tokio::spawn(async move {
         for segment in cut(range, SEGMENT) {
             let files = through.open(hash, size, segment.clone()).await;
             let sent = match files {
-                Ok(files) => send_range(Arc::new(files), segment, &tx, progress).await,
+                Ok(files) => send_range(&store, Arc::new(files), segment, &tx, progress).await,
                 Err(e) => Err(Stopped::Failed(e.into())),
             };
             if let Err(stop) = sent {
@@ -486,7 +480,7 @@ mod tests {
             if warm {
                 let served = serve_file(&ctx, &held, &none, false).await.unwrap();
                 assert_eq!(served.status(), StatusCode::OK);
-                assert!(store.hot_file(&held.hash).is_some());
+                assert!(store.hot_file(&held.hash, held.size).is_some());
             }
             for size in [held.size + 30_000, held.size - 1] {
                 let liar = ManifestEntry {

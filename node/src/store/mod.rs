@@ -27,6 +27,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
@@ -35,7 +36,7 @@ use bytes::Bytes;
 use cartable_net::folder::{Folder, FolderError, WalkError};
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestError};
 
-pub use hot::HOT_FILE_MAX;
+pub use hot::{HOT_FILE_MAX, HOT_PIECE};
 pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
@@ -45,6 +46,7 @@ pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};
 
+use hot::Admit;
 use index::Index;
 
 /// What went wrong in a store operation.
@@ -119,7 +121,7 @@ pub struct Store {
     manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
     /// Partial blobs open now, never trimmed.
     open_partials: partial_space::OpenPartials,
-    /// Small files read lately, verified.
+    /// Verified bytes read lately: small files, pieces of larger ones.
     hot: hot::HotFiles,
 }
 
@@ -258,26 +260,45 @@ impl Store {
     /// from memory when it was read lately ([`Store::hot_file`]), else read
     /// from disk (blocking) and kept.
     pub fn read_small(&self, hash: &BlobHash, size: u64) -> Result<Bytes, VerifyError> {
-        if let Some(bytes) = self.hot.get(hash).filter(|b| b.len() as u64 == size) {
+        if let Some(bytes) = self.hot_file(hash, size) {
             return Ok(bytes);
         }
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
-        let mut pieces = Vec::new();
-        files.read_verified(0..size, |piece| {
-            pieces.push(piece);
-            true
-        })?;
-        let bytes = match <[Bytes; 1]>::try_from(pieces) {
-            Ok([one]) => one,
-            Err(pieces) => pieces.concat().into(),
-        };
-        self.hot.keep(*hash, bytes.clone());
+        let bytes = read_joined(&files, 0..size)?;
+        self.hot.keep(*hash, 0, bytes.clone(), Admit::Now);
         Ok(bytes)
     }
 
-    /// The whole of a small blob, when it was read lately: no disk, no hash.
-    pub fn hot_file(&self, hash: &BlobHash) -> Option<Bytes> {
-        self.hot.get(hash)
+    /// The whole of a small blob of `size` bytes, when it was read lately: no
+    /// disk, no hash.
+    pub fn hot_file(&self, hash: &BlobHash, size: u64) -> Option<Bytes> {
+        self.hot.get(hash, 0).filter(|b| b.len() as u64 == size)
+    }
+
+    /// Bytes `range` of an open blob, verified, the range lying within one
+    /// aligned [`HOT_PIECE`]: from memory when its piece was kept
+    /// ([`Store::hot_piece`]), else read from disk (blocking); a whole piece
+    /// read again lately is kept.
+    pub fn read_piece(&self, files: &BlobFiles, range: Range<u64>) -> Result<Bytes, VerifyError> {
+        if let Some(bytes) = self.hot_piece(&files.hash, &range) {
+            return Ok(bytes);
+        }
+        let bytes = read_joined(files, range.clone())?;
+        let start = range.start - range.start % HOT_PIECE;
+        if range == (start..(start + HOT_PIECE).min(files.size)) {
+            self.hot
+                .keep(files.hash, start, bytes.clone(), Admit::WhenReadAgain);
+        }
+        Ok(bytes)
+    }
+
+    /// Bytes `range` of a blob, within one aligned [`HOT_PIECE`], when its
+    /// piece was kept: no disk, no hash.
+    pub fn hot_piece(&self, hash: &BlobHash, range: &Range<u64>) -> Option<Bytes> {
+        let start = range.start - range.start % HOT_PIECE;
+        let piece = self.hot.get(hash, start)?;
+        let (from, to) = ((range.start - start) as usize, (range.end - start) as usize);
+        (to <= piece.len()).then(|| piece.slice(from..to))
     }
 
     /// The size of a blob held whole and not marked damaged.
@@ -414,4 +435,18 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Bytes `range` of `files`, verified, in one buffer: a range within one
+/// verified block comes as one piece, without a copy.
+fn read_joined(files: &BlobFiles, range: Range<u64>) -> Result<Bytes, VerifyError> {
+    let mut pieces = Vec::new();
+    files.read_verified(range, |piece| {
+        pieces.push(piece);
+        true
+    })?;
+    Ok(match <[Bytes; 1]>::try_from(pieces) {
+        Ok([one]) => one,
+        Err(pieces) => pieces.concat().into(),
+    })
 }

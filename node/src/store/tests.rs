@@ -326,7 +326,10 @@ fn small_files_read_lately_come_from_memory_and_only_once_verified() -> anyhow::
         fs::write(&path, &bad)?;
         let err = store.read_small(&e.hash, e.size).unwrap_err();
         assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
-        assert!(store.hot_file(&e.hash).is_none(), "unverified bytes kept");
+        assert!(
+            store.hot_file(&e.hash, e.size).is_none(),
+            "unverified bytes kept"
+        );
         fs::write(&path, &good)?;
         assert_eq!(store.read_small(&e.hash, e.size)?, good);
         // Read again with the file away: the bytes come from memory.
@@ -345,8 +348,57 @@ fn small_files_read_lately_come_from_memory_and_only_once_verified() -> anyhow::
     assert!(
         m.entries()
             .iter()
-            .all(|e| store.hot_file(&e.hash).is_none())
+            .all(|e| store.hot_file(&e.hash, e.size).is_none())
     );
+    Ok(())
+}
+
+/// Pieces of a large file read twice come from memory, whole or in part; a
+/// piece read once, or found corrupt, is not kept; a removed bundle's pieces
+/// are gone.
+#[test]
+fn pieces_read_again_are_kept_verified_and_leave_with_their_bundle() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let piece = HOT_PIECE;
+    let bytes = pattern(2 * piece as usize + 1000, 3);
+    lesson(a.path(), &[("film.bin", bytes.clone())]);
+    let store = Store::open(data.path())?;
+    let id = store.add_folder(a.path())?.summary.id;
+    let e = store
+        .manifest(&id)?
+        .unwrap()
+        .entry("film.bin")
+        .unwrap()
+        .clone();
+    let files = store.open_blob(&e.hash, e.size)?;
+    let path = store.layout().blob(&e.hash);
+    let good = fs::read(&path)?;
+    let mut bad = good.clone();
+    bad[piece as usize + 5] ^= 1;
+    fs::write(&path, &bad)?;
+    for _ in 0..2 {
+        let err = store.read_piece(&files, piece..2 * piece).unwrap_err();
+        assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
+    }
+    fs::write(&path, &good)?;
+    let whole = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+    for r in [0..piece, piece..2 * piece, 2 * piece..e.size] {
+        assert_eq!(store.read_piece(&files, r.clone())?, whole(r.clone()));
+        assert!(
+            store.hot_piece(&e.hash, &r).is_none(),
+            "read once: not kept"
+        );
+        assert_eq!(store.read_piece(&files, r.clone())?, whole(r.clone()));
+        assert!(store.hot_piece(&e.hash, &r).is_some(), "read twice: kept");
+    }
+    // Zeroed on disk now: what is served comes from memory, verified earlier.
+    fs::write(&path, vec![0u8; good.len()])?;
+    let part = piece + 10..piece + 2000;
+    assert_eq!(store.read_piece(&files, part.clone())?, whole(part));
+    assert_eq!(store.read_piece(&files, 0..piece)?, whole(0..piece));
+    fs::write(&path, &good)?;
+    store.remove(&id)?;
+    assert!(store.hot_piece(&e.hash, &(0..piece)).is_none());
     Ok(())
 }
 
