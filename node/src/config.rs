@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::serve::{DEFAULT_DISK_MARGIN, FileLessons, LessonPolicy};
-use crate::store::ScrubSettings;
+use crate::store::{HOT_BYTES_MAX, ScrubSettings};
 use cartable_net::config::public_url;
 use cartable_net::https::limits::{ConnectionLimits, FileConnections};
 use cartable_net::metrics::FileMetrics;
@@ -101,6 +101,7 @@ struct FileHttps {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    memory_mib: Option<u64>,
 }
 
 /// Settings given on the command line; each overrides the file.
@@ -169,6 +170,8 @@ pub struct HttpsConfig {
     pub public_url: Option<String>,
     /// Configured certificate; `None` means self-signed in the data folder.
     pub tls: Option<TlsFiles>,
+    /// Bytes of memory for verified bytes of files read lately.
+    pub memory: usize,
 }
 
 impl NodeConfig {
@@ -197,6 +200,9 @@ impl NodeConfig {
             .collect::<anyhow::Result<Vec<PeerAddr>>>()?;
         peers.extend(o.peers);
         let public_url = public_url("https.public_url", h.public_url)?;
+        let memory_mib = h.memory_mib.unwrap_or(HOT_BYTES_MAX as u64 >> 20);
+        let memory = usize::try_from(mib("https.memory_mib", memory_mib)?)
+            .context("https.memory_mib is too large")?;
         let defaults = ScrubSettings::default();
         let scrub = ScrubSettings {
             mib_per_s: file.scrub.mib_per_s.unwrap_or(defaults.mib_per_s),
@@ -230,6 +236,7 @@ impl NodeConfig {
                 listen: https_listen,
                 public_url,
                 tls,
+                memory,
             },
             quic: QuicConfig {
                 listen: o
@@ -306,6 +313,11 @@ mod tests {
             NodeConfig::from_toml("[uploads]\nkeep_free_mib = 1")?.uploads_keep_free,
             1 << 20
         );
+        assert_eq!(c.https.memory, 256 << 20);
+        let none = NodeConfig::from_toml("[https]\nmemory_mib = 0")?;
+        assert_eq!(none.https.memory, 0);
+        let err = NodeConfig::from_toml("[https]\nmemory_mib = 17592186044416").unwrap_err();
+        assert!(format!("{err:#}").contains("https.memory_mib"), "{err:#}");
         Ok(())
     }
 

@@ -42,7 +42,8 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&data_dir)?;
     let store = Arc::new(
         Store::open(&data_dir)
-            .with_context(|| format!("opening store in {}", data_dir.display()))?,
+            .with_context(|| format!("opening store in {}", data_dir.display()))?
+            .keeping_in_memory(config.https.memory),
     );
     let tls = config.tls_files();
     if config.https.tls.is_none() {

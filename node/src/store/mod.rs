@@ -36,7 +36,7 @@ use bytes::Bytes;
 use cartable_net::folder::{Folder, FolderError, WalkError};
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestError};
 
-pub use hot::{HOT_FILE_MAX, HOT_PIECE};
+pub use hot::{HOT_BYTES_MAX, HOT_FILE_MAX, HOT_PIECE};
 pub use import::disk_bytes;
 pub use index::BundleSummary;
 pub use layout::Layout;
@@ -146,6 +146,15 @@ impl Store {
         };
         store.reconcile()?;
         Ok(store)
+    }
+
+    /// The same store, keeping at most `max_bytes` of verified bytes read
+    /// lately in memory (by default [`HOT_BYTES_MAX`]; 0: none).
+    pub fn keeping_in_memory(self, max_bytes: usize) -> Self {
+        Self {
+            hot: hot::HotFiles::new(max_bytes),
+            ..self
+        }
     }
 
     /// The data folder.
