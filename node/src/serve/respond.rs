@@ -300,7 +300,7 @@ async fn send_range(
             Ok(Err(_)) => return Err(Stopped::Gone),
             Err(_) => return Err(Stopped::Stalled),
         };
-        if let Some(bytes) = store.hot_piece(&files.hash, &piece) {
+        if let Some(bytes) = store.hot_piece(&files.hash, files.size, &piece) {
             room.send(Ok(bytes));
             continue;
         }
@@ -492,6 +492,55 @@ mod tests {
             }
             assert!(!store.is_damaged(&held.hash));
         }
+        Ok(())
+    }
+
+    /// A large file read twice is served from memory, whole, by range within
+    /// a piece, and by its short last piece, even once the disk copy rots; a
+    /// manifest giving it another size finds nothing kept.
+    #[tokio::test]
+    async fn a_large_file_read_twice_is_served_from_memory() -> anyhow::Result<()> {
+        use http_body_util::BodyExt;
+        let (data, lesson) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let bytes: Vec<u8> = (0..2 * PIECE as usize + 5000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(lesson.path().join("film.bin"), &bytes)?;
+        let store = Arc::new(Store::open(data.path())?);
+        let id = store.add_folder(lesson.path())?.summary.id;
+        let held = store
+            .manifest(&id)?
+            .unwrap()
+            .entry("film.bin")
+            .unwrap()
+            .clone();
+        let ctx = ServeContext::new(store.clone());
+        let get = |range: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(r) = range {
+                headers.insert(header::RANGE, HeaderValue::from_str(r).unwrap());
+            }
+            let (ctx, held) = (&ctx, &held);
+            async move {
+                let served = serve_file(ctx, held, &headers, false).await.unwrap();
+                served.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        for _ in 0..2 {
+            assert_eq!(get(None).await, bytes);
+        }
+        let blob = store.layout().blob(&held.hash);
+        std::fs::write(&blob, vec![0u8; bytes.len()])?;
+        assert_eq!(get(None).await, bytes);
+        let (a, b) = (PIECE as usize + 7, PIECE as usize + 900);
+        assert_eq!(get(Some(&format!("bytes={a}-{b}"))).await, bytes[a..=b]);
+        let last = 2 * PIECE as usize + 10;
+        assert_eq!(get(Some(&format!("bytes={last}-"))).await, bytes[last..]);
+        assert!(
+            store
+                .hot_piece(&held.hash, held.size - 1, &(0..10))
+                .is_none()
+        );
         Ok(())
     }
 }

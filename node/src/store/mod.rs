@@ -46,7 +46,7 @@ pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};
 
-use hot::Admit;
+use hot::{Admit, Piece};
 use index::Index;
 
 /// What went wrong in a store operation.
@@ -274,14 +274,23 @@ impl Store {
         }
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
         let bytes = read_joined(&files, 0..size)?;
-        self.hot.keep(*hash, 0, bytes.clone(), Admit::Now);
+        let whole = Piece {
+            hash: *hash,
+            size,
+            start: 0,
+        };
+        self.hot.keep(whole, bytes.clone(), Admit::Now);
         Ok(bytes)
     }
 
     /// The whole of a small blob of `size` bytes, when it was read lately: no
     /// disk, no hash.
     pub fn hot_file(&self, hash: &BlobHash, size: u64) -> Option<Bytes> {
-        self.hot.get(hash, 0).filter(|b| b.len() as u64 == size)
+        self.hot.get(&Piece {
+            hash: *hash,
+            size,
+            start: 0,
+        })
     }
 
     /// Bytes `range` of an open blob, verified, the range lying within one
@@ -289,25 +298,24 @@ impl Store {
     /// ([`Store::hot_piece`]), else read from disk (blocking); a whole piece
     /// read again lately is kept.
     pub fn read_piece(&self, files: &BlobFiles, range: Range<u64>) -> Result<Bytes, VerifyError> {
-        if let Some(bytes) = self.hot_piece(&files.hash, &range) {
+        if let Some(bytes) = self.hot_piece(&files.hash, files.size, &range) {
             return Ok(bytes);
         }
         let bytes = read_joined(files, range.clone())?;
-        let start = range.start - range.start % HOT_PIECE;
-        if range == (start..(start + HOT_PIECE).min(files.size)) {
-            self.hot
-                .keep(files.hash, start, bytes.clone(), Admit::WhenReadAgain);
+        let piece = piece_of(&files.hash, files.size, &range);
+        if range == (piece.start..(piece.start + HOT_PIECE).min(files.size)) {
+            self.hot.keep(piece, bytes.clone(), Admit::WhenReadAgain);
         }
         Ok(bytes)
     }
 
-    /// Bytes `range` of a blob, within one aligned [`HOT_PIECE`], when its
-    /// piece was kept: no disk, no hash.
-    pub fn hot_piece(&self, hash: &BlobHash, range: &Range<u64>) -> Option<Bytes> {
-        let start = range.start - range.start % HOT_PIECE;
-        let piece = self.hot.get(hash, start)?;
-        let (from, to) = ((range.start - start) as usize, (range.end - start) as usize);
-        (to <= piece.len()).then(|| piece.slice(from..to))
+    /// Bytes `range` of the blob `hash` of `size` bytes, within one aligned
+    /// [`HOT_PIECE`], when its piece was kept: no disk, no hash.
+    pub fn hot_piece(&self, hash: &BlobHash, size: u64, range: &Range<u64>) -> Option<Bytes> {
+        let piece = piece_of(hash, size, range);
+        let bytes = self.hot.get(&piece)?;
+        let (from, to) = (range.start - piece.start, range.end - piece.start);
+        (to <= bytes.len() as u64).then(|| bytes.slice(from as usize..to as usize))
     }
 
     /// The size of a blob held whole and not marked damaged.
@@ -415,7 +423,7 @@ impl Store {
 
     fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<(), StoreError> {
         for h in hashes {
-            self.hot.forget(h);
+            self.hot.forget(h, self.index.blob_size(h));
             for path in [self.layout.blob(h), self.layout.outboard(h)] {
                 layout::remove_if_present(&path).map_err(io_at(&path))?;
             }
@@ -443,6 +451,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// The aligned [`HOT_PIECE`] of a blob that `range` starts in.
+fn piece_of(hash: &BlobHash, size: u64, range: &Range<u64>) -> Piece {
+    Piece {
+        hash: *hash,
+        size,
+        start: range.start - range.start % HOT_PIECE,
     }
 }
 

@@ -385,11 +385,14 @@ fn pieces_read_again_are_kept_verified_and_leave_with_their_bundle() -> anyhow::
     for r in [0..piece, piece..2 * piece, 2 * piece..e.size] {
         assert_eq!(store.read_piece(&files, r.clone())?, whole(r.clone()));
         assert!(
-            store.hot_piece(&e.hash, &r).is_none(),
+            store.hot_piece(&e.hash, e.size, &r).is_none(),
             "read once: not kept"
         );
         assert_eq!(store.read_piece(&files, r.clone())?, whole(r.clone()));
-        assert!(store.hot_piece(&e.hash, &r).is_some(), "read twice: kept");
+        assert!(
+            store.hot_piece(&e.hash, e.size, &r).is_some(),
+            "read twice: kept"
+        );
     }
     // Zeroed on disk now: what is served comes from memory, verified earlier.
     fs::write(&path, vec![0u8; good.len()])?;
@@ -398,7 +401,36 @@ fn pieces_read_again_are_kept_verified_and_leave_with_their_bundle() -> anyhow::
     assert_eq!(store.read_piece(&files, 0..piece)?, whole(0..piece));
     fs::write(&path, &good)?;
     store.remove(&id)?;
-    assert!(store.hot_piece(&e.hash, &(0..piece)).is_none());
+    assert!(store.hot_piece(&e.hash, e.size, &(0..piece)).is_none());
+    Ok(())
+}
+
+/// With no memory for them (`https.memory_mib = 0`), nothing read is kept.
+#[test]
+fn a_store_without_memory_keeps_nothing() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    lesson(
+        a.path(),
+        &[
+            ("a.css", pattern(100, 1)),
+            ("b.bin", pattern(HOT_PIECE as usize + 9, 2)),
+        ],
+    );
+    let store = Store::open(data.path())?.keeping_in_memory(0);
+    let id = store.add_folder(a.path())?.summary.id;
+    let m = store.manifest(&id)?.unwrap();
+    let (small, large) = (m.entry("a.css").unwrap(), m.entry("b.bin").unwrap());
+    let files = store.open_blob(&large.hash, large.size)?;
+    for _ in 0..3 {
+        store.read_small(&small.hash, small.size)?;
+        store.read_piece(&files, 0..HOT_PIECE)?;
+    }
+    assert!(store.hot_file(&small.hash, small.size).is_none());
+    assert!(
+        store
+            .hot_piece(&large.hash, large.size, &(0..HOT_PIECE))
+            .is_none()
+    );
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use cartable_proto::wire::GROUP_BYTES;
 /// Outboards up to this size are read into memory whole rather than pair by pair.
 const OUTBOARD_IN_MEMORY: u64 = 1 << 20;
 /// Verified bytes are handed out in pieces of about this size.
-const PIECE_BYTES: usize = 256 * 1024;
+pub(super) const PIECE_BYTES: usize = 256 * 1024;
 
 /// Why a verified read stopped.
 #[derive(Debug, thiserror::Error)]
