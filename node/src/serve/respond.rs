@@ -200,7 +200,13 @@ async fn serve_file(
             "file damaged on this node, repair pending",
         ));
     }
-    let held = store.blob_size(&entry.hash);
+    // A small file kept in memory was verified under this hash and size: it
+    // is held as the manifest says, without asking the index.
+    let hot = store.hot_file(&entry.hash, entry.size);
+    let held = match &hot {
+        Some(_) => Some(entry.size),
+        None => store.blob_size(&entry.hash),
+    };
     if held.is_some_and(|size| size != entry.size) {
         // The hash fixes the size: a manifest (a peer's, seen through
         // fetch-through) giving a held blob another one is wrong, not the blob.
@@ -216,8 +222,10 @@ async fn serve_file(
         value(&(range.end - range.start).to_string()),
     );
     if !head && !range.is_empty() {
-        *response.body_mut() = match &ctx.through {
-            Some(through) if held.is_none() => {
+        *response.body_mut() = match (&ctx.through, hot) {
+            // The range lies inside the file, which is under 64 KiB.
+            (_, Some(whole)) => Body::full(whole.slice(range.start as usize..range.end as usize)),
+            (Some(through), None) if held.is_none() => {
                 if ctx.pressure.level() > Level::Calm {
                     // Held bundles first: fetch-through waits for a quieter moment.
                     return Err(HttpError::Unavailable("busy, retry shortly"));

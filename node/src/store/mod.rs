@@ -283,14 +283,16 @@ impl Store {
         Ok(bytes)
     }
 
-    /// The whole of a small blob of `size` bytes, when it was read lately: no
-    /// disk, no hash.
+    /// The whole of a blob of `size` bytes, when it was read lately: no disk,
+    /// no hash. A larger blob's first piece, kept under the same key, is not
+    /// the whole.
     pub fn hot_file(&self, hash: &BlobHash, size: u64) -> Option<Bytes> {
-        self.hot.get(&Piece {
+        let first = Piece {
             hash: *hash,
             size,
             start: 0,
-        })
+        };
+        self.hot.get(&first).filter(|b| b.len() as u64 == size)
     }
 
     /// Bytes `range` of an open blob, verified, the range lying within one
