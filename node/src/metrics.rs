@@ -214,6 +214,25 @@ impl Collector for NodeCollector {
                 .into_iter()
                 .map(|(peer, n)| (peer.to_string(), n)),
         )?;
+        let memory = sources.store.memory_use();
+        encode::gauge(
+            &mut scrape,
+            "cartable_node_memory_kept_bytes",
+            "Memory taken by verified bytes of files read lately, bookkeeping included (at most https.memory_mib)",
+            memory.kept_bytes as f64,
+        )?;
+        encode::counter(
+            &mut scrape,
+            "cartable_node_reads_from_memory",
+            "Files and 256 KiB pieces of files served to browsers from memory, without a read or a hash",
+            memory.reads_from_memory,
+        )?;
+        encode::counter(
+            &mut scrape,
+            "cartable_node_reads_from_disk",
+            "Files and 256 KiB pieces of files read from disk and verified to serve browsers",
+            memory.reads_from_disk,
+        )?;
         // The scrape runs on a blocking thread: reading the store is allowed.
         let snapshot = match sources.snapshot_blocking() {
             Ok(s) => s,

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cartable_proto::BlobHash;
@@ -63,6 +64,8 @@ pub enum Admit {
 pub struct HotFiles {
     inner: Mutex<Kept>,
     max_bytes: usize,
+    /// Pieces found kept, since the start.
+    hits: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +158,7 @@ impl HotFiles {
         Self {
             inner: Mutex::new(Kept::default()),
             max_bytes,
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -168,7 +172,13 @@ impl HotFiles {
         let mut kept = self.kept();
         let entry = kept.pieces.get_mut(piece)?;
         entry.read_again = true;
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(entry.bytes.clone())
+    }
+
+    /// Memory charged now, and the pieces found kept since the start.
+    pub fn usage(&self) -> (usize, u64) {
+        (self.kept().charged, self.hits.load(Ordering::Relaxed))
     }
 
     /// Keeps `bytes`, just verified, the bytes of `piece`, when `admit` says

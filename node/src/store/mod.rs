@@ -29,6 +29,7 @@ use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
@@ -112,6 +113,17 @@ pub enum ReadFault {
     Transient,
 }
 
+/// The memory of verified bytes read lately, as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Memory charged, bookkeeping included.
+    pub kept_bytes: u64,
+    /// Files and pieces served from memory, since the start.
+    pub reads_from_memory: u64,
+    /// Files and pieces read from disk and verified to serve them.
+    pub reads_from_disk: u64,
+}
+
 /// A node's blob store.
 #[derive(Debug)]
 pub struct Store {
@@ -123,6 +135,8 @@ pub struct Store {
     open_partials: partial_space::OpenPartials,
     /// Verified bytes read lately: small files, pieces of larger ones.
     hot: hot::HotFiles,
+    /// Files and pieces read from disk to serve them, since the start.
+    reads_from_disk: AtomicU64,
 }
 
 impl Store {
@@ -143,6 +157,7 @@ impl Store {
             manifests: RwLock::new(HashMap::new()),
             open_partials: Default::default(),
             hot: hot::HotFiles::new(hot::HOT_BYTES_MAX),
+            reads_from_disk: AtomicU64::new(0),
         };
         store.reconcile()?;
         Ok(store)
@@ -154,6 +169,16 @@ impl Store {
         Self {
             hot: hot::HotFiles::new(max_bytes),
             ..self
+        }
+    }
+
+    /// What the memory of verified bytes holds and saves.
+    pub fn memory_use(&self) -> MemoryUse {
+        let (kept_bytes, reads_from_memory) = self.hot.usage();
+        MemoryUse {
+            kept_bytes: kept_bytes as u64,
+            reads_from_memory,
+            reads_from_disk: self.reads_from_disk.load(Ordering::Relaxed),
         }
     }
 
@@ -272,6 +297,7 @@ impl Store {
         if let Some(bytes) = self.hot_file(hash, size) {
             return Ok(bytes);
         }
+        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
         let bytes = read_joined(&files, 0..size)?;
         let whole = Piece {
@@ -303,6 +329,7 @@ impl Store {
         if let Some(bytes) = self.hot_piece(&files.hash, files.size, &range) {
             return Ok(bytes);
         }
+        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let bytes = read_joined(files, range.clone())?;
         let piece = piece_of(&files.hash, files.size, &range);
         if range == (piece.start..(piece.start + HOT_PIECE).min(files.size)) {
