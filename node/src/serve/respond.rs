@@ -201,8 +201,12 @@ async fn serve_file(
         ));
     }
     // A small file kept in memory was verified under this hash and size: it
-    // is held as the manifest says, without asking the index.
-    let hot = store.hot_file(&entry.hash, entry.size);
+    // is held as the manifest says, without asking the index. Looked up only
+    // when its bytes are sent, so a HEAD is no read from memory.
+    let sends = !head && !range.is_empty();
+    let hot = sends
+        .then(|| store.hot_file(&entry.hash, entry.size))
+        .flatten();
     let held = match &hot {
         Some(_) => Some(entry.size),
         None => store.blob_size(&entry.hash),
@@ -221,9 +225,9 @@ async fn serve_file(
         header::CONTENT_LENGTH,
         value(&(range.end - range.start).to_string()),
     );
-    if !head && !range.is_empty() {
+    if sends {
         *response.body_mut() = match (&ctx.through, hot) {
-            // The range lies inside the file, which is under 64 KiB.
+            // The range lies inside the file, whole in memory.
             (_, Some(whole)) => Body::full(whole.slice(range.start as usize..range.end as usize)),
             (Some(through), None) if held.is_none() => {
                 if ctx.pressure.level() > Level::Calm {

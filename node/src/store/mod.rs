@@ -297,9 +297,9 @@ impl Store {
         if let Some(bytes) = self.hot_file(hash, size) {
             return Ok(bytes);
         }
-        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
         let bytes = read_joined(&files, 0..size)?;
+        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let whole = Piece {
             hash: *hash,
             size,
@@ -311,8 +311,11 @@ impl Store {
 
     /// The whole of a blob of `size` bytes, when it was read lately: no disk,
     /// no hash. A larger blob's first piece, kept under the same key, is not
-    /// the whole.
+    /// the whole, and is not looked up (nor counted as read).
     pub fn hot_file(&self, hash: &BlobHash, size: u64) -> Option<Bytes> {
+        if size > HOT_PIECE {
+            return None;
+        }
         let first = Piece {
             hash: *hash,
             size,
@@ -329,8 +332,8 @@ impl Store {
         if let Some(bytes) = self.hot_piece(&files.hash, files.size, &range) {
             return Ok(bytes);
         }
-        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let bytes = read_joined(files, range.clone())?;
+        self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let piece = piece_of(&files.hash, files.size, &range);
         if range == (piece.start..(piece.start + HOT_PIECE).min(files.size)) {
             self.hot.keep(piece, bytes.clone(), Admit::WhenReadAgain);
