@@ -29,11 +29,10 @@ use cartable_proto::wire::GROUP_BYTES;
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Verified pieces buffered between the disk reader and the connection: one,
 /// read only once the connection took the one before, so a client that does
-/// not read holds at most this piece and the one hyper holds.
+/// not read holds at most this piece and the one hyper holds. Files are read
+/// a [`HOT_PIECE`] at a time, aligned: one verified block, as the store keeps
+/// them in memory.
 const PIECES_IN_FLIGHT: usize = 1;
-/// Files are read this much at a time, aligned: one verified block, the
-/// pieces the store keeps in memory.
-const PIECE: u64 = HOT_PIECE;
 /// Fetch-through fetches this much at a time: 64 chunk groups.
 const SEGMENT: u64 = 1 << 20;
 
@@ -251,16 +250,15 @@ async fn verified_body(
 ) -> Result<Body, HttpError> {
     let store = &ctx.store;
     if entry.size <= HOT_FILE_MAX {
-        let whole = match store.hot_file(&entry.hash, entry.size) {
-            Some(bytes) => Ok(bytes),
+        // Not in memory (the caller looked): read from disk, and kept.
+        let whole = if entry.size <= GROUP_BYTES {
             // One chunk group: cheaper to verify in place than to hand to a thread.
-            None if entry.size <= GROUP_BYTES => store.read_small(&entry.hash, entry.size),
-            None => {
-                let (store, hash, size) = (store.clone(), entry.hash, entry.size);
-                tokio::task::spawn_blocking(move || store.read_small(&hash, size))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
-            }
+            store.read_small(&entry.hash, entry.size)
+        } else {
+            let (store, hash, size) = (store.clone(), entry.hash, entry.size);
+            tokio::task::spawn_blocking(move || store.read_small(&hash, size))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
         }
         .map_err(|e| failed(store, &entry.hash, &e))?;
         // The range lies inside the file, which is under 64 KiB.
@@ -306,7 +304,7 @@ async fn send_range(
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     progress: Duration,
 ) -> Result<(), Stopped> {
-    for piece in cut(range, PIECE) {
+    for piece in cut(range, HOT_PIECE) {
         let room = match tokio::time::timeout(progress, tx.reserve()).await {
             Ok(Ok(room)) => room,
             Ok(Err(_)) => return Err(Stopped::Gone),
@@ -467,7 +465,7 @@ mod tests {
         let mib = SEGMENT;
         let pieces: Vec<_> = cut(10..2 * mib + 5, SEGMENT).collect();
         assert_eq!(pieces, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
-        assert_eq!(cut(5..5, PIECE).count(), 0);
+        assert_eq!(cut(5..5, HOT_PIECE).count(), 0);
     }
 
     /// A peer's manifest may name a blob this node holds with another size:
@@ -514,7 +512,7 @@ mod tests {
     async fn a_large_file_read_twice_is_served_from_memory() -> anyhow::Result<()> {
         use http_body_util::BodyExt;
         let (data, lesson) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let bytes: Vec<u8> = (0..2 * PIECE as usize + 5000)
+        let bytes: Vec<u8> = (0..2 * HOT_PIECE as usize + 5000)
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(lesson.path().join("film.bin"), &bytes)?;
@@ -544,9 +542,9 @@ mod tests {
         let blob = store.layout().blob(&held.hash);
         std::fs::write(&blob, vec![0u8; bytes.len()])?;
         assert_eq!(get(None).await, bytes);
-        let (a, b) = (PIECE as usize + 7, PIECE as usize + 900);
+        let (a, b) = (HOT_PIECE as usize + 7, HOT_PIECE as usize + 900);
         assert_eq!(get(Some(&format!("bytes={a}-{b}"))).await, bytes[a..=b]);
-        let last = 2 * PIECE as usize + 10;
+        let last = 2 * HOT_PIECE as usize + 10;
         assert_eq!(get(Some(&format!("bytes={last}-"))).await, bytes[last..]);
         assert!(
             store

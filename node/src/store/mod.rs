@@ -300,28 +300,18 @@ impl Store {
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
         let bytes = read_joined(&files, 0..size)?;
         self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
-        let whole = Piece {
-            hash: *hash,
-            size,
-            start: 0,
-        };
+        let whole = piece_of(hash, size, &(0..size));
         self.hot.keep(whole, bytes.clone(), Admit::Now);
         Ok(bytes)
     }
 
     /// The whole of a blob of `size` bytes, when it was read lately: no disk,
-    /// no hash. A larger blob's first piece, kept under the same key, is not
-    /// the whole, and is not looked up (nor counted as read).
+    /// no hash. Only a blob of one piece is ever kept whole; a larger blob's
+    /// first piece is not looked up (nor counted as read).
     pub fn hot_file(&self, hash: &BlobHash, size: u64) -> Option<Bytes> {
-        if size > HOT_PIECE {
-            return None;
-        }
-        let first = Piece {
-            hash: *hash,
-            size,
-            start: 0,
-        };
-        self.hot.get(&first).filter(|b| b.len() as u64 == size)
+        (size <= HOT_PIECE)
+            .then(|| self.hot.get(&piece_of(hash, size, &(0..size))))
+            .flatten()
     }
 
     /// Bytes `range` of an open blob, verified, the range lying within one
