@@ -64,6 +64,11 @@ impl BlobHash {
         encode_hex(&self.0)
     }
 
+    /// Lowercase hex as 64 ASCII bytes, without allocating (for hot paths).
+    pub fn hex_digits(&self) -> [u8; HEX_LEN] {
+        hex_digits(&self.0)
+    }
+
     /// Lowercase base32 without padding, 52 characters.
     pub fn to_base32(&self) -> String {
         let mut s = String::with_capacity(BASE32_LEN);
@@ -114,15 +119,24 @@ impl BlobHash {
 }
 
 fn encode_hex(bytes: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(HEX_LEN);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
+    hex_digits(bytes).iter().map(|&d| char::from(d)).collect()
+}
+
+fn hex_digits(bytes: &[u8; 32]) -> [u8; HEX_LEN] {
+    let mut out = [0u8; HEX_LEN];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
-    s
+    out
 }
 
 fn decode_hex(text: &str) -> Result<[u8; 32], IdParseError> {
+    // Every request names its bundle in hex: the common, well-formed case
+    // reads bytes; anything else is parsed by characters for a precise error.
+    if let Some(out) = decode_ascii_hex(text.as_bytes()) {
+        return Ok(out);
+    }
     check_len(text, HEX_LEN)?;
     let mut out = [0u8; 32];
     for (pos, ch) in text.chars().enumerate() {
@@ -130,6 +144,19 @@ fn decode_hex(text: &str) -> Result<[u8; 32], IdParseError> {
         out[pos / 2] |= if pos % 2 == 0 { v << 4 } else { v };
     }
     Ok(out)
+}
+
+fn decode_ascii_hex(text: &[u8]) -> Option<[u8; 32]> {
+    let digit = |c: u8| char::from(c).to_digit(16).map(|v| v as u8);
+    let pairs = text.chunks_exact(2);
+    if text.len() != HEX_LEN {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(pairs) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 fn check_len(text: &str, expected: usize) -> Result<(), IdParseError> {
@@ -327,6 +354,22 @@ mod tests {
             BlobHash::from_hex(&text),
             Err(IdParseError::BadChar { pos: 0, .. })
         ));
+        // 64 bytes, but 32 characters: counted as characters, as typed.
+        assert_eq!(
+            BlobHash::from_hex(&"é".repeat(32)),
+            Err(IdParseError::BadLength {
+                expected: 64,
+                got: 32
+            })
+        );
+        let mixed = format!("{}é{}", "0".repeat(31), "0".repeat(31));
+        assert_eq!(
+            BlobHash::from_hex(&mixed),
+            Err(IdParseError::BadLength {
+                expected: 64,
+                got: 63
+            })
+        );
     }
 
     proptest! {
@@ -334,6 +377,9 @@ mod tests {
         fn text_forms_round_trip(bytes in any::<[u8; 32]>()) {
             let h = BlobHash::from_bytes(bytes);
             prop_assert_eq!(BlobHash::from_hex(&h.to_hex()), Ok(h));
+            let theirs = blake3::Hash::from(h).to_hex();
+            prop_assert_eq!(&h.hex_digits()[..], theirs.as_bytes());
+            prop_assert_eq!(h.to_string(), theirs.as_str());
             prop_assert_eq!(BlobHash::from_hex(&h.to_hex().to_uppercase()), Ok(h));
             prop_assert_eq!(BlobHash::from_base32(&h.to_base32()), Ok(h));
             prop_assert_eq!(h.to_base32().len(), BASE32_LEN);

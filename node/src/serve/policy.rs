@@ -23,6 +23,8 @@
 //! frame_ancestors = ["https://ent.example.org", "https://*.moodle.example.org"]
 //! ```
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Deserialize;
 
@@ -154,12 +156,13 @@ impl LessonPolicy {
 /// malformed types are not passive: a browser may render them (SVG, XML, XSLT,
 /// `multipart/x-mixed-replace`) and would then run them on the node's origin.
 fn is_passive(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    // Asked on every request: types are almost always lower case already.
+    let essence: Cow<str> = if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        essence.to_ascii_lowercase().into()
+    } else {
+        essence.into()
+    };
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
     };
@@ -168,7 +171,7 @@ fn is_passive(content_type: &str) -> bool {
     }
     matches!(kind, "image" | "audio" | "video" | "font")
         || matches!(
-            essence.as_str(),
+            essence.as_ref(),
             "application/pdf"
                 | "application/json"
                 | "application/javascript"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use cartable_proto::id::HEX_LEN;
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestEntry};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::sync::mpsc;
@@ -33,6 +34,9 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// a [`HOT_PIECE`] at a time, aligned: one verified block, as the store keeps
 /// them in memory.
 const PIECES_IN_FLIGHT: usize = 1;
+/// Headers a file's answer may carry: policy, validator, caching, sniffing,
+/// range, type, length, CORS's two and hyper's date.
+const FILE_HEADERS: usize = 12;
 /// Fetch-through fetches this much at a time: 64 chunk groups.
 const SEGMENT: u64 = 1 << 20;
 
@@ -153,19 +157,23 @@ async fn serve_file(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response<Body>, HttpError> {
-    let etag = format!("\"{}\"", entry.hash);
+    let etag_value = etag_of(&entry.hash);
+    let etag = etag_value.to_str().unwrap_or_default();
     let len = entry.size;
     let mut response = Response::new(Body::empty());
+    // Sized once for every header a file's answer may carry, CORS's and
+    // hyper's date included, rather than grown twice on each request.
+    *response.headers_mut() = HeaderMap::with_capacity(FILE_HEADERS);
     let h = response.headers_mut();
     // Before any early answer: a 304 refreshes the cached headers with its own.
     ctx.lessons.apply(h, &entry.content_type);
-    h.insert(header::ETAG, value(&etag));
+    h.insert(header::ETAG, etag_value.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if header_str(headers, header::IF_NONE_MATCH).is_some_and(|v| conditional::none_match(v, &etag))
+    if header_str(headers, header::IF_NONE_MATCH).is_some_and(|v| conditional::none_match(v, etag))
     {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(response);
@@ -173,7 +181,7 @@ async fn serve_file(
     let wanted = match header_str(headers, header::RANGE) {
         Some(_)
             if header_str(headers, header::IF_RANGE)
-                .is_some_and(|v| !conditional::if_range_holds(v, &etag)) =>
+                .is_some_and(|v| !conditional::if_range_holds(v, etag)) =>
         {
             RangeRequest::Full
         }
@@ -222,7 +230,7 @@ async fn serve_file(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_LENGTH,
-        value(&(range.end - range.start).to_string()),
+        HeaderValue::from(range.end - range.start),
     );
     if sends {
         *response.body_mut() = match (&ctx.through, hot) {
@@ -448,6 +456,14 @@ fn redirect_for_now(location: &str) -> Response<Body> {
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The strong validator of a blob: its hash in hex, quoted. Built without
+/// `format!`, as every answer about a file carries one.
+fn etag_of(hash: &BlobHash) -> HeaderValue {
+    let mut quoted = [b'"'; HEX_LEN + 2];
+    quoted[1..=HEX_LEN].copy_from_slice(&hash.hex_digits());
+    HeaderValue::from_bytes(&quoted).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// A header value from text already known to be visible ASCII (ids, digits,

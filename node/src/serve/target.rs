@@ -53,11 +53,15 @@ pub fn parse(raw: &str) -> Result<Target, HttpError> {
         Some(folder) => (folder, true),
         None => (path, false),
     };
-    let decoded = path
-        .split('/')
-        .map(decode_segment)
-        .collect::<Result<Vec<_>, _>>()?
-        .join("/");
+    // Without a `%` nothing is encoded: the path is its own decoding.
+    let decoded = if path.contains('%') {
+        path.split('/')
+            .map(decode_segment)
+            .collect::<Result<Vec<_>, _>>()?
+            .join("/")
+    } else {
+        path.to_owned()
+    };
     let checked = BundlePath::new(decoded)
         .map_err(|_| HttpError::BadRequest("path breaks the path rules"))?;
     Ok(if is_folder {

@@ -4,6 +4,7 @@
 //! no lesson. Keeping sled behind this type lets the engine change later.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cartable_proto::{BlobHash, BundleId, Manifest};
 
@@ -52,6 +53,9 @@ pub struct Index {
     blobs: sled::Tree,
     /// blob hash → why it was found damaged (UTF-8)
     damaged: sled::Tree,
+    /// Marks in `damaged`, kept beside it: every request asks whether its
+    /// file is damaged, and almost always none is, so the tree is not asked.
+    damaged_marks: AtomicUsize,
     /// blob hash → when it was cached (a counter, u64 BE): blobs kept as evictable cache
     cached: sled::Tree,
 }
@@ -71,11 +75,13 @@ impl Index {
     /// Opens or creates the index at `dir`.
     pub fn open(dir: &Path) -> sled::Result<Self> {
         let db = sled::Config::new().path(dir).open()?;
+        let damaged = db.open_tree("damaged")?;
         Ok(Self {
             bundles: db.open_tree("bundles")?,
             refs: db.open_tree("refs")?,
             blobs: db.open_tree("blobs")?,
-            damaged: db.open_tree("damaged")?,
+            damaged_marks: AtomicUsize::new(damaged.len()),
+            damaged,
             cached: db.open_tree("cached")?,
             db,
         })
@@ -126,7 +132,7 @@ impl Index {
     pub fn forget_blobs(&self, hashes: &[BlobHash]) -> sled::Result<()> {
         for h in hashes {
             self.blobs.remove(h.as_bytes())?;
-            self.damaged.remove(h.as_bytes())?;
+            self.clear_damaged(h)?;
             self.cached.remove(h.as_bytes())?;
         }
         self.db.flush()?;
@@ -227,18 +233,59 @@ impl Index {
 
     /// Marks a blob damaged, for repair.
     pub fn mark_damaged(&self, hash: &BlobHash, why: &str) -> sled::Result<()> {
-        self.damaged.insert(hash.as_bytes(), why.as_bytes())?;
+        if self
+            .damaged
+            .insert(hash.as_bytes(), why.as_bytes())?
+            .is_none()
+        {
+            self.damaged_marks.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Clears the damaged mark of a blob found whole again.
     pub fn clear_damaged(&self, hash: &BlobHash) -> sled::Result<()> {
-        self.damaged.remove(hash.as_bytes())?;
+        if self.damaged.remove(hash.as_bytes())?.is_some() {
+            self.damaged_marks.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Whether a blob is marked damaged.
     pub fn is_damaged(&self, hash: &BlobHash) -> bool {
-        matches!(self.damaged.contains_key(hash.as_bytes()), Ok(true))
+        self.damaged_marks.load(Ordering::Relaxed) > 0
+            && matches!(self.damaged.contains_key(hash.as_bytes()), Ok(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_marks_are_counted_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (BlobHash::of(b"a"), BlobHash::of(b"b"));
+        {
+            let index = Index::open(dir.path()).unwrap();
+            assert!(!index.is_damaged(&a));
+            index.mark_damaged(&a, "first").unwrap();
+            index.mark_damaged(&a, "again").unwrap();
+            index.mark_damaged(&b, "other").unwrap();
+            index.clear_damaged(&b).unwrap();
+            index.clear_damaged(&b).unwrap();
+            assert!(index.is_damaged(&a), "clearing twice takes one mark off");
+            assert!(!index.is_damaged(&b));
+            index.flush().unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        assert!(index.is_damaged(&a), "a mark outlives a restart");
+        index.forget_blobs(&[a]).unwrap();
+        assert!(!index.is_damaged(&a));
+        index.mark_damaged(&b, "later").unwrap();
+        assert!(
+            index.is_damaged(&b),
+            "a mark made after the last one went is seen"
+        );
     }
 }
