@@ -111,6 +111,10 @@ fn parse_args(argv: Vec<String>) -> Result<Args> {
             "--node" => args.node = value()?.into(),
             "--receivers" => args.receivers = Some(value()?.into()),
             "--dir" => args.dir = value()?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
     }

@@ -233,12 +233,15 @@ impl Index {
 
     /// Marks a blob damaged, for repair.
     pub fn mark_damaged(&self, hash: &BlobHash, why: &str) -> sled::Result<()> {
+        // Counted before the mark is written, so no reader sees the mark
+        // with a count of none; a count too high only costs a lookup.
+        self.damaged_marks.fetch_add(1, Ordering::Relaxed);
         if self
             .damaged
             .insert(hash.as_bytes(), why.as_bytes())?
-            .is_none()
+            .is_some()
         {
-            self.damaged_marks.fetch_add(1, Ordering::Relaxed);
+            self.damaged_marks.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
     }
