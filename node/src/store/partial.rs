@@ -37,9 +37,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Makes what was written before it was taken durable, then records it:
     /// a crash never leaves a group marked done whose bytes were lost, and a
-    /// record is written only beside the files it describes. Two records of
-    /// one blob written at once may land in either order; the older one marks
-    /// fewer groups, each of them synced.
+    /// record is written only beside the files it describes.
     pub fn write(self, store: &Store) -> io::Result<()> {
         self.sync()?;
         // Under the lock commits take: a record never lands beside files a
@@ -54,12 +52,22 @@ impl Checkpoint {
     }
 
     /// Writes the record beside the files it describes, once synced; the
-    /// caller holds the store's write lock, or is alone.
+    /// caller holds the store's write lock, or is alone. Two records of one
+    /// blob may be written in either order: each keeps the groups the record
+    /// already there marks (synced before it was written, and about these
+    /// very files), so an older one never takes back a newer one's groups,
+    /// the blob's completeness included.
     fn record(&self, store: &Store) -> io::Result<()> {
         if !files_in_place(&self.paths, self.ids) {
             return Err(replaced());
         }
-        layout::write_atomic(&store.layout, &self.paths[2], &self.done)
+        let mut done = self.done.clone();
+        if let Some(recorded) = recorded_groups(&self.paths[2], done.len()) {
+            for (d, r) in done.iter_mut().zip(recorded) {
+                *d |= r;
+            }
+        }
+        layout::write_atomic(&store.layout, &self.paths[2], &done)
     }
 }
 
@@ -249,10 +257,14 @@ fn group_count(size: u64) -> usize {
 /// does not fit a blob of `size`.
 fn done_groups(path: &Path, size: u64) -> Vec<u8> {
     let groups = group_count(size);
-    match fs::read(path) {
-        Ok(done) if done.len() == groups && done.iter().all(|d| *d <= 1) => done,
-        _ => vec![0; groups],
-    }
+    recorded_groups(path, groups).unwrap_or_else(|| vec![0; groups])
+}
+
+/// The record at `path` when it is one of `groups` groups, each 0 or 1.
+fn recorded_groups(path: &Path, groups: usize) -> Option<Vec<u8>> {
+    fs::read(path)
+        .ok()
+        .filter(|done| done.len() == groups && done.iter().all(|d| *d <= 1))
 }
 
 impl Store {
@@ -485,5 +497,33 @@ impl Store {
             layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
         }
         self.index_bundle(id, manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_record_written_last_keeps_the_newer_ones_groups() -> anyhow::Result<()> {
+        let group = GROUP_BYTES as usize;
+        let data_dir = tempfile::tempdir()?;
+        let store = Store::open(data_dir.path())?;
+        let data: Vec<u8> = (0..2 * group).map(|i| (i % 251) as u8).collect();
+        let (hash, len) = (BlobHash::of(&data), data.len() as u64);
+        let mut partial = store.partial(&hash, len)?;
+        partial.write_group(0, &data[..group])?;
+        let older = partial.take_checkpoint()?;
+        partial.write_group(group as u64, &data[group..])?;
+        let newer = partial.take_checkpoint()?;
+        // Two units' checkpoints, synced outside the blob's lock, land in
+        // the other order.
+        newer.write(&store)?;
+        older.write(&store)?;
+        drop(partial);
+        assert_eq!(store.partial_missing(&hash, len), Vec::<Range<u64>>::new());
+        // Whoever opens it next finds it complete, as the newer record said.
+        assert!(store.partial(&hash, len)?.is_complete());
+        Ok(())
     }
 }
