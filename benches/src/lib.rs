@@ -14,10 +14,13 @@
 //! The helpers here parse the import benchmarks' options, make test data and read
 //! the single blob of a one-file bundle; [`process`] times child processes,
 //! [`ceiling`] is the minimal QUIC sender and receiver `quic-copy` compares with,
-//! and [`browsers`] the HTTPS clients of `surge` and `repair-while-serving`.
+//! [`browsers`] the HTTPS clients of `surge` and `repair-while-serving`, and
+//! [`journal`] tells a journal-less ext4, where small files measure the
+//! filesystem.
 
 pub mod browsers;
 pub mod ceiling;
+pub mod journal;
 pub mod process;
 pub mod quota;
 

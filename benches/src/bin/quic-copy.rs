@@ -287,7 +287,7 @@ fn print_header(what: &str, node: &Path, dir: &Path) {
         load.split(' ').take(3).collect::<Vec<_>>().join(" "),
         node.display()
     );
-    if let Some(device) = ext4_without_journal(dir) {
+    if let Some(device) = cartable_benches::journal::ext4_without_journal(dir) {
         println!(
             "WARNING: {} is on ext4 without a journal ({device}). There, every new file \
              checks the inodes freed in the last 60-360 s one by one, and each round \
@@ -296,28 +296,6 @@ fn print_header(what: &str, node: &Path, dir: &Path) {
             dir.display()
         );
     }
-}
-
-/// The ext4 device holding `dir`, when that filesystem has no journal
-/// (`/sys/fs/ext4/DEV/journal_task` reads `<none>`).
-fn ext4_without_journal(dir: &Path) -> Option<String> {
-    let dir = fs::canonicalize(dir).ok()?;
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // The deepest mount point holding `dir`; fields after " - " are the
-    // filesystem type and its source.
-    let (_, fstype, source) = mounts
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = Path::new(left.split(' ').nth(4)?);
-            let mut right = right.split(' ');
-            let found = (point, right.next()?, right.next()?);
-            dir.starts_with(point).then_some(found)
-        })
-        .max_by_key(|(point, ..)| point.components().count())?;
-    let device = Path::new(source).file_name()?.to_str()?;
-    let task = fs::read_to_string(format!("/sys/fs/ext4/{device}/journal_task")).ok()?;
-    (fstype == "ext4" && task.trim() == "<none>").then(|| device.to_owned())
 }
 
 // ---------------------------------------------------------------------------
