@@ -147,13 +147,12 @@ fn decode_hex(text: &str) -> Result<[u8; 32], IdParseError> {
 }
 
 fn decode_ascii_hex(text: &[u8]) -> Option<[u8; 32]> {
-    let digit = |c: u8| char::from(c).to_digit(16).map(|v| v as u8);
-    let pairs = text.chunks_exact(2);
     if text.len() != HEX_LEN {
         return None;
     }
+    let digit = |c: u8| char::from(c).to_digit(16).map(|v| v as u8);
     let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(pairs) {
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
         *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
