@@ -127,21 +127,26 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
 async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<(Arc<Manifest>, bool), HttpError> {
     match ctx.store.manifest(id) {
         Ok(Some(m)) => Ok((m, true)),
-        Ok(None) => match &ctx.through {
+        Ok(None) => match ctx.through.as_ref().map(|t| (t, t.cached_manifest(id))) {
+            // A manifest fetched before is answered whatever the pressure:
+            // the blobs it names may be in the cache, served as held ones are.
+            Some((_, Some(cached))) => Ok((cached, false)),
             // Held bundles first: asking peers waits for a quieter moment.
             Some(_) if ctx.pressure.level() > Level::Calm => {
                 Err(HttpError::Unavailable("busy, retry shortly"))
             }
-            Some(through) => through
-                .lookup(id)
-                .await
-                .map(|m| (m, false))
-                .map_err(|e| match e {
-                    LookupError::Unknown => HttpError::NotFound("no such bundle here"),
-                    LookupError::Unavailable => {
-                        HttpError::Unavailable("peers cannot be asked right now")
-                    }
-                }),
+            Some((through, None)) => {
+                through
+                    .lookup(id)
+                    .await
+                    .map(|m| (m, false))
+                    .map_err(|e| match e {
+                        LookupError::Unknown => HttpError::NotFound("no such bundle here"),
+                        LookupError::Unavailable => {
+                            HttpError::Unavailable("peers cannot be asked right now")
+                        }
+                    })
+            }
             None => Err(HttpError::NotFound("no such bundle here")),
         },
         Err(e) => {
@@ -482,6 +487,52 @@ mod tests {
         let pieces: Vec<_> = cut(10..2 * mib + 5, SEGMENT).collect();
         assert_eq!(pieces, [10..mib, mib..2 * mib, 2 * mib..2 * mib + 5]);
         assert_eq!(cut(5..5, HOT_PIECE).count(), 0);
+    }
+
+    /// Under pressure, a bundle fetched through before is served from what
+    /// this node keeps of it; one never looked up is shed, peers unasked.
+    #[tokio::test]
+    async fn a_bundle_fetched_through_before_is_served_under_pressure() -> anyhow::Result<()> {
+        use http_body_util::BodyExt;
+        let s = crate::peer::through::testing::setup()?;
+        let [seen, unseen] = [b"<h1>Les fractions</h1>", b"<h1>Les volcans !</h1>"].map(|page| {
+            let lesson = tempfile::tempdir().unwrap();
+            std::fs::write(lesson.path().join("index.html"), page).unwrap();
+            s.peer_store.add_folder(lesson.path()).unwrap().summary.id
+        });
+        let ctx = ServeContext {
+            through: Some(Arc::new(s.through)),
+            pressure: cartable_net::https::shed::Pressure::new(2),
+            ..ServeContext::new(s.store.clone())
+        };
+        let get = |id: BundleId| {
+            let ctx = &ctx;
+            async move {
+                let req = Request::get(format!("/b/{id}/index.html"))
+                    .body(())
+                    .unwrap();
+                let response = route(ctx, &req)
+                    .await
+                    .unwrap_or_else(HttpError::into_response);
+                let status = response.status();
+                (
+                    status,
+                    response.into_body().collect().await.unwrap().to_bytes(),
+                )
+            }
+        };
+        assert_eq!(
+            get(seen).await,
+            (StatusCode::OK, "<h1>Les fractions</h1>".into())
+        );
+        let _busy = ctx.pressure.enter().expect("room for one request");
+        assert_eq!(ctx.pressure.level(), Level::Busy);
+        assert_eq!(
+            get(seen).await,
+            (StatusCode::OK, "<h1>Les fractions</h1>".into())
+        );
+        assert_eq!(get(unseen).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        Ok(())
     }
 
     /// A peer's manifest may name a blob this node holds with another size:

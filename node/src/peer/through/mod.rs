@@ -15,6 +15,8 @@
 
 mod lookup;
 mod slots;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -209,7 +211,8 @@ impl FetchThrough {
         self.ask_peers(id).await
     }
 
-    fn cached_manifest(&self, id: &BundleId) -> Option<Arc<Manifest>> {
+    /// The manifest of `id` if a peer gave it lately, without asking anyone.
+    pub fn cached_manifest(&self, id: &BundleId) -> Option<Arc<Manifest>> {
         lock(&self.manifests).get(id).cloned()
     }
 
@@ -491,41 +494,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::setup;
     use super::*;
-    use crate::peer::respond::serve_peers;
-    use cartable_net::identity::Identity;
-    use cartable_net::peer::auth::Members;
-
-    /// A node with an empty store answering peers, and fetch-through towards it.
-    struct Setup {
-        _dirs: tempfile::TempDir,
-        peer_endpoint: PeerEndpoint,
-        peer_store: Arc<Store>,
-        through: FetchThrough,
-    }
-
-    fn setup() -> anyhow::Result<Setup> {
-        let dirs = tempfile::tempdir()?;
-        let loopback = "127.0.0.1:0".parse()?;
-        let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
-        let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
-        let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
-        tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store.clone(), None));
-        let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
-        let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
-        let peer = PeerAddr {
-            id: peer_key.id(),
-            addr: peer_endpoint.local_addr()?,
-        };
-        let store = Arc::new(Store::open(dirs.path().join("us"))?);
-        let through = FetchThrough::new(ours, vec![peer], store, Arc::default(), 1 << 20);
-        Ok(Setup {
-            _dirs: dirs,
-            peer_endpoint,
-            peer_store,
-            through,
-        })
-    }
 
     #[tokio::test]
     async fn partial_files_gone_under_a_blob_are_fetched_again_once_forgotten() -> anyhow::Result<()>
