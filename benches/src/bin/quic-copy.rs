@@ -23,6 +23,7 @@
 //! (reaped child) and the long-running sender's (`/proc/PID/stat` across the
 //! copy). Results go to stdout.
 
+use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -172,7 +173,7 @@ fn one_big_file(args: &Args) -> Result<()> {
     );
     let work = big.work.path();
     let ceiling = Ceiling::start(&big.path, work)?;
-    let cartable = Cartable::start(&args.node, work, &big.lesson)?;
+    let cartable = Cartable::start(&args.node, work, &big.lesson, OldB::Remove)?;
     let one_stream = CeilingCopy::one_stream(&ceiling, big.size, 1);
     let stored = CeilingCopy {
         sink: Some(work.join("ceiling-store.bin")),
@@ -227,7 +228,7 @@ fn small_files(args: &Args, count: u64) -> Result<()> {
         work.path(),
     );
     let ceiling = Ceiling::start(&all, work.path())?;
-    let cartable = Cartable::start(&args.node, work.path(), &lesson)?;
+    let cartable = Cartable::start(&args.node, work.path(), &lesson, OldB::SetAside)?;
     let per_file = CeilingCopy {
         streams: count,
         stream_bytes: file_bytes,
@@ -290,9 +291,11 @@ fn print_header(what: &str, node: &Path, dir: &Path) {
     if let Some(device) = cartable_benches::journal::ext4_without_journal(dir) {
         println!(
             "WARNING: {} is on ext4 without a journal ({device}). There, every new file \
-             checks the inodes freed in the last 60-360 s one by one, and each round \
-             frees the previous copy's: small files measure that, not the node. A \
-             journaled filesystem (ext4's default) skips the check; see benches/README.md.",
+             checks the inodes freed in the last 60-360 s one by one: after many files \
+             were deleted (an earlier run's work folder, for one), small files measure \
+             that walk, not the node; wait 6 minutes. Rounds here set their copies \
+             aside rather than delete them. A journaled filesystem (ext4's default) \
+             skips the check; see benches/README.md.",
             dir.display()
         );
     }
@@ -620,10 +623,28 @@ struct Cartable<'a> {
     b_key: PathBuf,
     /// Where each round's fresh B goes.
     b_dir: PathBuf,
+    /// What becomes of the previous round's B.
+    old_b: OldB,
+    /// How many Bs have been set aside (with [`OldB::SetAside`]).
+    set_aside: Cell<u32>,
+}
+
+/// What `fresh_b` does with the previous round's B.
+#[derive(Clone, Copy)]
+enum OldB {
+    /// Removed just before the copy, so that the page cache it frees is what
+    /// this copy reuses (see the README on this VM's free page reporting).
+    Remove,
+    /// Moved aside and removed with the work folder at the end. On ext4
+    /// without a journal, every new inode is checked against those freed in
+    /// the last 60-360 s; removing 10,000 files just before a copy of 10,000
+    /// would measure that walk, which a node receiving a lesson does not
+    /// meet unless it has just deleted as many files itself.
+    SetAside,
 }
 
 impl<'a> Cartable<'a> {
-    fn start(node: &'a Path, work: &Path, lesson: &Path) -> Result<Self> {
+    fn start(node: &'a Path, work: &Path, lesson: &Path, old_b: OldB) -> Result<Self> {
         let b_key = work.join("b-key");
         let b_id: NodeId =
             printed_first(node_command(node, &b_key).arg("id"), "cartable-node id")?.parse()?;
@@ -655,15 +676,23 @@ impl<'a> Cartable<'a> {
             bundle,
             b_key,
             b_dir: work.join("b"),
+            old_b,
+            set_aside: Cell::new(0),
         })
     }
 
-    /// A fresh, empty B holding the key A admits. The previous B is removed
-    /// here, untimed, so that the page cache it frees is what this copy
-    /// reuses (see the README on this VM's free page reporting).
+    /// A fresh, empty B holding the key A admits; the previous one goes as
+    /// `old_b` says, untimed.
     fn fresh_b(&self) -> Result<()> {
         if self.b_dir.exists() {
-            fs::remove_dir_all(&self.b_dir)?;
+            match self.old_b {
+                OldB::Remove => fs::remove_dir_all(&self.b_dir)?,
+                OldB::SetAside => {
+                    let n = self.set_aside.get() + 1;
+                    self.set_aside.set(n);
+                    fs::rename(&self.b_dir, self.b_dir.with_file_name(format!("b-old-{n}")))?;
+                }
+            }
         }
         fs::create_dir_all(&self.b_dir)?;
         // fs::copy keeps the 0600 mode the node insists on.
