@@ -93,6 +93,53 @@ async fn a_range_near_the_end_fetches_only_the_groups_it_needs() -> anyhow::Resu
     Ok(())
 }
 
+/// B's two peers both hold the lesson; the one B learnt the bundle from
+/// hangs (SIGSTOP: its connection looks open, nothing answers). A file B has
+/// not fetched yet is then asked of the next holder too, after a fraction of
+/// a second, instead of after the hung one's stall limit (5 s).
+#[tokio::test]
+async fn a_hung_holder_costs_a_browser_a_fraction_of_a_second() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (lesson, video) = large_lesson(dir.path(), 2 << 20)?;
+    std::fs::write(lesson.join("index.html"), b"<h1>Les volcans</h1>")?;
+    let b_dir = dir.path().join("b");
+    let b_id = String::from_utf8(cli(&["--data-dir", b_dir.to_str().unwrap(), "id"])?.stdout)?;
+    let b_peer = format!("{}@127.0.0.1:9", b_id.trim());
+    let holders =
+        ["a1", "a2"].map(|name| Node::start_in(&dir.path().join(name), &["--peer", &b_peer]));
+    let [first, second] = holders;
+    let (first, second) = (first?, second?);
+    let bundle = first.add(&lesson)?;
+    assert_eq!(second.add(&lesson)?, bundle);
+    let (first_peer, second_peer) = (first.peer_addr(), second.peer_addr());
+    let b = Node::start_in(&b_dir, &["--peer", &first_peer, "--peer", &second_peer])?;
+    let client = HttpsClient::for_node(&b)?;
+    let page = client.get(&format!("/b/{bundle}/index.html"), &[]).await?;
+    assert_eq!(
+        (page.status, &page.body[..]),
+        (200, &b"<h1>Les volcans</h1>"[..])
+    );
+
+    first.freeze()?;
+    let asked = std::time::Instant::now();
+    let range = client
+        .get(
+            &format!("/b/{bundle}/video.mp4"),
+            &[("range", "bytes=0-99999")],
+        )
+        .await;
+    let waited = asked.elapsed();
+    first.thaw()?;
+    let range = range?;
+    assert_eq!(range.status, 206);
+    assert_eq!(range.body, video[..100_000]);
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited {waited:?} for a hung holder"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn concurrent_browsers_share_one_upstream_fetch() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

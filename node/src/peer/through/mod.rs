@@ -56,8 +56,12 @@ const MANIFEST_ASK_LIMIT: Duration = STALL_LIMIT;
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a blob's fetch waits for holders that answered "busy".
 const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(5);
-/// A lookup asks the next peer too when none has answered for this long.
+/// A lookup, or a fetch of groups, asks the next peer too when none has
+/// answered for this long.
 const HEDGE_AFTER: Duration = Duration::from_millis(200);
+/// Holders asked for the same groups at once, at most: a hung one and the
+/// next; more would multiply a flood's cost on the holders.
+const GROUP_ASKS_AT_ONCE: usize = 2;
 /// `partial/` is trimmed once every this many new partial blobs: a trim lists
 /// the folder and the cache index, too dear for every 1-byte request of a
 /// flood, and the folder overshoots its bounds by at most this many.
@@ -415,9 +419,12 @@ impl FetchThrough {
         lock(&self.slots).remove(hash);
     }
 
-    /// Fetches `groups` from the first peer that has them. Holders that
-    /// answer "busy" (serving a repair, or many browsers) are asked again
-    /// after the pause they ask for, while a browser can still wait.
+    /// Fetches `groups` of a blob from its likely holders first. A holder
+    /// that has sent no group [`HEDGE_AFTER`] after it was asked (a machine
+    /// hung with its connection still open) is not waited on alone: the next
+    /// holder is asked too, and the first to deliver them all wins; the bytes
+    /// both write are verified and the same. Holders that answered "busy" are
+    /// asked again until [`BUSY_WAIT_LIMIT`].
     async fn fetch_groups(
         &self,
         hash: BlobHash,
@@ -428,30 +435,49 @@ impl FetchThrough {
         let give_up = Instant::now() + BUSY_WAIT_LIMIT;
         let likely = lock(&self.holders).of_blob(&hash);
         let mut peers = likely_first(&self.peers(), &likely);
+        // Bytes any holder delivered for this fetch: none, and the next is asked.
+        let delivered = Arc::new(AtomicU64::new(0));
+        let ask = |peer| {
+            let sink = GroupSink {
+                partial: slot.partial.clone(),
+                store: self.store.clone(),
+                received: self.received.clone(),
+                also_counted: Some(delivered.clone()),
+                rate: None,
+            };
+            self.request_one(peer, hash, size, groups.clone(), sink)
+        };
         loop {
             let (mut busy, mut pause) = (Vec::new(), BUSY_WAIT_LIMIT);
-            for peer in peers {
-                let Some(conn) = self.dialer.connection(peer).await else {
-                    continue;
-                };
-                let sink = GroupSink {
-                    partial: slot.partial.clone(),
-                    store: self.store.clone(),
-                    received: self.received.clone(),
-                    also_counted: None,
-                    rate: None,
-                };
-                match request_groups(&conn, hash, size, groups.clone(), sink).await {
-                    Ok(()) => return Ok(()),
-                    Err(PeerFailure::Missing) => {}
-                    Err(PeerFailure::Local(why)) => {
-                        return Err(Unavailable::Local(hash, std::io::Error::other(why)));
+            let mut queue = peers.into_iter();
+            let mut asking = FuturesUnordered::new();
+            loop {
+                if asking.is_empty() {
+                    match queue.next() {
+                        Some(peer) => asking.push(ask(peer)),
+                        None => break,
                     }
-                    Err(PeerFailure::Busy(after)) => {
-                        busy.push(peer);
-                        pause = pause.min(after);
+                }
+                let hedge = tokio::time::sleep(HEDGE_AFTER);
+                tokio::select! {
+                    Some((peer, asked)) = asking.next() => match asked {
+                        Ok(()) => return Ok(()),
+                        Err(None) | Err(Some(PeerFailure::Missing)) => {}
+                        Err(Some(PeerFailure::Local(why))) => {
+                            return Err(Unavailable::Local(hash, std::io::Error::other(why)));
+                        }
+                        Err(Some(PeerFailure::Busy(after))) => {
+                            busy.push(peer);
+                            pause = pause.min(after);
+                        }
+                        Err(Some(failure)) => self.peer_failed(peer.id, &failure).await,
+                    },
+                    () = hedge, if asking.len() < GROUP_ASKS_AT_ONCE
+                        && delivered.load(Ordering::Relaxed) == 0 => {
+                        if let Some(peer) = queue.next() {
+                            asking.push(ask(peer));
+                        }
                     }
-                    Err(failure) => self.peer_failed(peer.id, &failure).await,
                 }
             }
             if busy.is_empty() || Instant::now() + pause > give_up {
@@ -460,6 +486,23 @@ impl FetchThrough {
             tokio::time::sleep(pause).await;
             peers = busy;
         }
+    }
+
+    /// Asks one peer for groups of a blob; `Err(None)` when it cannot be
+    /// reached.
+    async fn request_one(
+        &self,
+        peer: PeerAddr,
+        hash: BlobHash,
+        size: u64,
+        groups: GroupRanges,
+        sink: GroupSink,
+    ) -> (PeerAddr, Result<(), Option<PeerFailure>>) {
+        let Some(conn) = self.dialer.connection(peer).await else {
+            return (peer, Err(None));
+        };
+        let asked = request_groups(&conn, hash, size, groups, sink).await;
+        (peer, asked.map_err(Some))
     }
 
     /// Keeps a fetched-through blob as cache, evicting the oldest beyond the cap.
