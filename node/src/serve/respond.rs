@@ -114,10 +114,14 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
     };
     tracing::trace!(bundle = %id, path, "serving");
     if !held && !head {
-        // A bundle held elsewhere: its file is in the fetch-through cache or not.
+        // A bundle held elsewhere: its file is in the fetch-through cache or
+        // not; a miss under pressure is shed below, fetching nothing.
         let cache = &ctx.cache;
-        let cached = ctx.store.blob_size(&entry.hash).is_some();
-        (if cached { &cache.hits } else { &cache.misses }).inc();
+        if ctx.store.blob_size(&entry.hash).is_some() {
+            cache.hits.inc();
+        } else if ctx.pressure.level() == Level::Calm {
+            cache.misses.inc();
+        }
     }
     serve_file(ctx, entry, req.headers(), head).await
 }

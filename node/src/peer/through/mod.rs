@@ -422,9 +422,10 @@ impl FetchThrough {
     /// Fetches `groups` of a blob from its likely holders first. A holder
     /// that has sent no group [`HEDGE_AFTER`] after it was asked (a machine
     /// hung with its connection still open) is not waited on alone: the next
-    /// holder is asked too, and the first to deliver them all wins; the bytes
-    /// both write are verified and the same. Holders that answered "busy" are
-    /// asked again until [`BUSY_WAIT_LIMIT`].
+    /// holder is asked too, and the first to deliver them all wins (the bytes
+    /// both write are verified and the same); one that sent nothing meanwhile
+    /// is rested. Holders that answered "busy" are asked again until
+    /// [`BUSY_WAIT_LIMIT`].
     async fn fetch_groups(
         &self,
         hash: BlobHash,
@@ -435,14 +436,15 @@ impl FetchThrough {
         let give_up = Instant::now() + BUSY_WAIT_LIMIT;
         let likely = lock(&self.holders).of_blob(&hash);
         let mut peers = likely_first(&self.peers(), &likely);
-        // Bytes any holder delivered for this fetch: none, and the next is asked.
-        let delivered = Arc::new(AtomicU64::new(0));
-        let ask = |peer| {
+        // Each request in flight, with the bytes its holder delivered so far.
+        let ask = |peer: PeerAddr, in_flight: &mut Vec<(NodeId, Arc<AtomicU64>)>| {
+            let delivered = Arc::new(AtomicU64::new(0));
+            in_flight.push((peer.id, delivered.clone()));
             let sink = GroupSink {
                 partial: slot.partial.clone(),
                 store: self.store.clone(),
                 received: self.received.clone(),
-                also_counted: Some(delivered.clone()),
+                also_counted: Some(delivered),
                 rate: None,
             };
             self.request_one(peer, hash, size, groups.clone(), sink)
@@ -450,32 +452,43 @@ impl FetchThrough {
         loop {
             let (mut busy, mut pause) = (Vec::new(), BUSY_WAIT_LIMIT);
             let mut queue = peers.into_iter();
-            let mut asking = FuturesUnordered::new();
+            let (mut asking, mut in_flight) = (FuturesUnordered::new(), Vec::new());
             loop {
                 if asking.is_empty() {
                     match queue.next() {
-                        Some(peer) => asking.push(ask(peer)),
+                        Some(peer) => asking.push(ask(peer, &mut in_flight)),
                         None => break,
                     }
                 }
+                let silent = |in_flight: &[(NodeId, Arc<AtomicU64>)]| {
+                    in_flight
+                        .iter()
+                        .all(|(_, d)| d.load(Ordering::Relaxed) == 0)
+                };
+                let may_hedge = asking.len() < GROUP_ASKS_AT_ONCE && queue.len() > 0;
                 let hedge = tokio::time::sleep(HEDGE_AFTER);
                 tokio::select! {
-                    Some((peer, asked)) = asking.next() => match asked {
-                        Ok(()) => return Ok(()),
-                        Err(None) | Err(Some(PeerFailure::Missing)) => {}
-                        Err(Some(PeerFailure::Local(why))) => {
-                            return Err(Unavailable::Local(hash, std::io::Error::other(why)));
+                    Some((peer, asked)) = asking.next() => {
+                        in_flight.retain(|(id, _)| *id != peer.id);
+                        match asked {
+                            Ok(()) => {
+                                self.rest_silent(&in_flight).await;
+                                return Ok(());
+                            }
+                            Err(None) | Err(Some(PeerFailure::Missing)) => {}
+                            Err(Some(PeerFailure::Local(why))) => {
+                                return Err(Unavailable::Local(hash, std::io::Error::other(why)));
+                            }
+                            Err(Some(PeerFailure::Busy(after))) => {
+                                busy.push(peer);
+                                pause = pause.min(after);
+                            }
+                            Err(Some(failure)) => self.peer_failed(peer.id, &failure).await,
                         }
-                        Err(Some(PeerFailure::Busy(after))) => {
-                            busy.push(peer);
-                            pause = pause.min(after);
-                        }
-                        Err(Some(failure)) => self.peer_failed(peer.id, &failure).await,
                     },
-                    () = hedge, if asking.len() < GROUP_ASKS_AT_ONCE
-                        && delivered.load(Ordering::Relaxed) == 0 => {
-                        if let Some(peer) = queue.next() {
-                            asking.push(ask(peer));
+                    () = hedge, if may_hedge && silent(&in_flight) => {
+                        if silent(&in_flight) && let Some(peer) = queue.next() {
+                            asking.push(ask(peer, &mut in_flight));
                         }
                     }
                 }
@@ -485,6 +498,18 @@ impl FetchThrough {
             }
             tokio::time::sleep(pause).await;
             peers = busy;
+        }
+    }
+
+    /// Rests the holders still asked that sent nothing while another sent
+    /// every group: hung, most likely, and else asked first again and again.
+    async fn rest_silent(&self, in_flight: &[(NodeId, Arc<AtomicU64>)]) {
+        for (peer, delivered) in in_flight {
+            if delivered.load(Ordering::Relaxed) == 0 {
+                let why = "sent nothing while another holder sent every group";
+                self.peer_failed(*peer, &PeerFailure::Gone(why.into()))
+                    .await;
+            }
         }
     }
 

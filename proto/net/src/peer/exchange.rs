@@ -15,9 +15,10 @@ use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Respons
 use cartable_proto::{BlobHash, BundleId, Manifest};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
 
 use super::frame;
-use super::stall::StallGuard;
+use super::stall::{StallGuard, UntilCancelled};
 
 /// 16 KiB chunk groups ([`GROUP_BYTES`]): the granularity of verification, and
 /// of resuming later.
@@ -112,7 +113,13 @@ pub async fn request_groups(
     sink: impl VerifiedSink,
 ) -> Result<(), PeerFailure> {
     let recv = ask_blob(conn, hash, size, groups.clone()).await?;
-    let reader = SyncIoBridge::new(StallGuard::new(recv, STALL_LIMIT));
+    // A request dropped (another holder won, the fetch was called off) ends
+    // its decode too, rather than leave a blocking thread reading a stream
+    // no one waits for, as long as its peer trickles bytes.
+    let given_up = CancellationToken::new();
+    let _give_up_when_dropped = given_up.clone().drop_guard();
+    let reader = UntilCancelled::new(StallGuard::new(recv, STALL_LIMIT), given_up);
+    let reader = SyncIoBridge::new(reader);
     tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
         .await
         .map_err(|e| PeerFailure::Gone(e.to_string()))?
