@@ -28,7 +28,7 @@ pub use upload::{DEFAULT_DISK_MARGIN, UploadLimits, Uploads};
 use crate::peer::through::FetchThrough;
 use crate::status::Sources;
 use crate::store::Store;
-use cartable_net::https::shed::Pressure;
+use cartable_net::https::shed::{Level, Pressure};
 use prometheus_client::metrics::counter::Counter;
 
 /// Files of bundles this node does not hold, by where their bytes came from.
@@ -64,6 +64,12 @@ pub struct ServeContext {
 }
 
 impl ServeContext {
+    /// Whether fetch-through (asking peers, for a manifest or bytes) waits
+    /// for a quieter moment: held bundles are served first.
+    fn sheds_fetch_through(&self) -> bool {
+        self.pressure.level() > Level::Calm
+    }
+
     /// Serving `store` alone: no peers, uploads or names, default limits.
     #[cfg(test)]
     pub fn new(store: Arc<Store>) -> Self {

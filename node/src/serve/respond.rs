@@ -23,7 +23,6 @@ use super::upload;
 use crate::peer::through::{FetchThrough, LookupError};
 use crate::store::verify::VerifyError;
 use crate::store::{BlobFiles, HOT_FILE_MAX, HOT_PIECE, ReadFault, Store};
-use cartable_net::https::shed::Level;
 use cartable_proto::wire::GROUP_BYTES;
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
@@ -119,7 +118,7 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
         let cache = &ctx.cache;
         if ctx.store.blob_size(&entry.hash).is_some() {
             cache.hits.inc();
-        } else if ctx.pressure.level() == Level::Calm {
+        } else if !ctx.sheds_fetch_through() {
             cache.misses.inc();
         }
     }
@@ -131,28 +130,27 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
 async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<(Arc<Manifest>, bool), HttpError> {
     match ctx.store.manifest(id) {
         Ok(Some(m)) => Ok((m, true)),
-        Ok(None) => match ctx.through.as_ref().map(|t| (t, t.cached_manifest(id))) {
+        Ok(None) => {
+            let Some(through) = &ctx.through else {
+                return Err(HttpError::NotFound("no such bundle here"));
+            };
             // A manifest fetched before is answered whatever the pressure:
             // the blobs it names may be in the cache, served as held ones are.
-            Some((_, Some(cached))) => Ok((cached, false)),
+            if let Some(cached) = through.cached_manifest(id) {
+                return Ok((cached, false));
+            }
             // Held bundles first: asking peers waits for a quieter moment.
-            Some(_) if ctx.pressure.level() > Level::Calm => {
-                Err(HttpError::Unavailable("busy, retry shortly"))
+            if ctx.sheds_fetch_through() {
+                return Err(HttpError::Unavailable("busy, retry shortly"));
             }
-            Some((through, None)) => {
-                through
-                    .lookup(id)
-                    .await
-                    .map(|m| (m, false))
-                    .map_err(|e| match e {
-                        LookupError::Unknown => HttpError::NotFound("no such bundle here"),
-                        LookupError::Unavailable => {
-                            HttpError::Unavailable("peers cannot be asked right now")
-                        }
-                    })
-            }
-            None => Err(HttpError::NotFound("no such bundle here")),
-        },
+            let manifest = through.lookup(id).await.map_err(|e| match e {
+                LookupError::Unknown => HttpError::NotFound("no such bundle here"),
+                LookupError::Unavailable => {
+                    HttpError::Unavailable("peers cannot be asked right now")
+                }
+            })?;
+            Ok((manifest, false))
+        }
         Err(e) => {
             tracing::error!(bundle = %id, error = %e, "reading manifest");
             Err(HttpError::Internal)
@@ -246,7 +244,7 @@ async fn serve_file(
             // The range lies inside the file, whole in memory.
             (_, Some(whole)) => Body::full(whole.slice(range.start as usize..range.end as usize)),
             (Some(through), None) if held.is_none() => {
-                if ctx.pressure.level() > Level::Calm {
+                if ctx.sheds_fetch_through() {
                     // Held bundles first: fetch-through waits for a quieter moment.
                     return Err(HttpError::Unavailable("busy, retry shortly"));
                 }
@@ -497,6 +495,7 @@ mod tests {
     /// this node keeps of it; one never looked up is shed, peers unasked.
     #[tokio::test]
     async fn a_bundle_fetched_through_before_is_served_under_pressure() -> anyhow::Result<()> {
+        use cartable_net::https::shed::Level;
         use http_body_util::BodyExt;
         let s = crate::peer::through::testing::setup()?;
         let [seen, unseen] = [b"<h1>Les fractions</h1>", b"<h1>Les volcans !</h1>"].map(|page| {

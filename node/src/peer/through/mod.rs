@@ -460,11 +460,6 @@ impl FetchThrough {
                         None => break,
                     }
                 }
-                let silent = |in_flight: &[(NodeId, Arc<AtomicU64>)]| {
-                    in_flight
-                        .iter()
-                        .all(|(_, d)| d.load(Ordering::Relaxed) == 0)
-                };
                 let may_hedge = asking.len() < GROUP_ASKS_AT_ONCE && queue.len() > 0;
                 let hedge = tokio::time::sleep(HEDGE_AFTER);
                 tokio::select! {
@@ -553,6 +548,13 @@ impl FetchThrough {
         }
         lock(&self.slots).remove(hash);
     }
+}
+
+/// Whether no holder asked has delivered a byte yet.
+fn silent(in_flight: &[(NodeId, Arc<AtomicU64>)]) -> bool {
+    in_flight
+        .iter()
+        .all(|(_, delivered)| delivered.load(Ordering::Relaxed) == 0)
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
