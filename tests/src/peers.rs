@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cartable_net::identity::Identity;
 use cartable_net::peer::auth::Members;
-use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_net::peer::endpoint::{Arriving, PeerEndpoint};
 use cartable_net::peer::frame::{read_request, write_frame};
 use cartable_node::store::Store;
 use cartable_proto::BlobHash;
@@ -107,23 +107,32 @@ pub enum Lie {
 /// what a fetcher must catch, drop and report without storing a wrong byte.
 pub async fn lying_peer(endpoint: PeerEndpoint, store: Arc<Store>, lie: Lie) -> anyhow::Result<()> {
     while let Some(arriving) = endpoint.accept().await {
-        let peer = arriving.handshake().await?;
-        peer.trust();
-        while let Ok((mut send, mut recv)) = peer.conn.accept_bi().await {
-            let (header, body) = match read_request(&mut recv).await? {
-                Request::Manifest(id) => {
-                    let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;
-                    (Response::Manifest(manifest.encode()), vec![])
-                }
-                Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
-                Request::Blob { hash, groups } => {
-                    lie_about_blob(&store, &hash, &groups, lie).await?
-                }
-            };
-            write_frame(&mut send, &header.encode()).await?;
-            send.write_all(&body).await?;
-            send.finish()?;
+        // A fetcher that caught a lie closes the connection, maybe while an
+        // answer is still being written: that ends the connection, not the
+        // liar, which the next fetch must still find.
+        if let Err(e) = lie_on(arriving, &store, lie).await {
+            eprintln!("lying peer: connection ended: {e:#}");
         }
+    }
+    Ok(())
+}
+
+/// Answers one connection's requests, lying as `lie` says, until it ends.
+async fn lie_on(arriving: Arriving, store: &Store, lie: Lie) -> anyhow::Result<()> {
+    let peer = arriving.handshake().await?;
+    peer.trust();
+    while let Ok((mut send, mut recv)) = peer.conn.accept_bi().await {
+        let (header, body) = match read_request(&mut recv).await? {
+            Request::Manifest(id) => {
+                let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;
+                (Response::Manifest(manifest.encode()), vec![])
+            }
+            Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
+            Request::Blob { hash, groups } => lie_about_blob(store, &hash, &groups, lie).await?,
+        };
+        write_frame(&mut send, &header.encode()).await?;
+        send.write_all(&body).await?;
+        send.finish()?;
     }
     Ok(())
 }
