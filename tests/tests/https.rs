@@ -356,3 +356,61 @@ async fn a_configured_pem_certificate_is_served() -> anyhow::Result<()> {
     assert_eq!(client.get("/healthz", &[]).await?.status, 200);
     Ok(())
 }
+
+/// The node's threads named `cartable-h2-N` (not their `cartable-h2-io`
+/// helpers), each with how often it has
+/// gone to sleep waiting (`voluntary_ctxt_switches`): once at least for every
+/// connection that woke it.
+fn connection_threads(node: &Node) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", node.pid()))? {
+        let task = task?.path();
+        let name = std::fs::read_to_string(task.join("comm"))?;
+        let number = name.trim().strip_prefix("cartable-h2-");
+        if number.is_none_or(|n| n.parse::<usize>().is_err()) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status"))?;
+        let waits = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map(|n| n.trim().parse())
+            .transpose()?
+            .unwrap_or_default();
+        threads.push((name.trim().to_owned(), waits));
+    }
+    threads.sort();
+    Ok(threads)
+}
+
+#[tokio::test]
+async fn http2_connections_are_shared_out_among_one_thread_per_core() -> anyhow::Result<()> {
+    let (node, client, id, _l) = lesson_node()?;
+    let cores = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(n) => n.parse()?,
+        Err(_) => std::thread::available_parallelism()?.get(),
+    };
+    let path = format!("/b/{id}/index.html");
+    let at_start = connection_threads(&node)?;
+    let names: Vec<_> = at_start.iter().map(|(name, _)| name.clone()).collect();
+    let expected: Vec<_> = (0..cores).map(|i| format!("cartable-h2-{i}")).collect();
+    assert_eq!(names, expected);
+    // HTTP/1.1 connections stay on the daemon's runtime: these threads sleep on.
+    let http1 = client.http1_only();
+    for _ in 0..10 {
+        assert_eq!(http1.get(&path, &[]).await?.status, 200);
+    }
+    let before = connection_threads(&node)?;
+    assert_eq!(before, at_start, "HTTP/1.1 woke the HTTP/2 threads");
+    let connections = 10 * cores;
+    for _ in 0..connections {
+        let r = client.get(&path, &[]).await?;
+        assert_eq!((r.status, r.version), (200, http::Version::HTTP_2));
+    }
+    // Each connection is dealt to the next thread, which sleeps between them.
+    let after = connection_threads(&node)?;
+    for ((name, was), (_, is)) in before.iter().zip(&after) {
+        assert!(is - was >= 10, "{name} woke {} times", is - was);
+    }
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //!    left, else the socket is closed before any TLS work.
 //! 2. The TLS handshake within `handshake_timeout`.
 //! 3. HTTP/2 or HTTP/1.1 by the negotiated ALPN, never by guessing from the first
-//!    bytes (a guess waits for bytes with no deadline).
+//!    bytes (a guess waits for bytes with no deadline). An HTTP/2 connection
+//!    moves to one of the [`shards`]' threads once its first bytes came.
 //! 4. [`watch`]: the first request within `first_bytes_timeout`, then idle,
 //!    header and progress deadlines until the connection ends.
 //! 5. Per request: its cookies dropped and the rest of its [`head`] capped
@@ -19,6 +20,7 @@ pub mod admission;
 mod head;
 pub mod limits;
 pub mod refusals;
+mod shards;
 pub mod shed;
 pub mod watch;
 
@@ -44,6 +46,7 @@ use tokio_rustls::server::TlsStream;
 use admission::{Admission, Refusal, Ticket};
 use limits::ConnectionLimits;
 use refusals::{Refusals, Shed};
+use shards::{MovableTcp, Shards, Threads};
 use shed::{Pending, Pressure, shed_response};
 use watch::{Activity, Ended, InFlight, Watched};
 
@@ -68,6 +71,8 @@ pub struct HttpsServer {
     admission: Arc<Admission>,
     pressure: Arc<Pressure>,
     refusals: Arc<Refusals>,
+    shards: Shards,
+    threads: Threads,
 }
 
 impl std::fmt::Debug for HttpsServer {
@@ -112,25 +117,29 @@ struct Shared<H> {
     admission: Arc<Admission>,
     pressure: Arc<Pressure>,
     refusals: Arc<Refusals>,
+    shards: Shards,
     handler: H,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl HttpsServer {
-    /// Binds the listening socket.
+    /// Binds the listening socket and starts the HTTP/2 connections' threads.
     pub async fn bind(
         listen: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
         limits: ConnectionLimits,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
+        let (shards, threads) = shards::start()?;
         Ok(Self {
             listener,
             tls: TlsAcceptor::from(tls),
             admission: Admission::new(limits.clone()),
             pressure: Pressure::new(limits.max_pending),
             refusals: Arc::default(),
+            shards,
+            threads,
             limits,
         })
     }
@@ -166,6 +175,7 @@ impl HttpsServer {
             admission: self.admission,
             pressure: self.pressure,
             refusals: self.refusals,
+            shards: self.shards,
             handler,
         });
         let (stop, stopping) = signal::channel(false);
@@ -201,6 +211,7 @@ impl HttpsServer {
         {
             tracing::warn!("connections still open after the drain timeout");
         }
+        self.threads.stop().await;
     }
 }
 
@@ -210,7 +221,7 @@ async fn connection<H, F, B>(
     shared: Arc<Shared<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    _ticket: Ticket,
+    ticket: Ticket,
     mut stopping: signal::Receiver<bool>,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
@@ -220,6 +231,7 @@ async fn connection<H, F, B>(
 {
     let _ = tcp.set_nodelay(true);
     let deadlines = shared.limits.deadlines;
+    let tcp = MovableTcp::new(tcp);
     let mut stream = match tokio::time::timeout(deadlines.handshake, shared.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -235,6 +247,34 @@ async fn connection<H, F, B>(
     if !started {
         return tracing::debug!(%peer, "no request before the first-bytes deadline");
     }
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let on_its_thread = shared.clone();
+        on_its_thread.shards.spawn(async move {
+            match stream.get_mut().0.move_here() {
+                Ok(()) => serve(shared, stream, peer, ticket, stopping, activity).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "could not move a connection"),
+            }
+        });
+    } else {
+        serve(shared, stream, peer, ticket, stopping, activity).await;
+    }
+}
+
+/// Serves the requests of a connection whose first bytes came, until it ends.
+async fn serve<H, F, B>(
+    shared: Arc<Shared<H>>,
+    stream: TlsStream<MovableTcp>,
+    peer: SocketAddr,
+    _ticket: Ticket,
+    mut stopping: signal::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let deadlines = shared.limits.deadlines;
     let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let service_activity = activity.clone();
     let service_shared = shared.clone();
@@ -262,7 +302,7 @@ async fn connection<H, F, B>(
 /// handshake: a silent connection costs its TLS state and no HTTP buffers.
 /// Bytes that came with the handshake are already inside rustls, where the
 /// socket would never signal them again.
-async fn first_bytes(stream: &mut TlsStream<TcpStream>, deadline: Duration) -> bool {
+async fn first_bytes(stream: &mut TlsStream<MovableTcp>, deadline: Duration) -> bool {
     let (tcp, tls) = stream.get_mut();
     if tls
         .process_new_packets()
