@@ -401,7 +401,9 @@ async fn http2_connections_are_shared_out_among_one_thread_per_core() -> anyhow:
         assert_eq!(http1.get(&path, &[]).await?.status, 200);
     }
     let before = connection_threads(&node)?;
-    assert_eq!(before, at_start, "HTTP/1.1 woke the HTTP/2 threads");
+    for ((name, was), (_, is)) in at_start.iter().zip(&before) {
+        assert!(is - was < 3, "HTTP/1.1 woke {name} {} times", is - was);
+    }
     let connections = 10 * cores;
     for _ in 0..connections {
         let r = client.get(&path, &[]).await?;

@@ -13,6 +13,8 @@ use cartable_proto::NodeId;
 
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::endpoint::PeerEndpoint;
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// After a failed dial or a dropped connection, the peer is skipped this long.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
@@ -41,14 +43,19 @@ impl Link {
 #[derive(Debug)]
 pub struct Dialer {
     endpoint: PeerEndpoint,
+    /// Where dials run: quinn drives a connection on the runtime current when
+    /// it is made, and a dial made from a browser's request would leave the
+    /// peer's connection on that request's HTTP/2 thread for its whole life.
+    runtime: Handle,
     links: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Link>>>>,
 }
 
 impl Dialer {
-    /// Dials through `endpoint`.
+    /// Dials through `endpoint`, its connections driven by the caller's runtime.
     pub fn new(endpoint: PeerEndpoint) -> Self {
         Self {
             endpoint,
+            runtime: Handle::current(),
             links: Mutex::default(),
         }
     }
@@ -69,13 +76,20 @@ impl Dialer {
         if link.resting(Instant::now()) {
             return None;
         }
-        match self.endpoint.connect(peer).await {
-            Ok(conn) => {
+        let endpoint = self.endpoint.clone();
+        let dial = self
+            .runtime
+            .spawn(async move { endpoint.connect(peer).await });
+        match AbortOnDropHandle::new(dial)
+            .await
+            .map_err(anyhow::Error::from)
+        {
+            Ok(Ok(conn)) => {
                 link.conn = Some(conn.clone());
                 link.failed_at = None;
                 Some(conn)
             }
-            Err(e) => {
+            Ok(Err(e)) | Err(e) => {
                 tracing::warn!(peer = %peer.id, error = format!("{e:#}"), "peer unreachable");
                 link.failed_at = Some(Instant::now());
                 None

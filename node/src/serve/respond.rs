@@ -369,7 +369,8 @@ async fn through_body(
     let len = range.end - range.start;
     let (through, hash, size) = (through.clone(), entry.hash, entry.size);
     let (store, progress) = (ctx.store.clone(), ctx.progress_timeout);
-    tokio::spawn(async move {
+    let fetching = through.clone();
+    fetching.spawn(async move {
         for segment in cut(range, SEGMENT) {
             let files = through.open(hash, size, segment.clone()).await;
             let sent = match files {

@@ -19,6 +19,7 @@ mod slots;
 pub(crate) mod testing;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use cartable_proto::wire::GroupRanges;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use super::dial::Dialer;
@@ -121,6 +123,8 @@ impl Idle for Slot {
 #[derive(Debug)]
 pub struct FetchThrough {
     dialer: Dialer,
+    /// The daemon's runtime, where responses' fetches run (see [`Self::spawn`]).
+    runtime: Handle,
     peers: Mutex<Vec<PeerAddr>>,
     store: Arc<Store>,
     manifests: Mutex<HashMap<BundleId, Arc<Manifest>>>,
@@ -149,6 +153,7 @@ impl FetchThrough {
     ) -> Self {
         let through = Self {
             dialer: Dialer::new(endpoint),
+            runtime: Handle::current(),
             peers: Mutex::new(peers),
             store,
             reputation,
@@ -189,6 +194,14 @@ impl FetchThrough {
     /// Verified bytes received from peers so far.
     pub fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Runs a response's fetching on the daemon's runtime, not on the thread
+    /// of the HTTP/2 connection that asked: committing a fetched file syncs
+    /// and renames under the store's write lock, which would stall every
+    /// connection on that thread meanwhile.
+    pub fn spawn(&self, fetching: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(fetching);
     }
 
     /// The manifest of a bundle a peer holds, checked against its id: asked of

@@ -131,7 +131,7 @@ impl HttpsServer {
         limits: ConnectionLimits,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let (shards, threads) = shards::start()?;
+        let (shards, threads) = shards::start().await?;
         Ok(Self {
             listener,
             tls: TlsAcceptor::from(tls),
@@ -211,7 +211,7 @@ impl HttpsServer {
         {
             tracing::warn!("connections still open after the drain timeout");
         }
-        self.threads.stop().await;
+        drop(self.threads);
     }
 }
 
@@ -248,20 +248,20 @@ async fn connection<H, F, B>(
         return tracing::debug!(%peer, "no request before the first-bytes deadline");
     }
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let on_its_thread = shared.clone();
-        on_its_thread.shards.spawn(async move {
+        let shards = shared.clone();
+        shards.shards.spawn(async move {
             match stream.get_mut().0.move_here() {
-                Ok(()) => serve(shared, stream, peer, ticket, stopping, activity).await,
+                Ok(()) => serve_requests(shared, stream, peer, ticket, stopping, activity).await,
                 Err(e) => tracing::warn!(%peer, error = %e, "could not move a connection"),
             }
         });
     } else {
-        serve(shared, stream, peer, ticket, stopping, activity).await;
+        serve_requests(shared, stream, peer, ticket, stopping, activity).await;
     }
 }
 
 /// Serves the requests of a connection whose first bytes came, until it ends.
-async fn serve<H, F, B>(
+async fn serve_requests<H, F, B>(
     shared: Arc<Shared<H>>,
     stream: TlsStream<MovableTcp>,
     peer: SocketAddr,
