@@ -256,7 +256,12 @@ async fn connection<H, F, B>(
             }
         });
     } else {
-        serve_requests(shared, stream, peer, ticket, stopping, activity).await;
+        // Boxed: held inline, the serving state (hyper's connection) would
+        // size the future of every connection, silent ones included.
+        Box::pin(serve_requests(
+            shared, stream, peer, ticket, stopping, activity,
+        ))
+        .await;
     }
 }
 
