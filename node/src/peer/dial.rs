@@ -14,7 +14,6 @@ use cartable_proto::NodeId;
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::endpoint::PeerEndpoint;
 use tokio::runtime::Handle;
-use tokio_util::task::AbortOnDropHandle;
 
 /// After a failed dial or a dropped connection, the peer is skipped this long.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
@@ -68,33 +67,31 @@ impl Dialer {
     /// A connection to `peer`: the live one, or a new dial unless it failed
     /// within [`RETRY_AFTER_FAILURE`]. `None` when it cannot be reached.
     pub async fn connection(&self, peer: PeerAddr) -> Option<quinn::Connection> {
-        let link = self.link(peer.id);
-        let mut link = link.lock().await;
+        let mut link = self.link(peer.id).lock_owned().await;
         if let Some(conn) = link.live() {
             return Some(conn);
         }
         if link.resting(Instant::now()) {
             return None;
         }
+        // The dial keeps the link locked until it ends, even if this caller
+        // goes: its outcome is kept, and the callers waiting share it.
         let endpoint = self.endpoint.clone();
-        let dial = self
-            .runtime
-            .spawn(async move { endpoint.connect(peer).await });
-        match AbortOnDropHandle::new(dial)
-            .await
-            .map_err(anyhow::Error::from)
-        {
-            Ok(Ok(conn)) => {
-                link.conn = Some(conn.clone());
-                link.failed_at = None;
-                Some(conn)
+        let dial = self.runtime.spawn(async move {
+            match endpoint.connect(peer).await {
+                Ok(conn) => {
+                    link.conn = Some(conn.clone());
+                    link.failed_at = None;
+                    Some(conn)
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.id, error = format!("{e:#}"), "peer unreachable");
+                    link.failed_at = Some(Instant::now());
+                    None
+                }
             }
-            Ok(Err(e)) | Err(e) => {
-                tracing::warn!(peer = %peer.id, error = format!("{e:#}"), "peer unreachable");
-                link.failed_at = Some(Instant::now());
-                None
-            }
-        }
+        });
+        dial.await.ok().flatten()
     }
 
     /// Closes the connection to a peer that failed a request (stalled, went

@@ -367,12 +367,11 @@ async fn through_body(
 ) -> Result<Body, HttpError> {
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let len = range.end - range.start;
-    let (through, hash, size) = (through.clone(), entry.hash, entry.size);
+    let (fetcher, hash, size) = (through.clone(), entry.hash, entry.size);
     let (store, progress) = (ctx.store.clone(), ctx.progress_timeout);
-    let fetching = through.clone();
-    fetching.spawn(async move {
+    through.spawn(async move {
         for segment in cut(range, SEGMENT) {
-            let files = through.open(hash, size, segment.clone()).await;
+            let files = fetcher.open(hash, size, segment.clone()).await;
             let sent = match files {
                 Ok(files) => send_range(&store, Arc::new(files), segment, &tx, progress).await,
                 Err(e) => Err(Stopped::Failed(e.into())),

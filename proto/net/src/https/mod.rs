@@ -247,11 +247,14 @@ async fn connection<H, F, B>(
     if !started {
         return tracing::debug!(%peer, "no request before the first-bytes deadline");
     }
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if is_h2 {
         let shards = shared.clone();
         shards.shards.spawn(async move {
             match stream.get_mut().0.move_here() {
-                Ok(()) => serve_requests(shared, stream, peer, ticket, stopping, activity).await,
+                Ok(()) => {
+                    serve_requests(shared, stream, is_h2, peer, ticket, stopping, activity).await
+                }
                 Err(e) => tracing::warn!(%peer, error = %e, "could not move a connection"),
             }
         });
@@ -259,7 +262,7 @@ async fn connection<H, F, B>(
         // Boxed: held inline, the serving state (hyper's connection) would
         // size the future of every connection, silent ones included.
         Box::pin(serve_requests(
-            shared, stream, peer, ticket, stopping, activity,
+            shared, stream, is_h2, peer, ticket, stopping, activity,
         ))
         .await;
     }
@@ -269,6 +272,7 @@ async fn connection<H, F, B>(
 async fn serve_requests<H, F, B>(
     shared: Arc<Shared<H>>,
     stream: TlsStream<MovableTcp>,
+    is_h2: bool,
     peer: SocketAddr,
     _ticket: Ticket,
     mut stopping: signal::Receiver<bool>,
@@ -280,7 +284,6 @@ async fn serve_requests<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let deadlines = shared.limits.deadlines;
-    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let service_activity = activity.clone();
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
