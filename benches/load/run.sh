@@ -15,11 +15,14 @@ environment (defaults):
   DURATION       wrk duration of one run   (10s)
   ROUNDS         rounds; median is kept    (3)
   CONNECTIONS    wrk -c                    (32)
-  THREADS        wrk -t                    (2)
+  THREADS        wrk -t                    (2; with SPLIT=1, the generator's cores)
   CLIENT         wrk (HTTP/1.1) or h2load (HTTP/2)        (wrk)
   STREAMS        h2load -m: streams per connection        (8)
   WARMUP         warm-up per target/file before the rounds, 0 = none (2s)
   RESULTS        where the summary is written (<repo>/benches/load/last-run.txt)
+  SPLIT          1 = servers pinned to the upper half of the cores, the load
+                 generator to the lower half, as on machines of their own
+                 (taskset; nginx runs one worker per server core)
   SKIP_NODE      1 = dry run: measure nginx only, with its own ECDSA P-256
                  certificate and a placeholder bundle id; the node is not run
 EOF
@@ -41,12 +44,32 @@ CARTABLE_NODE=${CARTABLE_NODE:-$ROOT/target/release/cartable-node}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
-THREADS=${THREADS:-2}
+SPLIT=${SPLIT:-0}
 CLIENT=${CLIENT:-wrk}
 STREAMS=${STREAMS:-8}
 WARMUP=${WARMUP:-2s}
 RESULTS=${RESULTS:-$ROOT/benches/load/last-run.txt}
 SKIP_NODE=${SKIP_NODE:-0}
+
+# Where the servers and the generator run. Shared cores make the generator's
+# own threads' time slices part of every latency measured; SPLIT=1 gives each
+# side cores of its own.
+CORES=$(nproc)
+SERVER_PIN=()
+CLIENT_PIN=()
+SERVER_CORES=$CORES
+case $SPLIT in
+    0) THREADS=${THREADS:-2} ;;
+    1)
+        ((CORES >= 2)) || { echo "run.sh: SPLIT=1 needs at least 2 cores (nproc=$CORES)" >&2; exit 2; }
+        CLIENT_CORES=$((CORES / 2))
+        SERVER_CORES=$((CORES - CLIENT_CORES))
+        CLIENT_PIN=(taskset -c "0-$((CLIENT_CORES - 1))")
+        SERVER_PIN=(taskset -c "$CLIENT_CORES-$((CORES - 1))")
+        THREADS=${THREADS:-$CLIENT_CORES}
+        ;;
+    *) echo "run.sh: SPLIT must be 0 or 1 (got '$SPLIT')" >&2; exit 2 ;;
+esac
 if ((QUICK)); then
     DURATION=3s
     ROUNDS=1
@@ -178,7 +201,7 @@ else
     # The load generator is one client network: exempt from the per-network
     # rate and share (nginx has none), as an operator exempts its own tools.
     printf '[[connections.networks]]\ncidr = "127.0.0.0/8"\nexempt = true\n' >"$WORK/node.toml"
-    "$CARTABLE_NODE" --config "$WORK/node.toml" serve --data-dir "$WORK/node" --https 127.0.0.1:0 \
+    "${SERVER_PIN[@]}" "$CARTABLE_NODE" --config "$WORK/node.toml" serve --data-dir "$WORK/node" --https 127.0.0.1:0 \
         >"$WORK/node.out" 2>"$WORK/node.err" &
     NODE_PID=$!
     for ((i = 0; i < 300; i++)); do
@@ -230,7 +253,7 @@ write_nginx_conf() { # port
     ((EUID == 0)) && user_line='user root;'
     cat >"$WORK/nginx.conf" <<EOF
 $user_line
-worker_processes $(nproc);
+worker_processes $SERVER_CORES;
 daemon on;
 pid $NGINX_PIDFILE;
 error_log $WORK/nginx/error.log warn;
@@ -285,7 +308,7 @@ NGINX_URL=
 for attempt in 1 2 3; do
     NGINX_PORT=$(free_port)
     write_nginx_conf "$NGINX_PORT"
-    if nginx -e "$WORK/nginx/error.log" -c "$WORK/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/start.err"; then
+    if "${SERVER_PIN[@]}" nginx -e "$WORK/nginx/error.log" -c "$WORK/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/start.err"; then
         NGINX_URL=https://127.0.0.1:$NGINX_PORT
         break
     fi
@@ -302,7 +325,7 @@ for ((i = 0; i < 100; i++)); do
     sleep 0.1
 done
 ((ready)) || { cat "$WORK/nginx/error.log" >&2 || true; die "nginx did not answer at $NGINX_URL within 10 s"; }
-log "nginx listening at $NGINX_URL (pid $(cat "$NGINX_PIDFILE"), $(nproc) workers)"
+log "nginx listening at $NGINX_URL (pid $(cat "$NGINX_PIDFILE"), $SERVER_CORES workers)"
 
 # ---------------------------------------------------------------- sanity: same bytes, same cert
 SERVERS=(nginx)
@@ -410,13 +433,13 @@ parse_h2load() {
 run_wrk() {
     local out=$WORK/wrk/$1.txt
     if [[ $CLIENT == h2load ]]; then
-        if ! h2load -t"$THREADS" -c"$CONNECTIONS" -m"$STREAMS" -D "$2" --log-file="$out.log" "$3" >"$out" 2>&1; then
+        if ! "${CLIENT_PIN[@]}" h2load -t"$THREADS" -c"$CONNECTIONS" -m"$STREAMS" -D "$2" --log-file="$out.log" "$3" >"$out" 2>&1; then
             echo "h2load exited with an error" >>"$out"
             return 1
         fi
         return 0
     fi
-    if ! wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$2" "$3" >"$out" 2>&1; then
+    if ! "${CLIENT_PIN[@]}" wrk --latency -t"$THREADS" -c"$CONNECTIONS" -d"$2" "$3" >"$out" 2>&1; then
         echo "wrk exited with an error" >>"$out"
         return 1
     fi
@@ -494,7 +517,12 @@ git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
     echo "Cartable load harness: cartable-node vs nginx"
     echo "date:        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host:        nproc=$(nproc)  cpu=${cpu_model:-unknown}  kernel=$(uname -r)"
-    echo "nginx:       $nginx_version ($(nproc) workers, sendfile, TLS 1.2/1.3)"
+    echo "nginx:       $nginx_version ($SERVER_CORES workers, sendfile, TLS 1.2/1.3)"
+    if ((SPLIT)); then
+        echo "cores:       servers on ${SERVER_PIN[2]}, load generator on ${CLIENT_PIN[2]} (SPLIT=1)"
+    else
+        echo "cores:       shared by the servers and the load generator"
+    fi
     echo "wrk:         $wrk_version"
     if [[ $SKIP_NODE == 1 ]]; then
         echo "node:        SKIPPED (SKIP_NODE=1 dry run)"

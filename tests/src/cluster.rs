@@ -240,6 +240,41 @@ pub fn wait_for<T>(
     }
 }
 
+/// Polls `check` every 100 ms until it gives `Some`, for as long as
+/// `progress` (a count that only grows, such as bytes copied) moved within the
+/// last `stall`, and for at most `limit` in all. Work that yields to other
+/// load (copies to browsers, idle-priority senders to busy cores) is held to
+/// going on, not to a speed a loaded machine cannot promise.
+pub fn wait_while_progressing<T>(
+    stall: Duration,
+    limit: Duration,
+    what: &str,
+    mut progress: impl FnMut() -> anyhow::Result<u64>,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    let (mut last, mut moved) = (progress()?, Instant::now());
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        let now = progress()?;
+        if now != last {
+            (last, moved) = (now, Instant::now());
+        }
+        if moved.elapsed() > stall {
+            bail!(
+                "{what}: no progress for {stall:?} (at {last}, after {:?})",
+                start.elapsed()
+            );
+        }
+        if start.elapsed() > limit {
+            bail!("{what}: not within {limit:?} (progress at {last})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Four sites over two regions.
 pub const PLACES: [(&str, &str); 4] = [
     ("nord", "lille"),

@@ -9,13 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::Value;
 
 use cartable_tests::Node;
 use cartable_tests::cluster::{
-    Cluster, Coordinator, FAST_POLICY, PLACES, cluster_of, complete, ensure_success, held, wait_for,
+    Cluster, Coordinator, FAST_POLICY, PLACES, cluster_of, complete, ensure_success, held,
+    wait_for, wait_while_progressing,
 };
 use cartable_tests::fire::{Lesson, Readers, Tally, publish_mix, tally};
+use cartable_tests::metrics::scrape;
 
 /// Nine nodes, three sites, two regions.
 const NINE: [(&str, &str); 9] = [
@@ -158,7 +161,11 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
     let config = "heartbeat_ms = 200\ndown_after_ms = 4000\nrepair_delay_secs = 2\n";
     // Copies paced at 8 MiB/s: the video's takes 8 s, time enough to kill
     // the coordinator in the middle of it.
-    let mut cl = cluster_of(&PLACES, config, "[quic]\nfetch_rate_mib_s = 8\n")?;
+    let mut cl = cluster_of(
+        &PLACES,
+        config,
+        "[quic]\nfetch_rate_mib_s = 8\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )?;
     let lessons_dir = tempfile::tempdir()?;
     let lessons = Arc::new(publish_mix(&cl.coordinator, lessons_dir.path(), VIDEO)?);
     let c = &cl.coordinator;
@@ -191,9 +198,18 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
     let state = snapshot(c, &lessons)?;
     cl.coordinator.kill()?;
     let outage_at = Instant::now();
-    wait_for(
-        Duration::from_secs(30),
+    // Paced at 8 MiB/s, the copy takes 8 s on a quiet machine; it yields to
+    // the pupils' reads and its sender runs at idle priority, so on a loaded
+    // one it is held to going on, not to a time.
+    let copiers: Vec<&Node> = under_way
+        .iter()
+        .map(|(_, node)| running(&cl).find(|n| n.id == *node).expect("a survivor"))
+        .collect();
+    wait_while_progressing(
+        Duration::from_secs(20),
+        Duration::from_secs(120),
         "the ordered copies made without the coordinator",
+        || copied_so_far(&copiers),
         || {
             for (bundle, node) in &under_way {
                 if !held(running(&cl).find(|n| n.id == *node).expect("a survivor"))?
@@ -270,6 +286,16 @@ fn the_repair_goes_on_without_the_coordinator_and_resumes_when_it_returns() -> a
          (lesson, node), the victim being {victim}: {forgotten:?}"
     );
     Ok(())
+}
+
+/// Verified bytes the nodes copied from peers so far, from their metrics.
+fn copied_so_far(nodes: &[&Node]) -> anyhow::Result<u64> {
+    let mut copied = 0.0;
+    for node in nodes {
+        let url = node.metrics.as_deref().context("a node without metrics")?;
+        copied += scrape(url)?.sum("cartable_node_copied_bytes_total");
+    }
+    Ok(copied as u64)
 }
 
 fn running(cl: &Cluster) -> impl Iterator<Item = &Node> {
