@@ -85,6 +85,9 @@ pub async fn tls_from(
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(target.addr).await?;
+    // As browsers do: with Nagle on, a small request written while an earlier
+    // one is unacknowledged waits for the node's delayed ACK (tens of ms).
+    tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let tls = match http {
         Http::H1 => &target.tls_h1,

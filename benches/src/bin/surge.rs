@@ -16,11 +16,11 @@
 //!    (`unloaded`); the node stays up, p99 of admitted requests against
 //!    `unloaded` (goal ≤ 2×), p99 of shed answers (goal ≤ 5 ms), peak memory.
 //! 4. `flood` (rounds, interleaved with `pupils`): pupils from their own
-//!    networks at 0.2× capacity alone, then with a closed-loop flood from one
-//!    /24 at the generator's maximum; the pupils' successes (goal ≥ 0.95 of
-//!    alone) and p99 (goal ≤ 2× alone).
+//!    networks at 0.2× capacity alone, then beside a flood from one /24 at
+//!    0.5× capacity (`--flood`; open loop over 64 connections); the pupils'
+//!    successes (goal ≥ 0.95 of alone) and p99 (goal ≤ 2× alone).
 //!
-//! `cargo run --release -p cartable-benches --bin surge [-- --rounds N --secs S --node-cpu F]`
+//! `cargo run --release -p cartable-benches --bin surge [-- --rounds N --secs S --node-cpu F --flood F]`
 //! (as root, for the quota)
 
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +39,15 @@ use cartable_benches::quota::CpuQuota;
 
 /// HTTP/1.1 connections of the overload phase: `oha`'s default.
 const OHA_CONNECTIONS: u8 = 50;
+/// The flood from one /24, as a multiple of the node's capacity (`--flood`):
+/// two and a half times all the pupils' requests. The generator's one core
+/// sends both, and a request costs it about what it costs the node: a closed
+/// loop (refused at ~95k requests/s on a 50k node) or a flood at the node's
+/// whole capacity saturate it, and the pupils' latency measured then is the
+/// generator's own queue.
+const FLOOD: f64 = 0.5;
+/// The flood's HTTP/2 connections, all from one /24.
+const FLOOD_CONNECTIONS: usize = 64;
 /// The share of its core the node gets in the overload phase, so that the
 /// generator's one core can offer three times what the node serves.
 const NODE_CPU: f64 = 0.25;
@@ -50,12 +59,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (rounds, secs) = (flag(&args, "--rounds", 3)?, flag(&args, "--secs", 5)?);
     let node_cpu = flag(&args, "--node-cpu", NODE_CPU)?;
+    let flood = flag(&args, "--flood", FLOOD)?;
     pin_self_to_core(1)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(run(rounds as usize, Duration::from_secs(secs), node_cpu))
+    let secs = Duration::from_secs(secs);
+    runtime.block_on(run(rounds as usize, secs, node_cpu, flood))
 }
 
 /// The value after `name` on the command line, or `default`.
@@ -69,7 +80,7 @@ where
     }
 }
 
-async fn run(rounds: usize, secs: Duration, node_cpu: f64) -> Result<()> {
+async fn run(rounds: usize, secs: Duration, node_cpu: f64, flood: f64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (node, target) = start_node(dir.path())?;
     let base = rss_kib(node.pid())?;
@@ -102,7 +113,8 @@ async fn run(rounds: usize, secs: Duration, node_cpu: f64) -> Result<()> {
         let quiet = open_loop(&target, &pupils, cap_rate * 0.2, secs).await?;
         let flood = tokio::spawn({
             let target = target.clone();
-            async move { closed_loop(&target, &sources(1, 1).repeat(64), 256, secs).await }
+            let from = sources(1, 1).repeat(FLOOD_CONNECTIONS);
+            async move { open_loop(&target, &from, cap_rate * flood, secs).await }
         });
         let busy = open_loop(&target, &pupils, cap_rate * 0.2, secs).await?;
         let flood = flood.await??;
