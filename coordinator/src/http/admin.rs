@@ -85,9 +85,8 @@ async fn body(req: Request<RequestBody>, max: usize) -> Result<Bytes, Failure> {
         })
 }
 
-async fn json_body<T: DeserializeOwned>(req: Request<RequestBody>) -> Result<T, Failure> {
-    let bytes = body(req, MAX_JSON).await?;
-    serde_json::from_slice(&bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("body: {e}")))
+fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("body: {e}")))
 }
 
 fn node_id(text: &str) -> Result<NodeId, Failure> {
@@ -100,12 +99,43 @@ fn bundle_id(text: &str) -> Result<BundleId, Failure> {
         .map_err(|_| fail(StatusCode::BAD_REQUEST, "malformed bundle id"))
 }
 
+/// Reads the request's body on the connection's thread, then runs its
+/// operation on a blocking thread: an operation takes the state's lock and
+/// syncs the disk, and an HTTP/2 connection's thread serves other
+/// connections, browsers' redirects among them, that must not wait on either.
 async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Reply, Failure> {
     let path = req.uri().path().trim_start_matches("/api/").to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
+    let method = req.method().clone();
+    if (&method, path.as_str()) == (&Method::POST, "backup") {
+        return Ok(super::backup::reply(coord.clone()).await);
+    }
+    let bytes = match (&method, path.as_str()) {
+        (&Method::POST, "bundles") => body(req, cartable_proto::wire::MAX_MANIFEST_BYTES).await?,
+        (&Method::POST | &Method::PUT, _) => body(req, MAX_JSON).await?,
+        _ => Bytes::new(),
+    };
+    let coord = coord.clone();
+    tokio::task::spawn_blocking(move || dispatch(&coord, &method, &path, &query, &bytes))
+        .await
+        .map_err(|e| {
+            fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the operation failed: {e}"),
+            )
+        })?
+}
+
+fn dispatch(
+    coord: &Coordinator,
+    method: &Method,
+    path: &str,
+    query: &str,
+    bytes: &[u8],
+) -> Result<Reply, Failure> {
     let parts: Vec<&str> = path.split('/').collect();
     let ok = |v: &dyn erased::Json| Ok(v.reply());
-    match (req.method().clone(), parts.as_slice()) {
+    match (method.clone(), parts.as_slice()) {
         (Method::GET, ["status"]) => ok(&coord.status()),
         (Method::GET, ["nodes"]) => ok(&coord.nodes()),
         (Method::GET, ["nodes", id]) => ok(&coord.node(&node_id(id)?)?),
@@ -116,23 +146,20 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
         }
         (Method::PUT, ["nodes", id, "capacity"]) => {
             let id = node_id(id)?;
-            let set: SetCapacity = json_body(req).await?;
+            let set: SetCapacity = json_body(bytes)?;
             ok(&coord.set_capacity(&id, set.capacity)?)
         }
         (Method::DELETE, ["nodes", id]) => {
-            let force = query_value(&query, "force") == Some("true");
+            let force = query_value(query, "force") == Some("true");
             ok(&coord.remove_node(&node_id(id)?, force)?)
         }
         (Method::GET, ["bundles"]) => ok(&coord.bundles()),
         (Method::GET, ["bundles", id]) => ok(&coord.bundle(&bundle_id(id)?)?),
-        (Method::POST, ["bundles"]) => {
-            let bytes = body(req, cartable_proto::wire::MAX_MANIFEST_BYTES).await?;
-            publish(coord, &query, &bytes)
-        }
+        (Method::POST, ["bundles"]) => publish(coord, query, bytes),
         (Method::DELETE, ["bundles", id]) => ok(&coord.unpublish(&bundle_id(id)?)?),
         (Method::PUT, ["bundles", id, "replicas"]) => {
             let id = bundle_id(id)?;
-            let set: SetReplicas = json_body(req).await?;
+            let set: SetReplicas = json_body(bytes)?;
             ok(&coord.set_replicas(&id, set.replicas)?)
         }
         (Method::GET, ["names"]) => ok(&coord.names()),
@@ -142,18 +169,17 @@ async fn route(coord: &Arc<Coordinator>, req: Request<RequestBody>) -> Result<Re
         }
         (Method::PUT, ["names", ..]) if parts.len() > 1 => {
             let name = parts[1..].join("/");
-            let set: SetName = json_body(req).await?;
+            let set: SetName = json_body(bytes)?;
             ok(&coord.set_name(&name, set.bundle)?)
         }
         (Method::POST, ["tokens"]) => {
-            let create: CreateToken = json_body(req).await?;
+            let create: CreateToken = json_body(bytes)?;
             ok(&coord.create_token(create)?)
         }
         (Method::GET, ["tokens"]) => ok(&coord.tokens()),
         (Method::DELETE, ["tokens", id]) => ok(&coord.revoke_token(id)?),
-        (Method::POST, ["backup"]) => Ok(super::backup::reply(coord.clone()).await),
         (Method::POST, ["plan"]) => {
-            let change: PlanChange = json_body(req).await?;
+            let change: PlanChange = json_body(bytes)?;
             ok(&coord.plan(&change))
         }
         _ => Err(fail(StatusCode::NOT_FOUND, "no such API route")),

@@ -76,67 +76,75 @@ impl Coordinator {
 
     /// Marks a node draining: its copies are placed elsewhere.
     pub fn drain(&self, id: &NodeId) -> Result<NodeView, OpError> {
-        let mut c = self.lock();
-        let mut record = c.nodes.get(id).cloned().ok_or(OpError::NoSuchNode)?;
-        record.draining = true;
-        c.save_node(record).and_then(|()| c.flush())?;
+        let view = self.commit(|c| {
+            let mut record = c.nodes.get(id).cloned().ok_or(OpError::NoSuchNode)?;
+            record.draining = true;
+            c.save_node(record)?;
+            views::node(c, &self.policy, id)
+        })?;
         tracing::info!(node = %id, "draining");
-        views::node(&c, &self.policy, id)
+        Ok(view)
     }
 
     /// Forgets a node's failed checks and clears its unreliable mark.
     pub fn restore_trust(&self, id: &NodeId) -> Result<NodeView, OpError> {
-        let mut c = self.lock();
-        if !trust::clear(&mut c, id)? {
-            return Err(OpError::NoSuchNode);
-        }
-        c.flush()?;
-        views::node(&c, &self.policy, id)
+        self.commit(|c| {
+            if !trust::clear(c, id)? {
+                return Err(OpError::NoSuchNode);
+            }
+            views::node(c, &self.policy, id)
+        })
     }
 
     /// Sets the most a node may offer (the operator's bound, first set by its
     /// join token): a lower bound applies at once, and a higher one from the
     /// node's next heartbeat, up to what the node itself declares.
     pub fn set_capacity(&self, id: &NodeId, limit: u64) -> Result<NodeView, OpError> {
-        let mut c = self.lock();
-        let mut record = c.nodes.get(id).cloned().ok_or(OpError::NoSuchNode)?;
-        record.capacity_limit = Some(limit);
-        record.capacity = record.capacity.min(limit);
-        c.save_node(record).and_then(|()| c.flush())?;
+        let view = self.commit(|c| {
+            let mut record = c.nodes.get(id).cloned().ok_or(OpError::NoSuchNode)?;
+            record.capacity_limit = Some(limit);
+            record.capacity = record.capacity.min(limit);
+            c.save_node(record)?;
+            views::node(c, &self.policy, id)
+        })?;
         tracing::info!(node = %id, capacity = limit, "capacity bound set");
-        views::node(&c, &self.policy, id)
+        Ok(view)
     }
 
     /// Makes the address a node reports the one browsers and peers use.
     pub fn approve_contact(&self, id: &NodeId) -> Result<NodeView, OpError> {
-        let mut c = self.lock();
-        match contact::approve(&mut c, id) {
-            Ok(_) => c.flush()?,
-            Err(ApproveError::NoSuchNode) => return Err(OpError::NoSuchNode),
-            Err(e @ ApproveError::NothingProposed) => return Err(OpError::Conflict(e.to_string())),
-            Err(ApproveError::Store(e)) => return Err(OpError::Save(e)),
-        }
-        views::node(&c, &self.policy, id)
+        self.commit(|c| {
+            match contact::approve(c, id) {
+                Ok(_) => {}
+                Err(ApproveError::NoSuchNode) => return Err(OpError::NoSuchNode),
+                Err(e @ ApproveError::NothingProposed) => {
+                    return Err(OpError::Conflict(e.to_string()));
+                }
+                Err(ApproveError::Store(e)) => return Err(OpError::Save(e)),
+            }
+            views::node(c, &self.policy, id)
+        })
     }
 
     /// Removes a member: refused while it holds complete copies, unless it
     /// has been down past the repair delay or `force` says so.
     pub fn remove_node(&self, id: &NodeId, force: bool) -> Result<NodeView, OpError> {
-        let mut c = self.lock();
-        let view = views::node(&c, &self.policy, id)?;
-        let gone_for_good = c
-            .down_since
-            .get(id)
-            .is_some_and(|since| since.elapsed() >= self.policy.repair_delay);
-        if view.complete > 0 && !gone_for_good && !force {
-            return Err(OpError::Conflict(format!(
-                "the node still holds {} complete copies: drain it first, or remove it with \
-                 --force to forget them at once",
-                view.complete
-            )));
-        }
-        c.remove_node(id).and_then(|()| c.flush())?;
-        drop(c);
+        let view = self.commit(|c| {
+            let view = views::node(c, &self.policy, id)?;
+            let gone_for_good = c
+                .down_since
+                .get(id)
+                .is_some_and(|since| since.elapsed() >= self.policy.repair_delay);
+            if view.complete > 0 && !gone_for_good && !force {
+                return Err(OpError::Conflict(format!(
+                    "the node still holds {} complete copies: drain it first, or remove it with \
+                     --force to forget them at once",
+                    view.complete
+                )));
+            }
+            c.remove_node(id)?;
+            Ok(view)
+        })?;
         // A removed key is a stranger now: its open connections go with its membership.
         self.endpoint.close_peer(id);
         self.prober.forget(id);
@@ -146,43 +154,47 @@ impl Coordinator {
 
     /// Retires a bundle no name points to.
     pub fn unpublish(&self, id: &BundleId) -> Result<BundleView, OpError> {
-        let mut c = self.lock();
-        let view = views::bundle(&c, &self.policy, id, true)?;
-        let pointing: Vec<String> = c
-            .names
-            .iter()
-            .filter(|(_, r)| r.current() == Some(*id))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if !pointing.is_empty() {
-            return Err(OpError::Conflict(format!(
-                "names point to this bundle: {}; point them elsewhere first",
-                pointing.join(", ")
-            )));
-        }
-        c.retire_bundle(*id).and_then(|()| c.flush())?;
+        let view = self.commit(|c| {
+            let view = views::bundle(c, &self.policy, id, true)?;
+            let pointing: Vec<String> = c
+                .names
+                .iter()
+                .filter(|(_, r)| r.current() == Some(*id))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !pointing.is_empty() {
+                return Err(OpError::Conflict(format!(
+                    "names point to this bundle: {}; point them elsewhere first",
+                    pointing.join(", ")
+                )));
+            }
+            c.retire_bundle(*id)?;
+            Ok(view)
+        })?;
         tracing::info!(bundle = %id, "bundle unpublished");
         Ok(view)
     }
 
     /// Sets how many copies a bundle keeps.
     pub fn set_replicas(&self, id: &BundleId, replicas: u8) -> Result<BundleView, OpError> {
-        let mut c = self.lock();
-        let mut record = c.bundles.get(id).cloned().ok_or(OpError::NoSuchBundle)?;
-        check_replicas(&c, replicas)?;
-        record.replicas = replicas;
-        c.save_bundle(*id, record).and_then(|()| c.flush())?;
-        views::bundle(&c, &self.policy, id, false)
+        self.commit(|c| {
+            let mut record = c.bundles.get(id).cloned().ok_or(OpError::NoSuchBundle)?;
+            check_replicas(c, replicas)?;
+            record.replicas = replicas;
+            c.save_bundle(*id, record)?;
+            views::bundle(c, &self.policy, id, false)
+        })
     }
 
     /// Points `name` at `bundle` now.
     pub fn set_name(&self, name: &str, bundle: BundleId) -> Result<NameView, OpError> {
         check_name(name)?;
-        let mut c = self.lock();
-        if !c.bundles.contains_key(&bundle) {
-            return Err(OpError::NoSuchBundle);
-        }
-        c.set_name(name, bundle).and_then(|()| c.flush())?;
+        self.commit(|c| {
+            if !c.bundles.contains_key(&bundle) {
+                return Err(OpError::NoSuchBundle);
+            }
+            Ok(c.set_name(name, bundle)?)
+        })?;
         Ok(NameView {
             name: name.to_owned(),
             bundle,
@@ -221,9 +233,7 @@ impl Coordinator {
             used_by: None,
             capacity: create.capacity,
         };
-        let mut c = self.lock();
-        c.save_token(hash.clone(), record.clone())
-            .and_then(|()| c.flush())?;
+        self.commit(|c| c.save_token(hash.clone(), record.clone()))?;
         Ok(CreatedToken {
             token: token.to_string(),
             view: views::token(&hash, &record),
@@ -232,20 +242,20 @@ impl Coordinator {
 
     /// Revokes the one token whose id starts with `id` (8 hex digits at least).
     pub fn revoke_token(&self, id: &str) -> Result<TokenView, OpError> {
-        let mut c = self.lock();
-        let matching: BTreeSet<String> = c
-            .tokens
-            .keys()
-            .filter(|h| h.starts_with(id) && id.len() >= 8)
-            .cloned()
-            .collect();
-        let [hash] = matching.iter().collect::<Vec<_>>()[..] else {
-            return Err(OpError::NoSuchToken);
-        };
-        let view = views::token(hash, &c.tokens[hash]);
-        let hash = hash.clone();
-        c.delete_token(&hash).and_then(|()| c.flush())?;
-        Ok(view)
+        self.commit(|c| {
+            let matching: BTreeSet<String> = c
+                .tokens
+                .keys()
+                .filter(|h| h.starts_with(id) && id.len() >= 8)
+                .cloned()
+                .collect();
+            let [hash] = matching.iter().collect::<Vec<_>>()[..] else {
+                return Err(OpError::NoSuchToken);
+            };
+            let view = views::token(hash, &c.tokens[hash]);
+            c.delete_token(&hash.clone())?;
+            Ok(view)
+        })
     }
 }
 

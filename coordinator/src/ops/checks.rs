@@ -84,47 +84,48 @@ impl Coordinator {
         kind: Check,
         result: Result<u64, spotcheck::CheckError>,
     ) -> anyhow::Result<()> {
-        let mut c = self.lock();
-        let recorded = c
-            .replicas
-            .get(&bundle)
-            .is_some_and(|r| r.contains_key(&node));
-        match result {
-            Ok(bytes) => {
-                tracing::debug!(bundle = %bundle, node = %node, bytes, ?kind, "check passed");
-                match kind {
-                    Check::Claim => {
-                        let copying = |c: &crate::state::Cluster| {
-                            c.replicas.get(&bundle).and_then(|r| r.get(&node))
-                                == Some(&ReplicaState::Copying)
-                        };
-                        let was_copying = copying(&c);
-                        lifecycle::confirm_copy(
-                            &mut c,
-                            bundle,
-                            node,
-                            &self.policy,
-                            Instant::now(),
-                        )?;
-                        if was_copying && !copying(&c) {
-                            self.metrics.copies_completed.inc();
+        self.commit(|c| {
+            let recorded = c
+                .replicas
+                .get(&bundle)
+                .is_some_and(|r| r.contains_key(&node));
+            match result {
+                Ok(bytes) => {
+                    tracing::debug!(bundle = %bundle, node = %node, bytes, ?kind, "check passed");
+                    match kind {
+                        Check::Claim => {
+                            let copying = |c: &crate::state::Cluster| {
+                                c.replicas.get(&bundle).and_then(|r| r.get(&node))
+                                    == Some(&ReplicaState::Copying)
+                            };
+                            let was_copying = copying(c);
+                            lifecycle::confirm_copy(
+                                c,
+                                bundle,
+                                node,
+                                &self.policy,
+                                Instant::now(),
+                            )?;
+                            if was_copying && !copying(c) {
+                                self.metrics.copies_completed.inc();
+                            }
                         }
+                        Check::UnderLoad => trust::proven(c, node, bundle)?,
+                        Check::Again => {}
                     }
-                    Check::UnderLoad => trust::proven(&mut c, node, bundle)?,
-                    Check::Again => {}
+                }
+                Err(spotcheck::CheckError::Unreachable(why)) => {
+                    tracing::info!(bundle = %bundle, node = %node, error = why, ?kind, "could not check a copy");
+                }
+                // A copy released while it was checked may be deleted by now.
+                Err(spotcheck::CheckError::Refuted(_)) if kind != Check::Claim && !recorded => {}
+                Err(e) => {
+                    tracing::warn!(bundle = %bundle, node = %node, error = %e, ?kind, "a copy failed its check");
+                    trust::refuted(c, node, bundle)?;
                 }
             }
-            Err(spotcheck::CheckError::Unreachable(why)) => {
-                tracing::info!(bundle = %bundle, node = %node, error = why, ?kind, "could not check a copy");
-            }
-            // A copy released while it was checked may be deleted by now.
-            Err(spotcheck::CheckError::Refuted(_)) if kind != Check::Claim && !recorded => {}
-            Err(e) => {
-                tracing::warn!(bundle = %bundle, node = %node, error = %e, ?kind, "a copy failed its check");
-                trust::refuted(&mut c, node, bundle)?;
-            }
-        }
-        c.flush()
+            Ok(())
+        })
     }
 
     /// Starts the background checks due: a check under load for copies not

@@ -111,14 +111,18 @@ impl Coordinator {
                     used_by: Some(node),
                     ..token.clone()
                 },
-            )?;
-            c.flush()
+            )
         });
-        if let Err(e) = saved {
+        if saved.is_ok() {
+            c.live.insert(node, Liveness::heard(Instant::now()));
+        }
+        // Synced with the lock released, as in `Coordinator::commit`.
+        let durable = c.durable();
+        drop(c);
+        if let Err(e) = saved.and_then(|()| durable.flush()) {
             tracing::error!(error = format!("{e:#}"), "could not record a join");
             return Err(JoinError::Save(e));
         }
-        c.live.insert(node, Liveness::heard(Instant::now()));
         tracing::info!(node = %node, region = token.region, site = token.site, "node joined");
         Ok(place)
     }

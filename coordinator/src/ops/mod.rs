@@ -16,6 +16,9 @@ pub mod checks;
 pub mod members;
 pub mod publish;
 
+#[cfg(test)]
+mod commit_tests;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,21 +132,39 @@ impl Coordinator {
         self.cluster.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `change` on the locked state, then syncs what it saved with the
+    /// lock released, before returning. A sync takes a millisecond on this
+    /// machine's disk and tens of them on a school's spinning one: under the
+    /// lock, it held up every browser's redirect and every heartbeat. Others
+    /// may read the change before it is on disk; the caller is answered after.
+    pub fn commit<T, E: From<anyhow::Error>>(
+        &self,
+        change: impl FnOnce(&mut Cluster) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (value, durable) = {
+            let mut c = self.lock();
+            let value = change(&mut c)?;
+            (value, c.durable())
+        };
+        durable.flush()?;
+        Ok(value)
+    }
+
     /// One turn of the lifecycle: notice down nodes, re-plan when needed,
     /// release replaced copies.
     pub fn tick(&self, last: &mut lifecycle::Eligibility) -> anyhow::Result<()> {
         let now = Instant::now();
-        let mut c = self.lock();
-        let eligible = lifecycle::eligibility(&mut c, &self.policy, now);
-        if c.needs_plan || eligible != *last {
-            let planning = Instant::now();
-            lifecycle::replan(&mut c, &self.policy, now, &eligible)?;
-            self.metrics
-                .plan_seconds
-                .observe(planning.elapsed().as_secs_f64());
-            *last = eligible;
-        }
-        lifecycle::release_replaced(&mut c, &self.policy, now)?;
-        c.flush()
+        self.commit(|c| {
+            let eligible = lifecycle::eligibility(c, &self.policy, now);
+            if c.needs_plan || eligible != *last {
+                let planning = Instant::now();
+                lifecycle::replan(c, &self.policy, now, &eligible)?;
+                self.metrics
+                    .plan_seconds
+                    .observe(planning.elapsed().as_secs_f64());
+                *last = eligible;
+            }
+            lifecycle::release_replaced(c, &self.policy, now)
+        })
     }
 }

@@ -25,10 +25,11 @@ impl Coordinator {
         if let Some(name) = &request.name {
             check_name(name)?;
         }
-        let mut c = self.lock();
-        let upload = record_publish(&mut c, &self.policy, Instant::now(), request)?;
+        let (upload, contact) = self.commit(|c| {
+            let upload = record_publish(c, &self.policy, Instant::now(), request)?;
+            Ok::<_, OpError>((upload, c.nodes[&upload].contact.clone()))
+        })?;
         let id = request.id;
-        let node = &c.nodes[&upload];
         let expires = unix_now() + GRANT_SECS;
         let signature = self
             .identity
@@ -50,8 +51,8 @@ impl Coordinator {
         Ok(Published {
             bundle: id,
             upload_node: upload,
-            upload_url: node.contact.https_url.clone(),
-            upload_cert_sha256: node.contact.https_cert_sha256.clone(),
+            upload_url: contact.https_url,
+            upload_cert_sha256: contact.https_cert_sha256,
             grant: grant.to_string(),
             urls,
         })
@@ -71,10 +72,10 @@ pub struct PublishRequest<'a> {
     pub replicas: Option<u8>,
 }
 
-/// Records and places a published bundle; returns the node the publisher
-/// uploads to. Every refusal comes before any change: the change is made
-/// first on a scratch copy of the state, and for real only if that copy gives
-/// the bundle a node that is up.
+/// Records and places a published bundle (the caller syncs it); returns the
+/// node the publisher uploads to. Every refusal comes before any change: the
+/// change is made first on a scratch copy of the state, and for real only if
+/// that copy gives the bundle a node that is up.
 fn record_publish(
     c: &mut Cluster,
     policy: &Policy,
@@ -131,7 +132,7 @@ fn record_publish(
     // The grant names the node: its claim counts even if the plan moves on.
     let mut granted = c.bundles[&id].clone();
     granted.granted(upload);
-    c.save_bundle(id, granted).and_then(|()| c.flush())?;
+    c.save_bundle(id, granted)?;
     Ok(upload)
 }
 

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cartable_proto::control::Contact;
@@ -215,10 +216,21 @@ impl Liveness {
     }
 }
 
+/// Makes the changes made before it was taken durable (and any made since).
+#[derive(Debug)]
+pub struct Durable(Arc<dyn Kv>);
+
+impl Durable {
+    /// Syncs the tables to disk.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// The whole state.
 #[derive(Debug)]
 pub struct Cluster {
-    kv: Box<dyn Kv>,
+    kv: Arc<dyn Kv>,
     /// Members.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Join tokens, by the hex BLAKE3 hash of their secret.
@@ -311,6 +323,7 @@ impl Cluster {
     /// A folder of an older schema is migrated first; one of a newer schema is
     /// refused ([`records::SchemaError`]).
     pub fn load(kv: Box<dyn Kv>, now: Instant) -> anyhow::Result<Self> {
+        let kv: Arc<dyn Kv> = Arc::from(kv);
         records::open(&*kv)?;
         let nodes: BTreeMap<NodeId, NodeRecord> =
             rows::<_, NodeRow, _>(&*kv, NODES, |k| Ok(NodeId::from_bytes(id32(k)?)))?;
@@ -357,7 +370,7 @@ impl Cluster {
     /// copy first, so that a refusal leaves the real state untouched.
     pub fn scratch(&self) -> Self {
         Self {
-            kv: Box::new(MemoryKv::default()),
+            kv: Arc::new(MemoryKv::default()),
             nodes: self.nodes.clone(),
             tokens: self.tokens.clone(),
             bundles: self.bundles.clone(),
@@ -389,6 +402,12 @@ impl Cluster {
     /// Makes every change so far durable.
     pub fn flush(&self) -> anyhow::Result<()> {
         self.kv.flush()
+    }
+
+    /// What makes the changes so far durable, to be used once the state's
+    /// lock is released.
+    pub fn durable(&self) -> Durable {
+        Durable(self.kv.clone())
     }
 
     /// Records the admin token's hash.
