@@ -135,7 +135,8 @@ fn assert_same_state(found: &Cluster, expected: &Cluster) {
     assert_eq!(found.names, expected.names, "names");
     assert_eq!(found.retired, expected.retired, "retired");
     assert_eq!(found.proven, expected.proven, "proven");
-    assert_eq!(found.names_version, expected.names_version, "names version");
+    // Not the names version: each load moves past every one handed out
+    // before, so two loads of the same tables differ there.
     assert_eq!(found.admin_hash, expected.admin_hash, "admin hash");
 }
 

@@ -253,7 +253,7 @@ impl Coordinator {
                 return Err(OpError::NoSuchToken);
             };
             let view = views::token(hash, &c.tokens[hash]);
-            c.delete_token(&hash.clone())?;
+            c.delete_token(hash)?;
             Ok(view)
         })
     }

@@ -22,7 +22,7 @@ struct SlowDisk {
     syncing: AtomicBool,
 }
 
-const SYNC: Duration = Duration::from_millis(400);
+const SYNC: Duration = Duration::from_secs(1);
 
 impl Kv for SlowDisk {
     fn scan(&self, table: &str) -> anyhow::Result<Rows> {
@@ -65,29 +65,35 @@ async fn a_slow_sync_does_not_hold_up_the_state() -> anyhow::Result<()> {
         "https://127.0.0.1:1".into(),
         quic,
     ));
-    let ticking = std::thread::spawn({
-        let coord = coord.clone();
-        move || coord.tick(&mut Eligibility::default())
-    });
-    let started = Instant::now();
-    while !disk.syncing.load(Ordering::SeqCst) {
-        anyhow::ensure!(started.elapsed() < SYNC, "the tick never synced");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // What a browser's redirect does first: take the lock to read the names.
-    let waited = {
+    // A busy machine may pause this thread past the whole sync before it
+    // asks: such a look proves nothing and is taken again.
+    for _ in 0..3 {
+        let ticking = std::thread::spawn({
+            let coord = coord.clone();
+            move || coord.tick(&mut Eligibility::default())
+        });
+        let started = Instant::now();
+        while !disk.syncing.load(Ordering::SeqCst) {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "the tick never synced"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // What a browser's redirect does first: take the lock to read the names.
         let asked = Instant::now();
-        drop(coord.names());
-        asked.elapsed()
-    };
-    assert!(
-        disk.syncing.load(Ordering::SeqCst),
-        "the sync ended before the lock was asked for"
-    );
-    assert!(
-        waited < SYNC / 4,
-        "the state's lock was held {waited:?} by a sync of {SYNC:?}"
-    );
-    ticking.join().expect("the tick")?;
-    Ok(())
+        let names = coord.names();
+        let waited = asked.elapsed();
+        let during = disk.syncing.load(Ordering::SeqCst);
+        drop(names);
+        ticking.join().expect("the tick")?;
+        assert!(
+            waited < SYNC / 2,
+            "the state's lock was held {waited:?} by a sync of {SYNC:?}"
+        );
+        if during {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("never got the lock while a sync was under way")
 }

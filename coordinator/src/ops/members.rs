@@ -10,7 +10,7 @@ use cartable_proto::control::{Heartbeat, JoinRequest, Orders};
 
 use super::{Check, Coordinator};
 use crate::lifecycle;
-use crate::state::{Liveness, NodeRecord, TokenRecord, secret_hash, unix_now};
+use crate::state::{Cluster, Liveness, NodeRecord, TokenRecord, secret_hash, unix_now};
 
 /// Why a join was refused.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,12 @@ pub enum JoinError {
     /// The join could not be saved; the cause is logged.
     #[error("the coordinator could not record the join; try again")]
     Save(#[source] anyhow::Error),
+}
+
+impl From<anyhow::Error> for JoinError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Save(e)
+    }
 }
 
 /// Why a heartbeat was refused.
@@ -65,65 +71,22 @@ impl Coordinator {
     /// Makes `node` a member with the token `join` carries. A node whose
     /// first answer was lost asks again and is answered the same.
     pub fn join(&self, node: NodeId, join: &JoinRequest) -> Result<Place, JoinError> {
-        let mut c = self.lock();
-        let hash = secret_hash(join.secret.as_bytes());
-        let token = c
-            .tokens
-            .get(&hash)
-            .cloned()
-            .ok_or(JoinError::UnknownToken)?;
-        let place = Place {
-            region: token.region.clone(),
-            site: token.site.clone(),
-        };
-        match token.used_by {
-            // The node's first answer was lost: it asks again.
-            Some(user) if user == node && c.nodes.contains_key(&node) => return Ok(place),
-            Some(user) if user == node => return Err(JoinError::Removed),
-            Some(_) => return Err(JoinError::TokenUsed),
-            None => {}
+        // A node asking again is answered once its first join is synced too:
+        // `commit` syncs after every change that succeeds, made now or before.
+        let (place, joined) = self
+            .commit(|c| record_join(c, node, join))
+            .inspect_err(|e| {
+                if let JoinError::Save(e) = e {
+                    tracing::error!(error = format!("{e:#}"), "could not record a join");
+                }
+            })?;
+        if joined {
+            // Counted up only once its membership is on disk.
+            self.lock()
+                .live
+                .insert(node, Liveness::heard(Instant::now()));
+            tracing::info!(node = %node, region = place.region, site = place.site, "node joined");
         }
-        crate::contact::check(&join.contact).map_err(JoinError::BadContact)?;
-        if token.expires <= unix_now() {
-            return Err(JoinError::Expired);
-        }
-        if c.nodes.contains_key(&node) {
-            return Err(JoinError::AlreadyMember);
-        }
-        let record = NodeRecord {
-            // The operator's bound, not the node's word, limits what it is given.
-            capacity: token
-                .capacity
-                .map_or(join.capacity, |cap| join.capacity.min(cap)),
-            capacity_limit: token.capacity,
-            ..NodeRecord::joined(
-                node,
-                &token.region,
-                &token.site,
-                join.capacity,
-                join.contact.clone(),
-            )
-        };
-        let saved = c.save_node(record).and_then(|()| {
-            c.save_token(
-                hash,
-                TokenRecord {
-                    used_by: Some(node),
-                    ..token.clone()
-                },
-            )
-        });
-        if saved.is_ok() {
-            c.live.insert(node, Liveness::heard(Instant::now()));
-        }
-        // Synced with the lock released, as in `Coordinator::commit`.
-        let durable = c.durable();
-        drop(c);
-        if let Err(e) = saved.and_then(|()| durable.flush()) {
-            tracing::error!(error = format!("{e:#}"), "could not record a join");
-            return Err(JoinError::Save(e));
-        }
-        tracing::info!(node = %node, region = token.region, site = token.site, "node joined");
         Ok(place)
     }
 
@@ -154,4 +117,61 @@ impl Coordinator {
         }
         Ok(orders)
     }
+}
+
+/// Records `node` as a member with the token `join` carries; `true` if it
+/// joined now, `false` if it had joined with it before (its answer was lost).
+fn record_join(
+    c: &mut Cluster,
+    node: NodeId,
+    join: &JoinRequest,
+) -> Result<(Place, bool), JoinError> {
+    let hash = secret_hash(join.secret.as_bytes());
+    let token = c
+        .tokens
+        .get(&hash)
+        .cloned()
+        .ok_or(JoinError::UnknownToken)?;
+    let place = Place {
+        region: token.region.clone(),
+        site: token.site.clone(),
+    };
+    match token.used_by {
+        // The node's first answer was lost: it asks again.
+        Some(user) if user == node && c.nodes.contains_key(&node) => return Ok((place, false)),
+        Some(user) if user == node => return Err(JoinError::Removed),
+        Some(_) => return Err(JoinError::TokenUsed),
+        None => {}
+    }
+    crate::contact::check(&join.contact).map_err(JoinError::BadContact)?;
+    if token.expires <= unix_now() {
+        return Err(JoinError::Expired);
+    }
+    if c.nodes.contains_key(&node) {
+        return Err(JoinError::AlreadyMember);
+    }
+    let record = NodeRecord {
+        // The operator's bound, not the node's word, limits what it is given.
+        capacity: token
+            .capacity
+            .map_or(join.capacity, |cap| join.capacity.min(cap)),
+        capacity_limit: token.capacity,
+        ..NodeRecord::joined(
+            node,
+            &token.region,
+            &token.site,
+            join.capacity,
+            join.contact.clone(),
+        )
+    };
+    c.save_node(record).and_then(|()| {
+        c.save_token(
+            hash,
+            TokenRecord {
+                used_by: Some(node),
+                ..token.clone()
+            },
+        )
+    })?;
+    Ok((place, true))
 }
