@@ -116,9 +116,25 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         let mut last = lifecycle::Eligibility::default();
         let mut last_recheck = Instant::now();
         loop {
-            if let Err(e) = loop_coord.tick(&mut last) {
-                tracing::error!(error = format!("{e:#}"), "lifecycle step failed");
-            }
+            // A re-plan and a sync take milliseconds, more on a slow disk or a
+            // large cluster: on a blocking thread, not one that serves browsers.
+            let ticking = loop_coord.clone();
+            let step = tokio::task::spawn_blocking(move || {
+                let result = ticking.tick(&mut last);
+                (result, last)
+            });
+            last = match step.await {
+                Ok((result, seen)) => {
+                    if let Err(e) = result {
+                        tracing::error!(error = format!("{e:#}"), "lifecycle step failed");
+                    }
+                    seen
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "lifecycle step panicked");
+                    lifecycle::Eligibility::default()
+                }
+            };
             loop_coord.start_checks(&mut last_recheck);
             tokio::time::sleep(TICK).await;
         }
