@@ -133,10 +133,11 @@ impl Coordinator {
     }
 
     /// Runs `change` on the locked state, then syncs what it saved with the
-    /// lock released, before returning. A sync takes a millisecond on this
-    /// machine's disk and tens of them on a school's spinning one: under the
-    /// lock, it held up every browser's redirect and every heartbeat. Others
-    /// may read the change before it is on disk; the caller is answered after.
+    /// lock released, before returning: under the lock, a sync held up every
+    /// browser's redirect and every heartbeat for its length (with 20 ms added
+    /// to each sync, 20 ms in the redirects' p99: `benches/README.md`,
+    /// "Coordinator"). Others may read the change before it is on disk; the
+    /// caller is answered after.
     pub fn commit<T, E: From<anyhow::Error>>(
         &self,
         change: impl FnOnce(&mut Cluster) -> Result<T, E>,
