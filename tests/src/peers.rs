@@ -10,7 +10,7 @@ use cartable_net::identity::Identity;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::{Arriving, PeerEndpoint};
 use cartable_net::peer::frame::{read_request, write_frame};
-use cartable_node::store::Store;
+use cartable_node::store::{PiecePool, Store};
 use cartable_proto::BlobHash;
 use cartable_proto::wire::{GroupRanges, Request, Response};
 
@@ -148,7 +148,11 @@ async fn lie_about_blob(
     let size = store.blob_size(hash).context("liar lacks the blob")?;
     let mut encoded = Vec::new();
     let blob = store.open_blob(hash, size)?;
-    blob.encode_groups(groups.ranges(), &mut encoded)?;
+    let pieces = std::sync::Arc::new(PiecePool::default());
+    blob.encode_groups(groups.ranges(), &pieces, |piece| {
+        encoded.extend_from_slice(&piece);
+        Ok(())
+    })?;
     match lie {
         Lie::FlipBit => {
             let middle = encoded.len() / 2;

@@ -11,7 +11,8 @@ use cartable_net::identity::Identity;
 use cartable_net::peer::PeerAddr;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
-use cartable_proto::wire::{ErrorKind, Request, Response};
+use cartable_proto::Manifest;
+use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response};
 use cartable_tests::peers::{
     GROUP, Lie, has_checkpoint, lesson_of_sizes, mixed_lesson, pattern, serving, start_liar,
     stored_blob,
@@ -341,7 +342,26 @@ async fn garbage_on_a_stream_gets_a_typed_error_and_the_node_stays_up() -> anyho
     cartable_net::peer::frame::write_frame(&mut send, &request).await?;
     send.finish()?;
     let answer = cartable_net::peer::frame::read_response(&mut recv).await?;
-    assert!(matches!(answer, Response::Manifest(_)), "still serving");
+    let Response::Manifest(manifest) = answer else {
+        panic!("not serving manifests any more: {answer:?}");
+    };
+    // Groups past a blob's end have no honest encoding: refused by name.
+    let manifest = Manifest::decode(&manifest)?;
+    let entry = &manifest.entries()[0];
+    let past = entry.size.div_ceil(GROUP_BYTES).max(1);
+    // Apart from the first range: touching ranges would merge into one.
+    let groups = GroupRanges::new(vec![0..1, past + 1..past + 3]).expect("valid ranges");
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let request = Request::Blob {
+        hash: entry.hash,
+        groups,
+    };
+    cartable_net::peer::frame::write_frame(&mut send, &request.encode()).await?;
+    send.finish()?;
+    match cartable_net::peer::frame::read_response(&mut recv).await? {
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}"),
+        other => panic!("groups past the end got {other:?}"),
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! beside them. The background scrub ([`scrub`]) turns a blob rotten on disk
 //! into a missing one that a fetch from a replica restores.
 
+mod encode;
 mod hot;
 mod import;
 mod index;
@@ -37,6 +38,7 @@ use bytes::Bytes;
 use cartable_net::folder::{Folder, FolderError, WalkError};
 use cartable_proto::{BlobHash, BundleId, Manifest, ManifestError};
 
+pub use encode::PiecePool;
 pub use hot::{HOT_BYTES_MAX, HOT_FILE_MAX, HOT_PIECE};
 pub use import::disk_bytes;
 pub use index::BundleSummary;

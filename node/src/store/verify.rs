@@ -11,9 +11,8 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 
-use bao_tree::io::EncodeError;
 use bao_tree::io::outboard::PostOrderOutboard;
-use bao_tree::io::sync::{Outboard, ReadAt, encode_ranges_validated};
+use bao_tree::io::sync::{Outboard, ReadAt};
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 use blake3::hazmat::{
@@ -94,7 +93,7 @@ pub struct BlobFiles {
 }
 
 impl BlobFiles {
-    fn tree(&self) -> BaoTree {
+    pub(super) fn tree(&self) -> BaoTree {
         BaoTree::new(self.size, BLOCK_SIZE)
     }
 
@@ -144,44 +143,7 @@ impl BlobFiles {
         }
     }
 
-    /// Writes the bao-tree pre-order encoding of chunk groups `groups` (clamped to
-    /// the blob) to `out`, verifying every group and hash pair before it is written.
-    pub fn encode_groups(
-        &self,
-        groups: &[Range<u64>],
-        out: impl io::Write,
-    ) -> Result<(), VerifyError> {
-        self.check_length()?;
-        let mut chunks = ChunkRanges::empty();
-        for g in groups {
-            chunks |= ChunkRanges::from(
-                ChunkNum(g.start.saturating_mul(16))..ChunkNum(g.end.saturating_mul(16)),
-            );
-        }
-        let encoded = match &self.outboard {
-            _ if self.size <= GROUP_BYTES => {
-                encode_ranges_validated(&self.data, self.outboard_over(Vec::new()), &chunks, out)
-            }
-            Some(file) => {
-                encode_ranges_validated(&self.data, self.outboard_over(file), &chunks, out)
-            }
-            None => return Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing").into()),
-        };
-        encoded.map_err(|e| match e {
-            EncodeError::Io(e) => VerifyError::Io(e),
-            EncodeError::ParentHashMismatch(node) => VerifyError::Corrupt {
-                hash: self.hash,
-                offset: node.chunk_range().start.to_bytes(),
-            },
-            EncodeError::LeafHashMismatch(chunk) => VerifyError::Corrupt {
-                hash: self.hash,
-                offset: chunk.to_bytes(),
-            },
-            other => VerifyError::Io(io::Error::other(other.to_string())),
-        })
-    }
-
-    fn outboard_over<D: ReadAt>(&self, data: D) -> PostOrderOutboard<D> {
+    pub(super) fn outboard_over<D: ReadAt>(&self, data: D) -> PostOrderOutboard<D> {
         PostOrderOutboard {
             root: self.hash.into(),
             tree: self.tree(),
@@ -224,56 +186,29 @@ impl BlobFiles {
         let tree = outboard.tree();
         let chunks =
             ChunkRanges::from(ChunkNum(range.start / 1024)..ChunkNum(range.end.div_ceil(1024)));
-        let corrupt = |offset| VerifyError::Corrupt {
-            hash: self.hash,
-            offset,
-        };
         // Reads never go past the last group the range touches.
         let read_limit = (range.end.div_ceil(GROUP_BYTES) * GROUP_BYTES).min(self.size);
-        // Hashes still to be matched, the next one on top; starts with the root.
-        let mut expected: Vec<blake3::Hash> = vec![outboard.root()];
+        let mut expected = Expected::new(self.hash);
         let mut block = Block::default();
         for item in tree.ranges_pre_order_chunks_iter_ref(&chunks, 0) {
-            match item {
-                BaoChunk::Parent {
-                    is_root,
-                    left,
-                    right,
-                    node,
-                    ..
-                } => {
-                    let offset = node.chunk_range().start.to_bytes();
-                    let (l, r) = outboard.load(node)?.ok_or_else(|| corrupt(offset))?;
-                    if expected.pop() != Some(parent_cv(&l, &r, is_root)) {
-                        return Err(corrupt(offset));
-                    }
-                    if right {
-                        expected.push(r);
-                    }
-                    if left {
-                        expected.push(l);
-                    }
+            let Step::Group {
+                start_chunk,
+                size,
+                is_root,
+                ..
+            } = expected.step(&outboard, item)?
+            else {
+                continue;
+            };
+            let start = start_chunk.to_bytes();
+            if !block.covers(start + size as u64) {
+                if !block.emit(&range, emit) {
+                    return Ok(());
                 }
-                BaoChunk::Leaf {
-                    start_chunk,
-                    size,
-                    is_root,
-                    ..
-                } => {
-                    let start = start_chunk.to_bytes();
-                    if !block.covers(start + size as u64) {
-                        if !block.emit(&range, emit) {
-                            return Ok(());
-                        }
-                        let len = (read_limit - start).min(PIECE_BYTES as u64) as usize;
-                        block.read(&self.data, start, len)?;
-                    }
-                    let group = block.group(start, size);
-                    if expected.pop() != Some(hash_group(start_chunk, group, is_root)) {
-                        return Err(corrupt(start));
-                    }
-                }
+                let len = (read_limit - start).min(PIECE_BYTES as u64) as usize;
+                block.read(&self.data, start, len)?;
             }
+            expected.group(start_chunk, block.group(start, size), is_root)?;
         }
         block.emit(&range, emit);
         Ok(())
@@ -328,6 +263,102 @@ impl Block {
         let bytes = Bytes::from(std::mem::take(&mut self.bytes)).slice(from as usize..to as usize);
         bytes.is_empty() || emit(bytes)
     }
+}
+
+/// The hashes a pre-order walk of a blob's tree has still to match, the next
+/// one on top: each hash pair and each group is checked against its parent's
+/// hash before it is used.
+pub(super) struct Expected {
+    blob: BlobHash,
+    stack: Vec<blake3::Hash>,
+}
+
+impl Expected {
+    /// The walk's start: the blob's hash is the root's.
+    pub(super) fn new(blob: BlobHash) -> Self {
+        Self {
+            blob,
+            stack: vec![blob.into()],
+        }
+    }
+
+    fn corrupt(&self, offset: u64) -> VerifyError {
+        VerifyError::Corrupt {
+            hash: self.blob,
+            offset,
+        }
+    }
+
+    /// Takes the walk's next `item`: a parent's hash pair is loaded from
+    /// `outboard` and checked, and the halves the walk goes on into are kept
+    /// to be matched next; a chunk group is handed back to be read and checked.
+    pub(super) fn step<R>(
+        &mut self,
+        outboard: &impl Outboard,
+        item: BaoChunk<R>,
+    ) -> Result<Step<R>, VerifyError> {
+        let (node, is_root, left, right) = match item {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => (node, is_root, left, right),
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                is_root,
+                ranges,
+            } => {
+                return Ok(Step::Group {
+                    start_chunk,
+                    size,
+                    is_root,
+                    ranges,
+                });
+            }
+        };
+        let offset = node.chunk_range().start.to_bytes();
+        let (l, r) = outboard.load(node)?.ok_or_else(|| self.corrupt(offset))?;
+        if self.stack.pop() != Some(parent_cv(&l, &r, is_root)) {
+            return Err(self.corrupt(offset));
+        }
+        if right {
+            self.stack.push(r);
+        }
+        if left {
+            self.stack.push(l);
+        }
+        Ok(Step::Pair(l, r))
+    }
+
+    /// Checks the chunk group `data` that starts at `start_chunk`.
+    pub(super) fn group(
+        &mut self,
+        start_chunk: ChunkNum,
+        data: &[u8],
+        is_root: bool,
+    ) -> Result<(), VerifyError> {
+        if self.stack.pop() != Some(hash_group(start_chunk, data, is_root)) {
+            return Err(self.corrupt(start_chunk.to_bytes()));
+        }
+        Ok(())
+    }
+}
+
+/// One step of a walk of a blob's tree, as [`Expected::step`] leaves it.
+pub(super) enum Step<R> {
+    /// A parent's hash pair, checked.
+    Pair(blake3::Hash, blake3::Hash),
+    /// A chunk group, to be read and checked with [`Expected::group`].
+    Group {
+        start_chunk: ChunkNum,
+        size: usize,
+        is_root: bool,
+        /// The part of the group the walk asked for.
+        ranges: R,
+    },
 }
 
 /// The BLAKE3 chaining value of one chunk group starting at `start_chunk`.
