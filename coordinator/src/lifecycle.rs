@@ -30,6 +30,16 @@ pub struct Eligibility {
     pub urgent: BTreeSet<NodeId>,
 }
 
+impl Eligibility {
+    /// Whether some eligible nodes are down while others are up. With no node
+    /// up (a restarted coordinator before the first heartbeats, or a network
+    /// cut from every node) a re-placement would place nothing and only mark
+    /// every copy releasing: there is no urgent plan then.
+    fn some_down(&self) -> bool {
+        self.normal != self.urgent && !self.urgent.is_empty()
+    }
+}
+
 /// Notes which nodes are down since when, and which may take replicas.
 pub fn eligibility(c: &mut Cluster, policy: &Policy, now: Instant) -> Eligibility {
     let mut e = Eligibility::default();
@@ -110,78 +120,197 @@ pub fn bundle_specs(c: &Cluster) -> Vec<BundleSpec> {
         .collect()
 }
 
-/// Plans again and moves replica states toward the plan.
+/// Plans again and moves replica states toward the plan, all at once.
 pub fn replan(
     c: &mut Cluster,
     policy: &Policy,
     now: Instant,
     eligible: &Eligibility,
 ) -> anyhow::Result<()> {
-    let previous = current_assignment(c);
-    let specs = bundle_specs(c);
-    let mut plan = cartable_placement::plan(&topology(c, &eligible.normal), &specs, &previous);
-    // Bundles planned on a node that is down are planned again without down
-    // nodes when they are endangered, or when that node lacks a complete copy:
-    // a down node keeps the copies it has until the repair delay, but takes no
-    // new ones (they would only wait, and a repair would be undone). Asking the
-    // plan, not `previous`, keeps a repair under way: its down copies are
-    // releasing, so `previous` no longer shows them, but the plan puts them back.
-    let holds = |b: &BundleId, n: &NodeId| {
-        matches!(
-            c.replicas.get(b).and_then(|r| r.get(n)),
-            Some(ReplicaState::Complete | ReplicaState::Releasing)
-        )
-    };
-    let mut endangered = BTreeSet::new();
-    let urgent: Vec<BundleId> = c
-        .bundles
-        .iter()
-        .filter(|(b, r)| {
-            let mut down = plan.assignment[*b]
-                .iter()
-                .filter(|n| !eligible.urgent.contains(n))
-                .peekable();
-            if down.peek().is_none() {
-                return false;
-            }
-            let wanted = usize::from(policy.min_replicas.min(r.replicas));
-            if c.live_complete(b, now, policy.down_after) < wanted {
-                endangered.insert(**b);
-                return true;
-            }
-            down.any(|n| !holds(b, n))
-        })
-        .map(|(b, _)| *b)
-        .collect();
-    let mut unplaced: BTreeMap<BundleId, String> = plan
-        .unplaced
-        .iter()
-        .map(|u| (u.bundle, describe(u)))
-        .collect();
-    // With no node up (a restarted coordinator before the first heartbeats,
-    // or a network cut from every node) a re-placement would place nothing
-    // and only mark every copy releasing: the plan waits for nodes.
-    if !urgent.is_empty() && eligible.normal != eligible.urgent && !eligible.urgent.is_empty() {
-        let now_plan = cartable_placement::plan(&topology(c, &eligible.urgent), &specs, &previous);
-        for b in &urgent {
-            if endangered.contains(b) {
-                tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
-            }
-            if let Some(nodes) = now_plan.assignment.get(b) {
-                plan.assignment.insert(*b, nodes.clone());
-            }
-            unplaced.remove(b);
-            if let Some(u) = now_plan.unplaced.iter().find(|u| u.bundle == *b) {
-                unplaced.insert(*b, describe(u));
-            }
-        }
-    }
-    for (bundle, target) in &plan.assignment {
-        apply_target(c, *bundle, target)?;
-    }
-    c.unplaced = unplaced;
+    PlanInputs::take(c, policy, now, eligible)
+        .plan()
+        .apply(c, policy, now)?;
     c.needs_plan = false;
     Ok(())
+}
+
+/// What a plan is made from, taken from the state so that the plan itself,
+/// seconds of work at national scale (`benches/README.md`, "Placement at
+/// national scale"), can run with the state's lock released.
+#[derive(Debug)]
+pub struct PlanInputs {
+    eligible: Eligibility,
+    previous: Assignment,
+    specs: Vec<BundleSpec>,
+    normal: Topology,
+    /// When some eligible nodes are down: the up nodes, where urgent bundles
+    /// go at once, and what decides which bundles are urgent.
+    urgent: Option<(Topology, DownCopies)>,
+}
+
+/// The copies on down nodes that decide, once the plan is made, whether an
+/// urgent plan is needed (see [`Plans::apply`]).
+#[derive(Debug, Default)]
+struct DownCopies {
+    /// Complete (or releasing) copies held by down nodes.
+    held: BTreeSet<(BundleId, NodeId)>,
+    /// Bundles with a copy on a down node and fewer complete copies on up
+    /// nodes than they want.
+    short: BTreeSet<BundleId>,
+}
+
+impl PlanInputs {
+    /// The inputs of a plan over the `eligible` nodes.
+    pub fn take(c: &Cluster, policy: &Policy, now: Instant, eligible: &Eligibility) -> Self {
+        let urgent = eligible.some_down().then(|| {
+            let mut down = DownCopies::default();
+            for n in eligible.normal.difference(&eligible.urgent) {
+                for (b, state) in c.placed_on(n) {
+                    if matches!(state, ReplicaState::Complete | ReplicaState::Releasing) {
+                        down.held.insert((b, *n));
+                    }
+                    let Some(record) = c.bundles.get(&b) else {
+                        continue;
+                    };
+                    let wanted = usize::from(policy.min_replicas.min(record.replicas));
+                    if c.live_complete(&b, now, policy.down_after) < wanted {
+                        down.short.insert(b);
+                    }
+                }
+            }
+            (topology(c, &eligible.urgent), down)
+        });
+        Self {
+            eligible: eligible.clone(),
+            previous: current_assignment(c),
+            specs: bundle_specs(c),
+            normal: topology(c, &eligible.normal),
+            urgent,
+        }
+    }
+
+    /// Plans: no state, no lock. The plan over up nodes only is made only
+    /// when the first puts a bundle on a down node that lacks its copy, or
+    /// that holds one of a bundle short of copies.
+    pub fn plan(self) -> Plans {
+        let mut normal = cartable_placement::plan(&self.normal, &self.specs, &self.previous);
+        let urgent = self.urgent.and_then(|(up, down)| {
+            let needed = normal.assignment.iter().any(|(b, nodes)| {
+                nodes.iter().any(|n| {
+                    !self.eligible.urgent.contains(n)
+                        && (!down.held.contains(&(*b, *n)) || down.short.contains(b))
+                })
+            });
+            needed.then(|| cartable_placement::plan(&up, &self.specs, &self.previous))
+        });
+        // Only the bundles the plan moves, or puts on a node that is down, can
+        // change a replica's state. At national scale the others are nearly
+        // all of them: dropped here, they cost nothing under the state's lock.
+        let eligible = &self.eligible;
+        let previous = &self.previous;
+        normal.assignment.retain(|b, nodes| {
+            previous.get(b) != Some(nodes) || nodes.iter().any(|n| !eligible.urgent.contains(n))
+        });
+        Plans {
+            eligible: self.eligible,
+            normal,
+            urgent,
+        }
+    }
+}
+
+/// Plans made from [`PlanInputs`], to be applied to the state they came from,
+/// which may have moved on meanwhile.
+#[derive(Debug)]
+pub struct Plans {
+    eligible: Eligibility,
+    normal: cartable_placement::Plan,
+    urgent: Option<cartable_placement::Plan>,
+}
+
+impl Plans {
+    /// The nodes planned over.
+    pub fn eligible(&self) -> &Eligibility {
+        &self.eligible
+    }
+
+    /// Moves replica states toward the plans. Changes made since the inputs
+    /// were taken stand: a bundle unpublished meanwhile is left out, and so
+    /// is a node removed; a bundle published meanwhile, or any other change
+    /// that asks for a plan, is planned by the next one (`needs_plan`).
+    pub fn apply(self, c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
+        let Plans {
+            eligible,
+            normal: mut plan,
+            urgent: now_plan,
+        } = self;
+        plan.assignment.retain(|b, _| c.bundles.contains_key(b));
+        // Bundles planned on a node that is down are planned again without down
+        // nodes when they are endangered, or when that node lacks a complete copy:
+        // a down node keeps the copies it has until the repair delay, but takes no
+        // new ones (they would only wait, and a repair would be undone). Asking the
+        // plan, not `previous`, keeps a repair under way: its down copies are
+        // releasing, so `previous` no longer shows them, but the plan puts them back.
+        let holds = |b: &BundleId, n: &NodeId| {
+            matches!(
+                c.replicas.get(b).and_then(|r| r.get(n)),
+                Some(ReplicaState::Complete | ReplicaState::Releasing)
+            )
+        };
+        let mut endangered = BTreeSet::new();
+        let urgent: Vec<BundleId> = plan
+            .assignment
+            .iter()
+            .filter(|(b, nodes)| {
+                let mut down = nodes
+                    .iter()
+                    .filter(|n| !eligible.urgent.contains(n))
+                    .peekable();
+                if down.peek().is_none() {
+                    return false;
+                }
+                let wanted = usize::from(policy.min_replicas.min(c.bundles[*b].replicas));
+                if c.live_complete(b, now, policy.down_after) < wanted {
+                    endangered.insert(**b);
+                    return true;
+                }
+                down.any(|n| !holds(b, n))
+            })
+            .map(|(b, _)| *b)
+            .collect();
+        let mut unplaced: BTreeMap<BundleId, String> = plan
+            .unplaced
+            .iter()
+            .filter(|u| c.bundles.contains_key(&u.bundle))
+            .map(|u| (u.bundle, describe(u)))
+            .collect();
+        match now_plan {
+            Some(now_plan) => {
+                for b in &urgent {
+                    if endangered.contains(b) {
+                        tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
+                    }
+                    if let Some(nodes) = now_plan.assignment.get(b) {
+                        plan.assignment.insert(*b, nodes.clone());
+                    }
+                    unplaced.remove(b);
+                    if let Some(u) = now_plan.unplaced.iter().find(|u| u.bundle == *b) {
+                        unplaced.insert(*b, describe(u));
+                    }
+                }
+            }
+            // Copies on down nodes changed since the inputs were taken: the
+            // next plan places these bundles at once.
+            None if !urgent.is_empty() && eligible.some_down() => c.needs_plan = true,
+            None => {}
+        }
+        for (bundle, target) in &mut plan.assignment {
+            target.retain(|n| c.nodes.contains_key(n));
+            apply_target(c, *bundle, target)?;
+        }
+        c.unplaced = unplaced;
+        Ok(())
+    }
 }
 
 fn describe(u: &cartable_placement::Unplaced) -> String {

@@ -387,3 +387,60 @@ fn with_no_node_up_nothing_is_re_placed() -> anyhow::Result<()> {
     assert_eq!(sim.states(&b), before, "no copy marked releasing");
     Ok(())
 }
+
+#[test]
+fn a_plan_made_while_the_state_moved_on_keeps_what_changed() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let kept = sim.publish_complete("kept", 3)?;
+    let record = BundleRecord {
+        size: 1000,
+        files: 1,
+        replicas: 3,
+        ..BundleRecord::default()
+    };
+    let [late, moved, early] =
+        [&b"unpublished"[..], b"placed", b"published"].map(BundleId::of_manifest);
+    sim.c.save_bundle(late, record.clone())?;
+    sim.c.save_bundle(moved, record.clone())?;
+    // The daemon's tick: inputs taken under the lock, the plan made without it.
+    let eligible = eligibility(&mut sim.c, &sim.policy, sim.now);
+    sim.c.needs_plan = false;
+    let inputs = PlanInputs::take(&sim.c, &sim.policy, sim.now, &eligible);
+    let specs = bundle_specs(&sim.c);
+    let normal = topology(&sim.c, &eligible.normal);
+    let will = cartable_placement::plan(&normal, &specs, &current_assignment(&sim.c));
+    let plans = inputs.plan();
+    // Meanwhile: `late` is unpublished, a node the plan gives `moved` is
+    // removed, `early` is published.
+    sim.c.retire_bundle(late)?;
+    let gone = will.assignment[&moved][0];
+    sim.c.remove_node(&gone)?;
+    sim.nodes.remove(&gone);
+    sim.c.save_bundle(early, record)?;
+    plans.apply(&mut sim.c, &sim.policy, sim.now)?;
+    assert_eq!(
+        sim.states(&late),
+        BTreeMap::new(),
+        "an unpublished bundle came back"
+    );
+    let placed = sim.holders(&moved, Copying);
+    assert_eq!(placed.len(), 2, "{placed:?}: the removed node is left out");
+    assert!(!placed.contains(&gone));
+    assert_eq!(
+        sim.states(&early),
+        BTreeMap::new(),
+        "planned before it existed"
+    );
+    assert!(
+        sim.c.needs_plan,
+        "what changed meanwhile waits for the next plan"
+    );
+    assert!(sim.c.index_is_consistent());
+    // Which places the new bundle, and the lost copies again.
+    sim.tick()?;
+    assert_eq!(sim.holders(&early, Copying).len(), 3);
+    assert_eq!(sim.holders(&moved, Copying).len(), 3);
+    assert_eq!(sim.states(&kept).len(), 3);
+    assert!(!sim.c.replicas.contains_key(&late));
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! A change's sync runs with the state's lock released: browsers' redirects
 //! and heartbeats, which take the same lock, do not wait on the disk.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -8,12 +9,12 @@ use std::time::{Duration, Instant};
 use cartable_net::identity::Identity;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
-use cartable_proto::control;
+use cartable_proto::{BundleId, NodeId, control};
 
 use crate::Coordinator;
 use crate::config::CoordinatorConfig;
 use crate::lifecycle::Eligibility;
-use crate::state::{Cluster, Kv, MemoryKv, kv::Rows};
+use crate::state::{BundleRecord, Cluster, Kv, Liveness, MemoryKv, NodeRecord, kv::Rows};
 
 /// Tables in memory whose sync takes as long as a spinning disk's on a bad day.
 #[derive(Debug, Default)]
@@ -42,10 +43,9 @@ impl Kv for SlowDisk {
     }
 }
 
-#[tokio::test]
-async fn a_slow_sync_does_not_hold_up_the_state() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let identity = Identity::load_or_create(dir.path())?;
+/// A coordinator over `cluster`, its QUIC endpoint bound to a free port.
+fn coordinator(dir: &Path, cluster: Cluster) -> anyhow::Result<Arc<Coordinator>> {
+    let identity = Identity::load_or_create(dir)?;
     let config = CoordinatorConfig::from_toml("")?;
     let endpoint = PeerEndpoint::bind_for(
         "127.0.0.1:0".parse()?,
@@ -55,16 +55,22 @@ async fn a_slow_sync_does_not_hold_up_the_state() -> anyhow::Result<()> {
         config.quic_limits,
     )?;
     let quic = endpoint.local_addr()?;
-    let disk = Arc::new(SlowDisk::default());
-    let cluster = Cluster::load(Box::new(disk.clone()), Instant::now())?;
-    let coord = Arc::new(Coordinator::new(
+    Ok(Arc::new(Coordinator::new(
         cluster,
         config,
         identity,
         endpoint,
         "https://127.0.0.1:1".into(),
         quic,
-    ));
+    )))
+}
+
+#[tokio::test]
+async fn a_slow_sync_does_not_hold_up_the_state() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk = Arc::new(SlowDisk::default());
+    let cluster = Cluster::load(Box::new(disk.clone()), Instant::now())?;
+    let coord = coordinator(dir.path(), cluster)?;
     // A busy machine may pause this thread past the whole sync before it
     // asks: such a look proves nothing and is taken again.
     for _ in 0..3 {
@@ -96,4 +102,80 @@ async fn a_slow_sync_does_not_hold_up_the_state() -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("never got the lock while a sync was under way")
+}
+
+/// A cluster big enough that a plan takes a while: `nodes` nodes over 13
+/// regions of 8 sites, and `bundles` bundles of three copies.
+fn big_cluster(nodes: u16, bundles: u32) -> anyhow::Result<Cluster> {
+    let mut c = Cluster::load(Box::new(MemoryKv::default()), Instant::now())?;
+    let contact = control::Contact {
+        https_url: "https://127.0.0.1:1".into(),
+        quic: "127.0.0.1:2".parse()?,
+        https_cert_sha256: String::new(),
+    };
+    for i in 0..nodes {
+        let mut id = [0u8; 32];
+        id[..2].copy_from_slice(&i.to_le_bytes());
+        let id = NodeId::from_bytes(id);
+        let (region, site) = (format!("r{}", i % 13), format!("s{}", i % 104));
+        c.save_node(NodeRecord::joined(
+            id,
+            &region,
+            &site,
+            1 << 40,
+            contact.clone(),
+        ))?;
+        // Up: heard from just now.
+        c.live.insert(id, Liveness::heard(Instant::now()));
+    }
+    for i in 0..bundles {
+        let record = BundleRecord {
+            size: 1 << 20,
+            files: 1,
+            replicas: 3,
+            ..BundleRecord::default()
+        };
+        c.save_bundle(BundleId::of_manifest(&i.to_le_bytes()), record)?;
+    }
+    Ok(c)
+}
+
+#[tokio::test]
+async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coord = coordinator(dir.path(), big_cluster(300, 40_000)?)?;
+    let mut last = Eligibility::default();
+    // The first plan places every copy; the ones measured move none.
+    coord.tick(&mut last)?;
+    // A busy machine may pause this thread while it holds or asks for the
+    // lock: a look spoilt that way is taken again.
+    let mut looks = Vec::new();
+    for _ in 0..3 {
+        coord.lock().needs_plan = true;
+        let ticking = std::thread::spawn({
+            let (coord, mut last) = (coord.clone(), last.clone());
+            move || {
+                let started = Instant::now();
+                coord.tick(&mut last).map(|()| started.elapsed())
+            }
+        });
+        // What a browser's redirect does first, again and again: take the lock.
+        let mut longest = Duration::ZERO;
+        while !ticking.is_finished() {
+            let asked = Instant::now();
+            drop(coord.names());
+            longest = longest.max(asked.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let tick = ticking.join().expect("the tick")?;
+        anyhow::ensure!(
+            tick > Duration::from_millis(150),
+            "a plan too short to tell: {tick:?}"
+        );
+        if longest < tick / 3 {
+            return Ok(());
+        }
+        looks.push((longest, tick));
+    }
+    panic!("the state's lock was held this long during ticks: {looks:?}")
 }

@@ -152,17 +152,36 @@ impl Coordinator {
     }
 
     /// One turn of the lifecycle: notice down nodes, re-plan when needed,
-    /// release replaced copies.
+    /// release replaced copies. The plan is made with the state's lock
+    /// released (seconds at national scale, while redirects and heartbeats
+    /// wait on that lock), from inputs taken under it, then applied to the
+    /// state as it is by then.
     pub fn tick(&self, last: &mut lifecycle::Eligibility) -> anyhow::Result<()> {
         let now = Instant::now();
+        let inputs = {
+            let mut c = self.lock();
+            let eligible = lifecycle::eligibility(&mut c, &self.policy, now);
+            (c.needs_plan || eligible != *last).then(|| {
+                // A change from now on asks for the next plan.
+                c.needs_plan = false;
+                lifecycle::PlanInputs::take(&c, &self.policy, now, &eligible)
+            })
+        };
+        let plans = inputs.map(|inputs| {
+            let planning = Instant::now();
+            let plans = inputs.plan();
+            self.metrics
+                .plan_seconds
+                .observe(planning.elapsed().as_secs_f64());
+            plans
+        });
         self.commit(|c| {
-            let eligible = lifecycle::eligibility(c, &self.policy, now);
-            if c.needs_plan || eligible != *last {
-                let planning = Instant::now();
-                lifecycle::replan(c, &self.policy, now, &eligible)?;
-                self.metrics
-                    .plan_seconds
-                    .observe(planning.elapsed().as_secs_f64());
+            if let Some(plans) = plans {
+                let eligible = plans.eligible().clone();
+                if let Err(e) = plans.apply(c, &self.policy, now) {
+                    c.needs_plan = true;
+                    return Err(e);
+                }
                 *last = eligible;
             }
             lifecycle::release_replaced(c, &self.policy, now)
