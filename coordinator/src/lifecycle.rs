@@ -342,7 +342,8 @@ fn apply_target(c: &mut Cluster, bundle: BundleId, target: &[NodeId]) -> anyhow:
 /// complete and proven on trusted nodes that are up.
 pub fn release_replaced(c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
     let mut done = Vec::new();
-    for (bundle, replicas) in &c.replicas {
+    let releasing = c.releasing().iter();
+    for (bundle, replicas) in releasing.filter_map(|b| Some((b, c.replicas.get(b)?))) {
         let (releasing, kept): (Vec<_>, Vec<_>) = replicas
             .iter()
             .partition(|(_, s)| **s == ReplicaState::Releasing);

@@ -242,6 +242,9 @@ pub struct Cluster {
     /// The same replicas by node (kept by `set_replica`), so that a heartbeat
     /// costs what the node holds.
     by_node: HashMap<NodeId, BTreeSet<BundleId>>,
+    /// The bundles with a copy being released (kept by `set_replica`), so
+    /// that a tick's look for copies to release costs what is releasing.
+    releasing: BTreeSet<BundleId>,
     /// Names.
     pub names: BTreeMap<String, NameRecord>,
     /// Unpublished bundles, which nodes are told to delete.
@@ -338,9 +341,13 @@ impl Cluster {
             rows::<_, ReplicaRow, _>(&*kv, REPLICAS, replica_key)?;
         let mut replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>> = BTreeMap::new();
         let mut by_node: HashMap<NodeId, BTreeSet<BundleId>> = HashMap::new();
+        let mut releasing = BTreeSet::new();
         for ((b, n), state) in flat {
             replicas.entry(b).or_default().insert(n, state);
             by_node.entry(n).or_default().insert(b);
+            if state == ReplicaState::Releasing {
+                releasing.insert(b);
+            }
         }
         let retired: BTreeMap<BundleId, bool> = rows::<_, bool, _>(&*kv, RETIRED, bundle_key)?;
         let proven: BTreeMap<(BundleId, NodeId), bool> =
@@ -370,6 +377,7 @@ impl Cluster {
             nodes,
             replicas,
             by_node,
+            releasing,
             live,
             unplaced: BTreeMap::new(),
             down_since: HashMap::new(),
@@ -389,6 +397,7 @@ impl Cluster {
             bundles: self.bundles.clone(),
             replicas: self.replicas.clone(),
             by_node: self.by_node.clone(),
+            releasing: self.releasing.clone(),
             names: self.names.clone(),
             retired: self.retired.clone(),
             proven: self.proven.clone(),
@@ -535,7 +544,21 @@ impl Cluster {
                 }
             }
         }
+        let any_releasing = self
+            .replicas
+            .get(&bundle)
+            .is_some_and(|r| r.values().any(|s| *s == ReplicaState::Releasing));
+        if any_releasing {
+            self.releasing.insert(bundle);
+        } else {
+            self.releasing.remove(&bundle);
+        }
         Ok(())
+    }
+
+    /// The bundles with a copy being released.
+    pub fn releasing(&self) -> &BTreeSet<BundleId> {
+        &self.releasing
     }
 
     /// Records that a complete copy passed a check under load.
@@ -575,7 +598,13 @@ impl Cluster {
             .iter()
             .flat_map(|(n, bs)| bs.iter().map(move |b| (*n, *b)))
             .collect();
-        from_replicas == from_index
+        let releasing: BTreeSet<BundleId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.values().any(|s| *s == ReplicaState::Releasing))
+            .map(|(b, _)| *b)
+            .collect();
+        from_replicas == from_index && releasing == self.releasing
     }
 
     /// Points `name` at `bundle`, keeping the history.
