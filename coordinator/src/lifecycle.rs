@@ -120,20 +120,6 @@ pub fn bundle_specs(c: &Cluster) -> Vec<BundleSpec> {
         .collect()
 }
 
-/// Plans again and moves replica states toward the plan, all at once.
-pub fn replan(
-    c: &mut Cluster,
-    policy: &Policy,
-    now: Instant,
-    eligible: &Eligibility,
-) -> anyhow::Result<()> {
-    PlanInputs::take(c, policy, now, eligible)
-        .plan()
-        .apply(c, policy, now)?;
-    c.needs_plan = false;
-    Ok(())
-}
-
 /// What a plan is made from, taken from the state so that the plan itself,
 /// seconds of work at national scale (`benches/README.md`, "Placement at
 /// national scale"), can run with the state's lock released.
@@ -187,6 +173,15 @@ impl PlanInputs {
             normal: topology(c, &eligible.normal),
             urgent,
         }
+    }
+
+    /// Adds `spec` to what is planned (or replaces the bundle's spec), as if
+    /// it were published: the plan a publish applies once it is checked.
+    pub fn with_bundle(mut self, spec: BundleSpec) -> Self {
+        self.previous.entry(spec.id).or_default();
+        self.specs.retain(|s| s.id != spec.id);
+        self.specs.push(spec);
+        self
     }
 
     /// Plans: no state, no lock. The plan over up nodes only is made only
@@ -245,38 +240,18 @@ impl Plans {
             urgent: now_plan,
         } = self;
         plan.assignment.retain(|b, _| c.bundles.contains_key(b));
-        // Bundles planned on a node that is down are planned again without down
-        // nodes when they are endangered, or when that node lacks a complete copy:
-        // a down node keeps the copies it has until the repair delay, but takes no
-        // new ones (they would only wait, and a repair would be undone). Asking the
-        // plan, not `previous`, keeps a repair under way: its down copies are
-        // releasing, so `previous` no longer shows them, but the plan puts them back.
-        let holds = |b: &BundleId, n: &NodeId| {
-            matches!(
-                c.replicas.get(b).and_then(|r| r.get(n)),
-                Some(ReplicaState::Complete | ReplicaState::Releasing)
-            )
-        };
         let mut endangered = BTreeSet::new();
         let urgent: Vec<BundleId> = plan
             .assignment
             .iter()
-            .filter(|(b, nodes)| {
-                let mut down = nodes
-                    .iter()
-                    .filter(|n| !eligible.urgent.contains(n))
-                    .peekable();
-                if down.peek().is_none() {
-                    return false;
+            .filter_map(|(b, nodes)| {
+                let replicas = c.bundles[b].replicas;
+                if urgency(c, policy, now, &eligible, (b, replicas), nodes)? == Urgency::Endangered
+                {
+                    endangered.insert(*b);
                 }
-                let wanted = usize::from(policy.min_replicas.min(c.bundles[*b].replicas));
-                if c.live_complete(b, now, policy.down_after) < wanted {
-                    endangered.insert(**b);
-                    return true;
-                }
-                down.any(|n| !holds(b, n))
+                Some(*b)
             })
-            .map(|(b, _)| *b)
             .collect();
         let mut unplaced: BTreeMap<BundleId, String> = plan
             .unplaced
@@ -311,6 +286,83 @@ impl Plans {
         c.unplaced = unplaced;
         Ok(())
     }
+}
+
+impl Plans {
+    /// What applying the plans would give `bundle` of `replicas` copies, the
+    /// state being `c`: its nodes (`None` when the plan leaves it where it
+    /// is) and, when it is placed on fewer nodes than it wants, why.
+    pub fn prospect(
+        &self,
+        c: &Cluster,
+        policy: &Policy,
+        now: Instant,
+        (bundle, replicas): (&BundleId, u8),
+    ) -> (Option<Vec<NodeId>>, Option<String>) {
+        let unplaced_in = |plan: &cartable_placement::Plan| {
+            plan.unplaced
+                .iter()
+                .find(|u| u.bundle == *bundle)
+                .map(describe)
+        };
+        let Some(nodes) = self.normal.assignment.get(bundle) else {
+            return (None, unplaced_in(&self.normal));
+        };
+        let (mut nodes, why) = match &self.urgent {
+            Some(up)
+                if urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes).is_some() =>
+            {
+                (
+                    up.assignment.get(bundle).unwrap_or(nodes).clone(),
+                    unplaced_in(up),
+                )
+            }
+            _ => (nodes.clone(), unplaced_in(&self.normal)),
+        };
+        nodes.retain(|n| c.nodes.contains_key(n));
+        (Some(nodes), why)
+    }
+}
+
+/// Why a bundle is re-placed at once without its down nodes.
+#[derive(Debug, PartialEq, Eq)]
+enum Urgency {
+    /// Fewer complete copies on up nodes than it wants.
+    Endangered,
+    /// A down node it is planned on lacks a complete copy.
+    Lacking,
+}
+
+/// Whether `bundle` of `replicas` copies, planned on `nodes`, is re-placed at once without the
+/// down ones: a down node keeps the copies it has until the repair delay, but
+/// takes no new ones (they would only wait, and a repair would be undone).
+/// Asking the plan, not the previous placement, keeps a repair under way: its
+/// down copies are releasing, so the previous placement no longer shows them,
+/// but the plan puts them back.
+fn urgency(
+    c: &Cluster,
+    policy: &Policy,
+    now: Instant,
+    eligible: &Eligibility,
+    (bundle, replicas): (&BundleId, u8),
+    nodes: &[NodeId],
+) -> Option<Urgency> {
+    let mut down = nodes
+        .iter()
+        .filter(|n| !eligible.urgent.contains(n))
+        .peekable();
+    down.peek()?;
+    let wanted = usize::from(policy.min_replicas.min(replicas));
+    if c.live_complete(bundle, now, policy.down_after) < wanted {
+        return Some(Urgency::Endangered);
+    }
+    let holds = |n: &NodeId| {
+        matches!(
+            c.replicas.get(bundle).and_then(|r| r.get(n)),
+            Some(ReplicaState::Complete | ReplicaState::Releasing)
+        )
+    };
+    down.any(|n| !holds(n)).then_some(Urgency::Lacking)
 }
 
 fn describe(u: &cartable_placement::Unplaced) -> String {

@@ -21,6 +21,21 @@ use ReplicaState::{Complete, Copying, Releasing};
 mod repair;
 mod trust;
 
+/// Plans again and moves replica states toward the plan, all at once: the
+/// daemon's tick with nothing happening between its steps.
+fn replan(
+    c: &mut Cluster,
+    policy: &Policy,
+    now: Instant,
+    eligible: &Eligibility,
+) -> anyhow::Result<()> {
+    PlanInputs::take(c, policy, now, eligible)
+        .plan()
+        .apply(c, policy, now)?;
+    c.needs_plan = false;
+    Ok(())
+}
+
 const SECOND: Duration = Duration::from_secs(1);
 const CAPACITY: u64 = 1 << 40;
 

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use cartable_net::identity::Identity;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
-use cartable_proto::{BundleId, NodeId, control};
+use cartable_proto::{BlobHash, BundleId, BundlePath, Manifest, ManifestEntry, NodeId, control};
 
 use crate::Coordinator;
 use crate::config::CoordinatorConfig;
 use crate::lifecycle::Eligibility;
+use crate::ops::publish::PublishRequest;
 use crate::state::{BundleRecord, Cluster, Kv, Liveness, MemoryKv, NodeRecord, kv::Rows};
 
 /// Tables in memory whose sync takes as long as a spinning disk's on a bad day.
@@ -140,6 +141,32 @@ fn big_cluster(nodes: u16, bundles: u32) -> anyhow::Result<Cluster> {
     Ok(c)
 }
 
+/// Runs `work` on another thread while this one takes the state's lock
+/// every millisecond, as browsers' redirects do; returns the longest wait for
+/// the lock, and how long `work` took.
+fn lock_waits_during(
+    coord: &Arc<Coordinator>,
+    work: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<(Duration, Duration)> {
+    let working = std::thread::spawn(move || {
+        let started = Instant::now();
+        work().map(|()| started.elapsed())
+    });
+    let mut longest = Duration::ZERO;
+    while !working.is_finished() {
+        let asked = Instant::now();
+        drop(coord.names());
+        longest = longest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = working.join().expect("the work")?;
+    anyhow::ensure!(
+        took > Duration::from_millis(150),
+        "a plan too short to tell: {took:?}"
+    );
+    Ok((longest, took))
+}
+
 #[tokio::test]
 async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -152,30 +179,44 @@ async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
     let mut looks = Vec::new();
     for _ in 0..3 {
         coord.lock().needs_plan = true;
-        let ticking = std::thread::spawn({
-            let (coord, mut last) = (coord.clone(), last.clone());
-            move || {
-                let started = Instant::now();
-                coord.tick(&mut last).map(|()| started.elapsed())
-            }
-        });
-        // What a browser's redirect does first, again and again: take the lock.
-        let mut longest = Duration::ZERO;
-        while !ticking.is_finished() {
-            let asked = Instant::now();
-            drop(coord.names());
-            longest = longest.max(asked.elapsed());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let tick = ticking.join().expect("the tick")?;
-        anyhow::ensure!(
-            tick > Duration::from_millis(150),
-            "a plan too short to tell: {tick:?}"
-        );
+        let (coord_, mut last) = (coord.clone(), last.clone());
+        let (longest, tick) = lock_waits_during(&coord, move || coord_.tick(&mut last))?;
         if longest < tick / 3 {
             return Ok(());
         }
         looks.push((longest, tick));
     }
     panic!("the state's lock was held this long during ticks: {looks:?}")
+}
+
+#[tokio::test]
+async fn a_publish_plans_without_holding_up_the_state() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coord = coordinator(dir.path(), big_cluster(300, 40_000)?)?;
+    coord.tick(&mut Eligibility::default())?;
+    let mut looks = Vec::new();
+    for i in 0..3u8 {
+        let manifest = Manifest::new(vec![ManifestEntry {
+            path: BundlePath::new(&format!("lesson-{i}.html"))?,
+            hash: BlobHash::of(&[i]),
+            size: 1000,
+            content_type: "text/html".into(),
+        }])?;
+        let coord_ = coord.clone();
+        let (longest, publish) = lock_waits_during(&coord, move || {
+            let request = PublishRequest {
+                id: manifest.id(),
+                manifest: &manifest,
+                name: None,
+                replicas: None,
+            };
+            coord_.publish(&request)?;
+            Ok(())
+        })?;
+        if longest < publish / 3 {
+            return Ok(());
+        }
+        looks.push((longest, publish));
+    }
+    panic!("the state's lock was held this long during publishes: {looks:?}")
 }

@@ -1,7 +1,8 @@
 //! Publishing: a bundle's manifest registered, the bundle placed, and its
-//! upload granted to a node. Every refusal comes before any change: the change
-//! is made first on a scratch copy of the state, and for real only if that copy
-//! gives the bundle a node that is up.
+//! upload granted to a node. The plan is made from inputs taken under the
+//! state's lock, with the lock released; then, under it again, every refusal
+//! comes before any change: the plan says first where the bundle would go,
+//! and the change is made only if that gives it a node that is up.
 
 use std::time::Instant;
 
@@ -14,19 +15,27 @@ use super::{Coordinator, OpError};
 use crate::config::Policy;
 use crate::lifecycle;
 use crate::state::{BundleRecord, Cluster, unix_now};
+use cartable_placement::BundleSpec;
+use cartable_proto::api::ReplicaState;
+use std::collections::BTreeSet;
 
 /// How long an upload grant is good for.
 const GRANT_SECS: u64 = 24 * 3600;
 
 impl Coordinator {
     /// Registers and places a bundle, and grants its upload to the first node
-    /// it is placed on; the name moves once a copy is verified.
+    /// it is placed on; the name moves once a copy is verified. The plan is
+    /// made with the state's lock released: seconds at national scale, while
+    /// redirects and heartbeats wait on that lock.
     pub fn publish(&self, request: &PublishRequest<'_>) -> Result<Published, OpError> {
         if let Some(name) = &request.name {
             check_name(name)?;
         }
+        let now = Instant::now();
+        let (record, inputs) = prepare_publish(&mut self.lock(), &self.policy, now, request)?;
+        let plans = inputs.plan();
         let (upload, contact) = self.commit(|c| {
-            let upload = record_publish(c, &self.policy, Instant::now(), request)?;
+            let upload = record_publish(c, &self.policy, now, request, record, plans)?;
             Ok::<_, OpError>((upload, c.nodes[&upload].contact.clone()))
         })?;
         let id = request.id;
@@ -72,16 +81,14 @@ pub struct PublishRequest<'a> {
     pub replicas: Option<u8>,
 }
 
-/// Records and places a published bundle (the caller syncs it); returns the
-/// node the publisher uploads to. Every refusal comes before any change: the
-/// change is made first on a scratch copy of the state, and for real only if
-/// that copy gives the bundle a node that is up.
-fn record_publish(
+/// The checks a publish can fail before any plan, and the inputs of the plan
+/// with the bundle in it.
+fn prepare_publish(
     c: &mut Cluster,
     policy: &Policy,
     now: Instant,
     request: &PublishRequest<'_>,
-) -> Result<NodeId, OpError> {
+) -> Result<(BundleRecord, lifecycle::PlanInputs), OpError> {
     let id = request.id;
     let replicas = request.replicas.unwrap_or_else(|| {
         c.bundles.get(&id).map_or(
@@ -107,13 +114,46 @@ fn record_publish(
             .map(|b| b.uploads.clone())
             .unwrap_or_default(),
     };
-    let apply = |c: &mut Cluster| {
-        apply_publish(c, policy, now, &eligible, id, record.clone(), &request.name)
+    let spec = BundleSpec {
+        id,
+        size: record.size,
+        replicas,
     };
-    let mut trial = c.scratch();
-    apply(&mut trial)?;
-    if upload_node(&trial, &id, policy, now).is_none() {
-        return Err(match trial.unplaced.get(&id) {
+    let inputs = lifecycle::PlanInputs::take(c, policy, now, &eligible).with_bundle(spec);
+    Ok((record, inputs))
+}
+
+/// Records a published bundle and applies `plans`, made from
+/// [`prepare_publish`]'s inputs (the caller syncs it); returns the node the
+/// publisher uploads to. Every refusal comes before any change: the plans
+/// say first where the bundle would go, the state being what it is now.
+fn record_publish(
+    c: &mut Cluster,
+    policy: &Policy,
+    now: Instant,
+    request: &PublishRequest<'_>,
+    mut record: BundleRecord,
+    plans: lifecycle::Plans,
+) -> Result<NodeId, OpError> {
+    let id = request.id;
+    let (planned, why) = plans.prospect(c, policy, now, (&id, record.replicas));
+    // Applying the plan keeps the node's complete copies, and gives it the planned nodes.
+    let kept = c.replicas.get(&id).into_iter().flatten();
+    let kept = kept
+        .filter(|(_, s)| **s != ReplicaState::Copying)
+        .map(|(n, _)| *n);
+    let after: BTreeSet<NodeId> = match planned {
+        Some(nodes) => kept.chain(nodes).collect(),
+        None => c
+            .replicas
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(n, _)| *n)
+            .collect(),
+    };
+    let Some(upload) = upload_among(c, &id, after.iter(), policy, now) else {
+        return Err(match why {
             Some(why) => OpError::NoRoom(format!(
                 "no node that is up has room for the bundle ({why}; see `cartable status`); \
                  nothing was changed"
@@ -124,11 +164,28 @@ fn record_publish(
                     .into(),
             ),
         });
+    };
+    // The name moves at once only if a copy already exists, otherwise when
+    // the first copy is verified, so that the link never breaks.
+    let whole = c.live_complete(&id, now, policy.down_after) > 0;
+    record.pending_name = request.name.clone().filter(|_| !whole);
+    c.save_bundle(id, record)?;
+    plans.apply(c, policy, now)?;
+    if let Some(name) = request.name.as_ref().filter(|_| whole) {
+        c.set_name(name, id)?;
     }
-    apply(c)?;
-    // The plan is deterministic: the real change gives what the trial gave.
-    let upload = upload_node(c, &id, policy, now)
-        .ok_or_else(|| OpError::Save(anyhow::anyhow!("publish placed {id} unlike its trial")))?;
+    if upload_among(
+        c,
+        &id,
+        c.replicas.get(&id).into_iter().flatten().map(|(n, _)| n),
+        policy,
+        now,
+    ) != Some(upload)
+    {
+        return Err(OpError::Save(anyhow::anyhow!(
+            "publish placed {id} unlike its plan"
+        )));
+    }
     // The grant names the node: its claim counts even if the plan moves on.
     let mut granted = c.bundles[&id].clone();
     granted.granted(upload);
@@ -136,38 +193,19 @@ fn record_publish(
     Ok(upload)
 }
 
-/// The changes of a publish: the record, a new plan, and the name, which moves
-/// at once only if a copy already exists, otherwise when the first copy is
-/// verified, so that the link never breaks.
-fn apply_publish(
-    c: &mut Cluster,
+/// Where the publisher uploads: a node already holding it, else the first of
+/// `placed` that is up.
+fn upload_among<'a>(
+    c: &Cluster,
+    id: &BundleId,
+    mut placed: impl Iterator<Item = &'a NodeId>,
     policy: &Policy,
     now: Instant,
-    eligible: &lifecycle::Eligibility,
-    id: BundleId,
-    mut record: BundleRecord,
-    name: &Option<String>,
-) -> anyhow::Result<()> {
-    let whole = c.live_complete(&id, now, policy.down_after) > 0;
-    record.pending_name = name.clone().filter(|_| !whole);
-    c.save_bundle(id, record)?;
-    lifecycle::replan(c, policy, now, eligible)?;
-    if let Some(name) = name.as_ref().filter(|_| whole) {
-        c.set_name(name, id)?;
-    }
-    Ok(())
-}
-
-/// Where the publisher uploads: a node already holding it, else the first placed node that is up.
-fn upload_node(c: &Cluster, id: &BundleId, policy: &Policy, now: Instant) -> Option<NodeId> {
+) -> Option<NodeId> {
     if let Some(n) = lifecycle::sources(c, id, None, policy, now).first() {
         return Some(*n);
     }
-    c.replicas
-        .get(id)?
-        .keys()
-        .find(|n| c.is_up(n, now, policy.down_after))
-        .copied()
+    placed.find(|n| c.is_up(n, now, policy.down_after)).copied()
 }
 
 #[cfg(test)]
@@ -228,7 +266,18 @@ mod tests {
         now: Instant,
         request: &PublishRequest<'_>,
     ) -> anyhow::Result<NodeId> {
-        record_publish(c, policy, now, request).map_err(|e| anyhow::anyhow!("refused: {e}"))
+        publish_at_once(c, policy, now, request).map_err(|e| anyhow::anyhow!("refused: {e}"))
+    }
+
+    /// A publish with nothing between its steps.
+    fn publish_at_once(
+        c: &mut Cluster,
+        policy: &Policy,
+        now: Instant,
+        request: &PublishRequest<'_>,
+    ) -> Result<NodeId, OpError> {
+        let (record, inputs) = prepare_publish(c, policy, now, request)?;
+        record_publish(c, policy, now, request, record, inputs.plan())
     }
 
     /// What `cartable bundles` and `cartable names` would show.
@@ -276,7 +325,7 @@ mod tests {
 
         let big = manifest("video.mp4", 5000)?;
         let refused =
-            record_publish(&mut c, &policy, now, &request(&big, Some("big"), None)).unwrap_err();
+            publish_at_once(&mut c, &policy, now, &request(&big, Some("big"), None)).unwrap_err();
         let OpError::NoRoom(message) = refused else {
             panic!("{refused}")
         };
@@ -284,7 +333,7 @@ mod tests {
         assert!(message.contains("nothing was changed"), "{message}");
         // Room left by the first bundle, but not enough for a second copy of it.
         let second = manifest("more.html", 600)?;
-        let refused = record_publish(&mut c, &policy, now, &request(&second, None, Some(2)));
+        let refused = publish_at_once(&mut c, &policy, now, &request(&second, None, Some(2)));
         assert!(matches!(refused, Err(OpError::NoRoom(_))), "{refused:?}");
         assert_eq!(listing(&c, &policy)?, before, "in memory");
         let reloaded = Cluster::load(Box::new(kv), now)?;
@@ -306,7 +355,7 @@ mod tests {
 
         // Publishing it again asking for more copies than there are sites.
         let refused =
-            record_publish(&mut c, &policy, now, &request(&m, None, Some(3))).unwrap_err();
+            publish_at_once(&mut c, &policy, now, &request(&m, None, Some(3))).unwrap_err();
         let OpError::Invalid(message) = refused else {
             panic!("{refused}")
         };
@@ -316,7 +365,7 @@ mod tests {
         let later = now + policy.down_after * 2;
         let other = manifest("other.html", 100)?;
         let refused =
-            record_publish(&mut c, &policy, later, &request(&other, None, None)).unwrap_err();
+            publish_at_once(&mut c, &policy, later, &request(&other, None, None)).unwrap_err();
         let OpError::Unavailable(message) = refused else {
             panic!("{refused}")
         };

@@ -386,30 +386,6 @@ impl Cluster {
         })
     }
 
-    /// A copy of the state over a scratch memory store, thrown away with it. An
-    /// operation that may be refused after planning (publish) runs on a scratch
-    /// copy first, so that a refusal leaves the real state untouched.
-    pub fn scratch(&self) -> Self {
-        Self {
-            kv: Arc::new(MemoryKv::default()),
-            nodes: self.nodes.clone(),
-            tokens: self.tokens.clone(),
-            bundles: self.bundles.clone(),
-            replicas: self.replicas.clone(),
-            by_node: self.by_node.clone(),
-            releasing: self.releasing.clone(),
-            names: self.names.clone(),
-            retired: self.retired.clone(),
-            proven: self.proven.clone(),
-            names_version: self.names_version,
-            admin_hash: self.admin_hash.clone(),
-            live: self.live.clone(),
-            unplaced: self.unplaced.clone(),
-            down_since: self.down_since.clone(),
-            needs_plan: self.needs_plan,
-        }
-    }
-
     fn put<V: Serialize>(&self, table: &str, key: &[u8], value: &V) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(value)?;
         self.kv.put(table, key, &bytes)
