@@ -197,7 +197,7 @@ async fn a_publish_plans_without_holding_up_the_state() -> anyhow::Result<()> {
     let mut looks = Vec::new();
     for i in 0..3u8 {
         let manifest = Manifest::new(vec![ManifestEntry {
-            path: BundlePath::new(&format!("lesson-{i}.html"))?,
+            path: BundlePath::new(format!("lesson-{i}.html"))?,
             hash: BlobHash::of(&[i]),
             size: 1000,
             content_type: "text/html".into(),
