@@ -274,9 +274,14 @@ impl Plans {
                     }
                 }
             }
-            // Copies on down nodes changed since the inputs were taken: the
-            // next plan places these bundles at once.
-            None if !urgent.is_empty() && eligible.some_down() => c.needs_plan = true,
+            // Copies on down nodes changed since the inputs were taken: these
+            // bundles stay as they are, and the next plan places them at once.
+            None if !urgent.is_empty() && eligible.some_down() => {
+                for b in &urgent {
+                    plan.assignment.remove(b);
+                }
+                c.needs_plan = true;
+            }
             None => {}
         }
         for (bundle, target) in &mut plan.assignment {
@@ -308,14 +313,15 @@ impl Plans {
         let Some(nodes) = self.normal.assignment.get(bundle) else {
             return (None, unplaced_in(&self.normal));
         };
+        let urgent = urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes).is_some();
         let (mut nodes, why) = match &self.urgent {
-            Some(up)
-                if urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes).is_some() =>
-            {
-                (
-                    up.assignment.get(bundle).unwrap_or(nodes).clone(),
-                    unplaced_in(up),
-                )
+            Some(up) if urgent => (
+                up.assignment.get(bundle).unwrap_or(nodes).clone(),
+                unplaced_in(up),
+            ),
+            // As `apply` does: left as it is until the next plan.
+            None if urgent && self.eligible.some_down() => {
+                return (None, unplaced_in(&self.normal));
             }
             _ => (nodes.clone(), unplaced_in(&self.normal)),
         };

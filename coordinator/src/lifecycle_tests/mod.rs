@@ -29,10 +29,15 @@ fn replan(
     now: Instant,
     eligible: &Eligibility,
 ) -> anyhow::Result<()> {
+    c.needs_plan = false;
     PlanInputs::take(c, policy, now, eligible)
         .plan()
         .apply(c, policy, now)?;
-    c.needs_plan = false;
+    // Only a change between the inputs and the application asks for another.
+    anyhow::ensure!(
+        !c.needs_plan,
+        "a plan asked for another with nothing changed"
+    );
     Ok(())
 }
 

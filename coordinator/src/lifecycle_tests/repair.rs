@@ -444,3 +444,35 @@ fn a_plan_made_while_the_state_moved_on_keeps_what_changed() -> anyhow::Result<(
     assert!(!sim.c.replicas.contains_key(&late));
     Ok(())
 }
+
+#[test]
+fn a_bundle_endangered_while_planned_waits_for_the_next_plan_untouched() -> anyhow::Result<()> {
+    let mut sim = Sim::new(&SIX)?;
+    let b = sim.publish_complete("lesson", 3)?;
+    let [down, losing, _] = <[NodeId; 3]>::try_from(sim.holders(&b, Complete)).expect("three");
+    sim.node(down).silent = true;
+    sim.run_for(sim.policy.down_after + SECOND)?;
+    // Two live copies: nothing urgent when the inputs are taken.
+    let eligible = eligibility(&mut sim.c, &sim.policy, sim.now);
+    sim.c.needs_plan = false;
+    let plans = PlanInputs::take(&sim.c, &sim.policy, sim.now, &eligible).plan();
+    // Meanwhile a node loses its copy: one live copy left, under the two wanted.
+    sim.node(losing).store.remove(&b);
+    sim.beat(losing)?;
+    let before = sim.states(&b);
+    assert_eq!(before[&losing], Copying);
+    // The heartbeat asked for a plan; the application must notice on its own.
+    sim.c.needs_plan = false;
+    plans.apply(&mut sim.c, &sim.policy, sim.now)?;
+    assert_eq!(sim.states(&b), before, "no plan for it: left as it is");
+    assert!(sim.c.needs_plan);
+    // The next plan re-places it at once on nodes that are up.
+    sim.tick()?;
+    let placed = sim.states(&b);
+    assert_eq!(placed.get(&down), Some(&Releasing), "{placed:?}");
+    let up = placed
+        .iter()
+        .filter(|(n, s)| **n != down && **s != Releasing);
+    assert_eq!(up.count(), 3, "{placed:?}");
+    Ok(())
+}

@@ -98,6 +98,10 @@ pub struct Coordinator {
     /// What monitoring counts as it happens (the rest is read from the state).
     pub metrics: crate::metrics::Counts,
     checking: Mutex<HashSet<(BundleId, NodeId)>>,
+    /// One plan at a time (a tick's or a publish's), from its inputs to its
+    /// application, so that none is made without the one before it: plans
+    /// run with the state's lock released.
+    planning: Mutex<()>,
     /// One backup at a time: each holds a copy of the state in memory.
     pub(crate) backup_slot: Arc<tokio::sync::Semaphore>,
 }
@@ -123,8 +127,14 @@ impl Coordinator {
             quic_addr,
             metrics: crate::metrics::Counts::default(),
             checking: Mutex::new(HashSet::new()),
+            planning: Mutex::new(()),
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// The right to plan, held from a plan's inputs to its application.
+    fn planning(&self) -> MutexGuard<'_, ()> {
+        self.planning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The state, locked. Never held across an await.
@@ -157,6 +167,7 @@ impl Coordinator {
     /// wait on that lock), from inputs taken under it, then applied to the
     /// state as it is by then.
     pub fn tick(&self, last: &mut lifecycle::Eligibility) -> anyhow::Result<()> {
+        let _planning = self.planning();
         let now = Instant::now();
         let inputs = {
             let mut c = self.lock();

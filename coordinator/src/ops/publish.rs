@@ -31,6 +31,7 @@ impl Coordinator {
         if let Some(name) = &request.name {
             check_name(name)?;
         }
+        let _planning = self.planning();
         let now = Instant::now();
         let (record, inputs) = prepare_publish(&mut self.lock(), &self.policy, now, request)?;
         let plans = inputs.plan();
@@ -136,6 +137,13 @@ fn record_publish(
     plans: lifecycle::Plans,
 ) -> Result<NodeId, OpError> {
     let id = request.id;
+    // What changed while the plan was made stands: the bundle's uploads, and
+    // its copies if set meanwhile and not asked for now; sites may have gone.
+    if let Some(current) = c.bundles.get(&id) {
+        record.uploads = current.uploads.clone();
+        record.replicas = request.replicas.unwrap_or(current.replicas);
+    }
+    check_replicas(c, record.replicas)?;
     let (planned, why) = plans.prospect(c, policy, now, (&id, record.replicas));
     // Applying the plan keeps the node's complete copies, and gives it the planned nodes.
     let kept = c.replicas.get(&id).into_iter().flatten();
@@ -194,7 +202,8 @@ fn record_publish(
 }
 
 /// Where the publisher uploads: a node already holding it, else the first of
-/// `placed` that is up.
+/// `placed` that is up and may take copies (a node drained or found
+/// unreliable while the plan was made may still be in it).
 fn upload_among<'a>(
     c: &Cluster,
     id: &BundleId,
@@ -205,7 +214,15 @@ fn upload_among<'a>(
     if let Some(n) = lifecycle::sources(c, id, None, policy, now).first() {
         return Some(*n);
     }
-    placed.find(|n| c.is_up(n, now, policy.down_after)).copied()
+    placed
+        .find(|n| {
+            let takes = c
+                .nodes
+                .get(n)
+                .is_some_and(|r| !r.draining && !r.trust.unreliable);
+            takes && c.is_up(n, now, policy.down_after)
+        })
+        .copied()
 }
 
 #[cfg(test)]
@@ -218,7 +235,17 @@ mod tests {
     use super::*;
     use crate::state::{Liveness, MemoryKv, NodeRecord};
     use crate::views;
+    use anyhow::Context;
     use cartable_proto::BundlePath;
+
+    /// An empty store, the time and the default policy.
+    fn fresh() -> (Arc<MemoryKv>, Instant, Policy) {
+        (
+            Arc::new(MemoryKv::default()),
+            Instant::now(),
+            Policy::default(),
+        )
+    }
 
     /// Two up nodes on two sites, each offering `capacity` bytes, over `kv`.
     fn cluster(kv: &Arc<MemoryKv>, capacity: u64, now: Instant) -> anyhow::Result<Cluster> {
@@ -291,11 +318,7 @@ mod tests {
 
     #[test]
     fn a_publish_that_fits_is_recorded_placed_and_named() -> anyhow::Result<()> {
-        let (kv, now, policy) = (
-            Arc::new(MemoryKv::default()),
-            Instant::now(),
-            Policy::default(),
-        );
+        let (kv, now, policy) = fresh();
         let mut c = cluster(&kv, 1000, now)?;
         let m = manifest("index.html", 600)?;
         let upload = publish_ok(&mut c, &policy, now, &request(&m, Some("maths/6e"), None))?;
@@ -313,11 +336,7 @@ mod tests {
 
     #[test]
     fn a_publish_refused_for_room_leaves_nothing_behind() -> anyhow::Result<()> {
-        let (kv, now, policy) = (
-            Arc::new(MemoryKv::default()),
-            Instant::now(),
-            Policy::default(),
-        );
+        let (kv, now, policy) = fresh();
         let mut c = cluster(&kv, 1000, now)?;
         let fits = manifest("index.html", 600)?;
         publish_ok(&mut c, &policy, now, &request(&fits, None, None))?;
@@ -343,11 +362,7 @@ mod tests {
 
     #[test]
     fn a_publish_refused_for_replicas_or_no_node_up_leaves_nothing_behind() -> anyhow::Result<()> {
-        let (kv, now, policy) = (
-            Arc::new(MemoryKv::default()),
-            Instant::now(),
-            Policy::default(),
-        );
+        let (kv, now, policy) = fresh();
         let mut c = cluster(&kv, 1000, now)?;
         let m = manifest("index.html", 100)?;
         publish_ok(&mut c, &policy, now, &request(&m, None, Some(1)))?;
@@ -373,6 +388,35 @@ mod tests {
         assert_eq!(listing(&c, &policy)?, before);
         let reloaded = Cluster::load(Box::new(kv), now)?;
         assert_eq!(listing(&reloaded, &policy)?, before);
+        Ok(())
+    }
+
+    #[test]
+    fn a_publish_never_grants_a_node_drained_while_it_planned() -> anyhow::Result<()> {
+        let (kv, now, policy) = fresh();
+        let mut c = cluster(&kv, 1000, now)?;
+        let m = manifest("index.html", 100)?;
+        let one_copy = request(&m, None, Some(1));
+        let (record, inputs) = prepare_publish(&mut c, &policy, now, &one_copy)?;
+        let plans = inputs.plan();
+        // The node the plan gives it is drained while the plan was made.
+        let (planned, _) = plans.prospect(&c, &policy, now, (&m.id(), 1));
+        let node = planned.context("placed")?[0];
+        let drained = NodeRecord {
+            draining: true,
+            ..c.nodes[&node].clone()
+        };
+        c.save_node(drained)?;
+        let before = listing(&c, &policy)?;
+        let refused = record_publish(&mut c, &policy, now, &one_copy, record, plans);
+        assert!(
+            matches!(refused, Err(OpError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(listing(&c, &policy)?, before, "nothing changed");
+        // Planned again, it goes to the other node.
+        let upload = publish_ok(&mut c, &policy, now, &one_copy)?;
+        assert_ne!(upload, node);
         Ok(())
     }
 }
