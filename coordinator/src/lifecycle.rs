@@ -203,8 +203,16 @@ impl PlanInputs {
         // all of them: dropped here, they cost nothing under the state's lock.
         let eligible = &self.eligible;
         let previous = &self.previous;
-        normal.assignment.retain(|b, nodes| {
-            previous.get(b) != Some(nodes) || nodes.iter().any(|n| !eligible.urgent.contains(n))
+        let on_down = |nodes: &Vec<NodeId>| nodes.iter().any(|n| !eligible.urgent.contains(n));
+        normal
+            .assignment
+            .retain(|b, nodes| previous.get(b) != Some(nodes) || on_down(nodes));
+        // Of the plan over up nodes, only bundles planned on a down node are used.
+        let urgent = urgent.map(|mut up| {
+            let used = |b: &BundleId| normal.assignment.get(b).is_some_and(on_down);
+            up.assignment.retain(|b, _| used(b));
+            up.unplaced.retain(|u| used(&u.bundle));
+            up
         });
         Plans {
             eligible: self.eligible,
