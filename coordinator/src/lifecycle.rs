@@ -94,15 +94,21 @@ pub fn topology<'a>(c: &Cluster, nodes: impl IntoIterator<Item = &'a NodeId>) ->
 
 /// The current assignment: every replica not being released.
 pub fn current_assignment(c: &Cluster) -> Assignment {
+    // Both maps are in bundle order: walked side by side rather than looked
+    // up, since this runs under the state's lock for every bundle.
+    let mut replicas = c.replicas.iter().peekable();
     c.bundles
         .keys()
         .map(|b| {
-            let nodes = c.replicas.get(b).map_or_else(Vec::new, |r| {
-                r.iter()
-                    .filter(|(_, s)| **s != ReplicaState::Releasing)
-                    .map(|(n, _)| *n)
-                    .collect()
-            });
+            while replicas.next_if(|(r, _)| *r < b).is_some() {}
+            let nodes = replicas
+                .next_if(|(r, _)| *r == b)
+                .map_or_else(Vec::new, |(_, r)| {
+                    r.iter()
+                        .filter(|(_, s)| **s != ReplicaState::Releasing)
+                        .map(|(n, _)| *n)
+                        .collect()
+                });
             (*b, nodes)
         })
         .collect()
