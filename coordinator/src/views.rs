@@ -1,6 +1,6 @@
 //! The state as the admin API shows it (types in [`cartable_proto::api`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use cartable_placement::{NodeSpec, Topology};
@@ -195,13 +195,26 @@ pub fn status(c: &Cluster, policy: &Policy) -> Status {
     }
 }
 
-/// What a topology change would move; changes nothing.
-pub fn preview(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PlanPreview {
+/// What a preview of a topology change is made from, taken under the
+/// state's lock; the plan itself ([`PreviewInputs::preview`]) runs without it.
+#[derive(Debug)]
+pub struct PreviewInputs {
+    topology: Topology,
+    /// The hypothetical nodes' labels.
+    names: BTreeMap<NodeId, String>,
+    previous: cartable_placement::Assignment,
+    specs: Vec<cartable_placement::BundleSpec>,
+    losses: Losses,
+}
+
+/// The inputs of a preview of `change`; changes nothing but the state's
+/// notes of which nodes are down.
+pub fn preview_inputs(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PreviewInputs {
     let eligible = lifecycle::eligibility(c, policy, Instant::now());
     let without: BTreeSet<NodeId> = change.without.iter().copied().collect();
     let mut nodes =
         lifecycle::topology(c, eligible.normal.iter().filter(|id| !without.contains(id))).nodes;
-    let mut names = std::collections::BTreeMap::new();
+    let mut names = BTreeMap::new();
     for (i, h) in change.with.iter().enumerate() {
         let id = NodeId::from_bytes(
             *blake3::hash(format!("hypothetical node {i}").as_bytes()).as_bytes(),
@@ -214,55 +227,74 @@ pub fn preview(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PlanPre
             capacity: h.capacity,
         });
     }
-    let previous = lifecycle::current_assignment(c);
-    let plan =
-        cartable_placement::plan(&Topology { nodes }, &lifecycle::bundle_specs(c), &previous);
-    let movement = cartable_placement::movement(&previous, &plan.assignment);
-    let label = |n: &NodeId| names.get(n).cloned().unwrap_or_else(|| n.to_string());
-    let moves = plan
-        .assignment
-        .iter()
-        .filter_map(|(b, next)| {
-            let before = previous.get(b).cloned().unwrap_or_default();
-            let to: Vec<String> = next
-                .iter()
-                .filter(|n| !before.contains(n))
-                .map(label)
-                .collect();
-            let from: Vec<String> = before
-                .iter()
-                .filter(|n| !next.contains(n))
-                .map(label)
-                .collect();
-            (!to.is_empty() || !from.is_empty()).then_some(BundleMove {
-                bundle: *b,
-                size: c.bundles.get(b).map_or(0, |r| r.size),
-                to,
-                from,
+    PreviewInputs {
+        topology: Topology { nodes },
+        names,
+        previous: lifecycle::current_assignment(c),
+        specs: lifecycle::bundle_specs(c),
+        losses: losses(c, policy, &without),
+    }
+}
+
+impl PreviewInputs {
+    /// What the change would move: a plan, with no state and no lock.
+    pub fn preview(self, policy: &Policy) -> PlanPreview {
+        let Self {
+            topology,
+            names,
+            previous,
+            specs,
+            losses,
+        } = self;
+        let plan = cartable_placement::plan(&topology, &specs, &previous);
+        let movement = cartable_placement::movement(&previous, &plan.assignment);
+        let size: BTreeMap<BundleId, u64> = specs.iter().map(|s| (s.id, s.size)).collect();
+        let label = |n: &NodeId| names.get(n).cloned().unwrap_or_else(|| n.to_string());
+        let moves = plan
+            .assignment
+            .iter()
+            .filter_map(|(b, next)| {
+                let before = previous.get(b).cloned().unwrap_or_default();
+                let to: Vec<String> = next
+                    .iter()
+                    .filter(|n| !before.contains(n))
+                    .map(label)
+                    .collect();
+                let from: Vec<String> = before
+                    .iter()
+                    .filter(|n| !next.contains(n))
+                    .map(label)
+                    .collect();
+                (!to.is_empty() || !from.is_empty()).then_some(BundleMove {
+                    bundle: *b,
+                    size: size.get(b).copied().unwrap_or(0),
+                    to,
+                    from,
+                })
             })
-        })
-        .collect();
-    let losses = losses(c, policy, &without);
-    PlanPreview {
-        replicas: movement.total,
-        added: movement.added,
-        removed: movement.removed,
-        unplaced: plan.unplaced.len(),
-        lost: losses.lost,
-        urgent: losses.urgent,
-        bytes_on_removed: losses.bytes_on_removed,
-        moves,
-        timings: RepairTimings {
-            heartbeat_ms: policy.heartbeat.as_millis() as u64,
-            down_after_ms: policy.down_after.as_millis() as u64,
-            repair_delay_secs: policy.repair_delay.as_secs(),
-            min_replicas: policy.min_replicas,
-            copies_per_node: policy.copies_per_node,
-        },
+            .collect();
+        PlanPreview {
+            replicas: movement.total,
+            added: movement.added,
+            removed: movement.removed,
+            unplaced: plan.unplaced.len(),
+            lost: losses.lost,
+            urgent: losses.urgent,
+            bytes_on_removed: losses.bytes_on_removed,
+            moves,
+            timings: RepairTimings {
+                heartbeat_ms: policy.heartbeat.as_millis() as u64,
+                down_after_ms: policy.down_after.as_millis() as u64,
+                repair_delay_secs: policy.repair_delay.as_secs(),
+                min_replicas: policy.min_replicas,
+                copies_per_node: policy.copies_per_node,
+            },
+        }
     }
 }
 
 /// What taking `without` out costs at once, before any copy is made.
+#[derive(Debug)]
 struct Losses {
     lost: Vec<BundleId>,
     urgent: usize,

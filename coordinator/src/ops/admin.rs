@@ -69,9 +69,11 @@ impl Coordinator {
         views::tokens(&self.lock())
     }
 
-    /// What a change of members would move; changes nothing.
+    /// What a change of members would move; changes nothing. The plan runs
+    /// with the state's lock released, as the lifecycle's do.
     pub fn plan(&self, change: &PlanChange) -> PlanPreview {
-        views::preview(&mut self.lock(), &self.policy, change)
+        let inputs = views::preview_inputs(&mut self.lock(), &self.policy, change);
+        inputs.preview(&self.policy)
     }
 
     /// Marks a node draining: its copies are placed elsewhere.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cartable_net::identity::Identity;
 use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
+use cartable_proto::api::PlanChange;
 use cartable_proto::{BlobHash, BundleId, BundlePath, Manifest, ManifestEntry, NodeId, control};
 
 use crate::Coordinator;
@@ -141,83 +142,79 @@ fn big_cluster(nodes: u16, bundles: u32) -> anyhow::Result<Cluster> {
     Ok(c)
 }
 
-/// Runs `work` on another thread while this one takes the state's lock
-/// every millisecond, as browsers' redirects do; returns the longest wait for
-/// the lock, and how long `work` took.
-fn lock_waits_during(
-    coord: &Arc<Coordinator>,
-    work: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
-) -> anyhow::Result<(Duration, Duration)> {
-    let working = std::thread::spawn(move || {
-        let started = Instant::now();
-        work().map(|()| started.elapsed())
-    });
-    let mut longest = Duration::ZERO;
-    while !working.is_finished() {
-        let asked = Instant::now();
-        drop(coord.names());
-        longest = longest.max(asked.elapsed());
-        std::thread::sleep(Duration::from_millis(1));
+/// Runs `work` on another thread, on a coordinator whose cluster is big
+/// enough that a plan takes a while (its copies placed by a first tick),
+/// while this one takes the state's lock every millisecond, as browsers'
+/// redirects do, and asks that the lock be free for most of it. A busy
+/// machine may pause this thread while it holds or asks for the lock, or make
+/// `work` too short to tell: such a look is taken again, up to three, `work`
+/// being told which.
+fn lock_free_during(
+    what: &str,
+    work: impl Fn(&Coordinator, u8) -> anyhow::Result<()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coord = coordinator(dir.path(), big_cluster(300, 40_000)?)?;
+    coord.tick(&mut Eligibility::default())?;
+    let work = Arc::new(work);
+    let mut looks = Vec::new();
+    for look in 0..3 {
+        let working = std::thread::spawn({
+            let (work, coord) = (work.clone(), coord.clone());
+            move || {
+                let started = Instant::now();
+                work(&coord, look).map(|()| started.elapsed())
+            }
+        });
+        let mut longest = Duration::ZERO;
+        while !working.is_finished() {
+            let asked = Instant::now();
+            drop(coord.names());
+            longest = longest.max(asked.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let took = working.join().expect("the work")?;
+        if took > Duration::from_millis(150) && longest < took / 3 {
+            return Ok(());
+        }
+        looks.push((longest, took));
     }
-    Ok((longest, working.join().expect("the work")?))
-}
-
-/// Whether a look shows the lock free for most of `took`; a plan too short
-/// to tell counts as a look spoilt.
-fn free_most_of(longest: Duration, took: Duration) -> bool {
-    took > Duration::from_millis(150) && longest < took / 3
+    panic!("the state's lock was held this long during {what}: {looks:?}")
 }
 
 #[tokio::test]
 async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let coord = coordinator(dir.path(), big_cluster(300, 40_000)?)?;
-    let mut last = Eligibility::default();
-    // The first plan places every copy; the ones measured move none.
-    coord.tick(&mut last)?;
-    // A busy machine may pause this thread while it holds or asks for the
-    // lock: a look spoilt that way is taken again.
-    let mut looks = Vec::new();
-    for _ in 0..3 {
+    // Ticks that re-plan and move nothing.
+    lock_free_during("ticks", |coord, _| {
         coord.lock().needs_plan = true;
-        let (coord_, mut last) = (coord.clone(), last.clone());
-        let (longest, tick) = lock_waits_during(&coord, move || coord_.tick(&mut last))?;
-        if free_most_of(longest, tick) {
-            return Ok(());
-        }
-        looks.push((longest, tick));
-    }
-    panic!("the state's lock was held this long during ticks: {looks:?}")
+        coord.tick(&mut Eligibility::default())
+    })
 }
 
 #[tokio::test]
 async fn a_publish_plans_without_holding_up_the_state() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let coord = coordinator(dir.path(), big_cluster(300, 40_000)?)?;
-    coord.tick(&mut Eligibility::default())?;
-    let mut looks = Vec::new();
-    for i in 0..3u8 {
+    lock_free_during("publishes", |coord, look| {
         let manifest = Manifest::new(vec![ManifestEntry {
-            path: BundlePath::new(format!("lesson-{i}.html"))?,
-            hash: BlobHash::of(&[i]),
+            path: BundlePath::new(format!("lesson-{look}.html"))?,
+            hash: BlobHash::of(&[look]),
             size: 1000,
             content_type: "text/html".into(),
         }])?;
-        let coord_ = coord.clone();
-        let (longest, publish) = lock_waits_during(&coord, move || {
-            let request = PublishRequest {
-                id: manifest.id(),
-                manifest: &manifest,
-                name: None,
-                replicas: None,
-            };
-            coord_.publish(&request)?;
-            Ok(())
-        })?;
-        if free_most_of(longest, publish) {
-            return Ok(());
-        }
-        looks.push((longest, publish));
-    }
-    panic!("the state's lock was held this long during publishes: {looks:?}")
+        let request = PublishRequest {
+            id: manifest.id(),
+            manifest: &manifest,
+            name: None,
+            replicas: None,
+        };
+        coord.publish(&request)?;
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn a_plan_preview_does_not_hold_up_the_state() -> anyhow::Result<()> {
+    lock_free_during("previews", |coord, _| {
+        coord.plan(&PlanChange::default());
+        Ok(())
+    })
 }
