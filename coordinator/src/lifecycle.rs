@@ -248,104 +248,126 @@ impl Plans {
     /// is a node removed; a bundle published meanwhile, or any other change
     /// that asks for a plan, is planned by the next one (`needs_plan`).
     pub fn apply(self, c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
-        let Plans {
-            eligible,
-            normal: mut plan,
-            urgent: now_plan,
-        } = self;
-        plan.assignment.retain(|b, _| c.bundles.contains_key(b));
-        let mut endangered = BTreeSet::new();
-        let urgent: Vec<BundleId> = plan
-            .assignment
-            .iter()
-            .filter_map(|(b, nodes)| {
-                let replicas = c.bundles[b].replicas;
-                if urgency(c, policy, now, &eligible, (b, replicas), nodes)? == Urgency::Endangered
-                {
-                    endangered.insert(*b);
-                }
-                Some(*b)
-            })
-            .collect();
-        let mut unplaced: BTreeMap<BundleId, String> = plan
+        let mut unplaced: BTreeMap<BundleId, String> = self
+            .normal
             .unplaced
             .iter()
             .filter(|u| c.bundles.contains_key(&u.bundle))
             .map(|u| (u.bundle, describe(u)))
             .collect();
-        match now_plan {
-            Some(now_plan) => {
-                for b in &urgent {
-                    if endangered.contains(b) {
-                        tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
-                    }
-                    if let Some(nodes) = now_plan.assignment.get(b) {
-                        plan.assignment.insert(*b, nodes.clone());
-                    }
-                    unplaced.remove(b);
-                    if let Some(u) = now_plan.unplaced.iter().find(|u| u.bundle == *b) {
-                        unplaced.insert(*b, describe(u));
-                    }
+        let mut targets = Vec::new();
+        let mut waiting = false;
+        for (b, nodes) in &self.normal.assignment {
+            let Some(record) = c.bundles.get(b) else {
+                continue;
+            };
+            let Some(placing) = self.placing(c, policy, now, (b, record.replicas), nodes) else {
+                waiting = true;
+                continue;
+            };
+            if let Some(urgency) = placing.at_once {
+                if urgency == Urgency::Endangered {
+                    tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
+                }
+                unplaced.remove(b);
+                if let Some(why) = unplaced_in(placing.plan, b) {
+                    unplaced.insert(*b, why);
                 }
             }
-            // Copies on down nodes changed since the inputs were taken: these
-            // bundles stay as they are, and the next plan places them at once.
-            None if !urgent.is_empty() && eligible.some_down() => {
-                for b in &urgent {
-                    plan.assignment.remove(b);
-                }
-                c.needs_plan = true;
-            }
-            None => {}
+            targets.push((*b, placing.nodes));
         }
-        for (bundle, target) in &mut plan.assignment {
-            target.retain(|n| c.nodes.contains_key(n));
-            apply_target(c, *bundle, target)?;
+        c.needs_plan |= waiting;
+        for (bundle, target) in targets {
+            apply_target(c, bundle, &target)?;
         }
         c.unplaced = unplaced;
         Ok(())
     }
-}
 
-impl Plans {
-    /// What applying the plans would give `bundle` of `replicas` copies, the
-    /// state being `c`: its nodes (`None` when the plan leaves it where it
-    /// is) and, when it is placed on fewer nodes than it wants, why.
+    /// What applying the plans would leave `bundle` of `replicas` copies on,
+    /// the state being `c`: its nodes in id order (the planned ones, and the
+    /// complete copies kept until replaced), and, when it is placed on fewer
+    /// nodes than it wants, why.
     pub fn prospect(
         &self,
         c: &Cluster,
         policy: &Policy,
         now: Instant,
         (bundle, replicas): (&BundleId, u8),
-    ) -> (Option<Vec<NodeId>>, Option<String>) {
-        let unplaced_in = |plan: &cartable_placement::Plan| {
-            plan.unplaced
-                .iter()
-                .find(|u| u.bundle == *bundle)
-                .map(describe)
+    ) -> (Vec<NodeId>, Option<String>) {
+        let current = c.replicas.get(bundle).into_iter().flatten();
+        let placing = self
+            .normal
+            .assignment
+            .get(bundle)
+            .and_then(|nodes| self.placing(c, policy, now, (bundle, replicas), nodes));
+        let Some(placing) = placing else {
+            let nodes = current.map(|(n, _)| *n).collect();
+            return (nodes, unplaced_in(&self.normal, bundle));
         };
-        let Some(nodes) = self.normal.assignment.get(bundle) else {
-            return (None, unplaced_in(&self.normal));
-        };
-        let urgent = urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes).is_some();
-        let (mut nodes, why) = match &self.urgent {
-            Some(up) if urgent => (
-                up.assignment.get(bundle).unwrap_or(nodes).clone(),
-                unplaced_in(up),
-            ),
-            // As `apply` does: left as it is until the next plan.
-            None if urgent && self.eligible.some_down() => {
-                return (None, unplaced_in(&self.normal));
+        // What `apply_target` keeps besides the planned nodes.
+        let kept = current.filter(|(_, s)| **s != ReplicaState::Copying);
+        let nodes: BTreeSet<NodeId> = kept.map(|(n, _)| *n).chain(placing.nodes).collect();
+        (
+            nodes.into_iter().collect(),
+            unplaced_in(placing.plan, bundle),
+        )
+    }
+
+    /// Where the plans put `bundle` of `replicas` copies, planned on `nodes`
+    /// by the normal plan, the state being `c`; `None` when it stays as it is
+    /// until the next plan.
+    fn placing<'a>(
+        &'a self,
+        c: &Cluster,
+        policy: &Policy,
+        now: Instant,
+        (bundle, replicas): (&BundleId, u8),
+        nodes: &'a [NodeId],
+    ) -> Option<Placing<'a>> {
+        let urgency = urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes);
+        let (nodes, plan, at_once) = match (urgency, &self.urgent) {
+            (Some(urgency), Some(up)) => {
+                let nodes = up.assignment.get(bundle).map_or(nodes, Vec::as_slice);
+                (nodes, up, Some(urgency))
             }
-            _ => (nodes.clone(), unplaced_in(&self.normal)),
+            // Copies on down nodes changed since the inputs were taken: the
+            // next plan places it at once.
+            (Some(_), None) if self.eligible.some_down() => return None,
+            _ => (nodes, &self.normal, None),
         };
-        nodes.retain(|n| c.nodes.contains_key(n));
-        (Some(nodes), why)
+        Some(Placing {
+            nodes: nodes
+                .iter()
+                .filter(|n| c.nodes.contains_key(n))
+                .copied()
+                .collect(),
+            plan,
+            at_once,
+        })
     }
 }
 
+/// Where the plans put one bundle.
+struct Placing<'a> {
+    /// Its nodes, in id order, every one still a member.
+    nodes: Vec<NodeId>,
+    /// The plan they come from.
+    plan: &'a cartable_placement::Plan,
+    /// Why, when placed at once by the plan over up nodes.
+    at_once: Option<Urgency>,
+}
+
+/// Why `plan` places `bundle` on fewer nodes than it wants, if it does.
+fn unplaced_in(plan: &cartable_placement::Plan, bundle: &BundleId) -> Option<String> {
+    plan.unplaced
+        .iter()
+        .find(|u| u.bundle == *bundle)
+        .map(describe)
+}
+
 /// Why a bundle is re-placed at once without its down nodes.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Urgency {
     /// Fewer complete copies on up nodes than it wants.
     Endangered,

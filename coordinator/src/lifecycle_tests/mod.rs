@@ -78,6 +78,16 @@ struct Sim {
     follow_orders: bool,
 }
 
+/// The record of a small bundle of `replicas` copies, as published.
+fn record(replicas: u8) -> BundleRecord {
+    BundleRecord {
+        size: 1000,
+        files: 1,
+        replicas,
+        ..BundleRecord::default()
+    }
+}
+
 /// A heartbeat from an idle node holding `held`.
 fn heartbeat(held: Vec<BundleId>) -> Heartbeat {
     Heartbeat {
@@ -219,13 +229,7 @@ impl Sim {
     /// Publishes a bundle; the next tick places it.
     fn publish(&mut self, tag: &str, replicas: u8) -> anyhow::Result<BundleId> {
         let id = BundleId::of_manifest(tag.as_bytes());
-        let record = BundleRecord {
-            size: 1000,
-            files: 1,
-            replicas,
-            ..BundleRecord::default()
-        };
-        self.c.save_bundle(id, record)?;
+        self.c.save_bundle(id, record(replicas))?;
         self.tick()?;
         Ok(id)
     }

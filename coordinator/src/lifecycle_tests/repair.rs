@@ -263,11 +263,8 @@ fn a_name_given_at_publish_moves_only_once_a_copy_is_verified() -> anyhow::Resul
     sim.c.set_name("maths/6e", old)?;
     let new = BundleId::of_manifest(b"lesson v2");
     let record = BundleRecord {
-        size: 1000,
-        files: 1,
-        replicas: 3,
         pending_name: Some("maths/6e".into()),
-        ..BundleRecord::default()
+        ..record(3)
     };
     sim.c.save_bundle(new, record)?;
     sim.tick()?;
@@ -392,16 +389,10 @@ fn with_no_node_up_nothing_is_re_placed() -> anyhow::Result<()> {
 fn a_plan_made_while_the_state_moved_on_keeps_what_changed() -> anyhow::Result<()> {
     let mut sim = Sim::new(&SIX)?;
     let kept = sim.publish_complete("kept", 3)?;
-    let record = BundleRecord {
-        size: 1000,
-        files: 1,
-        replicas: 3,
-        ..BundleRecord::default()
-    };
     let [late, moved, early] =
         [&b"unpublished"[..], b"placed", b"published"].map(BundleId::of_manifest);
-    sim.c.save_bundle(late, record.clone())?;
-    sim.c.save_bundle(moved, record.clone())?;
+    sim.c.save_bundle(late, record(3))?;
+    sim.c.save_bundle(moved, record(3))?;
     // The daemon's tick: inputs taken under the lock, the plan made without it.
     let eligible = eligibility(&mut sim.c, &sim.policy, sim.now);
     sim.c.needs_plan = false;
@@ -416,7 +407,7 @@ fn a_plan_made_while_the_state_moved_on_keeps_what_changed() -> anyhow::Result<(
     let gone = will.assignment[&moved][0];
     sim.c.remove_node(&gone)?;
     sim.nodes.remove(&gone);
-    sim.c.save_bundle(early, record)?;
+    sim.c.save_bundle(early, record(3))?;
     plans.apply(&mut sim.c, &sim.policy, sim.now)?;
     assert_eq!(
         sim.states(&late),

@@ -16,8 +16,6 @@ use crate::config::Policy;
 use crate::lifecycle;
 use crate::state::{BundleRecord, Cluster, unix_now};
 use cartable_placement::BundleSpec;
-use cartable_proto::api::ReplicaState;
-use std::collections::BTreeSet;
 
 /// How long an upload grant is good for.
 const GRANT_SECS: u64 = 24 * 3600;
@@ -144,22 +142,7 @@ fn record_publish(
         record.replicas = request.replicas.unwrap_or(current.replicas);
     }
     check_replicas(c, record.replicas)?;
-    let (planned, why) = plans.prospect(c, policy, now, (&id, record.replicas));
-    // Applying the plan keeps the node's complete copies, and gives it the planned nodes.
-    let kept = c.replicas.get(&id).into_iter().flatten();
-    let kept = kept
-        .filter(|(_, s)| **s != ReplicaState::Copying)
-        .map(|(n, _)| *n);
-    let after: BTreeSet<NodeId> = match planned {
-        Some(nodes) => kept.chain(nodes).collect(),
-        None => c
-            .replicas
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .map(|(n, _)| *n)
-            .collect(),
-    };
+    let (after, why) = plans.prospect(c, policy, now, (&id, record.replicas));
     let Some(upload) = upload_among(c, &id, after.iter(), policy, now) else {
         return Err(match why {
             Some(why) => OpError::NoRoom(format!(
@@ -401,7 +384,7 @@ mod tests {
         let plans = inputs.plan();
         // The node the plan gives it is drained while the plan was made.
         let (planned, _) = plans.prospect(&c, &policy, now, (&m.id(), 1));
-        let node = planned.context("placed")?[0];
+        let node = *planned.first().context("placed")?;
         let drained = NodeRecord {
             draining: true,
             ..c.nodes[&node].clone()

@@ -13,7 +13,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::pacing::{BrowsersFirst, PACED_SLICE};
-use crate::store::{PiecePool, ReadFault, Store, VerifyError};
+use crate::store::{BlobFiles, PiecePool, ReadFault, Store, VerifyError};
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_net::peer::frame::{self, FrameError};
 
@@ -34,7 +34,7 @@ pub async fn serve_peers(
     let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
     let answering = Arc::new(Answering {
         store,
-        streams: Arc::new(Semaphore::new(MAX_BLOB_STREAMS)),
+        streams: Semaphore::new(MAX_BLOB_STREAMS),
         pacing,
         pieces: Arc::default(),
     });
@@ -105,7 +105,7 @@ impl Drop for ConnectionSlot {
 struct Answering {
     store: Arc<Store>,
     /// Blob streams served at once.
-    streams: Arc<Semaphore>,
+    streams: Semaphore,
     /// How fast blobs may go beside this node's browsers, if paced.
     pacing: Option<Arc<BrowsersFirst>>,
     pieces: Arc<PiecePool>,
@@ -128,7 +128,7 @@ impl Answering {
             Err(e) => return Err(e),
         };
         let response = match request {
-            Request::Blob { hash, groups } => match self.streams.clone().try_acquire_owned() {
+            Request::Blob { hash, groups } => match self.streams.try_acquire() {
                 Ok(_permit) => return self.send_blob(send, hash, groups).await,
                 Err(_) => Response::Error(WireError {
                     retry_after_ms: BUSY_RETRY_MS,
@@ -154,7 +154,7 @@ impl Answering {
         hash: BlobHash,
         groups: GroupRanges,
     ) -> Result<(), FrameError> {
-        let files = match open_held(&self.store, &hash) {
+        let files = match open_held(&self.store, &hash).and_then(|f| holding(f, &groups)) {
             Ok(files) => files,
             Err(refusal) => {
                 frame::write_frame(&mut send, &refusal.encode()).await?;
@@ -162,19 +162,7 @@ impl Answering {
                 return Ok(());
             }
         };
-        let held = files.size.div_ceil(GROUP_BYTES).max(1);
-        let header = match groups.ranges().last() {
-            Some(past) if past.start >= held => Response::Error(WireError::new(
-                ErrorKind::BadRequest,
-                format!("groups from {} asked of a blob of {held}", past.start),
-            )),
-            _ => Response::Blob { size: files.size },
-        };
-        frame::write_frame(&mut send, &header.encode()).await?;
-        if !matches!(header, Response::Blob { .. }) {
-            let _ = send.finish();
-            return Ok(());
-        }
+        frame::write_frame(&mut send, &Response::Blob { size: files.size }.encode()).await?;
         // A file of one group (a page, a style sheet) is a round trip a pupil
         // reading through a peer waits on, and too small to matter: never paced.
         let pacing = self.pacing.as_ref().filter(|_| files.size > GROUP_BYTES);
@@ -237,9 +225,25 @@ fn manifest(store: &Store, id: &BundleId) -> Response {
     }
 }
 
+/// `files` if they hold every group asked for: groups that start past a
+/// blob's end have no honest encoding, and are refused by name.
+fn holding(files: BlobFiles, groups: &GroupRanges) -> Result<BlobFiles, Response> {
+    match groups.ranges().last() {
+        Some(past) if past.start >= files.groups() => Err(Response::Error(WireError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "groups from {} asked of a blob of {}",
+                past.start,
+                files.groups()
+            ),
+        ))),
+        _ => Ok(files),
+    }
+}
+
 /// Opens a blob held whole, or the answer for a peer: not held (or missing on
 /// disk, then marked damaged), or busy when this node cannot open files now.
-fn open_held(store: &Store, hash: &BlobHash) -> Result<crate::store::BlobFiles, Response> {
+fn open_held(store: &Store, hash: &BlobHash) -> Result<BlobFiles, Response> {
     let size = store.blob_size(hash).ok_or_else(|| not_found("blob"))?;
     store
         .open_blob(hash, size)

@@ -111,7 +111,7 @@ impl BlobFiles {
         emit: impl FnMut(Bytes) -> io::Result<()>,
     ) -> Result<(), VerifyError> {
         self.check_length()?;
-        let chunks = chunks_of(groups, self.size);
+        let chunks = chunks_of(groups, self.groups());
         match &self.outboard {
             // One group, no hash pairs: its hash is the blob's.
             _ if self.size <= GROUP_BYTES => {
@@ -162,12 +162,11 @@ impl BlobFiles {
     }
 }
 
-/// The chunks of `groups` in a blob of `size` bytes. A range that reaches or
+/// The chunks of `groups` in a blob of `last` groups. A range that reaches or
 /// passes the blob's end is left open, as bao-tree's own encoder canonicalises
 /// it, so that the last group, shorter or not, is a whole leaf. Ranges that
 /// start past the end are left out: peers asking for them are refused first.
-fn chunks_of(groups: &[Range<u64>], size: u64) -> ChunkRanges {
-    let last = size.div_ceil(GROUP_BYTES).max(1);
+fn chunks_of(groups: &[Range<u64>], last: u64) -> ChunkRanges {
     let chunks_per_group = GROUP_BYTES / 1024;
     let mut chunks = ChunkRanges::empty();
     for g in groups.iter().filter(|g| g.start < g.end.min(last)) {

@@ -97,6 +97,11 @@ impl BlobFiles {
         BaoTree::new(self.size, BLOCK_SIZE)
     }
 
+    /// Its chunk groups: one at least, however small.
+    pub fn groups(&self) -> u64 {
+        self.size.div_ceil(GROUP_BYTES).max(1)
+    }
+
     /// Checks the data file's length against the blob's size.
     pub fn check_length(&self) -> Result<(), VerifyError> {
         let actual = self.data.metadata()?.len();
