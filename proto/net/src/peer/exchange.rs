@@ -14,11 +14,10 @@ use bytes::Bytes;
 use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, Manifest};
 use tokio::io::AsyncReadExt;
-use tokio_util::io::SyncIoBridge;
-use tokio_util::sync::CancellationToken;
 
+use super::batches::batched;
 use super::frame;
-use super::stall::{StallGuard, UntilCancelled};
+use super::stall::StallGuard;
 
 /// 16 KiB chunk groups ([`GROUP_BYTES`]): the granularity of verification, and
 /// of resuming later.
@@ -113,14 +112,18 @@ pub async fn request_groups(
     sink: impl VerifiedSink,
 ) -> Result<(), PeerFailure> {
     let recv = ask_blob(conn, hash, size, groups.clone()).await?;
-    // A request dropped (another holder won, the fetch was called off) ends
-    // its decode too, rather than leave a blocking thread reading a stream
-    // no one waits for, as long as its peer trickles bytes.
-    let given_up = CancellationToken::new();
-    let _give_up_when_dropped = given_up.clone().drop_guard();
-    let reader = UntilCancelled::new(StallGuard::new(recv, STALL_LIMIT), given_up);
-    let reader = SyncIoBridge::new(reader);
-    tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader))
+    let (pump, reader) = batched(recv, STALL_LIMIT);
+    let mut decoding =
+        tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader));
+    // The decoder may end before the stream does (it has all it asked for,
+    // or a lie): the pump stops then. A request given up drops the pump,
+    // which ends the decoder's stream, so no blocking thread is left reading
+    // for no one.
+    tokio::select! {
+        decoded = &mut decoding => return decoded.map_err(|e| PeerFailure::Gone(e.to_string()))?,
+        () = pump.run() => {}
+    }
+    decoding
         .await
         .map_err(|e| PeerFailure::Gone(e.to_string()))?
 }
@@ -327,33 +330,17 @@ pub fn chunk_ranges(groups: &GroupRanges) -> ChunkRanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
-    use crate::peer::PeerAddr;
-    use crate::peer::auth::Members;
-    use crate::peer::endpoint::{CLOSED_TOO_MANY, PeerEndpoint};
+    use crate::peer::connected::connected;
+    use crate::peer::endpoint::CLOSED_TOO_MANY;
 
-    /// What asking a peer that closes every connection with `code` gives.
+    /// What asking a peer that closes the connection with `code` gives.
     async fn asked_of_a_peer_closing_with(code: u32) -> anyhow::Result<PeerFailure> {
-        let keys = tempfile::tempdir()?;
-        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
-        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
-        let loopback = "127.0.0.1:0".parse()?;
-        let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
-        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
-        let addr = PeerAddr {
-            id: server_key.id(),
-            addr: server.local_addr()?,
-        };
-        tokio::spawn(async move {
-            while let Some(arriving) = server.accept().await {
-                if let Ok(peer) = arriving.handshake().await {
-                    peer.conn.close(code.into(), b"closing");
-                }
-            }
-        });
-        let conn = client.connect(addr).await?;
+        let both = connected().await?;
+        both.accepted.conn.close(code.into(), b"closing");
         let bundle = BundleId::of_manifest(b"any");
-        Ok(ask_manifest(&conn, bundle).await.expect_err("closed"))
+        Ok(ask_manifest(&both.dialed, bundle)
+            .await
+            .expect_err("closed"))
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //!   a stranger's small limits raised for members.
 //! - [`auth`]: mutual authentication by node key, members only.
 //! - [`endpoint`]: the QUIC endpoint, its limits, dialing a peer.
+//! - [`batches`]: a peer's stream handed to a decoding thread in batches.
 //! - [`frame`]: length-prefixed frames on QUIC streams, with hard caps.
 //! - [`exchange`]: one request to one peer, its answer verified as it arrives.
 //! - [`stall`]: cutting a stream whose peer stopped sending.
 
 pub mod admission;
 pub mod auth;
+pub mod batches;
 pub mod endpoint;
 pub mod exchange;
 pub mod frame;
@@ -59,5 +61,44 @@ impl<'de> serde::Deserialize<'de> for PeerAddr {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Two peer endpoints on the loopback, connected, for tests.
+#[cfg(test)]
+pub(crate) mod connected {
+    use super::PeerAddr;
+    use super::auth::Members;
+    use super::endpoint::{PeerConnection, PeerEndpoint};
+    use crate::identity::Identity;
+
+    /// A connection seen from both ends.
+    pub struct Connected {
+        /// The dialing end's.
+        pub dialed: quinn::Connection,
+        /// The accepting end's, after its handshake.
+        pub accepted: PeerConnection,
+        _keep: (tempfile::TempDir, PeerEndpoint, PeerEndpoint),
+    }
+
+    /// Binds two endpoints on 127.0.0.1 that accept anyone, and connects them.
+    pub async fn connected() -> anyhow::Result<Connected> {
+        let keys = tempfile::tempdir()?;
+        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
+        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
+        let loopback = "127.0.0.1:0".parse()?;
+        let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
+        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
+        let addr = PeerAddr {
+            id: server_key.id(),
+            addr: server.local_addr()?,
+        };
+        let arriving = async { server.accept().await.expect("arrives").handshake().await };
+        let (dialed, accepted) = tokio::join!(client.connect(addr), arriving);
+        Ok(Connected {
+            dialed: dialed?,
+            accepted: accepted?,
+            _keep: (keys, server, client),
+        })
     }
 }
