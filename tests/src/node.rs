@@ -105,6 +105,8 @@ pub struct Node {
     pub quic: String,
     /// `http://IP:PORT` of its metrics, when started with `--metrics` or `[metrics]`.
     pub metrics: Option<String>,
+    /// The extra `serve` arguments it was started with, given again at a restart.
+    extra: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -126,11 +128,12 @@ impl Node {
     /// Starts it again on the same folder and addresses, after a stop or a
     /// kill: a machine coming back (a node's address is fixed at join).
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let mut again = Self::spawn_at(
             Command::new(node_binary()),
             &self.data_dir,
             [self.addr(), &self.quic],
-            &[],
+            &extra,
         )?;
         again._temp = self._temp.take();
         *self = again;
@@ -210,6 +213,7 @@ impl Node {
                     quic,
                     id,
                     metrics: field("metrics="),
+                    extra: extra.iter().map(|a| a.to_string()).collect(),
                     _temp: None,
                 })
             }
