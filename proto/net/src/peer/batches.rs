@@ -8,43 +8,65 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// About how much the pump gathers before handing it on: 8 groups.
 pub const BATCH_BYTES: usize = 128 * 1024;
 
-/// How long gathered bytes wait for more before going on anyway, so that a
-/// slow link's groups reach the decoder (and a browser fetching through)
-/// without waiting for a whole batch.
+/// The most chunks in one batch. A chunk is what one datagram carried of the
+/// stream (about 1.2 KiB from an honest peer) and keeps that datagram's
+/// buffer alive: a peer sending a byte at a time fills batches by count, not
+/// by size, and cannot make the pump hold more buffers than this.
+const CHUNKS_PER_BATCH: usize = 128;
+
+/// How long the first byte gathered waits for more before the batch goes on
+/// anyway, so that a slow link's groups reach the decoder (and a browser
+/// fetching through) without waiting for a whole batch.
 const HOLD_LIMIT: Duration = Duration::from_millis(2);
 
 /// Batches handed on and not yet read: with the one being gathered and the
-/// one being decoded, at most 4 × [`BATCH_BYTES`] held per stream, beyond
-/// what QUIC's flow control lets the peer send.
+/// one being decoded, at most 4 batches held per stream, beyond what QUIC's
+/// flow control lets the peer send.
 const BATCHES_WAITING: usize = 2;
 
-/// Chunks taken from the stream at once (quinn's chunks are one packet's
-/// data each, about 1.2 KiB).
+/// Chunks taken from the stream at once.
 const CHUNKS_PER_READ: usize = 32;
 
-type Batch = io::Result<Vec<Bytes>>;
+/// What the pump hands on.
+#[derive(Debug)]
+enum Handed {
+    Chunks(Vec<Bytes>),
+    /// The peer finished the stream: all was handed on.
+    End,
+    /// The stream failed, was reset or stalled.
+    Failed(io::Error),
+}
 
 /// Splits `recv` into a pump, to be run on the runtime, and the reader it
 /// feeds. A stream silent for `stall_limit` fails the reader with `TimedOut`;
-/// a pump dropped (its request given up) ends the reader's stream.
+/// a pump dropped before the stream's end (its request given up) fails the
+/// reader's next read, whatever it was handed and has not read yet.
 pub fn batched(recv: quinn::RecvStream, stall_limit: Duration) -> (Pump, BatchReader) {
     let (tx, rx) = mpsc::channel(BATCHES_WAITING);
+    let given_up = Arc::new(AtomicBool::new(false));
     let reader = BatchReader {
         rx,
         chunks: VecDeque::new(),
+        given_up: given_up.clone(),
+        ended: None,
     };
     let pump = Pump {
         recv,
         tx,
         stall_limit,
+        given_up,
+        done: false,
     };
     (pump, reader)
 }
@@ -53,8 +75,11 @@ pub fn batched(recv: quinn::RecvStream, stall_limit: Duration) -> (Pump, BatchRe
 #[derive(Debug)]
 pub struct Pump {
     recv: quinn::RecvStream,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Handed>,
     stall_limit: Duration,
+    given_up: Arc<AtomicBool>,
+    /// Set once the stream's end or failure was handed on.
+    done: bool,
 }
 
 impl Pump {
@@ -62,45 +87,85 @@ impl Pump {
     /// told), or the reader is dropped.
     pub async fn run(mut self) {
         let mut chunks: [Bytes; CHUNKS_PER_READ] = std::array::from_fn(|_| Bytes::new());
-        let mut held = Vec::new();
-        let mut held_bytes = 0;
+        let mut gathered = Gathered::default();
         loop {
-            let wait = if held.is_empty() {
-                self.stall_limit
-            } else {
-                HOLD_LIMIT
-            };
-            let read = tokio::time::timeout(wait, self.recv.read_chunks(&mut chunks)).await;
+            let deadline = gathered.hand_on_by(Instant::now() + self.stall_limit);
+            let read = tokio::time::timeout_at(deadline, self.recv.read_chunks(&mut chunks)).await;
             let end = match read {
                 Ok(Ok(Some(n))) => {
-                    for chunk in chunks[..n].iter_mut().filter(|c| !c.is_empty()) {
-                        held_bytes += chunk.len();
-                        held.push(std::mem::take(chunk));
+                    let now = Instant::now();
+                    for chunk in &mut chunks[..n] {
+                        gathered.add(std::mem::take(chunk), now);
                     }
-                    if held_bytes < BATCH_BYTES {
+                    if !gathered.full() {
                         continue;
                     }
                     None
                 }
-                Err(_) if !held.is_empty() => None,
-                Ok(Ok(None)) => Some(Ok(())),
-                Ok(Err(e)) => Some(Err(io::Error::from(e))),
-                Err(_) => Some(Err(io::Error::new(io::ErrorKind::TimedOut, "peer stalled"))),
+                Err(_) if !gathered.is_empty() => None,
+                Ok(Ok(None)) => Some(Handed::End),
+                Ok(Err(e)) => Some(Handed::Failed(io::Error::from(e))),
+                Err(_) => Some(Handed::Failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer stalled",
+                ))),
             };
-            held_bytes = 0;
-            let batch = std::mem::take(&mut held);
-            if !batch.is_empty() && self.tx.send(Ok(batch)).await.is_err() {
+            if !gathered.is_empty() && self.tx.send(gathered.take()).await.is_err() {
                 return;
             }
-            match end {
-                None => {}
-                // Dropping the sender is the stream's end.
-                Some(Ok(())) => return,
-                Some(Err(e)) => {
-                    let _ = self.tx.send(Err(e)).await;
-                    return;
-                }
+            if let Some(end) = end {
+                self.done = true;
+                let _ = self.tx.send(end).await;
+                return;
             }
+        }
+    }
+}
+
+/// What the pump holds until it hands it on.
+#[derive(Debug, Default)]
+struct Gathered {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// Set by the first byte held: a trickle cannot hold a batch back.
+    due: Option<Instant>,
+}
+
+impl Gathered {
+    fn add(&mut self, chunk: Bytes, now: Instant) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.bytes += chunk.len();
+        self.chunks.push(chunk);
+        self.due.get_or_insert(now + HOLD_LIMIT);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.chunks.len() >= CHUNKS_PER_BATCH
+    }
+
+    /// When to hand on what is held; `otherwise` when nothing is.
+    fn hand_on_by(&self, otherwise: Instant) -> Instant {
+        self.due.unwrap_or(otherwise)
+    }
+
+    fn take(&mut self) -> Handed {
+        let capacity = CHUNKS_PER_BATCH + CHUNKS_PER_READ;
+        let chunks = std::mem::replace(&mut self.chunks, Vec::with_capacity(capacity));
+        (self.bytes, self.due) = (0, None);
+        Handed::Chunks(chunks)
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if !self.done {
+            self.given_up.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -108,17 +173,40 @@ impl Pump {
 /// The stream's bytes on the decoding thread, in order.
 #[derive(Debug)]
 pub struct BatchReader {
-    rx: mpsc::Receiver<Batch>,
+    rx: mpsc::Receiver<Handed>,
     chunks: VecDeque<Bytes>,
+    given_up: Arc<AtomicBool>,
+    /// How the stream ended, once it did: every later read says the same.
+    ended: Option<Result<(), (io::ErrorKind, String)>>,
+}
+
+impl BatchReader {
+    fn given_up() -> io::Error {
+        io::Error::other("request given up")
+    }
 }
 
 impl Read for BatchReader {
     /// Blocks while nothing was handed on: not to be called on the runtime.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.chunks.is_empty() {
+        if self.given_up.load(Ordering::Relaxed) {
+            return Err(Self::given_up());
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.chunks.is_empty() {
+            match &self.ended {
+                Some(Ok(())) => return Ok(0),
+                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
+                None => {}
+            }
             match self.rx.blocking_recv() {
-                Some(batch) => self.chunks.extend(batch?),
-                None => return Ok(0),
+                Some(Handed::Chunks(batch)) => self.chunks.extend(batch),
+                Some(Handed::End) => self.ended = Some(Ok(())),
+                Some(Handed::Failed(e)) => self.ended = Some(Err((e.kind(), e.to_string()))),
+                // The pump was dropped between sends.
+                None => return Err(Self::given_up()),
             }
         }
         let mut filled = 0;
@@ -189,16 +277,56 @@ mod tests {
         .await
     }
 
+    #[test]
+    fn a_batch_is_due_a_hold_limit_after_its_first_byte_however_often_more_come() {
+        let start = Instant::now();
+        let stalled = start + Duration::from_secs(5);
+        let mut gathered = Gathered::default();
+        assert_eq!(gathered.hand_on_by(stalled), stalled);
+        gathered.add(Bytes::new(), start);
+        assert!(gathered.is_empty(), "nothing to hand on");
+        for i in 0..100 {
+            let now = start + Duration::from_micros(50 * i);
+            gathered.add(Bytes::from_static(b"x"), now);
+            assert_eq!(gathered.hand_on_by(stalled), start + HOLD_LIMIT);
+        }
+        assert!(!gathered.full());
+        let Handed::Chunks(batch) = gathered.take() else {
+            panic!("chunks")
+        };
+        assert_eq!(batch.len(), 100);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            gathered.hand_on_by(later),
+            later,
+            "a new batch, a new clock"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_size_or_its_count_of_chunks() {
+        let now = Instant::now();
+        let mut by_size = Gathered::default();
+        by_size.add(Bytes::from(vec![0; BATCH_BYTES - 1]), now);
+        assert!(!by_size.full());
+        by_size.add(Bytes::from_static(b"x"), now);
+        assert!(by_size.full());
+        let mut by_count = Gathered::default();
+        for _ in 0..CHUNKS_PER_BATCH - 1 {
+            by_count.add(Bytes::from_static(b"x"), now);
+        }
+        assert!(!by_count.full());
+        by_count.add(Bytes::from_static(b"x"), now);
+        assert!(by_count.full(), "a byte at a time is full by count");
+    }
+
     #[tokio::test]
     async fn every_byte_comes_in_order_across_batches() -> anyhow::Result<()> {
-        let stream = stream(Duration::from_secs(30)).await?;
-        let Stream {
-            mut send, reader, ..
-        } = stream;
+        let s = stream(Duration::from_secs(30)).await?;
         let data: Vec<u8> = (0..3 * BATCH_BYTES + 777)
             .map(|i| (i % 251) as u8)
             .collect();
-        let sent = data.clone();
+        let (sent, mut send) = (data.clone(), s.send);
         let writing = tokio::spawn(async move {
             for piece in sent.chunks(5000) {
                 send.write_all(piece).await?;
@@ -206,7 +334,7 @@ mod tests {
             send.finish()?;
             anyhow::Ok(send)
         });
-        let (read, ended) = read_to_end(reader).await;
+        let (read, ended) = read_to_end(s.reader).await;
         let _send = writing.await??;
         ended?;
         assert!(read == data, "the bytes read are the bytes sent");
@@ -215,13 +343,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_trickle_is_handed_on_without_waiting_for_a_batch() -> anyhow::Result<()> {
-        let stream = stream(Duration::from_secs(30)).await?;
-        let Stream {
-            mut send, reader, ..
-        } = stream;
-        send.write_all(b"a little").await?;
+        let mut s = stream(Duration::from_secs(30)).await?;
+        s.send.write_all(b"a little").await?;
         let started = std::time::Instant::now();
-        let read = on_a_thread(reader, |r| {
+        let read = on_a_thread(s.reader, |r| {
             let mut some = [0; 8];
             r.read_exact(&mut some).map(|()| some)
         })
@@ -237,12 +362,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_peer_fails_the_read_at_the_stall_limit() -> anyhow::Result<()> {
-        let stream = stream(Duration::from_millis(300)).await?;
-        let Stream {
-            mut send, reader, ..
-        } = stream;
-        send.write_all(b"then nothing").await?;
-        let (read, ended) = read_to_end(reader).await;
+        let mut s = stream(Duration::from_millis(300)).await?;
+        s.send.write_all(b"then nothing").await?;
+        let (read, ended) = read_to_end(s.reader).await;
         let err = ended.expect_err("stalled");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert_eq!(read, b"then nothing");
@@ -251,36 +373,63 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_reset_by_the_peer_is_an_error_not_its_end() -> anyhow::Result<()> {
-        let stream = stream(Duration::from_secs(30)).await?;
-        let Stream {
-            mut send, reader, ..
-        } = stream;
-        send.write_all(b"cut short").await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        send.reset(7u32.into())?;
-        let (read, ended) = read_to_end(reader).await;
-        assert!(ended.is_err(), "{ended:?}");
-        assert_eq!(read, b"cut short");
+        let mut s = stream(Duration::from_secs(30)).await?;
+        s.send.write_all(b"cut short").await?;
+        s.send.reset(7u32.into())?;
+        let (read, ended) = read_to_end(s.reader).await;
+        // An end would have the decoder call the peer a liar: the stream's
+        // failure comes through as it is.
+        let err = ended.expect_err("reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        // Bytes not yet read when the reset came are dropped by QUIC.
+        assert!(b"cut short".starts_with(&read), "{read:?}");
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_request_given_up_ends_the_read_of_a_silent_stream() -> anyhow::Result<()> {
-        let stream = stream(Duration::from_secs(30)).await?;
-        let Stream {
-            mut send,
-            reader,
-            pump,
-            ..
-        } = stream;
-        send.write_all(b"then nothing").await?;
-        let reading = tokio::spawn(read_to_end(reader));
+    async fn a_request_given_up_fails_the_read_of_a_silent_stream() -> anyhow::Result<()> {
+        let mut s = stream(Duration::from_secs(30)).await?;
+        s.send.write_all(b"then nothing").await?;
+        let reading = tokio::spawn(read_to_end(s.reader));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!reading.is_finished(), "the stream is still open");
-        pump.abort();
+        s.pump.abort();
         let (read, ended) = reading.await?;
         assert_eq!(read, b"then nothing");
-        assert_eq!(ended?, read.len(), "a request given up ends the stream");
+        let err = ended.expect_err("given up, not ended");
+        assert_eq!(err.to_string(), "request given up");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_reads_nothing_more_of_what_came() -> anyhow::Result<()> {
+        let mut s = stream(Duration::from_secs(30)).await?;
+        s.send.write_all(&[1; 3 * BATCH_BYTES]).await?;
+        // Batches waiting for the reader, which has not read yet.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.pump.abort();
+        let _ = (&mut s.pump).await;
+        let read = on_a_thread(s.reader, |r| r.read(&mut [0; 16])).await;
+        assert_eq!(read.expect_err("given up").to_string(), "request given up");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_steady_peer_is_not_taken_for_a_stalled_one() -> anyhow::Result<()> {
+        let s = stream(Duration::from_millis(300)).await?;
+        let mut send = s.send;
+        let writing = tokio::spawn(async move {
+            for byte in 0..10u8 {
+                send.write_all(&[byte]).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            send.finish()?;
+            anyhow::Ok(send)
+        });
+        let (read, ended) = read_to_end(s.reader).await;
+        let _send = writing.await??;
+        ended?;
+        assert_eq!(read, (0..10).collect::<Vec<u8>>());
         Ok(())
     }
 }

@@ -117,8 +117,8 @@ pub async fn request_groups(
         tokio::task::spawn_blocking(move || decode(&sink, hash, size, &groups, reader));
     // The decoder may end before the stream does (it has all it asked for,
     // or a lie): the pump stops then. A request given up drops the pump,
-    // which ends the decoder's stream, so no blocking thread is left reading
-    // for no one.
+    // which fails the decoder's next read, so no blocking thread is left
+    // reading or writing for no one.
     tokio::select! {
         decoded = &mut decoding => return decoded.map_err(|e| PeerFailure::Gone(e.to_string()))?,
         () = pump.run() => {}
