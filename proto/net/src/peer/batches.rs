@@ -1,9 +1,11 @@
 //! A peer's stream handed to a decoding thread in batches. The decoder
 //! verifies and writes on a blocking thread; read through a bridge, it woke
-//! up, polled the stream and went back to sleep for every 16 KiB group: two
-//! context switches a group, a fifth of a fetch's CPU on a one-core receiver.
+//! up, polled the stream and went back to sleep for nearly every 16 KiB
+//! group it read: 37,000 context switches and a sixth of the receiver's CPU
+//! for a GiB, on one core (`benches/README.md`, "The receiver reads in
+//! batches").
 //! A [`Pump`] on the runtime takes the stream's chunks as they come (no copy)
-//! and hands them on about every [`BATCH_BYTES`]; the [`BatchReader`] reads
+//! and hands them on about every 128 KiB; the [`BatchReader`] reads
 //! them on the decoding thread.
 
 use std::collections::VecDeque;
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// About how much the pump gathers before handing it on: 8 groups.
-pub const BATCH_BYTES: usize = 128 * 1024;
+const BATCH_BYTES: usize = 128 * 1024;
 
 /// The most chunks in one batch. A chunk is what one datagram carried of the
 /// stream (about 1.2 KiB from an honest peer) and keeps that datagram's
