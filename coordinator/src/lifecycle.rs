@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use cartable_placement::{Assignment, BundleSpec, NodeSpec, Topology};
+use cartable_placement::{BundleSpec, NodeSpec, Topology};
 use cartable_proto::control::{Heartbeat, HoldOrder, Member, NameTable, Orders};
 use cartable_proto::{BundleId, NodeId};
 
 use crate::config::Policy;
-use crate::state::{Cluster, Liveness};
+use crate::state::{Cluster, Liveness, PlanView};
 use cartable_proto::api::{QueuedCopy, ReplicaState};
 
 /// Which nodes may take replicas: for the normal plan and for urgent repairs.
@@ -92,48 +92,13 @@ pub fn topology<'a>(c: &Cluster, nodes: impl IntoIterator<Item = &'a NodeId>) ->
     }
 }
 
-/// The current assignment: every replica not being released.
-pub fn current_assignment(c: &Cluster) -> Assignment {
-    // Both maps are in bundle order: walked side by side rather than looked
-    // up, since this runs under the state's lock for every bundle.
-    let mut replicas = c.replicas.iter().peekable();
-    c.bundles
-        .keys()
-        .map(|b| {
-            while replicas.next_if(|(r, _)| *r < b).is_some() {}
-            let nodes = replicas
-                .next_if(|(r, _)| *r == b)
-                .map_or_else(Vec::new, |(_, r)| {
-                    r.iter()
-                        .filter(|(_, s)| **s != ReplicaState::Releasing)
-                        .map(|(n, _)| *n)
-                        .collect()
-                });
-            (*b, nodes)
-        })
-        .collect()
-}
-
-/// Every bundle as the planner sees it.
-pub fn bundle_specs(c: &Cluster) -> Vec<BundleSpec> {
-    c.bundles
-        .iter()
-        .map(|(id, b)| BundleSpec {
-            id: *id,
-            size: b.size,
-            replicas: b.replicas,
-        })
-        .collect()
-}
-
 /// What a plan is made from, taken from the state so that the plan itself,
 /// seconds of work at national scale (`benches/README.md`, "Placement at
 /// national scale"), can run with the state's lock released.
 #[derive(Debug)]
 pub struct PlanInputs {
     eligible: Eligibility,
-    previous: Assignment,
-    specs: Vec<BundleSpec>,
+    view: PlanView,
     normal: Topology,
     /// When some eligible nodes are down: the up nodes, where urgent bundles
     /// go at once, and what decides which bundles are urgent.
@@ -174,8 +139,7 @@ impl PlanInputs {
         });
         Self {
             eligible: eligible.clone(),
-            previous: current_assignment(c),
-            specs: bundle_specs(c),
+            view: c.plan_view(),
             normal: topology(c, &eligible.normal),
             urgent,
         }
@@ -184,9 +148,7 @@ impl PlanInputs {
     /// Adds `spec` to what is planned (or replaces the bundle's spec), as if
     /// it were published: the plan a publish applies once it is checked.
     pub fn with_bundle(mut self, spec: BundleSpec) -> Self {
-        self.previous.entry(spec.id).or_default();
-        self.specs.retain(|s| s.id != spec.id);
-        self.specs.push(spec);
+        self.view = self.view.with_spec(spec);
         self
     }
 
@@ -194,7 +156,8 @@ impl PlanInputs {
     /// when the first puts a bundle on a down node that lacks its copy, or
     /// that holds one of a bundle short of copies.
     pub fn plan(self) -> Plans {
-        let mut normal = cartable_placement::plan(&self.normal, &self.specs, &self.previous);
+        let (previous, specs) = self.view.split();
+        let mut normal = cartable_placement::plan(&self.normal, &specs, &previous);
         let urgent = self.urgent.and_then(|(up, down)| {
             let needed = normal.assignment.iter().any(|(b, nodes)| {
                 nodes.iter().any(|n| {
@@ -202,13 +165,13 @@ impl PlanInputs {
                         && (!down.held.contains(&(*b, *n)) || down.short.contains(b))
                 })
             });
-            needed.then(|| cartable_placement::plan(&up, &self.specs, &self.previous))
+            needed.then(|| cartable_placement::plan(&up, &specs, &previous))
         });
         // Only the bundles the plan moves, or puts on a node that is down, can
         // change a replica's state. At national scale the others are nearly
         // all of them: dropped here, they cost nothing under the state's lock.
         let eligible = &self.eligible;
-        let previous = &self.previous;
+        let previous = &previous;
         let on_down = |nodes: &Vec<NodeId>| nodes.iter().any(|n| !eligible.urgent.contains(n));
         normal
             .assignment

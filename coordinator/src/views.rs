@@ -9,7 +9,7 @@ use cartable_proto::{BundleId, NodeId};
 use crate::config::Policy;
 use crate::lifecycle;
 use crate::ops::OpError;
-use crate::state::{Cluster, TokenRecord};
+use crate::state::{Cluster, PlanView, TokenRecord};
 use cartable_proto::api::*;
 
 /// A node's state as the admin API and monitoring show it.
@@ -202,8 +202,7 @@ pub struct PreviewInputs {
     topology: Topology,
     /// The hypothetical nodes' labels.
     names: BTreeMap<NodeId, String>,
-    previous: cartable_placement::Assignment,
-    specs: Vec<cartable_placement::BundleSpec>,
+    view: PlanView,
     losses: Losses,
 }
 
@@ -230,8 +229,7 @@ pub fn preview_inputs(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> 
     PreviewInputs {
         topology: Topology { nodes },
         names,
-        previous: lifecycle::current_assignment(c),
-        specs: lifecycle::bundle_specs(c),
+        view: c.plan_view(),
         losses: losses(c, policy, &without),
     }
 }
@@ -242,10 +240,10 @@ impl PreviewInputs {
         let Self {
             topology,
             names,
-            previous,
-            specs,
+            view,
             losses,
         } = self;
+        let (previous, specs) = view.split();
         let plan = cartable_placement::plan(&topology, &specs, &previous);
         let movement = cartable_placement::movement(&previous, &plan.assignment);
         let size: BTreeMap<BundleId, u64> = specs.iter().map(|s| (s.id, s.size)).collect();

@@ -397,9 +397,9 @@ fn a_plan_made_while_the_state_moved_on_keeps_what_changed() -> anyhow::Result<(
     let eligible = eligibility(&mut sim.c, &sim.policy, sim.now);
     sim.c.needs_plan = false;
     let inputs = PlanInputs::take(&sim.c, &sim.policy, sim.now, &eligible);
-    let specs = bundle_specs(&sim.c);
+    let (previous, specs) = sim.c.plan_view().split();
     let normal = topology(&sim.c, &eligible.normal);
-    let will = cartable_placement::plan(&normal, &specs, &current_assignment(&sim.c));
+    let will = cartable_placement::plan(&normal, &specs, &previous);
     let plans = inputs.plan();
     // Meanwhile: `late` is unpublished, a node the plan gives `moved` is
     // removed, `early` is published.

@@ -145,12 +145,14 @@ fn big_cluster(nodes: u16, bundles: u32) -> anyhow::Result<Cluster> {
 /// Runs `work` on another thread, on a coordinator whose cluster is big
 /// enough that a plan takes a while (its copies placed by a first tick),
 /// while this one takes the state's lock every millisecond, as browsers'
-/// redirects do, and asks that the lock be free for most of it. A busy
+/// redirects do, and asks that no wait for the lock be longer than
+/// `1 / at_most` of `work`. A busy
 /// machine may pause this thread while it holds or asks for the lock, or make
 /// `work` too short to tell: such a look is taken again, up to three, `work`
 /// being told which.
 fn lock_free_during(
     what: &str,
+    at_most: u32,
     work: impl Fn(&Coordinator, u8) -> anyhow::Result<()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -174,7 +176,7 @@ fn lock_free_during(
             std::thread::sleep(Duration::from_millis(1));
         }
         let took = working.join().expect("the work")?;
-        if took > Duration::from_millis(150) && longest < took / 3 {
+        if took > Duration::from_millis(150) && longest < took / at_most {
             return Ok(());
         }
         looks.push((longest, took));
@@ -185,7 +187,8 @@ fn lock_free_during(
 #[tokio::test]
 async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
     // Ticks that re-plan and move nothing.
-    lock_free_during("ticks", |coord, _| {
+    // Nothing of every bundle is walked under the lock: a 20th is far above it.
+    lock_free_during("ticks", 20, |coord, _| {
         coord.lock().needs_plan = true;
         coord.tick(&mut Eligibility::default())
     })
@@ -193,7 +196,7 @@ async fn a_long_plan_does_not_hold_up_the_state() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_publish_plans_without_holding_up_the_state() -> anyhow::Result<()> {
-    lock_free_during("publishes", |coord, look| {
+    lock_free_during("publishes", 20, |coord, look| {
         let manifest = Manifest::new(vec![ManifestEntry {
             path: BundlePath::new(format!("lesson-{look}.html"))?,
             hash: BlobHash::of(&[look]),
@@ -213,7 +216,8 @@ async fn a_publish_plans_without_holding_up_the_state() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_plan_preview_does_not_hold_up_the_state() -> anyhow::Result<()> {
-    lock_free_during("previews", |coord, _| {
+    // What removing nodes would lose is counted under the lock (a tenth).
+    lock_free_during("previews", 3, |coord, _| {
         coord.plan(&PlanChange::default());
         Ok(())
     })

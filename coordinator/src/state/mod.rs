@@ -5,6 +5,7 @@
 //! lives only in memory.
 
 pub mod kv;
+mod plan_view;
 pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,6 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use cartable_proto::api::{NameChange, ReplicaState};
 pub use kv::{Kv, MemoryKv, SledKv};
+pub use plan_view::{Placed, PlanView};
 use records::{BundleRow, NameRow, NodeRow, ReplicaRow, TokenRow};
 
 const NODES: &str = "nodes";
@@ -245,6 +247,9 @@ pub struct Cluster {
     /// The bundles with a copy being released (kept by `set_replica`), so
     /// that a tick's look for copies to release costs what is releasing.
     releasing: BTreeSet<BundleId>,
+    /// Every bundle as the planner sees it (kept by `save_bundle` and
+    /// `set_replica`), so that a plan takes it without a walk.
+    plan_view: PlanView,
     /// Names.
     pub names: BTreeMap<String, NameRecord>,
     /// Unpublished bundles, which nodes are told to delete.
@@ -357,7 +362,7 @@ impl Cluster {
             .keys()
             .map(|id| (*id, Liveness::assumed(now)))
             .collect();
-        Ok(Self {
+        let mut c = Self {
             tokens: rows::<_, TokenRow, _>(&*kv, TOKENS, text_key)?,
             bundles: rows::<_, BundleRow, _>(&*kv, BUNDLES, bundle_key)?,
             names: rows::<_, NameRow, _>(&*kv, NAMES, text_key)?,
@@ -382,8 +387,11 @@ impl Cluster {
             unplaced: BTreeMap::new(),
             down_since: HashMap::new(),
             needs_plan: true,
+            plan_view: PlanView::default(),
             kv,
-        })
+        };
+        c.plan_view = c.built_plan_view();
+        Ok(c)
     }
 
     fn put<V: Serialize>(&self, table: &str, key: &[u8], value: &V) -> anyhow::Result<()> {
@@ -462,6 +470,7 @@ impl Cluster {
             self.kv.delete(RETIRED, id.hash().as_bytes())?;
         }
         self.bundles.insert(id, record);
+        self.refresh_plan_view(id);
         self.needs_plan = true;
         Ok(())
     }
@@ -470,6 +479,7 @@ impl Cluster {
     pub fn retire_bundle(&mut self, id: BundleId) -> anyhow::Result<()> {
         self.kv.delete(BUNDLES, id.hash().as_bytes())?;
         self.bundles.remove(&id);
+        self.refresh_plan_view(id);
         let nodes: Vec<NodeId> = self
             .replicas
             .get(&id)
@@ -529,6 +539,7 @@ impl Cluster {
         } else {
             self.releasing.remove(&bundle);
         }
+        self.refresh_plan_view(bundle);
         Ok(())
     }
 
@@ -561,7 +572,8 @@ impl Cluster {
             })
     }
 
-    /// Whether the by-node index lists exactly the replicas (checked by tests).
+    /// Whether the by-node index lists exactly the replicas, and the releasing
+    /// set and the plan's view agree with them (checked by tests).
     #[cfg(test)]
     pub(crate) fn index_is_consistent(&self) -> bool {
         let from_replicas: BTreeSet<(NodeId, BundleId)> = self
@@ -580,7 +592,9 @@ impl Cluster {
             .filter(|(_, r)| r.values().any(|s| *s == ReplicaState::Releasing))
             .map(|(b, _)| *b)
             .collect();
-        from_replicas == from_index && releasing == self.releasing
+        from_replicas == from_index
+            && releasing == self.releasing
+            && self.built_plan_view() == self.plan_view
     }
 
     /// Points `name` at `bundle`, keeping the history.
