@@ -146,13 +146,13 @@ fn big_cluster(nodes: u16, bundles: u32) -> anyhow::Result<Cluster> {
 /// enough that a plan takes a while (its copies placed by a first tick),
 /// while this one takes the state's lock every millisecond, as browsers'
 /// redirects do, and asks that no wait for the lock be longer than
-/// `1 / at_most` of `work`. A busy
+/// `1 / share` of `work`. A busy
 /// machine may pause this thread while it holds or asks for the lock, or make
 /// `work` too short to tell: such a look is taken again, up to three, `work`
 /// being told which.
 fn lock_free_during(
     what: &str,
-    at_most: u32,
+    share: u32,
     work: impl Fn(&Coordinator, u8) -> anyhow::Result<()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -176,7 +176,7 @@ fn lock_free_during(
             std::thread::sleep(Duration::from_millis(1));
         }
         let took = working.join().expect("the work")?;
-        if took > Duration::from_millis(150) && longest < took / at_most {
+        if took > Duration::from_millis(150) && longest < took / share {
             return Ok(());
         }
         looks.push((longest, took));

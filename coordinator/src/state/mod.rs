@@ -237,9 +237,11 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Join tokens, by the hex BLAKE3 hash of their secret.
     pub tokens: BTreeMap<String, TokenRecord>,
-    /// Published bundles.
+    /// Published bundles. Changed only by `save_bundle` and `retire_bundle`,
+    /// which keep the indexes below.
     pub bundles: BTreeMap<BundleId, BundleRecord>,
-    /// Replicas of each bundle and their states.
+    /// Replicas of each bundle and their states. Changed only by
+    /// `set_replica`, which keeps the indexes below.
     pub replicas: BTreeMap<BundleId, BTreeMap<NodeId, ReplicaState>>,
     /// The same replicas by node (kept by `set_replica`), so that a heartbeat
     /// costs what the node holds.
@@ -247,8 +249,9 @@ pub struct Cluster {
     /// The bundles with a copy being released (kept by `set_replica`), so
     /// that a tick's look for copies to release costs what is releasing.
     releasing: BTreeSet<BundleId>,
-    /// Every bundle as the planner sees it (kept by `save_bundle` and
-    /// `set_replica`), so that a plan takes it without a walk.
+    /// Every bundle as the planner sees it (kept by `load`, `save_bundle`,
+    /// `retire_bundle` and `set_replica`), so that a plan takes it without a
+    /// walk.
     plan_view: PlanView,
     /// Names.
     pub names: BTreeMap<String, NameRecord>,

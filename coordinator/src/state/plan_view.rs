@@ -4,6 +4,8 @@
 //! redirect and heartbeat waits on. Kept in a persistent map, it is taken by
 //! a pointer copy; the walk happens once the lock is released.
 
+use std::sync::Arc;
+
 use cartable_placement::{Assignment, BundleSpec};
 use cartable_proto::api::ReplicaState;
 use cartable_proto::{BundleId, NodeId};
@@ -15,8 +17,9 @@ use super::Cluster;
 pub struct Placed {
     /// Its size and replicas wanted.
     pub spec: BundleSpec,
-    /// The nodes with a copy of it not being released.
-    pub nodes: Vec<NodeId>,
+    /// The nodes with a copy of it not being released. Shared: an entry
+    /// copied because a plan holds the view costs no allocation.
+    pub nodes: Arc<[NodeId]>,
 }
 
 /// Every published bundle as the planner sees it, in bundle order.
@@ -27,9 +30,10 @@ impl PlanView {
     /// The planner's inputs: where every bundle is placed, and every
     /// bundle's spec. A walk of every bundle: not under the state's lock.
     pub fn split(&self) -> (Assignment, Vec<BundleSpec>) {
-        let previous = self.0.iter().map(|(b, p)| (*b, p.nodes.clone())).collect();
-        let specs = self.0.values().map(|p| p.spec).collect();
-        (previous, specs)
+        self.0
+            .iter()
+            .map(|(b, p)| ((*b, p.nodes.to_vec()), p.spec))
+            .unzip()
     }
 
     /// With `spec` added, or replacing the bundle's, where it is placed kept:
@@ -38,8 +42,7 @@ impl PlanView {
         let nodes = self
             .0
             .get(&spec.id)
-            .map(|p| p.nodes.clone())
-            .unwrap_or_default();
+            .map_or_else(|| Arc::from([]), |p| p.nodes.clone());
         self.0.insert(spec.id, Placed { spec, nodes });
         self
     }
@@ -54,12 +57,15 @@ impl Cluster {
     /// `bundle` as the planner sees it, from the bundles and replicas.
     fn placed(&self, bundle: &BundleId) -> Option<Placed> {
         let record = self.bundles.get(bundle)?;
-        let nodes = self.replicas.get(bundle).map_or_else(Vec::new, |r| {
-            r.iter()
-                .filter(|(_, s)| **s != ReplicaState::Releasing)
-                .map(|(n, _)| *n)
-                .collect()
-        });
+        let nodes = self.replicas.get(bundle).map_or_else(
+            || Arc::from([]),
+            |r| {
+                r.iter()
+                    .filter(|(_, s)| **s != ReplicaState::Releasing)
+                    .map(|(n, _)| *n)
+                    .collect()
+            },
+        );
         Some(Placed {
             spec: BundleSpec {
                 id: *bundle,
@@ -71,17 +77,19 @@ impl Cluster {
     }
 
     /// Brings `bundle`'s entry in the view in line with the state, after a
-    /// change to it. An entry left as it was is not copied, even while a
-    /// plan holds the view.
+    /// change to it. An entry left as it was is not written (a write copies
+    /// its path in the map while a plan holds the view): most changes, a copy
+    /// made or released, leave it as it was.
     pub(super) fn refresh_plan_view(&mut self, bundle: BundleId) {
         match self.placed(&bundle) {
             Some(now) if self.plan_view.0.get(&bundle) != Some(&now) => {
                 self.plan_view.0.insert(bundle, now);
             }
-            Some(_) => {}
-            None => {
+            // imbl's `remove` copies the path even for a key it lacks.
+            None if self.plan_view.0.contains_key(&bundle) => {
                 self.plan_view.0.remove(&bundle);
             }
+            Some(_) | None => {}
         }
     }
 
