@@ -30,10 +30,12 @@ impl PlanView {
     /// The planner's inputs: where every bundle is placed, and every
     /// bundle's spec. A walk of every bundle: not under the state's lock.
     pub fn split(&self) -> (Assignment, Vec<BundleSpec>) {
-        self.0
-            .iter()
-            .map(|(b, p)| ((*b, p.nodes.to_vec()), p.spec))
-            .unzip()
+        // Two walks: collected whole, a BTreeMap is built in one go from
+        // sorted keys; extended (as `unzip` does) it takes them one by one,
+        // 100 ms more at 300,000 bundles.
+        let previous = self.0.iter().map(|(b, p)| (*b, p.nodes.to_vec())).collect();
+        let specs = self.0.values().map(|p| p.spec).collect();
+        (previous, specs)
     }
 
     /// With `spec` added, or replacing the bundle's, where it is placed kept:
