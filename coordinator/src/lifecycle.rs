@@ -56,8 +56,7 @@ pub fn eligibility(c: &mut Cluster, policy: &Policy, now: Instant) -> Eligibilit
                 now
             });
         }
-        // An unreliable node takes no copies: its own move away as a drained node's.
-        if c.nodes[&id].draining || c.nodes[&id].trust.unreliable {
+        if !c.nodes[&id].takes_copies() {
             continue;
         }
         let within_delay = c
@@ -181,12 +180,35 @@ impl PlanInputs {
             let used = |b: &BundleId| normal.assignment.get(b).is_some_and(on_down);
             up.assignment.retain(|b, _| used(b));
             up.unplaced.retain(|u| used(&u.bundle));
-            up
+            Placement::of(up)
         });
         Plans {
             eligible: self.eligible,
-            normal,
+            normal: Placement::of(normal),
             urgent,
+        }
+    }
+}
+
+/// A plan as it is applied: where bundles go, and why some are placed on
+/// fewer nodes than they want, by bundle (looked up under the state's lock
+/// for each bundle placed at once, so not searched there).
+#[derive(Debug)]
+struct Placement {
+    assignment: cartable_placement::Assignment,
+    short: BTreeMap<BundleId, String>,
+}
+
+impl Placement {
+    fn of(plan: cartable_placement::Plan) -> Self {
+        let short = plan
+            .unplaced
+            .iter()
+            .map(|u| (u.bundle, describe(u)))
+            .collect();
+        Self {
+            assignment: plan.assignment,
+            short,
         }
     }
 }
@@ -196,8 +218,8 @@ impl PlanInputs {
 #[derive(Debug)]
 pub struct Plans {
     eligible: Eligibility,
-    normal: cartable_placement::Plan,
-    urgent: Option<cartable_placement::Plan>,
+    normal: Placement,
+    urgent: Option<Placement>,
 }
 
 impl Plans {
@@ -213,10 +235,10 @@ impl Plans {
     pub fn apply(self, c: &mut Cluster, policy: &Policy, now: Instant) -> anyhow::Result<()> {
         let mut unplaced: BTreeMap<BundleId, String> = self
             .normal
-            .unplaced
+            .short
             .iter()
-            .filter(|u| c.bundles.contains_key(&u.bundle))
-            .map(|u| (u.bundle, describe(u)))
+            .filter(|(b, _)| c.bundles.contains_key(b))
+            .map(|(b, why)| (*b, why.clone()))
             .collect();
         let mut targets = Vec::new();
         let mut waiting = false;
@@ -233,8 +255,8 @@ impl Plans {
                     tracing::warn!(bundle = %b, "too few complete copies: re-placing without down nodes");
                 }
                 unplaced.remove(b);
-                if let Some(why) = unplaced_in(placing.plan, b) {
-                    unplaced.insert(*b, why);
+                if let Some(why) = placing.short {
+                    unplaced.insert(*b, why.clone());
                 }
             }
             targets.push((*b, placing.nodes));
@@ -266,15 +288,12 @@ impl Plans {
             .and_then(|nodes| self.placing(c, policy, now, (bundle, replicas), nodes));
         let Some(placing) = placing else {
             let nodes = current.map(|(n, _)| *n).collect();
-            return (nodes, unplaced_in(&self.normal, bundle));
+            return (nodes, self.normal.short.get(bundle).cloned());
         };
         // What `apply_target` keeps besides the planned nodes.
         let kept = current.filter(|(_, s)| **s != ReplicaState::Copying);
         let nodes: BTreeSet<NodeId> = kept.map(|(n, _)| *n).chain(placing.nodes).collect();
-        (
-            nodes.into_iter().collect(),
-            unplaced_in(placing.plan, bundle),
-        )
+        (nodes.into_iter().collect(), placing.short.cloned())
     }
 
     /// Where the plans put `bundle` of `replicas` copies, planned on `nodes`
@@ -289,7 +308,7 @@ impl Plans {
         nodes: &'a [NodeId],
     ) -> Option<Placing<'a>> {
         let urgency = urgency(c, policy, now, &self.eligible, (bundle, replicas), nodes);
-        let (nodes, plan, at_once) = match (urgency, &self.urgent) {
+        let (nodes, placement, at_once) = match (urgency, &self.urgent) {
             (Some(urgency), Some(up)) => {
                 let nodes = up.assignment.get(bundle).map_or(nodes, Vec::as_slice);
                 (nodes, up, Some(urgency))
@@ -305,7 +324,7 @@ impl Plans {
                 .filter(|n| c.nodes.contains_key(n))
                 .copied()
                 .collect(),
-            plan,
+            short: placement.short.get(bundle),
             at_once,
         })
     }
@@ -315,18 +334,10 @@ impl Plans {
 struct Placing<'a> {
     /// Its nodes, in id order, every one still a member.
     nodes: Vec<NodeId>,
-    /// The plan they come from.
-    plan: &'a cartable_placement::Plan,
+    /// Why the plan they come from places it on fewer nodes than it wants.
+    short: Option<&'a String>,
     /// Why, when placed at once by the plan over up nodes.
     at_once: Option<Urgency>,
-}
-
-/// Why `plan` places `bundle` on fewer nodes than it wants, if it does.
-fn unplaced_in(plan: &cartable_placement::Plan, bundle: &BundleId) -> Option<String> {
-    plan.unplaced
-        .iter()
-        .find(|u| u.bundle == *bundle)
-        .map(describe)
 }
 
 /// Why a bundle is re-placed at once without its down nodes.

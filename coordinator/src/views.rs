@@ -246,7 +246,6 @@ impl PreviewInputs {
         let (previous, specs) = view.split();
         let plan = cartable_placement::plan(&topology, &specs, &previous);
         let movement = cartable_placement::movement(&previous, &plan.assignment);
-        let size: BTreeMap<BundleId, u64> = specs.iter().map(|s| (s.id, s.size)).collect();
         let label = |n: &NodeId| names.get(n).cloned().unwrap_or_else(|| n.to_string());
         let moves = plan
             .assignment
@@ -265,7 +264,7 @@ impl PreviewInputs {
                     .collect();
                 (!to.is_empty() || !from.is_empty()).then_some(BundleMove {
                     bundle: *b,
-                    size: size.get(b).copied().unwrap_or(0),
+                    size: view.size_of(b).unwrap_or(0),
                     to,
                     from,
                 })

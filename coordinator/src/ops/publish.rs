@@ -14,7 +14,7 @@ use super::admin::{check_name, check_replicas};
 use super::{Coordinator, OpError};
 use crate::config::Policy;
 use crate::lifecycle;
-use crate::state::{BundleRecord, Cluster, unix_now};
+use crate::state::{BundleRecord, Cluster, NodeRecord, unix_now};
 use cartable_placement::BundleSpec;
 
 /// How long an upload grant is good for.
@@ -199,11 +199,8 @@ fn upload_among<'a>(
     }
     placed
         .find(|n| {
-            let takes = c
-                .nodes
-                .get(n)
-                .is_some_and(|r| !r.draining && !r.trust.unreliable);
-            takes && c.is_up(n, now, policy.down_after)
+            c.nodes.get(n).is_some_and(NodeRecord::takes_copies)
+                && c.is_up(n, now, policy.down_after)
         })
         .copied()
 }

@@ -18,7 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use cartable_proto::api::{NameChange, ReplicaState};
 pub use kv::{Kv, MemoryKv, SledKv};
-pub use plan_view::{Placed, PlanView};
+pub use plan_view::PlanView;
 use records::{BundleRow, NameRow, NodeRow, ReplicaRow, TokenRow};
 
 const NODES: &str = "nodes";
@@ -99,6 +99,12 @@ impl NodeRecord {
     pub fn allowed_capacity(&self, claimed: u64) -> u64 {
         self.capacity_limit
             .map_or(claimed, |limit| claimed.min(limit))
+    }
+
+    /// Whether it may be given copies: an unreliable node's move away as a
+    /// drained node's do.
+    pub fn takes_copies(&self) -> bool {
+        !self.draining && !self.trust.unreliable
     }
 
     /// Whether placement reads anything that differs between the two records.

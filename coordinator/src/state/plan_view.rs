@@ -38,6 +38,11 @@ impl PlanView {
         (previous, specs)
     }
 
+    /// The size of `bundle`, if it is in the view.
+    pub fn size_of(&self, bundle: &BundleId) -> Option<u64> {
+        self.0.get(bundle).map(|p| p.spec.size)
+    }
+
     /// With `spec` added, or replacing the bundle's, where it is placed kept:
     /// the view a publish plans with.
     pub fn with_spec(mut self, spec: BundleSpec) -> Self {

@@ -182,17 +182,16 @@ pub struct BatchReader {
     ended: Option<Result<(), (io::ErrorKind, String)>>,
 }
 
-impl BatchReader {
-    fn given_up() -> io::Error {
-        io::Error::other("request given up")
-    }
+/// What the decoder reads once its request was given up.
+fn request_given_up() -> io::Error {
+    io::Error::other("request given up")
 }
 
 impl Read for BatchReader {
     /// Blocks while nothing was handed on: not to be called on the runtime.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.given_up.load(Ordering::Relaxed) {
-            return Err(Self::given_up());
+            return Err(request_given_up());
         }
         if buf.is_empty() {
             return Ok(0);
@@ -208,7 +207,7 @@ impl Read for BatchReader {
                 Some(Handed::End) => self.ended = Some(Ok(())),
                 Some(Handed::Failed(e)) => self.ended = Some(Err((e.kind(), e.to_string()))),
                 // The pump was dropped between sends.
-                None => return Err(Self::given_up()),
+                None => return Err(request_given_up()),
             }
         }
         let mut filled = 0;
