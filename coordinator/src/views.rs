@@ -203,7 +203,10 @@ pub struct PreviewInputs {
     /// The hypothetical nodes' labels.
     names: BTreeMap<NodeId, String>,
     view: PlanView,
-    losses: Losses,
+    /// The nodes taken out.
+    without: BTreeSet<NodeId>,
+    /// The nodes whose copies count, as of the preview: up and trusted.
+    trusted: BTreeSet<NodeId>,
 }
 
 /// The inputs of a preview of `change`; changes nothing but the state's
@@ -226,11 +229,19 @@ pub fn preview_inputs(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> 
             capacity: h.capacity,
         });
     }
+    let now = Instant::now();
+    let trusted = c
+        .nodes
+        .keys()
+        .filter(|n| c.is_trusted(n, now, policy.down_after))
+        .copied()
+        .collect();
     PreviewInputs {
         topology: Topology { nodes },
         names,
         view: c.plan_view(),
-        losses: losses(c, policy, &without),
+        without,
+        trusted,
     }
 }
 
@@ -241,8 +252,10 @@ impl PreviewInputs {
             topology,
             names,
             view,
-            losses,
+            without,
+            trusted,
         } = self;
+        let losses = losses(&view, policy, &without, &trusted);
         let (previous, specs) = view.split();
         let plan = cartable_placement::plan(&topology, &specs, &previous);
         let movement = cartable_placement::movement(&previous, &plan.assignment);
@@ -298,21 +311,30 @@ struct Losses {
     bytes_on_removed: u64,
 }
 
-fn losses(c: &Cluster, policy: &Policy, without: &BTreeSet<NodeId>) -> Losses {
-    let now = Instant::now();
+fn losses(
+    view: &PlanView,
+    policy: &Policy,
+    without: &BTreeSet<NodeId>,
+    trusted: &BTreeSet<NodeId>,
+) -> Losses {
     let mut losses = Losses {
         lost: Vec::new(),
         urgent: 0,
         bytes_on_removed: 0,
     };
-    for (id, record) in &c.bundles {
-        let whole = lifecycle::sources(c, id, None, policy, now);
-        let gone = whole.iter().filter(|n| without.contains(n)).count();
-        let kept = whole.len() - gone;
-        losses.bytes_on_removed += record.size * gone as u64;
+    for (spec, whole) in view.whole_copies() {
+        let (mut kept, mut gone) = (0, 0);
+        for n in whole.filter(|n| trusted.contains(n)) {
+            if without.contains(n) {
+                gone += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        losses.bytes_on_removed += spec.size * gone;
         if kept == 0 {
-            losses.lost.push(*id);
-        } else if kept < usize::from(policy.min_replicas.min(record.replicas)) {
+            losses.lost.push(spec.id);
+        } else if kept < u64::from(policy.min_replicas.min(spec.replicas)) {
             losses.urgent += 1;
         }
     }

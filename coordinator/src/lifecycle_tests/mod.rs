@@ -5,7 +5,8 @@
 //! load and releases replaced copies. Time is passed in; nothing sleeps.
 //!
 //! [`Sim`] is the harness; [`repair`] tests placement, repair, release, names
-//! and routing; [`trust`] what members' claims are worth.
+//! and routing; [`trust`] what members' claims are worth; [`preview`] what an
+//! operator's preview says taking nodes out costs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::*;
 use crate::state::{BundleRecord, Kv, MemoryKv, NodeRecord};
 use ReplicaState::{Complete, Copying, Releasing};
 
+mod preview;
 mod repair;
 mod trust;
 

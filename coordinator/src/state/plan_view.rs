@@ -1,8 +1,9 @@
-//! What a plan reads of every bundle, kept as bundles and replicas change.
-//! Copied out of the state for each plan, it cost a walk of every bundle and
-//! its replicas under the state's lock (0.1 s at 300,000 bundles), which every
-//! redirect and heartbeat waits on. Kept in a persistent map, it is taken by
-//! a pointer copy; the walk happens once the lock is released.
+//! What a plan, or an operator's preview, reads of every bundle, kept as
+//! bundles and replicas change. Copied out of the state for each plan, it cost
+//! a walk of every bundle and its replicas under the state's lock (0.1 s at
+//! 300,000 bundles), which every redirect and heartbeat waits on. Kept in a
+//! persistent map, it is taken by a pointer copy; the walk happens once the
+//! lock is released.
 
 use std::sync::Arc;
 
@@ -17,9 +18,9 @@ use super::Cluster;
 pub struct Placed {
     /// Its size and replicas wanted.
     pub spec: BundleSpec,
-    /// The nodes with a copy of it not being released. Shared: an entry
-    /// copied because a plan holds the view costs no allocation.
-    pub nodes: Arc<[NodeId]>,
+    /// Every replica of it, in node order. Shared: an entry copied because a
+    /// plan holds the view costs no allocation.
+    pub replicas: Arc<[(NodeId, ReplicaState)]>,
 }
 
 /// Every published bundle as the planner sees it, in bundle order.
@@ -33,7 +34,17 @@ impl PlanView {
         // Two walks: collected whole, a BTreeMap is built in one go from
         // sorted keys; extended (as `unzip` does) it takes them one by one,
         // 100 ms more at 300,000 bundles.
-        let previous = self.0.iter().map(|(b, p)| (*b, p.nodes.to_vec())).collect();
+        let previous = self
+            .0
+            .iter()
+            .map(|(b, p)| {
+                let kept = p
+                    .replicas
+                    .iter()
+                    .filter(|(_, s)| *s != ReplicaState::Releasing);
+                (*b, kept.map(|(n, _)| *n).collect())
+            })
+            .collect();
         let specs = self.0.values().map(|p| p.spec).collect();
         (previous, specs)
     }
@@ -43,14 +54,28 @@ impl PlanView {
         self.0.get(bundle).map(|p| p.spec.size)
     }
 
+    /// Every bundle's spec and the nodes with a whole copy of it: complete,
+    /// or being released (whole until deleted).
+    pub fn whole_copies(
+        &self,
+    ) -> impl Iterator<Item = (&BundleSpec, impl Iterator<Item = &NodeId>)> {
+        self.0.values().map(|p| {
+            let whole = p
+                .replicas
+                .iter()
+                .filter(|(_, s)| matches!(s, ReplicaState::Complete | ReplicaState::Releasing));
+            (&p.spec, whole.map(|(n, _)| n))
+        })
+    }
+
     /// With `spec` added, or replacing the bundle's, where it is placed kept:
     /// the view a publish plans with.
     pub fn with_spec(mut self, spec: BundleSpec) -> Self {
-        let nodes = self
+        let replicas = self
             .0
             .get(&spec.id)
-            .map_or_else(|| Arc::from([]), |p| p.nodes.clone());
-        self.0.insert(spec.id, Placed { spec, nodes });
+            .map_or_else(|| Arc::from([]), |p| p.replicas.clone());
+        self.0.insert(spec.id, Placed { spec, replicas });
         self
     }
 }
@@ -64,14 +89,9 @@ impl Cluster {
     /// `bundle` as the planner sees it, from the bundles and replicas.
     fn placed(&self, bundle: &BundleId) -> Option<Placed> {
         let record = self.bundles.get(bundle)?;
-        let nodes = self.replicas.get(bundle).map_or_else(
+        let replicas = self.replicas.get(bundle).map_or_else(
             || Arc::from([]),
-            |r| {
-                r.iter()
-                    .filter(|(_, s)| **s != ReplicaState::Releasing)
-                    .map(|(n, _)| *n)
-                    .collect()
-            },
+            |r| r.iter().map(|(n, s)| (*n, *s)).collect(),
         );
         Some(Placed {
             spec: BundleSpec {
@@ -79,14 +99,14 @@ impl Cluster {
                 size: record.size,
                 replicas: record.replicas,
             },
-            nodes,
+            replicas,
         })
     }
 
     /// Brings `bundle`'s entry in the view in line with the state, after a
-    /// change to it. An entry left as it was is not written (a write copies
-    /// its path in the map while a plan holds the view): most changes, a copy
-    /// made or released, leave it as it was.
+    /// change to it. An entry left as it was (a bundle saved again with its
+    /// size and copies unchanged) is not written: a write copies its path in
+    /// the map while a plan holds the view.
     pub(super) fn refresh_plan_view(&mut self, bundle: BundleId) {
         match self.placed(&bundle) {
             Some(now) if self.plan_view.0.get(&bundle) != Some(&now) => {
