@@ -265,15 +265,19 @@ async fn verified_body(
 ) -> Result<Body, HttpError> {
     let store = &ctx.store;
     if entry.size <= HOT_FILE_MAX {
-        // Not in memory (the caller looked): read from disk, and kept.
-        let whole = if entry.size <= GROUP_BYTES {
-            // One chunk group: cheaper to verify in place than to hand to a thread.
-            store.read_small(&entry.hash, entry.size)
-        } else {
-            let (store, hash, size) = (store.clone(), entry.hash, entry.size);
-            tokio::task::spawn_blocking(move || store.read_small(&hash, size))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
+        // Not in memory (the caller looked): read from disk, and kept. One
+        // chunk group in the kernel's caches is cheaper to verify in place
+        // than to hand to a thread; anything that would wait on the disk goes
+        // to one.
+        let cached = (entry.size <= GROUP_BYTES)
+            .then(|| store.read_small_cached(&entry.hash, entry.size))
+            .flatten();
+        let whole = match cached {
+            Some(read) => read,
+            None => {
+                let (store, hash, size) = (store.clone(), entry.hash, entry.size);
+                blocking(move || store.read_small(&hash, size)).await
+            }
         }
         .map_err(|e| failed(store, &entry.hash, &e))?;
         // The range lies inside the file, which is under 64 KiB.
@@ -281,9 +285,14 @@ async fn verified_body(
             whole.slice(range.start as usize..range.end as usize),
         ));
     }
-    let files = store
-        .open_blob(&entry.hash, entry.size)
-        .map_err(|e| failed(store, &entry.hash, &VerifyError::Io(e)))?;
+    let files = match store.open_blob_cached(&entry.hash, entry.size) {
+        Some(files) => Ok(files),
+        None => {
+            let (store, hash, size) = (store.clone(), entry.hash, entry.size);
+            blocking(move || store.open_blob(&hash, size).map_err(VerifyError::Io)).await
+        }
+    }
+    .map_err(|e| failed(store, &entry.hash, &e))?;
     let len = range.end - range.start;
     let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
     let (store, files, progress) = (store.clone(), Arc::new(files), ctx.progress_timeout);
@@ -295,6 +304,15 @@ async fn verified_body(
         }
     });
     first_piece(rx, len, "file damaged on this node, repair pending").await
+}
+
+/// Runs `read` on a blocking thread; a thread lost (a panic) is an I/O error.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, VerifyError> + Send + 'static,
+) -> Result<T, VerifyError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
 }
 
 /// Why a streamed response stopped early.
@@ -330,11 +348,9 @@ async fn send_range(
             continue;
         }
         let (store, files) = (store.clone(), files.clone());
-        let read = tokio::task::spawn_blocking(move || store.read_piece(&files, piece));
-        match read.await {
-            Ok(Ok(bytes)) => room.send(Ok(bytes)),
-            Ok(Err(e)) => return Err(Stopped::Failed(e)),
-            Err(e) => return Err(Stopped::Failed(std::io::Error::other(e).into())),
+        match blocking(move || store.read_piece(&files, piece)).await {
+            Ok(bytes) => room.send(Ok(bytes)),
+            Err(e) => return Err(Stopped::Failed(e)),
         }
     }
     Ok(())

@@ -21,6 +21,8 @@ mod small;
 pub mod verify;
 
 #[cfg(test)]
+mod cached_tests;
+#[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
 mod tests;
@@ -292,6 +294,39 @@ impl Store {
         })
     }
 
+    /// [`Store::open_blob`] if that cannot wait on the disk: every part of
+    /// the files' paths in the kernel's lookup cache (`RESOLVE_CACHED`).
+    /// `None`, with nothing judged, when it would wait or fails: open it on a
+    /// blocking thread then, where a failure is judged. A thread that serves
+    /// many browsers' connections must not stop them all for a disk's seek.
+    pub fn open_blob_cached(&self, hash: &BlobHash, size: u64) -> Option<BlobFiles> {
+        let open = |path: PathBuf| {
+            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+            let cached = rustix::fs::ResolveFlags::CACHED;
+            rustix::fs::openat2(
+                rustix::fs::CWD,
+                path,
+                flags,
+                rustix::fs::Mode::empty(),
+                cached,
+            )
+            .ok()
+            .map(File::from)
+        };
+        let data = open(self.layout.blob(hash))?;
+        let outboard = if size > cartable_proto::wire::GROUP_BYTES {
+            Some(open(self.layout.outboard(hash))?)
+        } else {
+            None
+        };
+        Some(BlobFiles {
+            hash: *hash,
+            size,
+            data,
+            outboard,
+        })
+    }
+
     /// The whole of a stored blob of at most [`HOT_FILE_MAX`] bytes, verified:
     /// from memory when it was read lately ([`Store::hot_file`]), else read
     /// from disk (blocking) and kept.
@@ -300,11 +335,30 @@ impl Store {
             return Ok(bytes);
         }
         let files = self.open_blob(hash, size).map_err(VerifyError::Io)?;
-        let bytes = read_joined(&files, 0..size)?;
+        Ok(self.read_from_disk(hash, size, read_joined(&files, 0..size)?))
+    }
+
+    /// [`Store::read_small`] for a blob of one chunk group, if that cannot
+    /// wait on the disk: from memory, or from the kernel's caches. `None` when
+    /// it would wait: read it on a blocking thread then.
+    pub fn read_small_cached(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+    ) -> Option<Result<Bytes, VerifyError>> {
+        if let Some(bytes) = self.hot_file(hash, size) {
+            return Some(Ok(bytes));
+        }
+        let read = self.open_blob_cached(hash, size)?.read_small_cached()?;
+        Some(read.map(|bytes| self.read_from_disk(hash, size, bytes)))
+    }
+
+    /// A whole blob just read and verified: counted and kept in memory.
+    fn read_from_disk(&self, hash: &BlobHash, size: u64, bytes: Bytes) -> Bytes {
         self.reads_from_disk.fetch_add(1, Ordering::Relaxed);
         let whole = piece_of(hash, size, &(0..size));
         self.hot.keep(whole, bytes.clone(), Admit::Now);
-        Ok(bytes)
+        bytes
     }
 
     /// The whole of a blob of `size` bytes, when it was read lately: no disk,

@@ -159,10 +159,45 @@ impl BlobFiles {
     fn read_small(
         &self,
         range: Range<u64>,
-        mut emit: impl FnMut(Bytes) -> bool,
+        emit: impl FnMut(Bytes) -> bool,
     ) -> Result<(), VerifyError> {
         let mut buf = vec![0u8; self.size as usize];
         self.data.read_exact_at(0, &mut buf)?;
+        self.emit_small(buf, range, emit)
+    }
+
+    /// The whole of a blob of one chunk group, verified, if its bytes are all
+    /// in the page cache; `None`, with nothing judged, when reading them would
+    /// wait on the disk or the file system cannot tell (`RWF_NOWAIT`): read
+    /// them on a blocking thread then.
+    pub fn read_small_cached(&self) -> Option<Result<Bytes, VerifyError>> {
+        if self.size > GROUP_BYTES {
+            return None;
+        }
+        if let Err(e) = self.check_length() {
+            return Some(Err(e));
+        }
+        let mut buf = vec![0u8; self.size as usize];
+        let mut bufs = [io::IoSliceMut::new(&mut buf)];
+        match rustix::io::preadv2(&self.data, &mut bufs, 0, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(read) if read as u64 == self.size => {}
+            // Some of it, none of it, or no way to ask.
+            Ok(_) | Err(_) => return None,
+        }
+        let mut whole = Bytes::new();
+        let verified = self.emit_small(buf, 0..self.size, |bytes| {
+            whole = bytes;
+            true
+        });
+        Some(verified.map(|()| whole))
+    }
+
+    fn emit_small(
+        &self,
+        buf: Vec<u8>,
+        range: Range<u64>,
+        mut emit: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), VerifyError> {
         if BlobHash::of(&buf) != self.hash {
             return Err(VerifyError::Corrupt {
                 hash: self.hash,

@@ -1,0 +1,133 @@
+//! Reads that must not wait on the disk: done in place only when the kernel
+//! already holds what they need, else left to a blocking thread.
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+
+use cartable_proto::ManifestEntry;
+
+use super::*;
+
+/// A store holding a lesson of one small file and one larger one; the data
+/// folder, then the lesson's.
+fn two_files() -> anyhow::Result<(tempfile::TempDir, tempfile::TempDir, BundleId)> {
+    let (data, lesson) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    fs::write(lesson.path().join("style.css"), b"p { color: navy }")?;
+    fs::write(lesson.path().join("video.bin"), vec![7u8; 200_000])?;
+    let id = Store::open(data.path())?
+        .add_folder(lesson.path())?
+        .summary
+        .id;
+    Ok((data, lesson, id))
+}
+
+fn entry(store: &Store, id: &BundleId, path: &str) -> anyhow::Result<ManifestEntry> {
+    let manifest = store.manifest(id)?.expect("bundle held");
+    Ok(manifest.entry(path).expect("file in bundle").clone())
+}
+
+/// Drops `path`'s bytes from the page cache (they are clean: the store
+/// synced them), as memory pressure or a reboot would.
+fn evict(path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path)?;
+    rustix::fs::fadvise(file.as_fd(), 0, None, rustix::fs::Advice::DontNeed)?;
+    Ok(())
+}
+
+/// Whether the file system under `dir` can tell a read that would wait
+/// (`RWF_NOWAIT`); tmpfs cannot, and then nothing is read in place.
+fn tells_waits(dir: &Path) -> anyhow::Result<bool> {
+    let probe = dir.join("probe");
+    fs::write(&probe, b"probe")?;
+    let file = File::open(&probe)?;
+    let mut buf = [0u8; 5];
+    let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+    let told = rustix::io::preadv2(&file, &mut bufs, 0, rustix::io::ReadWriteFlags::NOWAIT);
+    fs::remove_file(&probe)?;
+    Ok(told != Err(rustix::io::Errno::OPNOTSUPP))
+}
+
+#[test]
+fn a_small_file_in_the_page_cache_is_read_in_place_and_one_out_of_it_is_not() -> anyhow::Result<()>
+{
+    let (data, _lesson, id) = two_files()?;
+    let in_place = tells_waits(data.path())?;
+    // A store opened afresh keeps nothing in memory yet.
+    let store = Store::open(data.path())?;
+    let css = entry(&store, &id, "style.css")?;
+    let read = store.read_small_cached(&css.hash, css.size);
+    if in_place {
+        assert_eq!(
+            read.transpose()?.as_deref(),
+            Some(&b"p { color: navy }"[..])
+        );
+        assert_eq!(
+            store.memory_use().reads_from_disk,
+            1,
+            "read from the page cache"
+        );
+    } else {
+        assert!(read.is_none(), "read in place where a wait cannot be told");
+    }
+
+    drop(store);
+    let store = Store::open(data.path())?;
+    evict(&store.layout().blob(&css.hash))?;
+    assert!(
+        store.read_small_cached(&css.hash, css.size).is_none(),
+        "a read that waits on the disk is left to a thread"
+    );
+    assert_eq!(store.memory_use().reads_from_disk, 0);
+    // The thread's read keeps it in memory: from then on, in place.
+    assert_eq!(
+        &store.read_small(&css.hash, css.size)?[..],
+        b"p { color: navy }"
+    );
+    let again = store.read_small_cached(&css.hash, css.size);
+    assert_eq!(
+        again.transpose()?.as_deref(),
+        Some(&b"p { color: navy }"[..])
+    );
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_small_file_in_the_page_cache_is_caught_in_place() -> anyhow::Result<()> {
+    let (data, _lesson, id) = two_files()?;
+    if !tells_waits(data.path())? {
+        return Ok(());
+    }
+    let store = Store::open(data.path())?;
+    let css = entry(&store, &id, "style.css")?;
+    let path = store.layout().blob(&css.hash);
+    let mut bytes = fs::read(&path)?;
+    bytes[0] ^= 1;
+    fs::write(&path, &bytes)?;
+    let read = store
+        .read_small_cached(&css.hash, css.size)
+        .expect("in the page cache");
+    assert!(matches!(read, Err(VerifyError::Corrupt { .. })), "{read:?}");
+    assert!(
+        store.hot_file(&css.hash, css.size).is_none(),
+        "unverified bytes kept"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_blob_whose_files_are_gone_is_left_to_a_thread_to_judge() -> anyhow::Result<()> {
+    let (data, _lesson, id) = two_files()?;
+    let store = Store::open(data.path())?;
+    let (css, video) = (
+        entry(&store, &id, "style.css")?,
+        entry(&store, &id, "video.bin")?,
+    );
+    assert!(store.open_blob_cached(&video.hash, video.size).is_some());
+    fs::remove_file(store.layout().outboard(&video.hash))?;
+    fs::remove_file(store.layout().blob(&css.hash))?;
+    assert!(store.open_blob_cached(&video.hash, video.size).is_none());
+    assert!(store.read_small_cached(&css.hash, css.size).is_none());
+    // Nothing judged on the way: a thread's read is what marks a blob damaged.
+    assert!(!store.is_damaged(&css.hash) && !store.is_damaged(&video.hash));
+    Ok(())
+}
