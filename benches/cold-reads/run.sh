@@ -19,7 +19,9 @@ environment (defaults):
   SECS       seconds measured per round          (8)
   HOT_RPS    hot requests per second, per connection, 32 connections (300)
   COLD_RPS   cold files asked per second by the crawler (100)
-  FILES      cold files of 4 KiB in the lesson   (2000)
+  FILES      cold files of 4 KiB                 (2000)
+  BUNDLES    lessons they are spread over, each a bundle whose manifest the
+             node reads from the disk at its first request (1)
   DISK_IOPS  reads a second the node's disk allows, as a spinning disk
              does (200); 0 = the disk as it is
   DIR        where the node's data folder goes: a disk, not tmpfs
@@ -38,9 +40,10 @@ SECS=${SECS:-8}
 HOT_RPS=${HOT_RPS:-300}
 COLD_RPS=${COLD_RPS:-100}
 FILES=${FILES:-2000}
+BUNDLES=${BUNDLES:-1}
 DISK_IOPS=${DISK_IOPS:-200}
 DIR=${DIR:-/var/tmp}
-for v in ROUNDS SECS HOT_RPS COLD_RPS FILES; do
+for v in ROUNDS SECS HOT_RPS COLD_RPS FILES BUNDLES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: $v must be a positive integer" >&2; exit 2; }
 done
 [[ $DISK_IOPS =~ ^[0-9]+$ ]] || { echo "run.sh: DISK_IOPS must be a number" >&2; exit 2; }
@@ -105,19 +108,39 @@ LAST=$(($(nproc) - 1))
 NODE_PIN=(taskset -c "$LAST")
 LOAD_PIN=(taskset -c "0-$((LAST - 1))")
 
-log "lesson: $FILES files of 4 KiB, and hot.bin (16 KiB)"
-mkdir -p "$WORK/lesson/cold"
-head -c 16384 /dev/urandom >"$WORK/lesson/hot.bin"
-python3 - "$WORK/lesson/cold" "$FILES" <<'PY'
+((BUNDLES <= FILES)) || { echo "run.sh: BUNDLES must not exceed FILES" >&2; exit 2; }
+log "lessons: $FILES files of 4 KiB over $BUNDLES bundle(s), and hot.bin (16 KiB)"
+mkdir -p "$WORK/hot" "$WORK/lessons"
+head -c 16384 /dev/urandom >"$WORK/hot/hot.bin"
+python3 - "$WORK/lessons" "$FILES" "$BUNDLES" <<'PY'
 import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
+d, n, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
-    with open(f"{d}/{i:06}.bin", "wb") as f:
+    os.makedirs(f"{d}/{i % b:05}/cold", exist_ok=True)
+    with open(f"{d}/{i % b:05}/cold/{i:06}.bin", "wb") as f:
         f.write(os.urandom(4096))
 PY
 printf '[[connections.networks]]\ncidr = "127.0.0.0/8"\nexempt = true\n' >"$WORK/node.toml"
-BUNDLE=$("${NODES[0]}" add --data-dir "$WORK/node" "$WORK/lesson" 2>/dev/null | head -n 1)
-[[ $BUNDLE =~ ^[0-9a-f]{64}$ ]] || { echo "run.sh: add did not print a bundle id" >&2; exit 1; }
+add() { # folder -> bundle id
+    local id
+    id=$("${NODES[0]}" add --data-dir "$WORK/node" "$1" 2>/dev/null | head -n 1)
+    [[ $id =~ ^[0-9a-f]{64}$ ]] || { echo "run.sh: add $1 did not print a bundle id" >&2; exit 1; }
+    echo "$id"
+}
+BUNDLE=$(add "$WORK/hot")
+# The crawler's paths, file i in bundle i mod BUNDLES: a new bundle at each
+# request while there are bundles not yet asked for.
+: >"$WORK/bundles"
+for ((k = 0; k < BUNDLES; k++)); do
+    id=$(add "$WORK/lessons/$(printf %05d "$k")")
+    echo "$id" >>"$WORK/bundles"
+done
+python3 - "$WORK/bundles" "$FILES" >"$WORK/cold.paths" <<'PY'
+import sys
+ids, n = open(sys.argv[1]).read().split(), int(sys.argv[2])
+for i in range(n):
+    print(f"/b/{ids[i % len(ids)]}/cold/{i:06}.bin")
+PY
 
 start_node() { # binary
     : >"$WORK/node.out"
@@ -202,8 +225,6 @@ one_round() { # round binary-index crawl(0|1)
         "$round" "$b" "$crawl" "$hotp" "$cold" >&2
 }
 
-seq 0 $((FILES - 1)) | awk -v u="/b/$BUNDLE/cold/" '{ printf "%s%06d.bin\n", u, $1 }' >"$WORK/cold.paths"
-
 log "measuring: $ROUNDS rounds x ${#NODES[@]} build(s) x (alone, beside the crawl), ${SECS}s each"
 for ((r = 1; r <= ROUNDS; r++)); do
     for b in "${!NODES[@]}"; do
@@ -213,7 +234,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 echo
-echo "hot browsers: $((32 * HOT_RPS)) req/s over 32 HTTP/2 connections; crawler: $COLD_RPS cold 4 KiB files/s; disk: ${DISK_IOPS/#0/unlimited} reads/s"
+echo "hot browsers: $((32 * HOT_RPS)) req/s over 32 HTTP/2 connections; crawler: $COLD_RPS cold 4 KiB files/s over $BUNDLES bundle(s); disk: ${DISK_IOPS/#0/unlimited} reads/s"
 for b in "${!NODES[@]}"; do
     echo "node $b: ${NODES[$b]}"
 done

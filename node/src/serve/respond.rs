@@ -22,7 +22,7 @@ use super::target::{self, Target};
 use super::upload;
 use crate::peer::through::{FetchThrough, LookupError};
 use crate::store::verify::VerifyError;
-use crate::store::{BlobFiles, HOT_FILE_MAX, HOT_PIECE, ReadFault, Store};
+use crate::store::{BlobFiles, HOT_FILE_MAX, HOT_PIECE, ReadFault, Store, StoreError};
 use cartable_proto::wire::GROUP_BYTES;
 
 /// Browsers may cache bundle content forever: it never changes under its URL.
@@ -128,7 +128,7 @@ async fn route<B>(ctx: &ServeContext, req: &Request<B>) -> Result<Response<Body>
 /// The bundle's manifest and whether this node holds the bundle: held here,
 /// or else from a peer through fetch-through.
 async fn manifest(ctx: &ServeContext, id: &BundleId) -> Result<(Arc<Manifest>, bool), HttpError> {
-    match ctx.store.manifest(id) {
+    match held_manifest(&ctx.store, id).await {
         Ok(Some(m)) => Ok((m, true)),
         Ok(None) => {
             let Some(through) = &ctx.through else {
@@ -304,6 +304,30 @@ async fn verified_body(
         }
     });
     first_piece(rx, len, "file damaged on this node, repair pending").await
+}
+
+/// A held bundle's manifest: from memory, else (the first time since the
+/// start) read from the disk on a blocking thread. Ids of bundles not held,
+/// made up or not, are told from the index in place.
+async fn held_manifest(
+    store: &Arc<Store>,
+    id: &BundleId,
+) -> Result<Option<Arc<Manifest>>, StoreError> {
+    if let Some(manifest) = store.manifest_in_memory(id) {
+        return Ok(Some(manifest));
+    }
+    if !store.holds(id)? {
+        return Ok(None);
+    }
+    let (reader, id) = (store.clone(), *id);
+    tokio::task::spawn_blocking(move || reader.manifest(&id))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Io {
+                path: store.layout().bundle(&id),
+                source: std::io::Error::other(e),
+            })
+        })
 }
 
 /// Runs `read` on a blocking thread; a thread lost (a panic) is an I/O error.

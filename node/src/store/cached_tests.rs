@@ -131,3 +131,16 @@ fn a_blob_whose_files_are_gone_is_left_to_a_thread_to_judge() -> anyhow::Result<
     assert!(!store.is_damaged(&css.hash) && !store.is_damaged(&video.hash));
     Ok(())
 }
+
+#[test]
+fn a_manifest_is_in_memory_once_read_and_a_bundle_not_held_is_told_from_the_index()
+-> anyhow::Result<()> {
+    let (data, _lesson, id) = two_files()?;
+    let store = Store::open(data.path())?;
+    assert!(store.manifest_in_memory(&id).is_none(), "read at the start");
+    assert!(store.holds(&id)?);
+    assert!(!store.holds(&BundleId::of_manifest(b"made up"))?);
+    let read = store.manifest(&id)?.expect("held");
+    assert_eq!(store.manifest_in_memory(&id), Some(read));
+    Ok(())
+}

@@ -259,15 +259,10 @@ impl Store {
 
     /// The manifest of a bundle held here, verified against its id when loaded.
     pub fn manifest(&self, id: &BundleId) -> Result<Option<Arc<Manifest>>, StoreError> {
-        if let Some(m) = self
-            .manifests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            return Ok(Some(m.clone()));
+        if let Some(m) = self.manifest_in_memory(id) {
+            return Ok(Some(m));
         }
-        if !self.index.has_bundle(id).map_err(|e| self.index_err(e))? {
+        if !self.holds(id)? {
             return Ok(None);
         }
         let manifest = Arc::new(self.read_manifest(id)?);
@@ -276,6 +271,17 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .insert(*id, manifest.clone());
         Ok(Some(manifest))
+    }
+
+    /// A bundle's manifest if it was read since the start: no disk.
+    pub fn manifest_in_memory(&self, id: &BundleId) -> Option<Arc<Manifest>> {
+        let manifests = self.manifests.read().unwrap_or_else(|e| e.into_inner());
+        manifests.get(id).cloned()
+    }
+
+    /// Whether the index records `bundle` as held, from the index alone.
+    pub fn holds(&self, bundle: &BundleId) -> Result<bool, StoreError> {
+        self.index.has_bundle(bundle).map_err(|e| self.index_err(e))
     }
 
     /// Opens a stored blob for a verified read.
