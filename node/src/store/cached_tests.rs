@@ -144,3 +144,24 @@ fn a_manifest_is_in_memory_once_read_and_a_bundle_not_held_is_told_from_the_inde
     assert_eq!(store.manifest_in_memory(&id), Some(read));
     Ok(())
 }
+
+#[test]
+fn a_read_in_place_leaves_the_access_time_alone() -> anyhow::Result<()> {
+    let (data, _lesson, id) = two_files()?;
+    if !tells_waits(data.path())? {
+        return Ok(());
+    }
+    let store = Store::open(data.path())?;
+    let css = entry(&store, &id, "style.css")?;
+    let path = store.layout().blob(&css.hash);
+    // Two days old: under `relatime` a read would bring it up to date, a
+    // write of the inode, which may wait on the journal.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    File::open(&path)?.set_times(fs::FileTimes::new().set_accessed(old))?;
+    let read = store
+        .read_small_cached(&css.hash, css.size)
+        .expect("in the page cache");
+    assert_eq!(&read?[..], b"p { color: navy }");
+    assert_eq!(fs::metadata(&path)?.accessed()?, old);
+    Ok(())
+}

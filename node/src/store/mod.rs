@@ -305,9 +305,13 @@ impl Store {
     /// `None`, with nothing judged, when it would wait or fails: open it on a
     /// blocking thread then, where a failure is judged. A thread that serves
     /// many browsers' connections must not stop them all for a disk's seek.
+    /// Opened without access times (`O_NOATIME`, the node owns its files):
+    /// a read would otherwise write the inode back, a journal transaction
+    /// that may wait on the disk.
     pub fn open_blob_cached(&self, hash: &BlobHash, size: u64) -> Option<BlobFiles> {
         let open = |path: PathBuf| {
-            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+            use rustix::fs::OFlags;
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME;
             let cached = rustix::fs::ResolveFlags::CACHED;
             rustix::fs::openat2(
                 rustix::fs::CWD,
