@@ -47,6 +47,34 @@ fn tells_waits(dir: &Path) -> anyhow::Result<bool> {
     Ok(told != Err(rustix::io::Errno::OPNOTSUPP))
 }
 
+/// The small file of [`two_files`], of a store opened afresh, on a file
+/// system that can tell reads that would wait (`None` on one that cannot).
+struct CssInPageCache {
+    store: Store,
+    css: ManifestEntry,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl CssInPageCache {
+    fn new() -> anyhow::Result<Option<Self>> {
+        let (data, lesson, id) = two_files()?;
+        if !tells_waits(data.path())? {
+            return Ok(None);
+        }
+        let store = Store::open(data.path())?;
+        let css = entry(&store, &id, "style.css")?;
+        Ok(Some(Self {
+            store,
+            css,
+            _dirs: (data, lesson),
+        }))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.store.layout().blob(&self.css.hash)
+    }
+}
+
 #[test]
 fn a_small_file_in_the_page_cache_is_read_in_place_and_one_out_of_it_is_not() -> anyhow::Result<()>
 {
@@ -93,13 +121,10 @@ fn a_small_file_in_the_page_cache_is_read_in_place_and_one_out_of_it_is_not() ->
 
 #[test]
 fn a_corrupt_small_file_in_the_page_cache_is_caught_in_place() -> anyhow::Result<()> {
-    let (data, _lesson, id) = two_files()?;
-    if !tells_waits(data.path())? {
+    let Some(f) = CssInPageCache::new()? else {
         return Ok(());
-    }
-    let store = Store::open(data.path())?;
-    let css = entry(&store, &id, "style.css")?;
-    let path = store.layout().blob(&css.hash);
+    };
+    let (store, css, path) = (&f.store, &f.css, f.path());
     let mut bytes = fs::read(&path)?;
     bytes[0] ^= 1;
     fs::write(&path, &bytes)?;
@@ -147,13 +172,10 @@ fn a_manifest_is_in_memory_once_read_and_a_bundle_not_held_is_told_from_the_inde
 
 #[test]
 fn a_read_in_place_leaves_the_access_time_alone() -> anyhow::Result<()> {
-    let (data, _lesson, id) = two_files()?;
-    if !tells_waits(data.path())? {
+    let Some(f) = CssInPageCache::new()? else {
         return Ok(());
-    }
-    let store = Store::open(data.path())?;
-    let css = entry(&store, &id, "style.css")?;
-    let path = store.layout().blob(&css.hash);
+    };
+    let (store, css, path) = (&f.store, &f.css, f.path());
     // Two days old: under `relatime` a read would bring it up to date, a
     // write of the inode, which may wait on the journal.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
