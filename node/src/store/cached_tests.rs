@@ -187,3 +187,20 @@ fn a_read_in_place_leaves_the_access_time_alone() -> anyhow::Result<()> {
     assert_eq!(fs::metadata(&path)?.accessed()?, old);
     Ok(())
 }
+
+#[test]
+fn a_manifest_read_just_before_its_bundle_is_removed_is_not_kept_after() -> anyhow::Result<()> {
+    let (data, _lesson, id) = two_files()?;
+    let store = Store::open(data.path())?;
+    let read = store.manifest(&id)?.expect("held");
+    store.remove(&id)?;
+    assert!(store.manifest_in_memory(&id).is_none());
+    // A reader that read the file before the removal, and keeps it after.
+    store.keep_manifest(&id, &read)?;
+    assert!(
+        store.manifest_in_memory(&id).is_none(),
+        "a removed lesson still served"
+    );
+    assert!(store.manifest(&id)?.is_none());
+    Ok(())
+}

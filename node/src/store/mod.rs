@@ -245,14 +245,15 @@ impl Store {
         let path = self.layout.bundle(id);
         layout::remove_if_present(&path).map_err(io_at(&path))?;
         layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
-        self.manifests
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
         let freed = self
             .index
             .remove_bundle(id, &manifest)
             .map_err(|e| self.index_err(e))?;
+        // After the index: see `keep_manifest`.
+        self.manifests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.delete_blobs(&freed)?;
         Ok(summary)
     }
@@ -266,11 +267,22 @@ impl Store {
             return Ok(None);
         }
         let manifest = Arc::new(self.read_manifest(id)?);
-        self.manifests
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*id, manifest.clone());
+        self.keep_manifest(id, &manifest)?;
         Ok(Some(manifest))
+    }
+
+    /// Keeps a manifest just read in memory, unless its bundle was removed
+    /// since: a reader that read the file just before a removal may come to
+    /// insert after the removal cleared the map. The removal clears it after
+    /// the index, so such a reader finds the index without the bundle and
+    /// takes its insert back.
+    fn keep_manifest(&self, id: &BundleId, manifest: &Arc<Manifest>) -> Result<(), StoreError> {
+        let manifests = || self.manifests.write().unwrap_or_else(|e| e.into_inner());
+        manifests().insert(*id, manifest.clone());
+        if !self.holds(id)? {
+            manifests().remove(id);
+        }
+        Ok(())
     }
 
     /// A bundle's manifest if it was read since the start: no disk.
