@@ -73,9 +73,9 @@ impl Drop for Background {
 /// thread's only. Lowering it needs no privilege; failing (a seccomp filter)
 /// leaves the thread as it was, which costs browsers' latency, not
 /// correctness, so it is logged, not fatal.
-fn idle_this_thread() {
+pub(crate) fn idle_this_thread() {
     if let Err(e) = set_idle_policy() {
-        tracing::warn!(error = %e, "copies' thread keeps the daemon's priority");
+        tracing::warn!(error = %e, "background thread keeps the daemon's priority");
     }
 }
 
@@ -91,17 +91,18 @@ fn set_idle_policy() -> std::io::Result<()> {
     }
 }
 
+/// The calling thread's policy, field 41 of `/proc/thread-self/stat`.
+#[cfg(test)]
+pub(crate) fn my_policy() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields count from the command's closing parenthesis, which is field 2.
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The calling thread's policy, field 41 of `/proc/thread-self/stat`.
-    fn my_policy() -> i32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields count from the command's closing parenthesis, which is field 2.
-        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-        after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
-    }
 
     #[test]
     fn worker_and_blocking_threads_run_under_sched_idle() {

@@ -13,9 +13,11 @@
 //! bandwidth it takes, so that it never competes with pupils.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
 use cartable_proto::{BlobHash, BundleId};
@@ -58,12 +60,28 @@ pub struct ScrubReport {
     pub awaiting_repair: u64,
 }
 
+/// What reading one blob found.
+enum Read {
+    Whole {
+        hash: BlobHash,
+        size: u64,
+    },
+    /// Corrupt or missing; `seen` is the file as it was before the read.
+    Damaged {
+        hash: BlobHash,
+        seen: Stamp,
+        why: String,
+    },
+    AwaitingRepair,
+}
+
 /// What became of one blob.
 enum Verdict {
-    Whole,
+    /// Whole, of this many bytes.
+    Whole(u64),
     Removed,
     AwaitingRepair,
-    /// Not judged: an orphan, changed while being read, or the pass was stopped.
+    /// Not judged: changed while being read.
     Skipped,
 }
 
@@ -128,33 +146,86 @@ impl Store {
     /// corrupt or missing is marked damaged, its files are removed, and `found`
     /// grows by one. Returns early, with what was done, once `stop` is set.
     /// While `busy` says so, it pauses between verified blocks.
+    ///
+    /// The reading and hashing, an hour of it every hour on a large store, run
+    /// on a thread of their own under `SCHED_IDLE` ([`crate::background`]): a
+    /// browser's request takes the core from it at once. What the pass
+    /// writes (a mark cleared, a damaged blob removed under the store's write
+    /// lock) stays on the calling thread, whose priority is the daemon's: a
+    /// thread the kernel may leave off the CPU for long must not hold that lock.
     pub fn scrub_pass(
         &self,
         settings: &ScrubSettings,
         stop: &AtomicBool,
         found: &AtomicU64,
-        busy: &dyn Fn() -> bool,
+        busy: &(dyn Fn() -> bool + Sync),
     ) -> Result<ScrubReport, StoreError> {
+        let judge_gone = AtomicBool::new(false);
+        let halted = || stop.load(Ordering::Relaxed) || judge_gone.load(Ordering::Relaxed);
+        std::thread::scope(|scope| {
+            let (reads, judged) = std::sync::mpsc::sync_channel::<Read>(1);
+            let reader = std::thread::Builder::new()
+                .name("cartable-scrub".into())
+                .spawn_scoped(scope, move || {
+                    crate::background::idle_this_thread();
+                    self.read_pass(settings, &halted, busy, &reads)
+                })
+                .map_err(|e| StoreError::Io {
+                    path: self.layout.blobs_dir(),
+                    source: e,
+                })?;
+            let mut report = ScrubReport::default();
+            let verdicts = judged.iter().try_for_each(|read| {
+                match self.judge(read)? {
+                    Verdict::Whole(size) => {
+                        report.blobs_ok += 1;
+                        report.bytes_verified += size;
+                    }
+                    Verdict::Removed => {
+                        report.damaged += 1;
+                        found.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Verdict::AwaitingRepair => report.awaiting_repair += 1,
+                    Verdict::Skipped => {}
+                }
+                Ok::<_, StoreError>(())
+            });
+            if verdicts.is_err() {
+                judge_gone.store(true, Ordering::Relaxed);
+            }
+            drop(judged);
+            let listed = reader.join().unwrap_or_else(|_| {
+                Err(StoreError::Io {
+                    path: self.layout.blobs_dir(),
+                    source: io::Error::other("the scrub's reader panicked"),
+                })
+            });
+            verdicts.and(listed).map(|()| report)
+        })
+    }
+
+    /// The reading half of a pass: every blob read and checked, in the
+    /// index's order, each result handed to the judging half.
+    fn read_pass(
+        &self,
+        settings: &ScrubSettings,
+        halted: &dyn Fn() -> bool,
+        busy: &dyn Fn() -> bool,
+        reads: &SyncSender<Read>,
+    ) -> Result<(), StoreError> {
         let mut pace = Pace::new(settings.mib_per_s, Instant::now());
-        let mut report = ScrubReport::default();
         for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
-            if stop.load(Ordering::Relaxed) {
+            if halted() {
                 break;
             }
-            match self.scrub_blob(&hash, size, &mut pace, stop, busy)? {
-                Verdict::Whole => {
-                    report.blobs_ok += 1;
-                    report.bytes_verified += size;
-                }
-                Verdict::Removed => {
-                    report.damaged += 1;
-                    found.fetch_add(1, Ordering::Relaxed);
-                }
-                Verdict::AwaitingRepair => report.awaiting_repair += 1,
-                Verdict::Skipped => {}
+            let Some(read) = self.read_blob(hash, size, &mut pace, halted, busy) else {
+                continue;
+            };
+            if reads.send(read).is_err() {
+                break;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Held bundles with at least one blob missing or damaged: the ones to fetch
@@ -183,51 +254,68 @@ impl Store {
         Ok(incomplete)
     }
 
-    fn scrub_blob(
+    /// Reads one blob through the verified read path; `None` for a blob not
+    /// judged (an orphan, or the pass halted). Writes nothing.
+    fn read_blob(
         &self,
-        hash: &BlobHash,
+        hash: BlobHash,
         size: u64,
         pace: &mut Pace,
-        stop: &AtomicBool,
+        halted: &dyn Fn() -> bool,
         busy: &dyn Fn() -> bool,
-    ) -> Result<Verdict, StoreError> {
-        if !self.index.is_referenced(hash) && !self.index.is_cached(hash) {
+    ) -> Option<Read> {
+        if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
             // An orphan: `check` deletes those.
-            return Ok(Verdict::Skipped);
+            return None;
         }
-        let seen = stamp(&self.layout.blob(hash));
-        if seen.is_none() && self.index.is_damaged(hash) {
-            return Ok(Verdict::AwaitingRepair);
+        let seen = stamp(&self.layout.blob(&hash));
+        if seen.is_none() && self.index.is_damaged(&hash) {
+            return Some(Read::AwaitingRepair);
         }
         let verified = self
-            .open_blob(hash, size)
+            .open_blob(&hash, size)
             .map_err(VerifyError::Io)
             .and_then(|files| {
                 files.read_verified(0..size, |piece| {
                     std::thread::sleep(pace.after(piece.len() as u64, Instant::now()));
-                    while busy() && !stop.load(Ordering::Relaxed) {
+                    while busy() && !halted() {
                         std::thread::sleep(YIELD_PAUSE);
                     }
-                    !stop.load(Ordering::Relaxed)
+                    !halted()
                 })
             });
-        if stop.load(Ordering::Relaxed) {
-            return Ok(Verdict::Skipped);
+        if halted() {
+            return None;
         }
-        match verified {
-            Ok(()) => {
-                // A mark left by a passing failure (a full file table, say) on
-                // a blob that is whole after all.
-                self.index
-                    .clear_damaged(hash)
-                    .map_err(|e| self.index_err(e))?;
-                Ok(Verdict::Whole)
-            }
-            Err(e) if e.shows_damage() => self.remove_damaged(hash, seen, &e.to_string()),
+        Some(match verified {
+            Ok(()) => Read::Whole { hash, size },
+            Err(e) if e.shows_damage() => Read::Damaged {
+                hash,
+                seen,
+                why: e.to_string(),
+            },
             Err(e) => {
                 tracing::warn!(blob = %hash, error = %e, "scrub: cannot read blob now, retried next pass");
-                Ok(Verdict::Skipped)
+                return None;
             }
+        })
+    }
+
+    /// The judging half: what a read found, written down.
+    fn judge(&self, read: Read) -> Result<Verdict, StoreError> {
+        match read {
+            Read::Whole { hash, size } => {
+                // A mark left by a passing failure (a full file table, say) on
+                // a blob that is whole after all.
+                if self.index.is_damaged(&hash) {
+                    self.index
+                        .clear_damaged(&hash)
+                        .map_err(|e| self.index_err(e))?;
+                }
+                Ok(Verdict::Whole(size))
+            }
+            Read::Damaged { hash, seen, why } => self.remove_damaged(&hash, seen, &why),
+            Read::AwaitingRepair => Ok(Verdict::AwaitingRepair),
         }
     }
 

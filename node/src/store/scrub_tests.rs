@@ -441,3 +441,42 @@ fn a_scrub_waits_while_browsers_wait() -> anyhow::Result<()> {
     assert!(calm.blobs_ok > 0);
     Ok(())
 }
+
+#[test]
+fn a_pass_reads_on_a_thread_that_yields_to_browsers() -> anyhow::Result<()> {
+    use crate::background::my_policy;
+    let f = Fixture::new()?;
+    let big = f.entry(&f.a, "big.bin")?;
+    flip_byte(&f.store.layout().blob(&big.hash), 0)?;
+    let caller = my_policy();
+    assert_eq!(caller, libc::SCHED_OTHER);
+    // `busy` is asked between the blocks read, on the thread reading them.
+    let readers = std::sync::Mutex::new(Vec::new());
+    let busy = || {
+        readers.lock().unwrap().push(my_policy());
+        false
+    };
+    let settings = ScrubSettings {
+        mib_per_s: 0,
+        ..ScrubSettings::default()
+    };
+    let found = AtomicU64::new(0);
+    let report = f
+        .store
+        .scrub_pass(&settings, &AtomicBool::new(false), &found, &busy)?;
+    let readers = readers.into_inner().unwrap();
+    assert!(!readers.is_empty());
+    assert!(
+        readers.iter().all(|p| *p == libc::SCHED_IDLE),
+        "{readers:?}"
+    );
+    // The damaged blob was removed all the same, by the caller's thread,
+    // whose priority is left as it was.
+    assert_eq!(
+        (report.damaged, report.blobs_ok, found.into_inner()),
+        (1, 2, 1)
+    );
+    assert!(!f.store.layout().blob(&big.hash).exists());
+    assert_eq!(my_policy(), caller);
+    Ok(())
+}
