@@ -185,6 +185,11 @@ fn a_read_in_place_leaves_the_access_time_alone() -> anyhow::Result<()> {
         .expect("in the page cache");
     assert_eq!(&read?[..], b"p { color: navy }");
     assert_eq!(fs::metadata(&path)?.accessed()?, old);
+    // Nor does a read on a blocking thread, or the scrub's.
+    store
+        .open_blob(&css.hash, css.size)?
+        .read_verified(0..css.size, |_| true)?;
+    assert_eq!(fs::metadata(&path)?.accessed()?, old);
     Ok(())
 }
 

@@ -248,13 +248,14 @@ impl Store {
         let freed = self
             .index
             .remove_bundle(id, &manifest)
-            .map_err(|e| self.index_err(e))?;
-        // After the index: see `keep_manifest`.
+            .map_err(|e| self.index_err(e));
+        // After the index (see `keep_manifest`), and whether it failed or
+        // not: the removal is committed.
         self.manifests
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        self.delete_blobs(&freed)?;
+        self.delete_blobs(&freed?)?;
         Ok(summary)
     }
 
@@ -279,10 +280,11 @@ impl Store {
     fn keep_manifest(&self, id: &BundleId, manifest: &Arc<Manifest>) -> Result<(), StoreError> {
         let manifests = || self.manifests.write().unwrap_or_else(|e| e.into_inner());
         manifests().insert(*id, manifest.clone());
-        if !self.holds(id)? {
+        let held = self.holds(id);
+        if !matches!(held, Ok(true)) {
             manifests().remove(id);
         }
-        Ok(())
+        held.map(drop)
     }
 
     /// A bundle's manifest if it was read since the start: no disk.
@@ -298,9 +300,9 @@ impl Store {
 
     /// Opens a stored blob for a verified read.
     pub fn open_blob(&self, hash: &BlobHash, size: u64) -> io::Result<BlobFiles> {
-        let data = File::open(self.layout.blob(hash))?;
+        let data = open_to_read(&self.layout.blob(hash))?;
         let outboard = if size > cartable_proto::wire::GROUP_BYTES {
-            Some(File::open(self.layout.outboard(hash))?)
+            Some(open_to_read(&self.layout.outboard(hash))?)
         } else {
             None
         };
@@ -565,6 +567,23 @@ fn piece_of(hash: &BlobHash, size: u64, range: &Range<u64>) -> Piece {
 
 /// Bytes `range` of `files`, verified, in one buffer: a range within one
 /// verified block comes as one piece, without a copy.
+/// Opens a file of the store to read it without access times (`O_NOATIME`):
+/// under `relatime` a read would write the inode back, a journal transaction
+/// that may wait on the disk, on whatever thread reads (a browser's, or an
+/// idle one the kernel may leave holding the journal). The node owns its
+/// files; one it does not (`EPERM`) is opened as usual.
+fn open_to_read(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let no_atime = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path);
+    match no_atime {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        opened => opened,
+    }
+}
+
 fn read_joined(files: &BlobFiles, range: Range<u64>) -> Result<Bytes, VerifyError> {
     let mut pieces = Vec::new();
     files.read_verified(range, |piece| {

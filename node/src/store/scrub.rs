@@ -13,11 +13,9 @@
 //! bandwidth it takes, so that it never competes with pupils.
 
 use std::fs;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
 use cartable_proto::{BlobHash, BundleId};
@@ -60,28 +58,11 @@ pub struct ScrubReport {
     pub awaiting_repair: u64,
 }
 
-/// What reading one blob found.
-enum Read {
-    Whole {
-        hash: BlobHash,
-        size: u64,
-    },
-    /// Corrupt or missing; `seen` is the file as it was before the read.
-    Damaged {
-        hash: BlobHash,
-        seen: Stamp,
-        why: String,
-    },
-    AwaitingRepair,
-}
-
-/// What became of one blob.
+/// What became of one blob that was read.
 enum Verdict {
-    /// Whole, of this many bytes.
-    Whole(u64),
+    Whole,
     Removed,
-    AwaitingRepair,
-    /// Not judged: changed while being read.
+    /// Not judged: changed while being read, or unreadable for now.
     Skipped,
 }
 
@@ -94,11 +75,11 @@ fn stamp(path: &Path) -> Stamp {
     Some((meta.len(), meta.modified().ok()))
 }
 
-/// Sets its flag when dropped, so that dropping [`scrub_forever`] stops the
-/// blocking pass it started.
-struct StopOnDrop(Arc<AtomicBool>);
+/// Sets its flag when dropped: dropping [`scrub_forever`] stops the blocking
+/// pass it started, and a pass that ends stops its reader.
+struct SetOnDrop<'a>(&'a AtomicBool);
 
-impl Drop for StopOnDrop {
+impl Drop for SetOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
@@ -115,7 +96,7 @@ pub async fn scrub_forever(
     yield_to: Arc<Pressure>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(stop.clone());
+    let _stop_on_drop = SetOnDrop(&stop);
     loop {
         let started = Instant::now();
         let (store, stop, found) = (store.clone(), stop.clone(), found.clone());
@@ -149,10 +130,13 @@ impl Store {
     ///
     /// The reading and hashing, an hour of it every hour on a large store, run
     /// on a thread of their own under `SCHED_IDLE` ([`crate::background`]): a
-    /// browser's request takes the core from it at once. What the pass
-    /// writes (a mark cleared, a damaged blob removed under the store's write
-    /// lock) stays on the calling thread, whose priority is the daemon's: a
-    /// thread the kernel may leave off the CPU for long must not hold that lock.
+    /// browser's request takes the core from it at once. That thread only
+    /// opens, reads and hashes files, one blob at a time as the calling thread
+    /// asks; everything else stays on the calling thread, whose priority is
+    /// the daemon's: the index's lookups (sled's reads share a lock with its
+    /// writes) and the writes (a mark cleared, a damaged blob removed under
+    /// the store's write lock). A thread the kernel may leave off the CPU for
+    /// long must hold nothing that others wait on.
     pub fn scrub_pass(
         &self,
         settings: &ScrubSettings,
@@ -160,24 +144,56 @@ impl Store {
         found: &AtomicU64,
         busy: &(dyn Fn() -> bool + Sync),
     ) -> Result<ScrubReport, StoreError> {
-        let judge_gone = AtomicBool::new(false);
-        let halted = || stop.load(Ordering::Relaxed) || judge_gone.load(Ordering::Relaxed);
+        let done = AtomicBool::new(false);
+        let halted = || stop.load(Ordering::Relaxed) || done.load(Ordering::Relaxed);
         std::thread::scope(|scope| {
-            let (reads, judged) = std::sync::mpsc::sync_channel::<Read>(1);
-            let reader = std::thread::Builder::new()
+            // Set however the pass ends (an error, a panic), so that the
+            // reader stops within one block.
+            let _done = SetOnDrop(&done);
+            let (ask, asked) = std::sync::mpsc::sync_channel::<(BlobHash, u64)>(0);
+            let (answer, answered) = std::sync::mpsc::sync_channel(0);
+            std::thread::Builder::new()
                 .name("cartable-scrub".into())
                 .spawn_scoped(scope, move || {
                     crate::background::idle_this_thread();
-                    self.read_pass(settings, &halted, busy, &reads)
+                    let mut pace = Pace::new(settings.mib_per_s, Instant::now());
+                    for (hash, size) in asked {
+                        let read = self.read_blob(&hash, size, &mut pace, &halted, busy);
+                        if answer.send(read).is_err() {
+                            break;
+                        }
+                    }
                 })
                 .map_err(|e| StoreError::Io {
                     path: self.layout.blobs_dir(),
                     source: e,
                 })?;
             let mut report = ScrubReport::default();
-            let verdicts = judged.iter().try_for_each(|read| {
-                match self.judge(read)? {
-                    Verdict::Whole(size) => {
+            for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
+                if halted() {
+                    break;
+                }
+                if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
+                    // An orphan: `check` deletes those.
+                    continue;
+                }
+                let seen = stamp(&self.layout.blob(&hash));
+                if seen.is_none() && self.index.is_damaged(&hash) {
+                    report.awaiting_repair += 1;
+                    continue;
+                }
+                if ask.send((hash, size)).is_err() {
+                    break;
+                }
+                // No answer: the reader stopped (halted, or gone).
+                let Ok(Some(read)) = answered.recv() else {
+                    break;
+                };
+                if halted() {
+                    break;
+                }
+                match self.judge(&hash, seen, read)? {
+                    Verdict::Whole => {
                         report.blobs_ok += 1;
                         report.bytes_verified += size;
                     }
@@ -185,47 +201,11 @@ impl Store {
                         report.damaged += 1;
                         found.fetch_add(1, Ordering::Relaxed);
                     }
-                    Verdict::AwaitingRepair => report.awaiting_repair += 1,
                     Verdict::Skipped => {}
                 }
-                Ok::<_, StoreError>(())
-            });
-            if verdicts.is_err() {
-                judge_gone.store(true, Ordering::Relaxed);
             }
-            drop(judged);
-            let listed = reader.join().unwrap_or_else(|_| {
-                Err(StoreError::Io {
-                    path: self.layout.blobs_dir(),
-                    source: io::Error::other("the scrub's reader panicked"),
-                })
-            });
-            verdicts.and(listed).map(|()| report)
+            Ok(report)
         })
-    }
-
-    /// The reading half of a pass: every blob read and checked, in the
-    /// index's order, each result handed to the judging half.
-    fn read_pass(
-        &self,
-        settings: &ScrubSettings,
-        halted: &dyn Fn() -> bool,
-        busy: &dyn Fn() -> bool,
-        reads: &SyncSender<Read>,
-    ) -> Result<(), StoreError> {
-        let mut pace = Pace::new(settings.mib_per_s, Instant::now());
-        for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
-            if halted() {
-                break;
-            }
-            let Some(read) = self.read_blob(hash, size, &mut pace, halted, busy) else {
-                continue;
-            };
-            if reads.send(read).is_err() {
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// Held bundles with at least one blob missing or damaged: the ones to fetch
@@ -254,26 +234,18 @@ impl Store {
         Ok(incomplete)
     }
 
-    /// Reads one blob through the verified read path; `None` for a blob not
-    /// judged (an orphan, or the pass halted). Writes nothing.
+    /// Reads one blob through the verified read path, paced; `None` if the
+    /// pass halted meanwhile. Touches neither the index nor any lock.
     fn read_blob(
         &self,
-        hash: BlobHash,
+        hash: &BlobHash,
         size: u64,
         pace: &mut Pace,
         halted: &dyn Fn() -> bool,
         busy: &dyn Fn() -> bool,
-    ) -> Option<Read> {
-        if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
-            // An orphan: `check` deletes those.
-            return None;
-        }
-        let seen = stamp(&self.layout.blob(&hash));
-        if seen.is_none() && self.index.is_damaged(&hash) {
-            return Some(Read::AwaitingRepair);
-        }
+    ) -> Option<Result<(), VerifyError>> {
         let verified = self
-            .open_blob(&hash, size)
+            .open_blob(hash, size)
             .map_err(VerifyError::Io)
             .and_then(|files| {
                 files.read_verified(0..size, |piece| {
@@ -284,38 +256,32 @@ impl Store {
                     !halted()
                 })
             });
-        if halted() {
-            return None;
-        }
-        Some(match verified {
-            Ok(()) => Read::Whole { hash, size },
-            Err(e) if e.shows_damage() => Read::Damaged {
-                hash,
-                seen,
-                why: e.to_string(),
-            },
-            Err(e) => {
-                tracing::warn!(blob = %hash, error = %e, "scrub: cannot read blob now, retried next pass");
-                return None;
-            }
-        })
+        (!halted()).then_some(verified)
     }
 
-    /// The judging half: what a read found, written down.
-    fn judge(&self, read: Read) -> Result<Verdict, StoreError> {
+    /// What a read found, written down.
+    fn judge(
+        &self,
+        hash: &BlobHash,
+        seen: Stamp,
+        read: Result<(), VerifyError>,
+    ) -> Result<Verdict, StoreError> {
         match read {
-            Read::Whole { hash, size } => {
+            Ok(()) => {
                 // A mark left by a passing failure (a full file table, say) on
                 // a blob that is whole after all.
-                if self.index.is_damaged(&hash) {
+                if self.index.is_damaged(hash) {
                     self.index
-                        .clear_damaged(&hash)
+                        .clear_damaged(hash)
                         .map_err(|e| self.index_err(e))?;
                 }
-                Ok(Verdict::Whole(size))
+                Ok(Verdict::Whole)
             }
-            Read::Damaged { hash, seen, why } => self.remove_damaged(&hash, seen, &why),
-            Read::AwaitingRepair => Ok(Verdict::AwaitingRepair),
+            Err(e) if e.shows_damage() => self.remove_damaged(hash, seen, &e.to_string()),
+            Err(e) => {
+                tracing::warn!(blob = %hash, error = %e, "scrub: cannot read blob now, retried next pass");
+                Ok(Verdict::Skipped)
+            }
         }
     }
 
