@@ -210,8 +210,11 @@ one_round() { # round binary-index crawl(0|1)
             --log-file="$WORK/cold.log" >"$WORK/cold.out" 2>&1 &
         crawler=$!
     fi
+    # In the background and waited for: h2load exits cleanly on Ctrl-C, and
+    # bash runs no trap for a foreground command that did.
     "${LOAD_PIN[@]}" h2load -c32 -m1 --rps="$HOT_RPS" -D "$SECS" \
-        --log-file="$WORK/hot.log" "$hot" >"$WORK/hot.out" 2>&1
+        --log-file="$WORK/hot.log" "$hot" >"$WORK/hot.out" 2>&1 &
+    wait $!
     local cold="- - - 0 0"
     if [[ -n $crawler ]]; then
         wait "$crawler"
