@@ -122,7 +122,7 @@ impl PlanInputs {
             let mut down = DownCopies::default();
             for n in eligible.normal.difference(&eligible.urgent) {
                 for (b, state) in c.placed_on(n) {
-                    if matches!(state, ReplicaState::Complete | ReplicaState::Releasing) {
+                    if state.is_whole() {
                         down.held.insert((b, *n));
                     }
                     let Some(record) = c.bundles.get(&b) else {
@@ -373,10 +373,10 @@ fn urgency(
         return Some(Urgency::Endangered);
     }
     let holds = |n: &NodeId| {
-        matches!(
-            c.replicas.get(bundle).and_then(|r| r.get(n)),
-            Some(ReplicaState::Complete | ReplicaState::Releasing)
-        )
+        c.replicas
+            .get(bundle)
+            .and_then(|r| r.get(n))
+            .is_some_and(|s| s.is_whole())
     };
     down.any(|n| !holds(n)).then_some(Urgency::Lacking)
 }

@@ -89,10 +89,11 @@ pub fn refuted(c: &mut Cluster, node: NodeId, bundle: BundleId) -> anyhow::Resul
 /// Records that `node`'s copy of `bundle` passed a check under load, if it is
 /// still a complete copy.
 pub fn proven(c: &mut Cluster, node: NodeId, bundle: BundleId) -> anyhow::Result<()> {
-    let whole = matches!(
-        c.replicas.get(&bundle).and_then(|r| r.get(&node)),
-        Some(ReplicaState::Complete | ReplicaState::Releasing)
-    );
+    let whole = c
+        .replicas
+        .get(&bundle)
+        .and_then(|r| r.get(&node))
+        .is_some_and(|s| s.is_whole());
     if whole && !c.proven.contains(&(bundle, node)) {
         tracing::info!(bundle = %bundle, node = %node, "copy proven under load: it counts for releases");
         c.set_proven(bundle, node)?;

@@ -212,7 +212,8 @@ pub struct PreviewInputs {
 /// The inputs of a preview of `change`; changes nothing but the state's
 /// notes of which nodes are down.
 pub fn preview_inputs(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> PreviewInputs {
-    let eligible = lifecycle::eligibility(c, policy, Instant::now());
+    let now = Instant::now();
+    let eligible = lifecycle::eligibility(c, policy, now);
     let without: BTreeSet<NodeId> = change.without.iter().copied().collect();
     let mut nodes =
         lifecycle::topology(c, eligible.normal.iter().filter(|id| !without.contains(id))).nodes;
@@ -229,7 +230,6 @@ pub fn preview_inputs(c: &mut Cluster, policy: &Policy, change: &PlanChange) -> 
             capacity: h.capacity,
         });
     }
-    let now = Instant::now();
     let trusted = c
         .nodes
         .keys()

@@ -136,6 +136,14 @@ pub enum ReplicaState {
     Releasing,
 }
 
+impl ReplicaState {
+    /// Whether the copy is whole: complete, or being released (whole until
+    /// deleted).
+    pub fn is_whole(self) -> bool {
+        matches!(self, Self::Complete | Self::Releasing)
+    }
+}
+
 /// One replica of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaView {

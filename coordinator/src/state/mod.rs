@@ -650,10 +650,7 @@ impl Cluster {
             .get(bundle)
             .into_iter()
             .flatten()
-            .filter(move |(n, s)| {
-                matches!(s, ReplicaState::Complete | ReplicaState::Releasing)
-                    && self.is_trusted(n, now, down_after)
-            })
+            .filter(move |(n, s)| s.is_whole() && self.is_trusted(n, now, down_after))
             .map(|(n, _)| *n)
     }
 

@@ -60,10 +60,7 @@ impl PlanView {
         &self,
     ) -> impl Iterator<Item = (&BundleSpec, impl Iterator<Item = &NodeId>)> {
         self.0.values().map(|p| {
-            let whole = p
-                .replicas
-                .iter()
-                .filter(|(_, s)| matches!(s, ReplicaState::Complete | ReplicaState::Releasing));
+            let whole = p.replicas.iter().filter(|(_, s)| s.is_whole());
             (&p.spec, whole.map(|(n, _)| n))
         })
     }

@@ -300,18 +300,7 @@ impl Store {
 
     /// Opens a stored blob for a verified read.
     pub fn open_blob(&self, hash: &BlobHash, size: u64) -> io::Result<BlobFiles> {
-        let data = open_to_read(&self.layout.blob(hash))?;
-        let outboard = if size > cartable_proto::wire::GROUP_BYTES {
-            Some(open_to_read(&self.layout.outboard(hash))?)
-        } else {
-            None
-        };
-        Ok(BlobFiles {
-            hash: *hash,
-            size,
-            data,
-            outboard,
-        })
+        self.open_blob_with(hash, size, open_to_read)
     }
 
     /// [`Store::open_blob`] if that cannot wait on the disk: every part of
@@ -319,31 +308,23 @@ impl Store {
     /// `None`, with nothing judged, when it would wait or fails: open it on a
     /// blocking thread then, where a failure is judged. A thread that serves
     /// many browsers' connections must not stop them all for a disk's seek.
-    /// Opened without access times (`O_NOATIME`, the node owns its files):
-    /// a read would otherwise write the inode back, a journal transaction
-    /// that may wait on the disk.
     pub fn open_blob_cached(&self, hash: &BlobHash, size: u64) -> Option<BlobFiles> {
-        let open = |path: PathBuf| {
-            use rustix::fs::OFlags;
-            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME;
-            let cached = rustix::fs::ResolveFlags::CACHED;
-            rustix::fs::openat2(
-                rustix::fs::CWD,
-                path,
-                flags,
-                rustix::fs::Mode::empty(),
-                cached,
-            )
-            .ok()
-            .map(File::from)
-        };
-        let data = open(self.layout.blob(hash))?;
+        self.open_blob_with(hash, size, open_cached).ok()
+    }
+
+    fn open_blob_with(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+        open: fn(&Path) -> io::Result<File>,
+    ) -> io::Result<BlobFiles> {
+        let data = open(&self.layout.blob(hash))?;
         let outboard = if size > cartable_proto::wire::GROUP_BYTES {
-            Some(open(self.layout.outboard(hash))?)
+            Some(open(&self.layout.outboard(hash))?)
         } else {
             None
         };
-        Some(BlobFiles {
+        Ok(BlobFiles {
             hash: *hash,
             size,
             data,
@@ -565,8 +546,6 @@ fn piece_of(hash: &BlobHash, size: u64, range: &Range<u64>) -> Piece {
     }
 }
 
-/// Bytes `range` of `files`, verified, in one buffer: a range within one
-/// verified block comes as one piece, without a copy.
 /// Opens a file of the store to read it without access times (`O_NOATIME`):
 /// under `relatime` a read would write the inode back, a journal transaction
 /// that may wait on the disk, on whatever thread reads (a browser's, or an
@@ -584,6 +563,16 @@ fn open_to_read(path: &Path) -> io::Result<File> {
     }
 }
 
+/// [`open_to_read`] only if every part of `path` is in the kernel's lookup
+/// cache (`RESOLVE_CACHED`); `WouldBlock` if not.
+fn open_cached(path: &Path) -> io::Result<File> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat2};
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME;
+    Ok(openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED)?.into())
+}
+
+/// Bytes `range` of `files`, verified, in one buffer: a range within one
+/// verified block comes as one piece, without a copy.
 fn read_joined(files: &BlobFiles, range: Range<u64>) -> Result<Bytes, VerifyError> {
     let mut pieces = Vec::new();
     files.read_verified(range, |piece| {

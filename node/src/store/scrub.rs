@@ -16,6 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use cartable_proto::{BlobHash, BundleId};
@@ -57,6 +58,10 @@ pub struct ScrubReport {
     /// Blobs found damaged before and still waiting for a repair.
     pub awaiting_repair: u64,
 }
+
+/// The reader's answer for one blob: what its verified read found, or
+/// `None` if the pass halted meanwhile.
+type Answer = Option<Result<(), VerifyError>>;
 
 /// What became of one blob that was read.
 enum Verdict {
@@ -150,62 +155,88 @@ impl Store {
             // Set however the pass ends (an error, a panic), so that the
             // reader stops within one block.
             let _done = SetOnDrop(&done);
-            let (ask, asked) = std::sync::mpsc::sync_channel::<(BlobHash, u64)>(0);
-            let (answer, answered) = std::sync::mpsc::sync_channel(0);
+            let (ask, asked) = mpsc::sync_channel(0);
+            let (answer, answered) = mpsc::sync_channel(0);
             std::thread::Builder::new()
                 .name("cartable-scrub".into())
                 .spawn_scoped(scope, move || {
                     crate::background::idle_this_thread();
-                    let mut pace = Pace::new(settings.mib_per_s, Instant::now());
-                    for (hash, size) in asked {
-                        let read = self.read_blob(&hash, size, &mut pace, &halted, busy);
-                        if answer.send(read).is_err() {
-                            break;
-                        }
-                    }
+                    self.read_asked(settings, asked, answer, &halted, busy);
                 })
                 .map_err(|e| StoreError::Io {
                     path: self.layout.blobs_dir(),
                     source: e,
                 })?;
-            let mut report = ScrubReport::default();
-            for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
-                if halted() {
-                    break;
-                }
-                if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
-                    // An orphan: `check` deletes those.
-                    continue;
-                }
-                let seen = stamp(&self.layout.blob(&hash));
-                if seen.is_none() && self.index.is_damaged(&hash) {
-                    report.awaiting_repair += 1;
-                    continue;
-                }
-                if ask.send((hash, size)).is_err() {
-                    break;
-                }
-                // No answer: the reader stopped (halted, or gone).
-                let Ok(Some(read)) = answered.recv() else {
-                    break;
-                };
-                if halted() {
-                    break;
-                }
-                match self.judge(&hash, seen, read)? {
-                    Verdict::Whole => {
-                        report.blobs_ok += 1;
-                        report.bytes_verified += size;
-                    }
-                    Verdict::Removed => {
-                        report.damaged += 1;
-                        found.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Verdict::Skipped => {}
-                }
-            }
-            Ok(report)
+            self.judge_pass(&ask, &answered, &halted, found)
         })
+    }
+
+    /// The calling thread's half of a pass: every blob looked up, asked of
+    /// the reader, and what it found written down.
+    fn judge_pass(
+        &self,
+        ask: &SyncSender<(BlobHash, u64)>,
+        answered: &Receiver<Answer>,
+        halted: &dyn Fn() -> bool,
+        found: &AtomicU64,
+    ) -> Result<ScrubReport, StoreError> {
+        let mut report = ScrubReport::default();
+        for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
+            if halted() {
+                break;
+            }
+            if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
+                // An orphan: `check` deletes those.
+                continue;
+            }
+            let seen = stamp(&self.layout.blob(&hash));
+            if seen.is_none() && self.index.is_damaged(&hash) {
+                report.awaiting_repair += 1;
+                continue;
+            }
+            // No answer: the reader stopped (halted, or gone).
+            let answer = ask
+                .send((hash, size))
+                .ok()
+                .and_then(|()| answered.recv().ok());
+            let Some(Some(read)) = answer else {
+                break;
+            };
+            if halted() {
+                break;
+            }
+            match self.judge(&hash, seen, read)? {
+                Verdict::Whole => {
+                    report.blobs_ok += 1;
+                    report.bytes_verified += size;
+                }
+                Verdict::Removed => {
+                    report.damaged += 1;
+                    found.fetch_add(1, Ordering::Relaxed);
+                }
+                Verdict::Skipped => {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// The reader's half of a pass: each blob asked, read at the pace, until
+    /// the calling thread stops asking or stops listening.
+    fn read_asked(
+        &self,
+        settings: &ScrubSettings,
+        asked: Receiver<(BlobHash, u64)>,
+        answer: SyncSender<Answer>,
+        halted: &dyn Fn() -> bool,
+        busy: &dyn Fn() -> bool,
+    ) {
+        let mut pace = Pace::new(settings.mib_per_s, Instant::now());
+        for (hash, size) in asked {
+            let read = self.read_blob(&hash, size, &mut pace, halted, busy);
+            if answer.send(read).is_err() {
+                break;
+            }
+        }
     }
 
     /// Held bundles with at least one blob missing or damaged: the ones to fetch
@@ -243,7 +274,7 @@ impl Store {
         pace: &mut Pace,
         halted: &dyn Fn() -> bool,
         busy: &dyn Fn() -> bool,
-    ) -> Option<Result<(), VerifyError>> {
+    ) -> Answer {
         let verified = self
             .open_blob(hash, size)
             .map_err(VerifyError::Io)
