@@ -17,10 +17,10 @@
 //! of a second endpoint on the daemon's runtime. They hold the store's write
 //! lock across syncs and sled's batch lock, which browsers' requests wait on,
 //! and a thread that the kernel may leave off the CPU for long must not hold
-//! them (no priority inheritance on futexes). What runs here only reads the
-//! store, caches manifests (a map insert under a write lock browsers' reads
-//! wait on, held for that insert only) and, on a failed read, marks a blob
-//! damaged (after a `try_lock`, never waiting).
+//! them (no priority inheritance on futexes). What runs here only opens,
+//! reads, verifies and sends files: the store's index, its memory of manifests
+//! and its damage marks take locks too, and are asked on the daemon's blocking
+//! threads ([`debug_assert_may_hold`] checks it in debug builds).
 //!
 //! Under systemd (or any session of its own, with autogroup) the node is its
 //! own group: `SCHED_IDLE` yields to the node's browsers' threads, while the
@@ -79,6 +79,21 @@ pub(crate) fn idle_this_thread() {
     }
 }
 
+/// Checks, in debug builds, that the calling thread may take `lock`, one that
+/// browsers' threads wait on. A `SCHED_IDLE` thread may not: the kernel may
+/// leave it off the CPU while it holds the lock for as long as browsers keep
+/// the cores busy, and (no priority inheritance on futexes) they would wait
+/// that long behind it. The policy is asked of the kernel, not remembered: a
+/// thread started by an idle one is idle too, whichever runtime it serves.
+/// The process aborts: a panic would end only the task, which a test whose
+/// copy goes on from another peer would not see.
+pub(crate) fn debug_assert_may_hold(lock: &str) {
+    if cfg!(debug_assertions) && my_policy() == libc::SCHED_IDLE {
+        eprintln!("{lock} taken on a SCHED_IDLE thread");
+        std::process::abort();
+    }
+}
+
 /// `sched_setscheduler(0, SCHED_IDLE)`, which neither rustix nor std wraps.
 #[allow(unsafe_code)]
 fn set_idle_policy() -> std::io::Result<()> {
@@ -91,13 +106,11 @@ fn set_idle_policy() -> std::io::Result<()> {
     }
 }
 
-/// The calling thread's policy, field 41 of `/proc/thread-self/stat`.
-#[cfg(test)]
+/// The calling thread's policy.
+#[allow(unsafe_code)]
 pub(crate) fn my_policy() -> i32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    // Fields count from the command's closing parenthesis, which is field 2.
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    // SAFETY: takes no pointer; pid 0 is the calling thread.
+    unsafe { libc::sched_getscheduler(0) }
 }
 
 #[cfg(test)]

@@ -79,7 +79,12 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
         id: identity.id(),
     };
     let pacing = Arc::new(BrowsersFirst::new(server.load().pressure().clone()));
-    let peers_task = copies.spawn(serve_peers(peers.clone(), store.clone(), Some(pacing)));
+    let peers_task = copies.spawn(serve_peers(
+        peers.clone(),
+        store.clone(),
+        tokio::runtime::Handle::current(),
+        Some(pacing),
+    ));
     let reputation = Arc::new(Reputation::default());
     let through = (!config.quic.peers.is_empty() || membership.is_some()).then(|| {
         Arc::new(FetchThrough::new(

@@ -39,7 +39,12 @@ async fn lying_member(
     let identity = Identity::load_or_create(dir)?;
     let (endpoint, contact, conn) = member_endpoint(&identity, &token).await?;
     join_member(&conn, &token, &contact, CLAIMED_CAPACITY).await?;
-    tokio::spawn(serve_peers(endpoint, Arc::new(Store::open(dir)?), None));
+    tokio::spawn(serve_peers(
+        endpoint,
+        Arc::new(Store::open(dir)?),
+        tokio::runtime::Handle::current(),
+        None,
+    ));
     let ordered = Arc::new(Mutex::new(BTreeSet::new()));
     tokio::spawn(async move {
         loop {

@@ -1,6 +1,11 @@
 //! Answering peers: one task per connection, one per stream, each request read
 //! with its cap, answered from the store, and every byte sent verified first.
 //! A request that does not decode gets a typed error; the node goes on.
+//!
+//! This runs on the copies' `SCHED_IDLE` threads (see [`crate::background`]),
+//! but asks the store's index and memory on the daemon's blocking threads: they
+//! take locks browsers wait on, which a thread the kernel may leave off the CPU
+//! must not hold. Only reading, verifying and sending a blob's groups stay here.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,6 +15,7 @@ use bytes::Bytes;
 use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
 use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
 use quinn::{RecvStream, SendStream};
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::pacing::{BrowsersFirst, PACED_SLICE};
@@ -25,15 +31,18 @@ const MAX_BLOB_STREAMS: usize = 64;
 const BUSY_RETRY_MS: u32 = 1000;
 
 /// Accepts members' connections and answers their requests until the endpoint
-/// closes; blobs are sent at the `pacing` of this node's browsers, if given.
+/// closes, asking `store` on `daemon`'s blocking threads; blobs are sent at the
+/// `pacing` of this node's browsers, if given.
 pub async fn serve_peers(
     endpoint: PeerEndpoint,
     store: Arc<Store>,
+    daemon: Handle,
     pacing: Option<Arc<BrowsersFirst>>,
 ) {
     let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
     let answering = Arc::new(Answering {
         store,
+        daemon,
         streams: Semaphore::new(MAX_BLOB_STREAMS),
         pacing,
         pieces: Arc::default(),
@@ -104,6 +113,8 @@ impl Drop for ConnectionSlot {
 /// What answering a peer's stream takes, shared by all of them.
 struct Answering {
     store: Arc<Store>,
+    /// The runtime whose blocking threads ask the store.
+    daemon: Handle,
     /// Blob streams served at once.
     streams: Semaphore,
     /// How fast blobs may go beside this node's browsers, if paced.
@@ -135,13 +146,21 @@ impl Answering {
                     ..WireError::new(ErrorKind::Busy, "serving too many blobs")
                 }),
             },
-            Request::Manifest(id) => manifest(&self.store, &id),
-            Request::Has(hashes) => Response::Has(
-                hashes
-                    .iter()
-                    .map(|h| self.store.blob_size(h).is_some())
-                    .collect(),
-            ),
+            Request::Manifest(id) => self
+                .ask_store(move |store| manifest(store, &id))
+                .await
+                .unwrap_or_else(stopping),
+            Request::Has(hashes) => self
+                .ask_store(move |store| {
+                    Response::Has(
+                        hashes
+                            .iter()
+                            .map(|h| store.blob_size(h).is_some())
+                            .collect(),
+                    )
+                })
+                .await
+                .unwrap_or_else(stopping),
         };
         frame::write_frame(&mut send, &response.encode()).await?;
         let _ = send.finish();
@@ -154,7 +173,11 @@ impl Answering {
         hash: BlobHash,
         groups: GroupRanges,
     ) -> Result<(), FrameError> {
-        let files = match open_held(&self.store, &hash).and_then(|f| holding(f, &groups)) {
+        let opened = self.ask_store(move |store| open_held(store, &hash)).await;
+        let files = match opened
+            .unwrap_or_else(|| Err(stopping()))
+            .and_then(|f| holding(f, &groups))
+        {
             Ok(files) => files,
             Err(refusal) => {
                 frame::write_frame(&mut send, &refusal.encode()).await?;
@@ -167,19 +190,13 @@ impl Answering {
         // reading through a peer waits on, and too small to matter: never paced.
         let pacing = self.pacing.as_ref().filter(|_| files.size > GROUP_BYTES);
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let (store, pieces) = (self.store.clone(), self.pieces.clone());
+        let pieces = self.pieces.clone();
         let reader = tokio::task::spawn_blocking(move || {
-            let result = files.encode_groups(groups.ranges(), &pieces, |piece| {
+            files.encode_groups(groups.ranges(), &pieces, |piece| {
                 tx.blocking_send(piece).map_err(|_| {
                     io::Error::new(io::ErrorKind::ConnectionReset, "peer stream closed")
                 })
-            });
-            if let Err(e) = &result {
-                // Marks only a blob shown wrong on disk; a reset stream or a node
-                // short of memory is not the blob's fault.
-                store.read_failed(&files.hash, e);
-            }
-            result
+            })
         });
         while let Some(mut piece) = rx.recv().await {
             while !piece.is_empty() {
@@ -194,17 +211,44 @@ impl Answering {
                 send.write_chunk(slice).await?;
             }
         }
-        match reader.await {
-            Ok(Ok(())) => {
-                let _ = send.finish();
-            }
-            _ => {
-                // Never end a stream normally after unverified data: the peer sees a reset.
-                let _ = send.reset(1u32.into());
-            }
+        let read = reader.await;
+        if let Ok(Ok(())) = read {
+            let _ = send.finish();
+            return Ok(());
+        }
+        // Never end a stream normally after unverified data: the peer sees a reset.
+        let _ = send.reset(1u32.into());
+        if let Ok(Err(e)) = read {
+            // Marks only a blob shown wrong on disk; a reset stream or a node
+            // short of memory is not the blob's fault.
+            self.ask_store(move |store| store.read_failed(&hash, &e))
+                .await;
         }
         Ok(())
     }
+
+    /// `ask`'s answer from one of the daemon's blocking threads, at its
+    /// priority; `None` once the daemon's runtime is gone (the node stopping).
+    /// Handed over by one of the daemon's workers: a blocking thread the pool
+    /// starts is started by the thread that asks, whose policy it inherits.
+    async fn ask_store<T: Send + 'static>(
+        &self,
+        ask: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        let handed = self
+            .daemon
+            .spawn(async move { tokio::task::spawn_blocking(move || ask(&store)).await });
+        handed.await.ok()?.ok()
+    }
+}
+
+/// The answer while the node stops.
+fn stopping() -> Response {
+    Response::Error(WireError {
+        retry_after_ms: BUSY_RETRY_MS,
+        ..WireError::new(ErrorKind::Busy, "this node is stopping")
+    })
 }
 
 fn not_found(what: &str) -> Response {

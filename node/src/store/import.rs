@@ -101,7 +101,7 @@ impl Store {
             });
         let _ = layout::remove_if_present(&temp_outboard);
         let new = result.map_err(io_at(temp))?;
-        self.index
+        self.index()
             .clear_damaged(hash)
             .map_err(|e| self.index_err(e))?;
         Ok(new)
@@ -110,7 +110,7 @@ impl Store {
     /// Removes the files of a blob marked damaged: `place` keeps a stored file
     /// of the right length, and this one must be replaced.
     fn remove_if_damaged(&self, hash: &BlobHash) -> Result<(), StoreError> {
-        if self.index.is_damaged(hash) {
+        if self.index().is_damaged(hash) {
             let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             for path in [self.layout.blob(hash), self.layout.outboard(hash)] {
                 layout::remove_if_present(&path).map_err(io_at(&path))?;

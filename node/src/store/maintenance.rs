@@ -48,7 +48,10 @@ impl Store {
             }
         }
         for id in indexed.iter().filter(|id| !on_disk.contains(id)) {
-            let freed = self.index.purge_bundle(id).map_err(|e| self.index_err(e))?;
+            let freed = self
+                .index()
+                .purge_bundle(id)
+                .map_err(|e| self.index_err(e))?;
             self.delete_blobs(&freed)?;
             tracing::info!(bundle = %id, "finished removing bundle");
         }
@@ -69,10 +72,10 @@ impl Store {
                 }),
             }
         }
-        let indexed = self.index.blobs().map_err(|e| self.index_err(e))?;
+        let indexed = self.index().blobs().map_err(|e| self.index_err(e))?;
         let mut orphans = Vec::new();
         for (hash, size) in &indexed {
-            if !self.index.is_referenced(hash) && !self.index.is_cached(hash) {
+            if !self.index().is_referenced(hash) && !self.index().is_cached(hash) {
                 orphans.push(*hash);
                 continue;
             }
@@ -80,7 +83,7 @@ impl Store {
                 Ok(()) => {
                     report.blobs_ok += 1;
                     report.bytes_verified += size;
-                    self.index
+                    self.index()
                         .clear_damaged(hash)
                         .map_err(|e| self.index_err(e))?;
                 }

@@ -132,7 +132,8 @@ pub struct MemoryUse {
 #[derive(Debug)]
 pub struct Store {
     layout: Layout,
-    index: Index,
+    /// Asked through [`Store::index`] only.
+    sled: Index,
     writes: Mutex<()>,
     manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
     /// Partial blobs open now, never trimmed.
@@ -156,7 +157,7 @@ impl Store {
         })?;
         let store = Self {
             layout,
-            index,
+            sled: index,
             writes: Mutex::new(()),
             manifests: RwLock::new(HashMap::new()),
             open_partials: Default::default(),
@@ -186,6 +187,13 @@ impl Store {
         }
     }
 
+    /// The index. sled's reads and writes share one process-wide lock, and a
+    /// writer waiting on it makes new readers queue behind whoever holds it.
+    fn index(&self) -> &Index {
+        crate::background::debug_assert_may_hold("sled's lock");
+        &self.sled
+    }
+
     /// The data folder.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -205,7 +213,7 @@ impl Store {
                 new_bytes += imported.size;
                 // Written afresh from the source, perhaps where the scrub had
                 // removed a damaged copy.
-                self.index
+                self.index()
                     .clear_damaged(&imported.hash)
                     .map_err(|e| self.index_err(e))?;
             }
@@ -228,7 +236,7 @@ impl Store {
 
     /// Every bundle held, by id.
     pub fn bundles(&self) -> Result<Vec<BundleSummary>, StoreError> {
-        self.index.bundles().map_err(|e| self.index_err(e))
+        self.index().bundles().map_err(|e| self.index_err(e))
     }
 
     /// Removes a bundle and frees the blobs no other bundle uses.
@@ -246,7 +254,7 @@ impl Store {
         layout::remove_if_present(&path).map_err(io_at(&path))?;
         layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
         let freed = self
-            .index
+            .index()
             .remove_bundle(id, &manifest)
             .map_err(|e| self.index_err(e));
         // After the index (see `keep_manifest`), and whether it failed or
@@ -295,7 +303,9 @@ impl Store {
 
     /// Whether the index records `bundle` as held, from the index alone.
     pub fn holds(&self, bundle: &BundleId) -> Result<bool, StoreError> {
-        self.index.has_bundle(bundle).map_err(|e| self.index_err(e))
+        self.index()
+            .has_bundle(bundle)
+            .map_err(|e| self.index_err(e))
     }
 
     /// Opens a stored blob for a verified read.
@@ -403,10 +413,10 @@ impl Store {
 
     /// The size of a blob held whole and not marked damaged.
     pub fn blob_size(&self, hash: &BlobHash) -> Option<u64> {
-        if self.index.is_damaged(hash) {
+        if self.index().is_damaged(hash) {
             return None;
         }
-        self.index.blob_size(hash)
+        self.index().blob_size(hash)
     }
 
     /// Records that a blob failed verification, so it is not trusted until
@@ -414,7 +424,7 @@ impl Store {
     /// marks only what shows damage.
     pub fn mark_damaged(&self, hash: &BlobHash, why: &str) {
         tracing::error!(blob = %hash, reason = why, "blob damaged on disk, marked for repair");
-        if let Err(e) = self.index.mark_damaged(hash, why) {
+        if let Err(e) = self.index().mark_damaged(hash, why) {
             tracing::error!(blob = %hash, error = %e, "could not record damaged blob");
         }
     }
@@ -431,6 +441,7 @@ impl Store {
         // released between a reader's lookup and its open is found gone, not
         // damaged. Readers run on the async workers: while a long import
         // holds the lock, nothing is marked (a later read or the scrub will).
+        crate::background::debug_assert_may_hold("the store's write lock");
         match self.writes.try_lock() {
             Ok(_writing) => self.read_failed_holding_writes(hash, error),
             Err(std::sync::TryLockError::Poisoned(p)) => {
@@ -443,7 +454,7 @@ impl Store {
 
     /// [`Store::read_failed`] for a caller that holds the write lock.
     fn read_failed_holding_writes(&self, hash: &BlobHash, error: &VerifyError) -> ReadFault {
-        let Some(size) = self.index.blob_size(hash) else {
+        let Some(size) = self.index().blob_size(hash) else {
             return transient(hash, error);
         };
         // A reader told another size than the one indexed was misled (by a
@@ -462,14 +473,14 @@ impl Store {
 
     /// Whether a blob is marked damaged.
     pub fn is_damaged(&self, hash: &BlobHash) -> bool {
-        self.index.is_damaged(hash)
+        self.index().is_damaged(hash)
     }
 
     /// Makes the index's last changes durable, as a stop does. Blob files,
     /// manifests and partial-copy records are synced as they are written.
     pub fn flush(&self) -> Result<(), StoreError> {
         let path = self.layout.index_dir();
-        self.index
+        self.index()
             .flush()
             .map_err(|source| StoreError::Index { path, source })
     }
@@ -498,7 +509,7 @@ impl Store {
             bytes: manifest.total_size(),
             added_unix: mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         };
-        self.index
+        self.index()
             .insert_bundle(manifest, summary)
             .map_err(|e| self.index_err(e))?;
         Ok(summary)
@@ -506,12 +517,12 @@ impl Store {
 
     fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<(), StoreError> {
         for h in hashes {
-            self.hot.forget(h, self.index.blob_size(h));
+            self.hot.forget(h, self.index().blob_size(h));
             for path in [self.layout.blob(h), self.layout.outboard(h)] {
                 layout::remove_if_present(&path).map_err(io_at(&path))?;
             }
         }
-        self.index
+        self.index()
             .forget_blobs(hashes)
             .map_err(|e| self.index_err(e))
     }

@@ -363,7 +363,7 @@ impl Store {
     pub fn has_blob_file(&self, hash: &BlobHash, size: u64) -> bool {
         // Without its outboard a blob cannot be read verified: it is fetched
         // again (the commit puts both files in place).
-        !self.index.is_damaged(hash)
+        !self.index().is_damaged(hash)
             && fs::metadata(self.layout.blob(hash)).is_ok_and(|m| m.len() == size)
             && (size <= GROUP_BYTES || self.layout.outboard(hash).exists())
     }
@@ -401,7 +401,7 @@ impl Store {
         fs::rename(&data, &dest).map_err(io_at(&dest))?;
         layout::remove_if_present(&done).map_err(io_at(&done))?;
         // After the rename: a blob is never unmarked while its bad copy is in place.
-        self.index
+        self.index()
             .clear_damaged(&partial.hash)
             .map_err(|e| self.index_err(e))
     }
@@ -450,14 +450,17 @@ impl Store {
     /// Blobs a held bundle references are never evicted: they leave the cache.
     pub fn use_cached(&self, hash: &BlobHash, size: u64, max_bytes: u64) -> Result<(), StoreError> {
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        self.index
+        self.index()
             .touch_cached(hash, size)
             .map_err(|e| self.index_err(e))?;
-        let mut cached = self.index.cached_by_age().map_err(|e| self.index_err(e))?;
+        let mut cached = self
+            .index()
+            .cached_by_age()
+            .map_err(|e| self.index_err(e))?;
         cached.retain(|(h, _)| {
-            let pinned = self.index.is_referenced(h);
+            let pinned = self.index().is_referenced(h);
             if pinned {
-                let _ = self.index.uncache(h);
+                let _ = self.index().uncache(h);
             }
             !pinned
         });

@@ -190,7 +190,10 @@ impl Store {
 
     /// Bytes kept as fetch-through cache.
     fn cached_bytes(&self) -> Result<u64, StoreError> {
-        let cached = self.index.cached_by_age().map_err(|e| self.index_err(e))?;
+        let cached = self
+            .index()
+            .cached_by_age()
+            .map_err(|e| self.index_err(e))?;
         Ok(cached.iter().map(|(_, size)| size).sum())
     }
 }

@@ -181,16 +181,16 @@ impl Store {
         found: &AtomicU64,
     ) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
-        for (hash, size) in self.index.blobs().map_err(|e| self.index_err(e))? {
+        for (hash, size) in self.index().blobs().map_err(|e| self.index_err(e))? {
             if halted() {
                 break;
             }
-            if !self.index.is_referenced(&hash) && !self.index.is_cached(&hash) {
+            if !self.index().is_referenced(&hash) && !self.index().is_cached(&hash) {
                 // An orphan: `check` deletes those.
                 continue;
             }
             let seen = stamp(&self.layout.blob(&hash));
-            if seen.is_none() && self.index.is_damaged(&hash) {
+            if seen.is_none() && self.index().is_damaged(&hash) {
                 report.awaiting_repair += 1;
                 continue;
             }
@@ -301,8 +301,8 @@ impl Store {
             Ok(()) => {
                 // A mark left by a passing failure (a full file table, say) on
                 // a blob that is whole after all.
-                if self.index.is_damaged(hash) {
-                    self.index
+                if self.index().is_damaged(hash) {
+                    self.index()
                         .clear_damaged(hash)
                         .map_err(|e| self.index_err(e))?;
                 }
@@ -326,10 +326,10 @@ impl Store {
         why: &str,
     ) -> Result<Verdict, StoreError> {
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        if stamp(&self.layout.blob(hash)) != seen || self.index.blob_size(hash).is_none() {
+        if stamp(&self.layout.blob(hash)) != seen || self.index().blob_size(hash).is_none() {
             return Ok(Verdict::Skipped);
         }
-        if !self.index.is_referenced(hash) {
+        if !self.index().is_referenced(hash) {
             // Only kept as cache: forgotten, a browser's next request fetches it again.
             tracing::error!(blob = %hash, reason = why, "scrub: cached blob damaged, dropped");
             self.delete_blobs(&[*hash])?;
@@ -338,7 +338,7 @@ impl Store {
         tracing::error!(blob = %hash, reason = why, "scrub: blob damaged, removed for repair");
         // Marked first: if the mark cannot be recorded, the files stay and the
         // next pass tries again.
-        self.index
+        self.index()
             .mark_damaged(hash, why)
             .map_err(|e| self.index_err(e))?;
         for path in [self.layout.blob(hash), self.layout.outboard(hash)] {

@@ -319,6 +319,11 @@ struct Serving {
 
 impl Serving {
     fn start(store: Arc<Store>) -> anyhow::Result<Self> {
+        Self::start_on(store, &tokio::runtime::Handle::current())
+    }
+
+    /// As a node answers: on `copies`, asking `store` on the caller's runtime.
+    fn start_on(store: Arc<Store>, copies: &tokio::runtime::Handle) -> anyhow::Result<Self> {
         use crate::peer::respond::serve_peers;
         use cartable_net::identity::Identity;
         use cartable_net::peer::auth::Members;
@@ -326,12 +331,20 @@ impl Serving {
         let server_key = Identity::load_or_create(&keys.path().join("server"))?;
         let client_key = Identity::load_or_create(&keys.path().join("client"))?;
         let loopback = "127.0.0.1:0".parse()?;
-        let server = PeerEndpoint::bind(loopback, &server_key, Members::anyone())?;
+        let server = {
+            let _copies = copies.enter();
+            PeerEndpoint::bind(loopback, &server_key, Members::anyone())?
+        };
         let peer = PeerAddr {
             id: server_key.id(),
             addr: server.local_addr()?,
         };
-        tokio::spawn(serve_peers(server.clone(), store, None));
+        copies.spawn(serve_peers(
+            server.clone(),
+            store,
+            tokio::runtime::Handle::current(),
+            None,
+        ));
         let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
         Ok(Self {
             server,
@@ -478,5 +491,33 @@ fn a_pass_reads_on_a_thread_that_yields_to_browsers() -> anyhow::Result<()> {
     );
     assert!(!f.store.layout().blob(&big.hash).exists());
     assert_eq!(my_policy(), caller);
+    Ok(())
+}
+
+/// The copies' threads answer peers under `SCHED_IDLE`, and ask the store,
+/// whose locks browsers wait on, on the daemon's threads (in a debug build,
+/// asking it from an idle thread panics): a bundle is served whole, and a blob
+/// found damaged on the way is marked.
+#[test]
+fn peers_are_answered_on_idle_threads_that_ask_the_store_elsewhere() -> anyhow::Result<()> {
+    let copies = crate::background::Background::start()?;
+    let daemon = tokio::runtime::Runtime::new()?;
+    let source = Fixture::new()?;
+    let big = source.entry(&source.a, "big.bin")?;
+    let fetching = tempfile::tempdir()?;
+    let empty = |n: &str| Store::open(fetching.path().join(n)).map(Arc::new);
+    daemon.block_on(async {
+        let serving = Serving::start_on(source.store.clone(), copies.handle())?;
+        let whole = empty("whole")?;
+        let received = serving.fetch(&whole, source.a).await?;
+        assert_eq!(received, big.size + b"a small file".len() as u64);
+        assert!(whole.incomplete_bundles()?.is_empty());
+        flip_byte(&source.store.layout().blob(&big.hash), 70_000)?;
+        assert!(serving.fetch(&empty("torn")?, source.a).await.is_err());
+        assert!(source.store.is_damaged(&big.hash));
+        anyhow::Ok(())
+    })?;
+    drop(daemon);
+    drop(copies);
     Ok(())
 }

@@ -68,7 +68,7 @@ impl Store {
         let blobs_dir = self.layout.blobs_dir();
         layout::sync_dir(&blobs_dir).map_err(io_at(&blobs_dir))?;
         for hash in placed {
-            self.index
+            self.index()
                 .clear_damaged(&hash)
                 .map_err(|e| self.index_err(e))?;
         }

@@ -29,7 +29,12 @@ pub(crate) fn setup() -> anyhow::Result<Setup> {
     let peer_key = Identity::load_or_create(&dirs.path().join("peer"))?;
     let peer_endpoint = PeerEndpoint::bind(loopback, &peer_key, Members::anyone())?;
     let peer_store = Arc::new(Store::open(dirs.path().join("peer"))?);
-    tokio::spawn(serve_peers(peer_endpoint.clone(), peer_store.clone(), None));
+    tokio::spawn(serve_peers(
+        peer_endpoint.clone(),
+        peer_store.clone(),
+        tokio::runtime::Handle::current(),
+        None,
+    ));
     let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
     let ours = PeerEndpoint::bind(loopback, &our_key, Members::anyone())?;
     let peer = PeerAddr {
