@@ -3,9 +3,9 @@
 //! A request that does not decode gets a typed error; the node goes on.
 //!
 //! This runs on the copies' `SCHED_IDLE` threads (see [`crate::background`]),
-//! but asks the store's index and memory on the daemon's blocking threads: they
-//! take locks browsers wait on, which a thread the kernel may leave off the CPU
-//! must not hold. Only reading, verifying and sending a blob's groups stay here.
+//! but asks the store's index and memory on the daemon's threads: they take
+//! locks browsers wait on, which a thread the kernel may leave off the CPU must
+//! not hold. Only opening, reading, verifying and sending blobs stay here.
 
 use std::collections::HashMap;
 use std::io;
@@ -151,7 +151,7 @@ impl Answering {
                 .await
                 .unwrap_or_else(stopping),
             Request::Has(hashes) => self
-                .ask_store(move |store| {
+                .ask_index(move |store| {
                     Response::Has(
                         hashes
                             .iter()
@@ -173,11 +173,7 @@ impl Answering {
         hash: BlobHash,
         groups: GroupRanges,
     ) -> Result<(), FrameError> {
-        let opened = self.ask_store(move |store| open_held(store, &hash)).await;
-        let files = match opened
-            .unwrap_or_else(|| Err(stopping()))
-            .and_then(|f| holding(f, &groups))
-        {
+        let files = match self.open_held(hash).await.and_then(|f| holding(f, &groups)) {
             Ok(files) => files,
             Err(refusal) => {
                 frame::write_frame(&mut send, &refusal.encode()).await?;
@@ -227,10 +223,43 @@ impl Answering {
         Ok(())
     }
 
-    /// `ask`'s answer from one of the daemon's blocking threads, at its
-    /// priority; `None` once the daemon's runtime is gone (the node stopping).
-    /// Handed over by one of the daemon's workers: a blocking thread the pool
-    /// starts is started by the thread that asks, whose policy it inherits.
+    /// Opens a blob held whole, or the answer for a peer: not held (or missing
+    /// on disk, then marked damaged), or busy when this node cannot open files
+    /// now.
+    async fn open_held(&self, hash: BlobHash) -> Result<BlobFiles, Response> {
+        let size = self.ask_index(move |store| store.blob_size(&hash)).await;
+        let size = size
+            .ok_or_else(stopping)?
+            .ok_or_else(|| not_found("blob"))?;
+        let e = match self.store.open_blob(&hash, size) {
+            Ok(files) => return Ok(files),
+            Err(e) => VerifyError::Io(e),
+        };
+        let fault = self.ask_store(move |store| store.read_failed(&hash, &e));
+        match fault.await.ok_or_else(stopping)? {
+            ReadFault::Damaged => Err(not_found("blob")),
+            ReadFault::Transient => Err(Response::Error(WireError {
+                retry_after_ms: BUSY_RETRY_MS,
+                ..WireError::new(ErrorKind::Busy, "cannot open the blob now")
+            })),
+        }
+    }
+
+    /// `ask`'s answer from one of the daemon's workers, at its priority, for
+    /// lookups in the index (which browsers' requests make in place too);
+    /// `None` once the daemon's runtime is gone (the node stopping).
+    async fn ask_index<T: Send + 'static>(
+        &self,
+        ask: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        self.daemon.spawn(async move { ask(&store) }).await.ok()
+    }
+
+    /// [`Answering::ask_index`] on one of the daemon's blocking threads, for
+    /// what may read files. Handed over by one of its workers: a blocking
+    /// thread the pool starts is started by the thread that asks, whose
+    /// policy it inherits.
     async fn ask_store<T: Send + 'static>(
         &self,
         ask: impl FnOnce(&Store) -> T + Send + 'static,
@@ -283,19 +312,4 @@ fn holding(files: BlobFiles, groups: &GroupRanges) -> Result<BlobFiles, Response
         ))),
         _ => Ok(files),
     }
-}
-
-/// Opens a blob held whole, or the answer for a peer: not held (or missing on
-/// disk, then marked damaged), or busy when this node cannot open files now.
-fn open_held(store: &Store, hash: &BlobHash) -> Result<BlobFiles, Response> {
-    let size = store.blob_size(hash).ok_or_else(|| not_found("blob"))?;
-    store
-        .open_blob(hash, size)
-        .map_err(|e| match store.read_failed(hash, &VerifyError::Io(e)) {
-            ReadFault::Damaged => not_found("blob"),
-            ReadFault::Transient => Response::Error(WireError {
-                retry_after_ms: BUSY_RETRY_MS,
-                ..WireError::new(ErrorKind::Busy, "cannot open the blob now")
-            }),
-        })
 }

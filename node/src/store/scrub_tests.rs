@@ -496,8 +496,8 @@ fn a_pass_reads_on_a_thread_that_yields_to_browsers() -> anyhow::Result<()> {
 
 /// The copies' threads answer peers under `SCHED_IDLE`, and ask the store,
 /// whose locks browsers wait on, on the daemon's threads (in a debug build,
-/// asking it from an idle thread panics): a bundle is served whole, and a blob
-/// found damaged on the way is marked.
+/// asking it from an idle thread aborts): a bundle is served whole, and a blob
+/// found damaged or gone on the way is marked.
 #[test]
 fn peers_are_answered_on_idle_threads_that_ask_the_store_elsewhere() -> anyhow::Result<()> {
     let copies = crate::background::Background::start()?;
@@ -515,6 +515,11 @@ fn peers_are_answered_on_idle_threads_that_ask_the_store_elsewhere() -> anyhow::
         flip_byte(&source.store.layout().blob(&big.hash), 70_000)?;
         assert!(serving.fetch(&empty("torn")?, source.a).await.is_err());
         assert!(source.store.is_damaged(&big.hash));
+        // A file gone is found so at its open, before anything is sent.
+        let small = source.entry(&source.a, "small.txt")?;
+        fs::remove_file(source.store.layout().blob(&small.hash))?;
+        assert!(serving.fetch(&empty("gone")?, source.a).await.is_err());
+        assert!(source.store.is_damaged(&small.hash));
         anyhow::Ok(())
     })?;
     drop(daemon);
