@@ -19,8 +19,9 @@
 //! and a thread that the kernel may leave off the CPU for long must not hold
 //! them (no priority inheritance on futexes). What runs here only opens,
 //! reads, verifies and sends files: the store's index, its memory of manifests
-//! and its damage marks take locks too, and are asked on the daemon's blocking
-//! threads ([`debug_assert_may_hold`] checks it in debug builds).
+//! and its damage marks take locks too, and are asked on a thread of the
+//! daemon's priority ([`crate::peer::asks`]; [`debug_assert_may_hold`] checks
+//! it in debug builds).
 //!
 //! Under systemd (or any session of its own, with autogroup) the node is its
 //! own group: `SCHED_IDLE` yields to the node's browsers' threads, while the
@@ -86,9 +87,13 @@ pub(crate) fn idle_this_thread() {
 /// that long behind it. The policy is asked of the kernel, not remembered: a
 /// thread started by an idle one is idle too, whichever runtime it serves.
 /// The process aborts: a panic would end only the task, which a test whose
-/// copy goes on from another peer would not see.
+/// copy goes on from another peer would not see. A process run idle as a whole
+/// (`chrt --idle`) has no thread to stall, and is let be.
 pub(crate) fn debug_assert_may_hold(lock: &str) {
-    if cfg!(debug_assertions) && my_policy() == libc::SCHED_IDLE {
+    if cfg!(debug_assertions)
+        && my_policy() == libc::SCHED_IDLE
+        && policy_of(std::process::id()) != libc::SCHED_IDLE
+    {
         eprintln!("{lock} taken on a SCHED_IDLE thread");
         std::process::abort();
     }
@@ -107,10 +112,16 @@ fn set_idle_policy() -> std::io::Result<()> {
 }
 
 /// The calling thread's policy.
-#[allow(unsafe_code)]
 pub(crate) fn my_policy() -> i32 {
-    // SAFETY: takes no pointer; pid 0 is the calling thread.
-    unsafe { libc::sched_getscheduler(0) }
+    policy_of(0)
+}
+
+/// The policy of thread `tid` (0: the calling one; the process's id: its main
+/// thread).
+#[allow(unsafe_code)]
+fn policy_of(tid: u32) -> i32 {
+    // SAFETY: takes no pointer.
+    unsafe { libc::sched_getscheduler(tid as libc::pid_t) }
 }
 
 #[cfg(test)]

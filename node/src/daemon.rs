@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use crate::admin::{AdminContext, AdminServer, Info};
 use crate::config::NodeConfig;
 use crate::member::{Member, Membership};
+use crate::peer::asks::StoreAsks;
 use crate::peer::pacing::BrowsersFirst;
 use crate::peer::reputation::Reputation;
 use crate::peer::respond::serve_peers;
@@ -79,10 +80,12 @@ pub async fn run(config: NodeConfig, copies: Handle) -> anyhow::Result<()> {
         id: identity.id(),
     };
     let pacing = Arc::new(BrowsersFirst::new(server.load().pressure().clone()));
+    // Started here, at the daemon's priority, which its thread inherits.
+    let asks = StoreAsks::start(store.clone())?;
     let peers_task = copies.spawn(serve_peers(
         peers.clone(),
         store.clone(),
-        tokio::runtime::Handle::current(),
+        asks,
         Some(pacing),
     ));
     let reputation = Arc::new(Reputation::default());

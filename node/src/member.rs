@@ -279,12 +279,13 @@ impl Member {
     pub async fn run(self: Arc<Self>) {
         let mut interval = FIRST_INTERVAL;
         let mut conn: Option<quinn::Connection> = None;
-        let mut last = self.saved_orders();
+        let mut last = self.saved_orders().map(Arc::new);
         loop {
             let wait = (interval * ANSWER_WITHIN_BEATS).max(MIN_ANSWER_WAIT);
             let answer = tokio::time::timeout(wait, self.exchange(&mut conn))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {wait:?}")));
+            let fresh = answer.is_ok();
             match answer {
                 Ok(mut orders) => {
                     interval = Duration::from_millis(orders.heartbeat_ms.clamp(100, 60_000));
@@ -296,16 +297,27 @@ impl Member {
                         orders.names =
                             Some(self.names.lock().unwrap_or_else(|e| e.into_inner()).clone());
                     }
-                    self.save_orders(&orders);
-                    last = Some(orders);
+                    last = Some(Arc::new(orders));
                 }
                 Err(e) => {
                     conn = None;
                     tracing::warn!(coordinator = %self.coordinator, error = format!("{e:#}"), "no orders from the coordinator; going on with the last ones");
                 }
             }
-            if let Some(orders) = &last {
-                self.apply(orders);
+            if let Some(orders) = last.clone() {
+                // Files written and synced, the store listed and bundles
+                // removed, locks taken that copies' threads hold: on a blocking
+                // thread, not on a worker whose browsers' connections wait.
+                let member = self.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    if fresh {
+                        member.save_orders(&orders);
+                    }
+                    member.apply(&orders);
+                });
+                if let Err(e) = applied.await {
+                    tracing::error!(error = %e, "applying the orders failed");
+                }
             }
             tokio::time::sleep(interval).await;
         }

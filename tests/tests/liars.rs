@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use cartable_net::control::ask;
 use cartable_net::identity::Identity;
+use cartable_node::peer::asks::StoreAsks;
 use cartable_node::peer::respond::serve_peers;
 use cartable_node::store::Store;
 use cartable_proto::BundleId;
@@ -39,12 +40,9 @@ async fn lying_member(
     let identity = Identity::load_or_create(dir)?;
     let (endpoint, contact, conn) = member_endpoint(&identity, &token).await?;
     join_member(&conn, &token, &contact, CLAIMED_CAPACITY).await?;
-    tokio::spawn(serve_peers(
-        endpoint,
-        Arc::new(Store::open(dir)?),
-        tokio::runtime::Handle::current(),
-        None,
-    ));
+    let store = Arc::new(Store::open(dir)?);
+    let asks = StoreAsks::start(store.clone())?;
+    tokio::spawn(serve_peers(endpoint, store, asks, None));
     let ordered = Arc::new(Mutex::new(BTreeSet::new()));
     tokio::spawn(async move {
         loop {

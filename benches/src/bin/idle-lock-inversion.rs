@@ -58,11 +58,19 @@ fn main() -> Result<()> {
     println!("\nmedian over rounds of a browser's lookup:");
     for copies in modes {
         let of = |f: fn(&Lookups) -> Duration| {
-            let mut v: Vec<_> = results.iter().filter(|r| r.0 == copies).map(|r| f(&r.1)).collect();
+            let mut v: Vec<_> = results
+                .iter()
+                .filter(|r| r.0 == copies)
+                .map(|r| f(&r.1))
+                .collect();
             v.sort();
             v[v.len() / 2]
         };
-        let done: Vec<_> = results.iter().filter(|r| r.0 == copies).map(|r| r.1.done).collect();
+        let done: Vec<_> = results
+            .iter()
+            .filter(|r| r.0 == copies)
+            .map(|r| r.1.done)
+            .collect();
         println!(
             "  copies {copies:?}: p99 {:?}, max {:?}; lookups done per round {done:?} (one a millisecond asked)",
             of(|l| l.p99),

@@ -3,7 +3,7 @@
 //! A request that does not decode gets a typed error; the node goes on.
 //!
 //! This runs on the copies' `SCHED_IDLE` threads (see [`crate::background`]),
-//! but asks the store's index and memory on the daemon's threads: they take
+//! but asks the store's index and memory through [`StoreAsks`]: they take
 //! locks browsers wait on, which a thread the kernel may leave off the CPU must
 //! not hold. Only opening, reading, verifying and sending blobs stay here.
 
@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cartable_proto::wire::{ErrorKind, GROUP_BYTES, GroupRanges, Request, Response, WireError};
-use cartable_proto::{BlobHash, BundleId, DecodeError, NodeId};
+use cartable_proto::{BlobHash, BundleId, DecodeError, Manifest, NodeId};
 use quinn::{RecvStream, SendStream};
-use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::asks::StoreAsks;
 use super::pacing::{BrowsersFirst, PACED_SLICE};
-use crate::store::{BlobFiles, PiecePool, ReadFault, Store, VerifyError};
+use crate::store::{BlobFiles, PiecePool, ReadFault, Store, StoreError, VerifyError};
 use cartable_net::peer::endpoint::PeerEndpoint;
 use cartable_net::peer::frame::{self, FrameError};
 
@@ -31,18 +31,18 @@ const MAX_BLOB_STREAMS: usize = 64;
 const BUSY_RETRY_MS: u32 = 1000;
 
 /// Accepts members' connections and answers their requests until the endpoint
-/// closes, asking `store` on `daemon`'s blocking threads; blobs are sent at the
-/// `pacing` of this node's browsers, if given.
+/// closes, opening `store`'s blobs and asking it the rest through `asks`;
+/// blobs are sent at the `pacing` of this node's browsers, if given.
 pub async fn serve_peers(
     endpoint: PeerEndpoint,
     store: Arc<Store>,
-    daemon: Handle,
+    asks: StoreAsks,
     pacing: Option<Arc<BrowsersFirst>>,
 ) {
     let open: Arc<Mutex<HashMap<NodeId, usize>>> = Arc::default();
     let answering = Arc::new(Answering {
         store,
-        daemon,
+        asks,
         streams: Semaphore::new(MAX_BLOB_STREAMS),
         pacing,
         pieces: Arc::default(),
@@ -113,8 +113,8 @@ impl Drop for ConnectionSlot {
 /// What answering a peer's stream takes, shared by all of them.
 struct Answering {
     store: Arc<Store>,
-    /// The runtime whose blocking threads ask the store.
-    daemon: Handle,
+    /// Where everything but opening blobs is asked of `store`.
+    asks: StoreAsks,
     /// Blob streams served at once.
     streams: Semaphore,
     /// How fast blobs may go beside this node's browsers, if paced.
@@ -146,21 +146,18 @@ impl Answering {
                     ..WireError::new(ErrorKind::Busy, "serving too many blobs")
                 }),
             },
-            Request::Manifest(id) => self
-                .ask_store(move |store| manifest(store, &id))
-                .await
-                .unwrap_or_else(stopping),
-            Request::Has(hashes) => self
-                .ask_index(move |store| {
-                    Response::Has(
-                        hashes
-                            .iter()
-                            .map(|h| store.blob_size(h).is_some())
-                            .collect(),
-                    )
-                })
-                .await
-                .unwrap_or_else(stopping),
+            Request::Manifest(id) => {
+                let held = self.asks.ask(1, move |store| store.manifest(&id)).await;
+                held.map_or_else(stopping, |held| manifest(held, &id))
+            }
+            Request::Has(hashes) => {
+                let lookups = hashes.len();
+                let has = self.asks.ask(lookups, move |store| {
+                    let held = |h: &BlobHash| store.blob_size(h).is_some();
+                    Response::Has(hashes.iter().map(held).collect())
+                });
+                has.await.unwrap_or_else(stopping)
+            }
         };
         frame::write_frame(&mut send, &response.encode()).await?;
         let _ = send.finish();
@@ -207,19 +204,22 @@ impl Answering {
                 send.write_chunk(slice).await?;
             }
         }
-        let read = reader.await;
-        if let Ok(Ok(())) = read {
-            let _ = send.finish();
-            return Ok(());
+        match reader.await {
+            Ok(Ok(())) => {
+                let _ = send.finish();
+                return Ok(());
+            }
+            // Marks only a blob shown wrong on disk; a reset stream or a node
+            // short of memory is not the blob's fault. Before the reset, so
+            // that the peer, once told, finds it marked.
+            Ok(Err(e)) if e.shows_damage() => {
+                let mark = self.asks.ask(1, move |store| store.read_failed(&hash, &e));
+                mark.await;
+            }
+            _ => {}
         }
         // Never end a stream normally after unverified data: the peer sees a reset.
         let _ = send.reset(1u32.into());
-        if let Ok(Err(e)) = read {
-            // Marks only a blob shown wrong on disk; a reset stream or a node
-            // short of memory is not the blob's fault.
-            self.ask_store(move |store| store.read_failed(&hash, &e))
-                .await;
-        }
         Ok(())
     }
 
@@ -227,7 +227,7 @@ impl Answering {
     /// on disk, then marked damaged), or busy when this node cannot open files
     /// now.
     async fn open_held(&self, hash: BlobHash) -> Result<BlobFiles, Response> {
-        let size = self.ask_index(move |store| store.blob_size(&hash)).await;
+        let size = self.asks.ask(1, move |store| store.blob_size(&hash)).await;
         let size = size
             .ok_or_else(stopping)?
             .ok_or_else(|| not_found("blob"))?;
@@ -235,7 +235,7 @@ impl Answering {
             Ok(files) => return Ok(files),
             Err(e) => VerifyError::Io(e),
         };
-        let fault = self.ask_store(move |store| store.read_failed(&hash, &e));
+        let fault = self.asks.ask(1, move |store| store.read_failed(&hash, &e));
         match fault.await.ok_or_else(stopping)? {
             ReadFault::Damaged => Err(not_found("blob")),
             ReadFault::Transient => Err(Response::Error(WireError {
@@ -243,32 +243,6 @@ impl Answering {
                 ..WireError::new(ErrorKind::Busy, "cannot open the blob now")
             })),
         }
-    }
-
-    /// `ask`'s answer from one of the daemon's workers, at its priority, for
-    /// lookups in the index (which browsers' requests make in place too);
-    /// `None` once the daemon's runtime is gone (the node stopping).
-    async fn ask_index<T: Send + 'static>(
-        &self,
-        ask: impl FnOnce(&Store) -> T + Send + 'static,
-    ) -> Option<T> {
-        let store = self.store.clone();
-        self.daemon.spawn(async move { ask(&store) }).await.ok()
-    }
-
-    /// [`Answering::ask_index`] on one of the daemon's blocking threads, for
-    /// what may read files. Handed over by one of its workers: a blocking
-    /// thread the pool starts is started by the thread that asks, whose
-    /// policy it inherits.
-    async fn ask_store<T: Send + 'static>(
-        &self,
-        ask: impl FnOnce(&Store) -> T + Send + 'static,
-    ) -> Option<T> {
-        let store = self.store.clone();
-        let handed = self
-            .daemon
-            .spawn(async move { tokio::task::spawn_blocking(move || ask(&store)).await });
-        handed.await.ok()?.ok()
     }
 }
 
@@ -287,8 +261,8 @@ fn not_found(what: &str) -> Response {
     ))
 }
 
-fn manifest(store: &Store, id: &BundleId) -> Response {
-    match store.manifest(id) {
+fn manifest(held: Result<Option<Arc<Manifest>>, StoreError>, id: &BundleId) -> Response {
+    match held {
         Ok(Some(m)) => Response::Manifest(m.encode()),
         Ok(None) => not_found("bundle"),
         Err(e) => {

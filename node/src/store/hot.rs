@@ -163,6 +163,7 @@ impl HotFiles {
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        crate::background::debug_assert_may_hold("the memory of verified bytes' lock");
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -135,7 +135,8 @@ pub struct Store {
     /// Asked through [`Store::index`] only.
     sled: Index,
     writes: Mutex<()>,
-    manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
+    /// Asked through [`Store::manifests`] only.
+    read_manifests: RwLock<HashMap<BundleId, Arc<Manifest>>>,
     /// Partial blobs open now, never trimmed.
     open_partials: partial_space::OpenPartials,
     /// Verified bytes read lately: small files, pieces of larger ones.
@@ -159,7 +160,7 @@ impl Store {
             layout,
             sled: index,
             writes: Mutex::new(()),
-            manifests: RwLock::new(HashMap::new()),
+            read_manifests: RwLock::new(HashMap::new()),
             open_partials: Default::default(),
             hot: hot::HotFiles::new(hot::HOT_BYTES_MAX),
             reads_from_disk: AtomicU64::new(0),
@@ -192,6 +193,12 @@ impl Store {
     fn index(&self) -> &Index {
         crate::background::debug_assert_may_hold("sled's lock");
         &self.sled
+    }
+
+    /// The manifests read since the start, which every browser's request reads.
+    fn manifests(&self) -> &RwLock<HashMap<BundleId, Arc<Manifest>>> {
+        crate::background::debug_assert_may_hold("the manifests' lock");
+        &self.read_manifests
     }
 
     /// The data folder.
@@ -227,7 +234,7 @@ impl Store {
             layout::sync_dir(&self.layout.bundles_dir()).map_err(io_at(&path))?;
         }
         let summary = self.index_bundle(id, &manifest)?;
-        self.manifests
+        self.manifests()
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::new(manifest));
@@ -259,7 +266,7 @@ impl Store {
             .map_err(|e| self.index_err(e));
         // After the index (see `keep_manifest`), and whether it failed or
         // not: the removal is committed.
-        self.manifests
+        self.manifests()
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
@@ -286,7 +293,7 @@ impl Store {
     /// the index, so such a reader finds the index without the bundle and
     /// takes its insert back.
     fn keep_manifest(&self, id: &BundleId, manifest: &Arc<Manifest>) -> Result<(), StoreError> {
-        let manifests = || self.manifests.write().unwrap_or_else(|e| e.into_inner());
+        let manifests = || self.manifests().write().unwrap_or_else(|e| e.into_inner());
         manifests().insert(*id, manifest.clone());
         let held = self.holds(id);
         if !matches!(held, Ok(true)) {
@@ -297,7 +304,7 @@ impl Store {
 
     /// A bundle's manifest if it was read since the start: no disk.
     pub fn manifest_in_memory(&self, id: &BundleId) -> Option<Arc<Manifest>> {
-        let manifests = self.manifests.read().unwrap_or_else(|e| e.into_inner());
+        let manifests = self.manifests().read().unwrap_or_else(|e| e.into_inner());
         manifests.get(id).cloned()
     }
 

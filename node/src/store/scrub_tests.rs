@@ -322,7 +322,8 @@ impl Serving {
         Self::start_on(store, &tokio::runtime::Handle::current())
     }
 
-    /// As a node answers: on `copies`, asking `store` on the caller's runtime.
+    /// As a node answers: on `copies`, asking `store` from a thread started
+    /// by the caller's.
     fn start_on(store: Arc<Store>, copies: &tokio::runtime::Handle) -> anyhow::Result<Self> {
         use crate::peer::respond::serve_peers;
         use cartable_net::identity::Identity;
@@ -339,12 +340,8 @@ impl Serving {
             id: server_key.id(),
             addr: server.local_addr()?,
         };
-        copies.spawn(serve_peers(
-            server.clone(),
-            store,
-            tokio::runtime::Handle::current(),
-            None,
-        ));
+        let asks = crate::peer::asks::StoreAsks::start(store.clone())?;
+        copies.spawn(serve_peers(server.clone(), store, asks, None));
         let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
         Ok(Self {
             server,
@@ -495,7 +492,7 @@ fn a_pass_reads_on_a_thread_that_yields_to_browsers() -> anyhow::Result<()> {
 }
 
 /// The copies' threads answer peers under `SCHED_IDLE`, and ask the store,
-/// whose locks browsers wait on, on the daemon's threads (in a debug build,
+/// whose locks browsers wait on, from a thread of the daemon's (in a debug build,
 /// asking it from an idle thread aborts): a bundle is served whole, and a blob
 /// found damaged or gone on the way is marked.
 #[test]

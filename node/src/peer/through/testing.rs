@@ -9,6 +9,7 @@ use cartable_net::peer::auth::Members;
 use cartable_net::peer::endpoint::PeerEndpoint;
 
 use super::FetchThrough;
+use crate::peer::asks::StoreAsks;
 use crate::peer::respond::serve_peers;
 use crate::store::Store;
 
@@ -32,7 +33,7 @@ pub(crate) fn setup() -> anyhow::Result<Setup> {
     tokio::spawn(serve_peers(
         peer_endpoint.clone(),
         peer_store.clone(),
-        tokio::runtime::Handle::current(),
+        StoreAsks::start(peer_store.clone())?,
         None,
     ));
     let our_key = Identity::load_or_create(&dirs.path().join("us"))?;
