@@ -50,10 +50,15 @@ impl BrowsersFirst {
     /// How long a copy waits before sending `bytes` more. Browsers that come
     /// back find at most [`BURST`] saved up, however long copies ran alone.
     pub fn delay(&self, bytes: u64) -> Duration {
-        if self.browsers.since_last_request() >= BROWSERS_GONE_AFTER {
+        if !self.browsers_served() {
             return Duration::ZERO;
         }
         self.beside_browsers.reserve(bytes)
+    }
+
+    /// Whether a browser's request came in the last [`BROWSERS_GONE_AFTER`].
+    pub fn browsers_served(&self) -> bool {
+        self.browsers.since_last_request() < BROWSERS_GONE_AFTER
     }
 }
 

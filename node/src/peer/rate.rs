@@ -39,16 +39,34 @@ impl RateLimit {
     /// Takes `bytes` tokens and says how long to wait until they are there,
     /// for callers on the async workers, which must not block.
     pub fn reserve(&self, bytes: u64) -> Duration {
-        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
-        bucket.0 = (bucket.0 + refill).min(self.burst) - bytes as f64;
-        bucket.1 = now;
+        let mut bucket = self.refilled();
+        bucket.0 -= bytes as f64;
         if bucket.0 < 0.0 {
             Duration::from_secs_f64(-bucket.0 / self.bytes_per_sec)
         } else {
             Duration::ZERO
         }
+    }
+
+    /// Takes `n` tokens if they are all there now; otherwise takes none, and
+    /// no debt is left for others to wait out.
+    pub fn try_take(&self, n: u64) -> bool {
+        let mut bucket = self.refilled();
+        let there = bucket.0 >= n as f64;
+        if there {
+            bucket.0 -= n as f64;
+        }
+        there
+    }
+
+    /// The bucket, with the tokens come since it was last counted.
+    fn refilled(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * self.bytes_per_sec;
+        bucket.0 = (bucket.0 + refill).min(self.burst);
+        bucket.1 = now;
+        bucket
     }
 }
 

@@ -17,7 +17,7 @@ use cartable_proto::{BlobHash, BundleId, DecodeError, Manifest, NodeId};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::asks::StoreAsks;
+use super::asks::{Share, StoreAsks, Unasked};
 use super::pacing::{BrowsersFirst, PACED_SLICE};
 use crate::store::{BlobFiles, PiecePool, ReadFault, Store, StoreError, VerifyError};
 use cartable_net::peer::endpoint::PeerEndpoint;
@@ -64,10 +64,11 @@ pub async fn serve_peers(
             };
             // The handshake checked the key against the member list.
             peer.trust();
+            let share = answering.asks.share_of(peer.peer);
             while let Ok((send, recv)) = peer.conn.accept_bi().await {
-                let answering = answering.clone();
+                let (answering, share) = (answering.clone(), share.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answering.answer(send, recv).await {
+                    if let Err(e) = answering.answer(&share, send, recv).await {
                         tracing::debug!(%remote, error = %e, "peer stream ended");
                     }
                 });
@@ -123,7 +124,12 @@ struct Answering {
 }
 
 impl Answering {
-    async fn answer(&self, mut send: SendStream, mut recv: RecvStream) -> Result<(), FrameError> {
+    async fn answer(
+        &self,
+        share: &Share,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), FrameError> {
         let request = match frame::read_request(&mut recv).await {
             Ok(request) => request,
             Err(FrameError::Decode(e)) => {
@@ -140,23 +146,22 @@ impl Answering {
         };
         let response = match request {
             Request::Blob { hash, groups } => match self.streams.try_acquire() {
-                Ok(_permit) => return self.send_blob(send, hash, groups).await,
-                Err(_) => Response::Error(WireError {
-                    retry_after_ms: BUSY_RETRY_MS,
-                    ..WireError::new(ErrorKind::Busy, "serving too many blobs")
-                }),
+                Ok(_permit) => return self.send_blob(share, send, hash, groups).await,
+                Err(_) => busy("serving too many blobs"),
             },
             Request::Manifest(id) => {
-                let held = self.asks.ask(1, move |store| store.manifest(&id)).await;
-                held.map_or_else(stopping, |held| manifest(held, &id))
+                match self.ask(share, 1, move |store| store.manifest(&id)).await {
+                    Ok(held) => manifest(held, &id),
+                    Err(refused) => refused,
+                }
             }
             Request::Has(hashes) => {
                 let lookups = hashes.len();
-                let has = self.asks.ask(lookups, move |store| {
+                let has = self.ask(share, lookups, move |store| {
                     let held = |h: &BlobHash| store.blob_size(h).is_some();
                     Response::Has(hashes.iter().map(held).collect())
                 });
-                has.await.unwrap_or_else(stopping)
+                has.await.unwrap_or_else(|refused| refused)
             }
         };
         frame::write_frame(&mut send, &response.encode()).await?;
@@ -166,11 +171,16 @@ impl Answering {
 
     async fn send_blob(
         &self,
+        share: &Share,
         mut send: SendStream,
         hash: BlobHash,
         groups: GroupRanges,
     ) -> Result<(), FrameError> {
-        let files = match self.open_held(hash).await.and_then(|f| holding(f, &groups)) {
+        let files = match self
+            .open_held(share, hash)
+            .await
+            .and_then(|f| holding(f, &groups))
+        {
             Ok(files) => files,
             Err(refusal) => {
                 frame::write_frame(&mut send, &refusal.encode()).await?;
@@ -213,8 +223,8 @@ impl Answering {
             // short of memory is not the blob's fault. Before the reset, so
             // that the peer, once told, finds it marked.
             Ok(Err(e)) if e.shows_damage() => {
-                let mark = self.asks.ask(1, move |store| store.read_failed(&hash, &e));
-                mark.await;
+                let mark = self.ask(share, 1, move |store| store.read_failed(&hash, &e));
+                let _ = mark.await;
             }
             _ => {}
         }
@@ -226,31 +236,42 @@ impl Answering {
     /// Opens a blob held whole, or the answer for a peer: not held (or missing
     /// on disk, then marked damaged), or busy when this node cannot open files
     /// now.
-    async fn open_held(&self, hash: BlobHash) -> Result<BlobFiles, Response> {
-        let size = self.asks.ask(1, move |store| store.blob_size(&hash)).await;
-        let size = size
-            .ok_or_else(stopping)?
-            .ok_or_else(|| not_found("blob"))?;
+    async fn open_held(&self, share: &Share, hash: BlobHash) -> Result<BlobFiles, Response> {
+        let size = self.ask(share, 1, move |store| store.blob_size(&hash));
+        let size = size.await?.ok_or_else(|| not_found("blob"))?;
         let e = match self.store.open_blob(&hash, size) {
             Ok(files) => return Ok(files),
             Err(e) => VerifyError::Io(e),
         };
-        let fault = self.asks.ask(1, move |store| store.read_failed(&hash, &e));
-        match fault.await.ok_or_else(stopping)? {
+        let fault = self.ask(share, 1, move |store| store.read_failed(&hash, &e));
+        match fault.await? {
             ReadFault::Damaged => Err(not_found("blob")),
-            ReadFault::Transient => Err(Response::Error(WireError {
-                retry_after_ms: BUSY_RETRY_MS,
-                ..WireError::new(ErrorKind::Busy, "cannot open the blob now")
-            })),
+            ReadFault::Transient => Err(busy("cannot open the blob now")),
         }
+    }
+
+    /// `ask`'s answer within the peer's `share` (paced while this node's
+    /// browsers are being served), or the peer's answer when refused.
+    async fn ask<T: Send + 'static>(
+        &self,
+        share: &Share,
+        lookups: usize,
+        ask: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, Response> {
+        let beside_browsers = self.pacing.as_ref().is_some_and(|p| p.browsers_served());
+        let asked = self.asks.ask(share, lookups, beside_browsers, ask).await;
+        asked.map_err(|refused| match refused {
+            Unasked::OverShare => busy("asking faster than a peer's share"),
+            Unasked::Stopping => busy("this node is stopping"),
+        })
     }
 }
 
-/// The answer while the node stops.
-fn stopping() -> Response {
+/// Come back later, for `why`.
+fn busy(why: &str) -> Response {
     Response::Error(WireError {
         retry_after_ms: BUSY_RETRY_MS,
-        ..WireError::new(ErrorKind::Busy, "this node is stopping")
+        ..WireError::new(ErrorKind::Busy, why)
     })
 }
 
