@@ -13,6 +13,7 @@ use cartable_net::peer::frame::{read_request, write_frame};
 use cartable_node::store::{PiecePool, Store};
 use cartable_proto::BlobHash;
 use cartable_proto::wire::{GroupRanges, Request, Response};
+use quinn::{RecvStream, SendStream};
 
 use crate::{Node, cli_in};
 
@@ -121,19 +122,34 @@ pub async fn lying_peer(endpoint: PeerEndpoint, store: Arc<Store>, lie: Lie) -> 
 async fn lie_on(arriving: Arriving, store: &Store, lie: Lie) -> anyhow::Result<()> {
     let peer = arriving.handshake().await?;
     peer.trust();
-    while let Ok((mut send, mut recv)) = peer.conn.accept_bi().await {
-        let (header, body) = match read_request(&mut recv).await? {
-            Request::Manifest(id) => {
-                let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;
-                (Response::Manifest(manifest.encode()), vec![])
-            }
-            Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
-            Request::Blob { hash, groups } => lie_about_blob(store, &hash, &groups, lie).await?,
-        };
-        write_frame(&mut send, &header.encode()).await?;
-        send.write_all(&body).await?;
-        send.finish()?;
+    while let Ok((send, recv)) = peer.conn.accept_bi().await {
+        // A stream the fetcher stopped (a hedge another peer answered first)
+        // ends that answer only: the liar goes on lying on the next one.
+        if let Err(e) = lie_on_stream(send, recv, store, lie).await {
+            eprintln!("lying peer: stream ended: {e:#}");
+        }
     }
+    Ok(())
+}
+
+/// Answers one request, lying as `lie` says.
+async fn lie_on_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    store: &Store,
+    lie: Lie,
+) -> anyhow::Result<()> {
+    let (header, body) = match read_request(&mut recv).await? {
+        Request::Manifest(id) => {
+            let manifest = store.manifest(&id)?.context("liar lacks the bundle")?;
+            (Response::Manifest(manifest.encode()), vec![])
+        }
+        Request::Has(hashes) => (Response::Has(vec![true; hashes.len()]), vec![]),
+        Request::Blob { hash, groups } => lie_about_blob(store, &hash, &groups, lie).await?,
+    };
+    write_frame(&mut send, &header.encode()).await?;
+    send.write_all(&body).await?;
+    send.finish()?;
     Ok(())
 }
 
