@@ -325,19 +325,20 @@ pub fn summary(samples: &[Sample], secs: Duration) -> String {
 
 /// Pins every thread of this process to `core`.
 pub fn pin_self_to_core(core: u32) -> Result<()> {
-    let status = Command::new("taskset")
-        .args([
-            "-a",
-            "-p",
-            "-c",
-            &core.to_string(),
-            &std::process::id().to_string(),
-        ])
+    let pid = std::process::id().to_string();
+    run_quietly("taskset", &["-a", "-p", "-c", &core.to_string(), &pid])
+}
+
+/// Runs `program` (of util-linux) with `args`, its output dropped; an error
+/// unless it succeeds.
+pub fn run_quietly(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .status()
-        .context("taskset (util-linux)")?;
+        .with_context(|| format!("{program} (util-linux)"))?;
     if !status.success() {
-        bail!("taskset failed");
+        bail!("{program} {args:?} failed");
     }
     Ok(())
 }

@@ -12,13 +12,13 @@
 //! `cargo run --release -p cartable-benches --bin idle-lock-inversion [-- --rounds N --secs S]`
 //! (needs `taskset` and `chrt`, util-linux, and two cores)
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cartable_benches::browsers::run_quietly;
 
 const KEYS: u32 = 10_000;
 
@@ -184,20 +184,9 @@ fn on_core(core: u32, idle: bool) -> Result<()> {
         .and_then(|t| t.to_str())
         .context("/proc/thread-self")?
         .to_owned();
-    run(Command::new("taskset").args(["-p", "-c", &core.to_string(), &tid]))?;
+    run_quietly("taskset", &["-p", "-c", &core.to_string(), &tid])?;
     if idle {
-        run(Command::new("chrt").args(["--idle", "-p", "0", &tid]))?;
-    }
-    Ok(())
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let status = command
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("{command:?} (util-linux)"))?;
-    if !status.success() {
-        bail!("{command:?} failed");
+        run_quietly("chrt", &["--idle", "-p", "0", &tid])?;
     }
     Ok(())
 }
