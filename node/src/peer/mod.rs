@@ -19,4 +19,6 @@ pub(crate) mod rate;
 pub(crate) mod reputation;
 pub mod respond;
 pub(crate) mod sink;
+#[cfg(test)]
+pub(crate) mod testing;
 pub(crate) mod through;

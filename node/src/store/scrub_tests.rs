@@ -307,81 +307,36 @@ async fn scrub_forever_counts_what_it_finds_and_stops_when_dropped() -> anyhow::
 }
 
 use crate::peer::fetch::{FetchOptions, fetch_bundle};
-use cartable_net::peer::{PeerAddr, endpoint::PeerEndpoint};
+use crate::peer::testing::Answering;
 
-/// `store` answering peers on loopback, and a client endpoint to fetch from it.
-struct Serving {
-    server: PeerEndpoint,
-    client: PeerEndpoint,
-    peer: PeerAddr,
-    _keys: tempfile::TempDir,
+/// Fetches `id` from `from` into `into`: the bytes received.
+async fn fetch(from: &Answering, into: &Arc<Store>, id: BundleId) -> anyhow::Result<u64> {
+    let peers = [from.peer];
+    let report = fetch_bundle(
+        &from.client,
+        into.clone(),
+        id,
+        &peers,
+        FetchOptions::default(),
+    );
+    Ok(report.await?.bytes_received)
 }
 
-impl Serving {
-    fn start(store: Arc<Store>) -> anyhow::Result<Self> {
-        Self::start_on(store, &tokio::runtime::Handle::current())
-    }
-
-    /// As a node answers: on `copies`, asking `store` from a thread started
-    /// by the caller's.
-    fn start_on(store: Arc<Store>, copies: &tokio::runtime::Handle) -> anyhow::Result<Self> {
-        use crate::peer::respond::serve_peers;
-        use cartable_net::identity::Identity;
-        use cartable_net::peer::auth::Members;
-        let keys = tempfile::tempdir()?;
-        let server_key = Identity::load_or_create(&keys.path().join("server"))?;
-        let client_key = Identity::load_or_create(&keys.path().join("client"))?;
-        let loopback = "127.0.0.1:0".parse()?;
-        let server = {
-            let _copies = copies.enter();
-            PeerEndpoint::bind(loopback, &server_key, Members::anyone())?
-        };
-        let peer = PeerAddr {
-            id: server_key.id(),
-            addr: server.local_addr()?,
-        };
-        let asks = crate::peer::asks::StoreAsks::start(store.clone())?;
-        copies.spawn(serve_peers(server.clone(), store, asks, None));
-        let client = PeerEndpoint::bind(loopback, &client_key, Members::anyone())?;
-        Ok(Self {
-            server,
-            client,
-            peer,
-            _keys: keys,
-        })
-    }
-
-    async fn fetch(&self, into: &Arc<Store>, id: BundleId) -> anyhow::Result<u64> {
-        let report = fetch_bundle(
-            &self.client,
-            into.clone(),
-            id,
-            &[self.peer],
-            FetchOptions::default(),
-        )
-        .await?;
-        Ok(report.bytes_received)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.server.close();
-        self.client.close();
-    }
+fn answering(store: &Arc<Store>) -> anyhow::Result<Answering> {
+    Answering::start(store.clone(), &tokio::runtime::Handle::current())
 }
 
 #[tokio::test]
 async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow::Result<()> {
     // The same lessons, so the same bundle ids, on two nodes.
     let (healthy, damaged) = (Fixture::new()?, Fixture::new()?);
-    let serving = Serving::start(healthy.store.clone())?;
+    let serving = answering(&healthy.store)?;
     let big = damaged.entry(&damaged.a, "big.bin")?;
     flip_byte(&damaged.store.layout().blob(&big.hash), 123_456)?;
     damaged.scrub()?;
     for id in damaged.store.incomplete_bundles()? {
         assert_eq!(
-            serving.fetch(&damaged.store, id).await?,
+            fetch(&serving, &damaged.store, id).await?,
             big.size,
             "only the removed blob is fetched"
         );
@@ -395,7 +350,7 @@ async fn a_scrubbed_blob_is_restored_by_a_fetch_from_a_healthy_peer() -> anyhow:
 #[tokio::test]
 async fn a_copy_commits_a_blob_a_fetch_through_left_complete() -> anyhow::Result<()> {
     let healthy = Fixture::new()?;
-    let serving = Serving::start(healthy.store.clone())?;
+    let serving = answering(&healthy.store)?;
     let data = tempfile::tempdir()?;
     let store = Arc::new(Store::open(data.path())?);
     // A browser's fetch-through verified every group of the big file, then
@@ -410,7 +365,7 @@ async fn a_copy_commits_a_blob_a_fetch_through_left_complete() -> anyhow::Result
         vec![1u8; big.size.div_ceil(cartable_proto::wire::GROUP_BYTES) as usize],
     )?;
 
-    let received = serving.fetch(&store, healthy.a).await?;
+    let received = fetch(&serving, &store, healthy.a).await?;
     let small = healthy.entry(&healthy.a, "small.txt")?;
     assert_eq!(received, small.size, "the big file is not fetched again");
     assert!(store.has_blob_file(&big.hash, big.size));
@@ -504,18 +459,18 @@ fn peers_are_answered_on_idle_threads_that_ask_the_store_elsewhere() -> anyhow::
     let fetching = tempfile::tempdir()?;
     let empty = |n: &str| Store::open(fetching.path().join(n)).map(Arc::new);
     daemon.block_on(async {
-        let serving = Serving::start_on(source.store.clone(), copies.handle())?;
+        let serving = Answering::start(source.store.clone(), copies.handle())?;
         let whole = empty("whole")?;
-        let received = serving.fetch(&whole, source.a).await?;
+        let received = fetch(&serving, &whole, source.a).await?;
         assert_eq!(received, big.size + b"a small file".len() as u64);
         assert!(whole.incomplete_bundles()?.is_empty());
         flip_byte(&source.store.layout().blob(&big.hash), 70_000)?;
-        assert!(serving.fetch(&empty("torn")?, source.a).await.is_err());
+        assert!(fetch(&serving, &empty("torn")?, source.a).await.is_err());
         assert!(source.store.is_damaged(&big.hash));
         // A file gone is found so at its open, before anything is sent.
         let small = source.entry(&source.a, "small.txt")?;
         fs::remove_file(source.store.layout().blob(&small.hash))?;
-        assert!(serving.fetch(&empty("gone")?, source.a).await.is_err());
+        assert!(fetch(&serving, &empty("gone")?, source.a).await.is_err());
         assert!(source.store.is_damaged(&small.hash));
         anyhow::Ok(())
     })?;

@@ -615,7 +615,7 @@ mod tests {
         let (made_up, other) = (BundleId::of_manifest(b"x"), BundleId::of_manifest(b"y"));
         assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
         // With the peer gone, only memory can answer "unknown".
-        s.peer_endpoint.close();
+        s.peer.server.close();
         s.through.dialer.drop_peer(s.through.peers()[0].id).await;
         assert_eq!(s.through.lookup(&made_up).await, Err(LookupError::Unknown));
         assert_eq!(
