@@ -170,7 +170,7 @@ impl Cli {
             }
             Command::Rm { bundle } => {
                 let removed: BundleSummary = call(&config, Request::Rm { bundle })?;
-                println!("removed {}", removed.id);
+                cartable_net::say!("removed {}", removed.id)?;
                 Ok(())
             }
             Command::Check { json } => check(&config, json),
@@ -187,20 +187,21 @@ impl Cli {
             Command::Stats => {
                 let daemon = AdminClient::connect(&config.data_dir)
                     .context("no cartable-node daemon is running on this data folder")?;
-                println!("{}", daemon.call(&Request::Stats)?);
+                cartable_net::say!("{}", daemon.call(&Request::Stats)?)?;
                 Ok(())
             }
             Command::Id => {
-                println!("{}", Identity::load_or_create(&config.data_dir)?.id());
+                cartable_net::say!("{}", Identity::load_or_create(&config.data_dir)?.id())?;
                 Ok(())
             }
             Command::Join { token, capacity } => {
                 let id = Identity::load_or_create(&config.data_dir)?.id();
                 let token = crate::member::join(&config.data_dir, &token, capacity)?;
-                println!(
+                cartable_net::say!(
                     "node {id} will join coordinator {} at {} when `cartable-node serve` starts",
-                    token.coordinator, token.quic
-                );
+                    token.coordinator,
+                    token.quic
+                )?;
                 Ok(())
             }
         }
@@ -210,11 +211,11 @@ impl Cli {
 /// Writes the commented configuration file.
 fn init(file: &Path, force: bool) -> anyhow::Result<()> {
     cartable_net::config::template::write_template(file, &crate::config::template(), force)?;
-    println!(
+    cartable_net::say!(
         "wrote {0}: every setting, commented out at its default; edit it, then run \
          `cartable-node --config {0} serve`",
         file.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -253,10 +254,10 @@ fn add(config: &NodeConfig, dir: PathBuf, json: bool) -> anyhow::Result<()> {
     if json {
         let mut value = serde_json::to_value(report)?;
         value["url"] = url.into();
-        println!("{value}");
+        cartable_net::say!("{value}")?;
     } else {
-        println!("{id}");
-        println!("{url}");
+        cartable_net::say!("{id}")?;
+        cartable_net::say!("{url}")?;
         eprintln!(
             "added {} files, {} ({} new)",
             report.summary.files,
@@ -269,25 +270,27 @@ fn add(config: &NodeConfig, dir: PathBuf, json: bool) -> anyhow::Result<()> {
 
 fn print_bundles(list: &[BundleSummary], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(list)?);
+        cartable_net::say!("{}", serde_json::to_string_pretty(list)?)?;
         return Ok(());
     }
     if list.is_empty() {
-        println!("no bundles");
+        cartable_net::say!("no bundles")?;
         return Ok(());
     }
-    println!(
+    cartable_net::say!(
         "{:<64}  {:>7}  {:>10}  ADDED (UTC)",
-        "BUNDLE", "FILES", "SIZE"
-    );
+        "BUNDLE",
+        "FILES",
+        "SIZE"
+    )?;
     for b in list {
-        println!(
+        cartable_net::say!(
             "{:<64}  {:>7}  {:>10}  {}",
             b.id,
             b.files,
             human_bytes(b.bytes),
             utc_minute(b.added_unix)
-        );
+        )?;
     }
     Ok(())
 }
@@ -295,18 +298,18 @@ fn print_bundles(list: &[BundleSummary], json: bool) -> anyhow::Result<()> {
 fn check(config: &NodeConfig, json: bool) -> anyhow::Result<()> {
     let report: CheckReport = call(config, Request::Check)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        cartable_net::say!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        cartable_net::say!(
             "{} bundles, {} blobs ({}) verified, {} orphans removed, {} problems",
             report.bundles_ok,
             report.blobs_ok,
             human_bytes(report.bytes_verified),
             report.orphans_removed,
             report.problems.len()
-        );
+        )?;
         for p in &report.problems {
-            println!("PROBLEM {}: {}", p.id, p.what);
+            cartable_net::say!("PROBLEM {}: {}", p.id, p.what)?;
         }
     }
     anyhow::ensure!(
@@ -333,17 +336,17 @@ fn fetch(
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        cartable_net::say!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        cartable_net::say!(
             "fetched {}: {} files, {} ({} received)",
             report.bundle,
             report.files,
             human_bytes(report.bytes),
             human_bytes(report.bytes_received)
-        );
+        )?;
         for (peer, why) in &report.liars {
-            println!("DROPPED {peer}: {why}");
+            cartable_net::say!("DROPPED {peer}: {why}")?;
         }
     }
     Ok(())
@@ -385,6 +388,6 @@ fn rebuild_index(config: &NodeConfig) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     let store = Store::rebuild_index(&config.data_dir)?;
-    println!("index rebuilt: {} bundles", store.bundles()?.len());
+    cartable_net::say!("index rebuilt: {} bundles", store.bundles()?.len())?;
     Ok(())
 }

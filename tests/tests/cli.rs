@@ -61,6 +61,28 @@ fn add_list_and_remove_work_without_a_daemon() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cartable-node add LESSON | head -1` in a script: once the reader has gone,
+/// the command ends quietly, its work done, instead of panicking.
+#[test]
+fn add_into_a_pipe_nobody_reads_ends_quietly_and_adds() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let lesson = sample_lesson();
+    let out = Command::new(node_binary())
+        .args(["--data-dir", data, "add", lesson.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(listing(data)?.as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
 #[tokio::test]
 async fn add_list_and_remove_go_through_a_running_daemon() -> anyhow::Result<()> {
     let node = Node::start()?;

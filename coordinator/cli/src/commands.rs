@@ -215,7 +215,7 @@ impl Command {
             Self::Rm { bundle } => {
                 let id = ids::bundle(api, &bundle).await?;
                 let _: api::BundleView = api.delete(&format!("/api/bundles/{id}")).await?;
-                println!("removed bundle {id}");
+                cartable_net::say!("removed bundle {id}")?;
                 Ok(())
             }
             Self::Replicas(ReplicasCommand::Set { bundle, replicas }) => {
@@ -223,10 +223,11 @@ impl Command {
                 let body = api::SetReplicas { replicas };
                 let path = format!("/api/bundles/{id}/replicas");
                 let view: api::BundleView = api.send_json(Method::PUT, &path, &body).await?;
-                println!(
+                cartable_net::say!(
                     "bundle {id}: {} copies wanted, {} complete",
-                    view.replicas_wanted, view.complete
-                );
+                    view.replicas_wanted,
+                    view.complete
+                )?;
                 Ok(())
             }
             Self::Publish(args) => publish::publish(api, args).await,
@@ -256,7 +257,7 @@ impl NodeCommand {
                 let view: api::NodeView = api
                     .post(&format!("/api/nodes/{id}/approve-contact"))
                     .await?;
-                println!("node {id} now answers at {}", view.https_url);
+                cartable_net::say!("node {id} now answers at {}", view.https_url)?;
                 return Ok(());
             }
             Self::Capacity { id, size } => {
@@ -264,11 +265,11 @@ impl NodeCommand {
                 let path = format!("/api/nodes/{id}/capacity");
                 let body = api::SetCapacity { capacity: size };
                 let view: api::NodeView = api.send_json(Method::PUT, &path, &body).await?;
-                println!(
+                cartable_net::say!(
                     "node {id} may offer at most {} (counted now: {})",
                     units::human_bytes(size),
                     units::human_bytes(view.capacity)
-                );
+                )?;
                 return Ok(());
             }
             Self::Drain { id } => (id, "/drain", "draining"),
@@ -282,7 +283,7 @@ impl NodeCommand {
         } else {
             api.post(&path).await?
         };
-        println!("node {id} ({} / {}) {done}", view.region, view.site);
+        cartable_net::say!("node {id} ({} / {}) {done}", view.region, view.site)?;
         Ok(())
     }
 }
@@ -296,7 +297,7 @@ impl NameCommand {
                 let view: api::NameView = api
                     .send_json(Method::PUT, &path, &api::SetName { bundle })
                     .await?;
-                println!("{} -> {}", view.name, view.bundle);
+                cartable_net::say!("{} -> {}", view.name, view.bundle)?;
                 Ok(())
             }
             Self::Ls(out) => list(api, "/api/names", out, views::names).await,
@@ -326,7 +327,7 @@ impl TokenCommand {
                 let created: CreatedToken =
                     api.send_json(Method::POST, "/api/tokens", &body).await?;
                 // Only the token on stdout, so that scripts can capture it.
-                println!("{}", created.token);
+                cartable_net::say!("{}", created.token)?;
                 Ok(())
             }
             Self::Ls(out) => {
@@ -336,10 +337,12 @@ impl TokenCommand {
             Self::Revoke { id } => {
                 let path = format!("/api/tokens/{}", encode_component(&id));
                 let view: api::TokenView = api.delete(&path).await?;
-                println!(
+                cartable_net::say!(
                     "revoked token {} ({} / {})",
-                    view.id, view.region, view.site
-                );
+                    view.id,
+                    view.region,
+                    view.site
+                )?;
                 Ok(())
             }
         }
@@ -353,12 +356,12 @@ async fn backup(api: &mut ApiClient, file: &std::path::Path) -> anyhow::Result<(
         .map_err(|e| anyhow::anyhow!("the coordinator sent a bad backup: {e}"))?;
     cartable_net::secret_file::replace(file, &bytes)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
-    println!(
+    cartable_net::say!(
         "wrote {} (mode 0600, holds secrets): coordinator {}, {}",
         file.display(),
         snapshot.coordinator,
         snapshot.summary()
-    );
+    )?;
     Ok(())
 }
 
@@ -380,9 +383,9 @@ pub(super) fn show<T: serde::Serialize>(
     view: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<()> {
     if out.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        cartable_net::say!("{}", serde_json::to_string_pretty(value)?)?;
     } else {
-        print!("{}", view(value));
+        cartable_net::output::print(format_args!("{}", view(value)))?;
     }
     Ok(())
 }

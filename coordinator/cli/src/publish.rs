@@ -128,9 +128,9 @@ pub async fn publish(api: &mut ApiClient, args: PublishArgs) -> anyhow::Result<(
     if sent.blobs == 0 {
         eprintln!("the node already holds every blob: nothing uploaded");
     }
-    println!("bundle {}", published.bundle);
+    cartable_net::say!("bundle {}", published.bundle)?;
     for url in &published.urls {
-        println!("{url}");
+        cartable_net::say!("{url}")?;
     }
     if args.wait {
         wait(api, published.bundle, Duration::from_secs(args.timeout)).await?;

@@ -74,13 +74,7 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     cli.log.init();
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cartable_net::output::exit_code(run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -101,10 +95,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &cartable_coordinator::config::template(),
             *force,
         )?;
-        println!(
+        cartable_net::say!(
             "wrote {}: every setting, commented out at its default",
             file.display()
-        );
+        )?;
         config_file = Some(file);
     }
     let overrides = Overrides {
@@ -118,12 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { .. } => {
             let dir = &config.data_dir;
             match daemon::init(dir)? {
-                Some(_) => println!(
+                Some(_) => cartable_net::say!(
                     "made {} (admin token, keep it secret) and {}",
                     dir.join(daemon::ADMIN_TOKEN_FILE).display(),
                     dir.join("tls/cert.pem").display()
-                ),
-                None => println!("{} is already initialised", dir.display()),
+                )?,
+                None => cartable_net::say!("{} is already initialised", dir.display())?,
             }
             Ok(())
         }
@@ -145,12 +139,12 @@ fn backup(config: &CoordinatorConfig, file: &std::path::Path) -> anyhow::Result<
         backup::fetch::Source::Running => "the running coordinator",
         backup::fetch::Source::Folder => "the stopped coordinator's folder",
     };
-    println!(
+    cartable_net::say!(
         "wrote {} (mode 0600, holds secrets) from {from}: coordinator {}, {}",
         file.display(),
         snapshot.coordinator,
         snapshot.summary()
-    );
+    )?;
     Ok(())
 }
 
@@ -158,14 +152,14 @@ fn restore(config: &CoordinatorConfig, file: &std::path::Path, force: bool) -> a
     let dir = &config.data_dir;
     let restored = backup::restore::restore(file, dir, force)?;
     if let Some(aside) = &restored.set_aside {
-        println!("moved what {} held into {}", dir.display(), aside.display());
+        cartable_net::say!("moved what {} held into {}", dir.display(), aside.display())?;
     }
-    println!(
+    cartable_net::say!(
         "restored coordinator {} taken {} into {} ({}); start it on the addresses its nodes know",
         restored.snapshot.coordinator,
         cartable_proto::units::utc_minute(restored.snapshot.taken_at),
         dir.display(),
         restored.snapshot.summary()
-    );
+    )?;
     Ok(())
 }

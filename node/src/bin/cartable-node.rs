@@ -6,11 +6,5 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = cartable_node::cli::Cli::parse();
     cli.log.init();
-    match cli.run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cartable_net::output::exit_code(cli.run())
 }

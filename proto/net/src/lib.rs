@@ -18,6 +18,7 @@
 //!   `add` and the CLI's `publish` do it.
 //! - [`config`], [`logging`], [`signal`], [`progress`]: what both daemons'
 //!   configuration files, logs, stopping and terminal output share.
+//! - [`output`]: what the command-line tools print, and how they end.
 
 pub mod client;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod https;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod output;
 pub mod peer;
 pub mod pin;
 pub mod progress;

@@ -8,11 +8,5 @@ fn main() -> std::process::ExitCode {
     // default too keeps any other rustls user in the process on the same provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = cartable_cli::Cli::parse();
-    match cli.run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cartable_net::output::exit_code(cli.run())
 }
