@@ -16,6 +16,7 @@ pub mod layout;
 mod maintenance;
 mod partial;
 mod partial_space;
+mod received;
 mod scrub;
 mod small;
 pub mod verify;
@@ -48,6 +49,7 @@ pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
 pub use partial::PartialBlob;
 pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
+pub use received::{BodyClosed, BodyPieces, BodySender};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};
 
