@@ -67,10 +67,19 @@ fn open_state(data_dir: &Path) -> anyhow::Result<SledKv> {
 /// Runs the coordinator until a stop signal.
 pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    // A former run's address is not this run's: until this run listens,
-    // `backup` finds none rather than a wrong one.
+    if SledKv::is_open_elsewhere(&data_dir.join("state"))? {
+        anyhow::bail!(
+            "a coordinator is already running on {}: stop it first",
+            data_dir.display()
+        );
+    }
+    let state = open_state(&data_dir)?;
+    // Only once the state is this run's (its lock held): a former run's
+    // address is not this run's, and until this run listens `backup` finds
+    // none rather than a wrong one. A second coordinator started by mistake
+    // on the same folder stops above, leaving the running one's address.
     let _ = std::fs::remove_file(data_dir.join(ADMIN_URL_FILE));
-    let mut cluster = Cluster::load(Box::new(open_state(&data_dir)?), Instant::now())?;
+    let mut cluster = Cluster::load(Box::new(state), Instant::now())?;
     if let Some(_token) = init_with(&data_dir, &mut cluster)? {
         tracing::info!(file = %data_dir.join(ADMIN_TOKEN_FILE).display(), "made an admin token");
     }

@@ -156,6 +156,11 @@ impl Cli {
         match self.command {
             Command::Init { .. } => unreachable!("handled before the config is read"),
             Command::Serve { .. } => {
+                anyhow::ensure!(
+                    AdminClient::connect(&config.data_dir).is_none(),
+                    "a cartable-node daemon is already running on {}: stop it first",
+                    config.data_dir.display()
+                );
                 // Outlives the daemon's runtime: dropped here, outside any task.
                 let copies = crate::background::Background::start()?;
                 cartable_net::signal::block_on_daemon(crate::daemon::run(

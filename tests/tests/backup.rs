@@ -188,6 +188,20 @@ fn a_damaged_backup_or_a_used_folder_is_refused_and_nothing_changes() -> anyhow:
     );
     assert_eq!(listing(&taken)?, ["notes.txt"]);
     assert_eq!(listing(c.data_dir())?, before);
+    // So is a second coordinator started on it by mistake: it stops at once,
+    // leaving the running one's address, so backups go on.
+    let out = c.command(&["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already running"),
+        "{err}"
+    );
+    assert_eq!(listing(c.data_dir())?, before);
+    let again = dir.path().join("again.backup");
+    ensure_success(
+        &c.command(&["backup", again.to_str().context("UTF-8")?])?,
+        "backup after a second serve",
+    )?;
 
     // The good file restores, and --force keeps what a used folder held.
     let out = restore(&file, &taken, &["--force"])?;

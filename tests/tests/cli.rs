@@ -120,6 +120,17 @@ async fn add_list_and_remove_go_through_a_running_daemon() -> anyhow::Result<()>
         !rebuild.status.success(),
         "rebuild-index refuses while the daemon runs"
     );
+    let second = node.cli(&["serve", "--https", "127.0.0.1:0", "--quic", "127.0.0.1:0"])?;
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("already running"),
+        "{err}"
+    );
+    assert_eq!(
+        client.get("/healthz", &[]).await?.status,
+        200,
+        "the first daemon serves on"
+    );
     Ok(())
 }
 
