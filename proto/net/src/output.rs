@@ -39,10 +39,28 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, as `{:#}` prints them, but a cause
+/// its error already ends with is not said twice (`data/x: Permission denied
+/// (os error 13)`, not that and the reason again).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn reader_gone(e: &anyhow::Error) -> bool {
@@ -64,5 +82,20 @@ mod tests {
         assert_eq!(exit_code(Err(full.into())), ExitCode::FAILURE);
         // A broken pipe elsewhere (a daemon's socket) is a failure.
         assert_eq!(exit_code(Err(gone().into())), ExitCode::FAILURE);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("data/x: {source}")]
+    struct AtPath {
+        source: io::Error,
+    }
+
+    #[test]
+    fn a_reason_is_said_once() {
+        let denied = || io::Error::from(io::ErrorKind::PermissionDenied);
+        let e = anyhow::Error::new(AtPath { source: denied() }).context("adding lesson");
+        assert_eq!(one_line(&e), format!("adding lesson: data/x: {}", denied()));
+        let e = anyhow::Error::new(denied()).context("reading data/x");
+        assert_eq!(one_line(&e), format!("reading data/x: {}", denied()));
     }
 }
