@@ -9,10 +9,9 @@
 //!   (less [`UploadLimits::disk_margin`]), beside the uploads in progress, is
 //!   refused with 507 before any byte is received.
 //! - `PUT /upload/{bundle}/{blob}`, body the blob's bytes, answers the same. The
-//!   body is written to a file in `tmp/` and hashed into its outboard as it
-//!   arrives ([`Store::import_stream`]); only when it hashes to `{blob}` are
-//!   both synced and renamed into place (the bytes are written once, never
-//!   read back); otherwise nothing is kept.
+//!   body streams to a file in `tmp/` while it is hashed; only when it hashes to
+//!   `{blob}` is that file given its outboard, synced and renamed into place
+//!   (the bytes are written once); otherwise nothing is kept.
 //!
 //! Once nothing is missing the bundle is committed as held. Received blobs are
 //! stored at once, so after a restart (which forgets pending manifests) a new
@@ -22,7 +21,7 @@
 //! takes no uploads.
 
 use std::collections::HashSet;
-use std::io;
+use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,14 +32,17 @@ use cartable_proto::wire::MAX_MANIFEST_BYTES;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
 
 use super::body::Body;
 use super::error::{HttpError, text};
 use super::reserve::{Claim, Reservations, Room};
-use crate::store::{BodyPieces, BodySender, Store, StoreError, disk_bytes};
+use crate::store::{Store, disk_bytes, layout};
 use cartable_net::https::watch::Progress;
 use cartable_net::identity::signed_by;
 
+/// Bytes of a received blob buffered before each write to its temporary file.
+const WRITE_BUFFER: usize = 1 << 20;
 /// Disk space uploads leave free by default: room for the index, manifests and
 /// logs to go on growing when uploads have taken the rest.
 pub const DEFAULT_DISK_MARGIN: u64 = 256 << 20;
@@ -277,19 +279,24 @@ impl Uploads {
             let this = self.clone();
             blocking(move || this.check_disk(&blob, size)).await?;
         }
-        let new = receive(self.store.clone(), body, blob, size, working.clone()).await?;
-        // Committing a completed bundle syncs the index: our work too.
-        Progress::while_working(
-            working,
-            blocking(move || {
-                // Only bytes new on disk leave the claim: a blob sent again must
-                // not wear down the room reserved for the blobs still to come.
-                if new {
-                    self.pending().written(&bundle, disk_bytes(size));
-                }
-                self.settle(bundle, &manifest)
-            }),
-        )
+        let received = receive(&self.store, body, &blob, size).await?;
+        // Hashing and syncing a large file is our work, not a stalled client.
+        Progress::while_working(working, blocking(move || {
+            let new = self
+                .store
+                .import_received(&received.0, &blob, size)
+                .map_err(|e| {
+                    tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
+                    HttpError::Internal
+                })?;
+            drop(received);
+            // Only bytes new on disk leave the claim: a blob sent again must
+            // not wear down the room reserved for the blobs still to come.
+            if new {
+                self.pending().written(&bundle, disk_bytes(size));
+            }
+            self.settle(bundle, &manifest)
+        }))
         .await
     }
 
@@ -377,49 +384,37 @@ fn parse_path(path: &str) -> Result<(BundleId, Option<BlobHash>), HttpError> {
     Ok((bundle, blob))
 }
 
-/// Stores a blob's body as it arrives (on a blocking thread, fed through a
-/// channel); refuses a body of another length or hash, keeping nothing.
-/// `working` counts the last sync and renames, after the body's end, as the
-/// request's progress.
-async fn receive<B>(
-    store: Arc<Store>,
-    body: B,
-    blob: BlobHash,
-    size: u64,
-    working: Option<Progress>,
-) -> Result<bool, HttpError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
-{
-    let (pieces, reader) = BodyPieces::channel();
-    let storing = tokio::task::spawn_blocking(move || store.import_stream(reader, &blob, size));
-    // The client's fault first, found here; the thread, its body cut short
-    // by the sender's drop, keeps nothing.
-    send_body(body, size, pieces).await?;
-    match Progress::while_working(working, storing).await {
-        Ok(Ok(new)) => Ok(new),
-        Ok(Err(StoreError::Io { source, .. })) if source.kind() == io::ErrorKind::InvalidData => {
-            Err(HttpError::BadRequest(
-                "the body does not hash to the blob's hash: nothing kept",
-            ))
-        }
-        Ok(Err(e)) => {
-            tracing::error!(blob = %blob, error = %e, "storing an uploaded blob");
-            Err(HttpError::Internal)
-        }
-        Err(_) => Err(HttpError::Internal),
+/// A file in `tmp/`, removed when dropped: whatever goes wrong, or when the
+/// client goes away mid-body, nothing received is left behind.
+#[derive(Debug)]
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = layout::remove_if_present(&self.0);
     }
 }
 
-/// Hands the body's pieces to the thread storing them, checking its length.
-/// Stops early, with no error of its own, if that thread stopped (its error
-/// says why).
-async fn send_body<B>(body: B, size: u64, mut pieces: BodySender) -> Result<(), HttpError>
+/// Streams a blob's body to a temporary file while hashing it; refuses a body
+/// of another length or hash.
+async fn receive<B>(
+    store: &Store,
+    body: B,
+    blob: &BlobHash,
+    size: u64,
+) -> Result<TempFile, HttpError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    let temp = TempFile(store.layout().temp_path("upload"));
+    let disk = |e: std::io::Error| {
+        tracing::error!(path = %temp.0.display(), error = %e, "writing an uploaded blob");
+        HttpError::Internal
+    };
+    let file = tokio::fs::File::create(&temp.0).await.map_err(disk)?;
+    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut hasher = blake3::Hasher::new();
     let mut received = 0;
     let mut body = pin!(body);
     while let Some(data) = next_data(body.as_mut()).await? {
@@ -427,16 +422,20 @@ where
         if received > size {
             return Err(HttpError::BadRequest("the body is longer than the blob"));
         }
-        if pieces.send(data).await.is_err() {
-            return Ok(());
-        }
+        hasher.update(&data);
+        out.write_all(&data).await.map_err(disk)?;
     }
     if received != size {
         return Err(HttpError::BadRequest("the body is shorter than the blob"));
     }
-    // Closed: the storing thread's error says why.
-    let _ = pieces.finish().await;
-    Ok(())
+    if BlobHash::from(hasher.finalize()) != *blob {
+        return Err(HttpError::BadRequest(
+            "the body does not hash to the blob's hash: nothing kept",
+        ));
+    }
+    out.flush().await.map_err(disk)?;
+    drop(out);
+    Ok(temp)
 }
 
 /// Reads a manifest body, refusing one over [`MAX_MANIFEST_BYTES`].

@@ -2,8 +2,11 @@
 //! while this process computes the BLAKE3 hash and the outboard of the copy as
 //! it lands, so a 5 GiB video never sits in memory (one 1 MiB buffer does). The
 //! temporary files are synced and renamed into place only when complete; a blob
-//! already stored is not written twice. A blob received over the network is
-//! stored as it arrives ([`received`](super::received)).
+//! already stored is not written twice.
+//!
+//! A blob received over the network is already in a temporary file of the
+//! store: [`Store::import_received`] reads it once for its outboard and renames
+//! it into place, so its bytes are written once, not copied.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -23,7 +26,7 @@ use cartable_proto::wire::GROUP_BYTES;
 /// Bytes the hasher reads from the copy per system call.
 const READ_BUFFER: usize = 1 << 20;
 /// Bytes the copy thread copies before telling the hasher.
-pub(super) const COPY_STEP: u64 = 4 << 20;
+const COPY_STEP: u64 = 4 << 20;
 /// The copy thread syncs to disk after this many bytes.
 const SYNC_EVERY: u64 = 64 << 20;
 
@@ -63,9 +66,50 @@ pub fn disk_bytes(size: u64) -> u64 {
 }
 
 impl Store {
+    /// Moves a blob already written to `temp` in the store's `tmp/` folder (so
+    /// on the same filesystem: an uploaded body, `size` bytes, hashed by the
+    /// caller to `hash`) into place as that blob, without copying it: builds the
+    /// outboard from the file, checks the root hash again, syncs both, renames
+    /// the outboard then the data into place and syncs the folder. A crash
+    /// leaves nothing under `hash` or a complete blob. A copy marked damaged is
+    /// replaced; a sound copy already stored is kept and `temp` left to the
+    /// caller. Returns whether the blob is new here. Fails with `InvalidData`,
+    /// keeping nothing, if the file is not `size` bytes hashing to `hash`.
+    pub fn import_received(
+        &self,
+        temp: &Path,
+        hash: &BlobHash,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        self.remove_if_damaged(hash)?;
+        let temp_outboard = self.layout.temp_path("obao");
+        let result = outboard_of(temp, size, &temp_outboard)
+            .and_then(|found| {
+                if found == *hash {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "changed since it was hashed",
+                    ))
+                }
+            })
+            .and_then(|()| place(&self.layout, *hash, size, temp, &temp_outboard))
+            .and_then(|placed| {
+                layout::sync_dir(&self.layout.blobs_dir())?;
+                Ok(placed.new)
+            });
+        let _ = layout::remove_if_present(&temp_outboard);
+        let new = result.map_err(io_at(temp))?;
+        self.index()
+            .clear_damaged(hash)
+            .map_err(|e| self.index_err(e))?;
+        Ok(new)
+    }
+
     /// Removes the files of a blob marked damaged: `place` keeps a stored file
     /// of the right length, and this one must be replaced.
-    pub(super) fn remove_if_damaged(&self, hash: &BlobHash) -> Result<(), StoreError> {
+    fn remove_if_damaged(&self, hash: &BlobHash) -> Result<(), StoreError> {
         if self.index().is_damaged(hash) {
             let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             for path in [self.layout.blob(hash), self.layout.outboard(hash)] {
@@ -76,9 +120,11 @@ impl Store {
     }
 }
 
-/// Writes the temporary data and outboard files and returns the hash: the
-/// kernel copies the source (`io::copy` between files is `copy_file_range` on
-/// Linux), and the hasher reads the copy back as it lands, from the page cache.
+/// Writes the temporary data and outboard files and returns the hash. A second
+/// thread copies the source in the kernel (`io::copy` between files is
+/// `copy_file_range` on Linux) and syncs as it goes; this thread hashes the
+/// copy as it lands, from the page cache. The hash is thus of the bytes stored,
+/// whatever the source did meanwhile, and copying, hashing and the disk overlap.
 fn copy_and_hash(
     source: &Path,
     size: u64,
@@ -86,77 +132,47 @@ fn copy_and_hash(
     temp_outboard: &Path,
 ) -> io::Result<BlobHash> {
     let input = open_regular(source)?;
-    let (progress, landed) = mpsc::channel();
-    let copy = move |data: &File| {
-        let step = |input: &mut &File, mut data: &File, n| {
-            Ok((io::copy(&mut input.take(n), &mut data)?, ()))
-        };
-        let announce = |copied, ()| progress.send(copied).map_err(|_| hashing_stopped());
-        write_in_steps(&input, data, size, step, announce)
-    };
-    let landed = |file| {
-        let landed = Landed {
-            file,
-            read: 0,
-            copied: 0,
-            progress: landed,
-        };
-        io::BufReader::with_capacity(READ_BUFFER, landed)
-    };
-    write_and_hash(size, temp_data, temp_outboard, copy, landed)?.ok_or_else(|| changed(source))
-}
-
-/// Writes the temporary data and outboard files of a blob of `size` bytes
-/// and returns its hash, or `None` if the source was not `size` bytes long.
-/// A second thread runs `write`, which fills the data file, syncing as it
-/// goes, and hands each step to the hasher; this thread hashes what `landed`
-/// (given the data file) reads, which ends where the writer ended. So
-/// writing, hashing and the disk overlap.
-pub(super) fn write_and_hash<R: Read>(
-    size: u64,
-    temp_data: &Path,
-    temp_outboard: &Path,
-    write: impl FnOnce(&File) -> io::Result<bool> + Send,
-    landed: impl FnOnce(File) -> R,
-) -> io::Result<Option<BlobHash>> {
     let data = File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(temp_data)?;
-    // Everything that can fail before the writing starts comes first: the
-    // writing thread is only joined below.
+    // Everything that can fail before the copy starts comes first: the copy
+    // thread is only joined below.
     let outboard = File::create(temp_outboard)?;
-    let reader = landed(data.try_clone()?);
-    let (hashed, written) = std::thread::scope(|scope| {
-        let data = &data;
-        let writer = scope.spawn(move || write(data));
-        // The reader is dropped once the hash is done or failed, so that a
-        // writer waiting to hand it more stops.
-        let hashed = write_outboard(reader, size, &outboard);
-        (hashed, writer.join())
-    });
-    let written = written.map_err(|_| io::Error::other("the writing thread panicked"))?;
-    match (hashed, written) {
+    let (progress, landed) = mpsc::channel();
+    let copy_to = data.try_clone()?;
+    let copier = std::thread::spawn(move || copy_in_steps(&input, &copy_to, size, &progress));
+    let reader = io::BufReader::with_capacity(
+        READ_BUFFER,
+        Landed {
+            file: &data,
+            read: 0,
+            copied: 0,
+            progress: landed,
+        },
+    );
+    let hashed = write_outboard(reader, size, &outboard);
+    let copied = copier
+        .join()
+        .map_err(|_| io::Error::other("copy thread panicked"))?;
+    let hash = match (hashed, copied) {
         // The hasher's own failure (the outboard's disk full, a read error)
-        // says why; the writer then only saw it stop.
-        (Err(e), _) if e.kind() != io::ErrorKind::UnexpectedEof => Err(e),
-        // The writer's says why the file stopped short; the hasher only saw
+        // says why; the copier then only saw it stop.
+        (Err(e), _) if e.kind() != io::ErrorKind::UnexpectedEof => return Err(e),
+        // The copier's says why the copy stopped short; the hasher only saw
         // the end of what landed.
-        (_, Err(e)) => Err(e),
-        (Ok(hash), Ok(true)) => Ok(Some(hash)),
-        (_, Ok(_)) => Ok(None),
-    }
-}
-
-pub(super) fn hashing_stopped() -> io::Error {
-    io::Error::other("hashing stopped")
+        (_, Err(e)) => return Err(e),
+        (Ok(hash), Ok(true)) => hash,
+        (_, Ok(_)) => return Err(changed(source)),
+    };
+    Ok(hash)
 }
 
 /// Builds the outboard of the `size` bytes `data` gives into `outboard`,
 /// synced, and returns their hash.
-pub(super) fn write_outboard(data: impl Read, size: u64, outboard: &File) -> io::Result<BlobHash> {
+fn write_outboard(data: impl Read, size: u64, outboard: &File) -> io::Result<BlobHash> {
     let mut writer = BufWriter::new(outboard);
     let hash = outboard_post_order(data, BaoTree::new(size, BLOCK_SIZE), &mut writer)?;
     writer.flush()?;
@@ -184,37 +200,49 @@ fn open_regular(source: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// The writing thread: `size` bytes from `source` into `data` in steps of
-/// at most [`COPY_STEP`], each made by `step` (which writes at most the bytes
-/// asked and says how many, 0 at the source's end, and what to hand the
-/// hasher) and handed to the hasher by `announce` (given the bytes written so
-/// far) once written, syncing every [`SYNC_EVERY`] bytes so that the final
-/// sync has little left to do. Returns whether the source was exactly `size`
-/// bytes long.
-pub(super) fn write_in_steps<R: Read, S>(
-    mut source: R,
-    data: &File,
+/// The copy thread: `size` bytes from `input` to `data` in [`COPY_STEP`]s,
+/// each announced to the hasher once written, syncing every [`SYNC_EVERY`]
+/// bytes so the final sync has little left to do. Returns whether the source
+/// was exactly `size` bytes long.
+fn copy_in_steps(
+    mut input: &File,
+    mut data: &File,
     size: u64,
-    mut step: impl FnMut(&mut R, &File, u64) -> io::Result<(u64, S)>,
-    mut announce: impl FnMut(u64, S) -> io::Result<()>,
+    progress: &mpsc::Sender<u64>,
 ) -> io::Result<bool> {
-    let (mut written, mut unsynced) = (0, 0);
-    while written < size {
-        let (n, landed) = step(&mut source, data, COPY_STEP.min(size - written))?;
+    let (mut copied, mut unsynced) = (0, 0);
+    while copied < size {
+        let n = io::copy(&mut input.take(COPY_STEP.min(size - copied)), &mut data)?;
         if n == 0 {
             return Ok(false);
         }
-        written += n;
+        copied += n;
         unsynced += n;
         if unsynced >= SYNC_EVERY {
             data.sync_data()?;
             unsynced = 0;
         }
-        announce(written, landed)?;
+        if progress.send(copied).is_err() {
+            return Err(io::Error::other("hashing stopped"));
+        }
     }
-    let longer = source.read(&mut [0u8; 1])? != 0;
+    let longer = input.read(&mut [0u8; 1])? != 0;
     data.sync_all()?;
     Ok(!longer)
+}
+
+/// Reads the file at `data`, which must be `size` bytes long, once to write its
+/// outboard to `temp_outboard`; syncs both files and returns the root hash.
+fn outboard_of(data: &Path, size: u64, temp_outboard: &Path) -> io::Result<BlobHash> {
+    let file = File::open(data)?;
+    if file.metadata()?.len() != size {
+        return Err(changed(data));
+    }
+    let outboard = File::create(temp_outboard)?;
+    let reader = io::BufReader::with_capacity(READ_BUFFER, &file);
+    let hash = write_outboard(reader, size, &outboard)?;
+    file.sync_all()?;
+    Ok(hash)
 }
 
 fn changed(source: &Path) -> io::Error {
@@ -225,7 +253,7 @@ fn changed(source: &Path) -> io::Error {
 }
 
 /// Renames the temporary files into place unless the blob is already stored.
-pub(super) fn place(
+fn place(
     layout: &Layout,
     hash: BlobHash,
     size: u64,
@@ -253,16 +281,16 @@ pub(super) fn place(
     })
 }
 
-/// Reads the copy back as far as it has landed: waits for the copy thread to
+/// Reads the copy as far as it has landed: waits for the copy thread to
 /// announce more, and ends where the copy ended.
-struct Landed {
-    file: File,
+struct Landed<'a> {
+    file: &'a File,
     read: u64,
     copied: u64,
     progress: mpsc::Receiver<u64>,
 }
 
-impl Read for Landed {
+impl Read for Landed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.read >= self.copied {
             match self.progress.recv() {
@@ -280,25 +308,30 @@ impl Read for Landed {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
-    pub(in crate::store) fn pattern(len: usize) -> Vec<u8> {
+    fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 13 + i / 4099) as u8).collect()
     }
 
+    /// Writes `data` where an upload's body lands: a file in the store's `tmp/`.
+    fn received(store: &Store, data: &[u8]) -> io::Result<std::path::PathBuf> {
+        let temp = store.layout().temp_path("upload");
+        fs::write(&temp, data)?;
+        Ok(temp)
+    }
+
     /// Neither a temporary file nor a blob is left in the store.
-    pub(in crate::store) fn holds_nothing(store: &Store) -> anyhow::Result<()> {
+    fn holds_nothing(store: &Store) -> anyhow::Result<()> {
         assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
         assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
         Ok(())
     }
 
-    pub(in crate::store) fn read_verified(
-        store: &Store,
-        hash: &BlobHash,
-        size: u64,
-    ) -> anyhow::Result<Vec<u8>> {
+    fn read_verified(store: &Store, hash: &BlobHash, size: u64) -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::new();
         store.open_blob(hash, size)?.read_verified(0..size, |b| {
             out.extend_from_slice(&b);
@@ -365,5 +398,78 @@ pub(super) mod tests {
             "{err}"
         );
         holds_nothing(&store)
+    }
+
+    #[test]
+    fn a_received_blob_is_moved_into_place_not_copied() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        for len in [10, 300_000] {
+            let data = pattern(len);
+            let (hash, size) = (BlobHash::of(&data), len as u64);
+            let temp = received(&store, &data)?;
+            let inode = fs::metadata(&temp)?.ino();
+            assert!(store.import_received(&temp, &hash, size)?, "new");
+            assert!(!temp.exists(), "renamed away");
+            let stored = fs::metadata(store.layout().blob(&hash))?;
+            assert_eq!(stored.ino(), inode, "the very file written, not a copy");
+            assert_eq!(read_verified(&store, &hash, size)?, data);
+            assert_eq!(disk_bytes(size), {
+                let outboard = fs::metadata(store.layout().outboard(&hash)).map_or(0, |m| m.len());
+                size + outboard
+            });
+        }
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_received_file_that_does_not_hash_right_leaves_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let data = pattern(100_000);
+        let hash = BlobHash::of(&data);
+        let mut changed = data.clone();
+        changed[50_000] ^= 1;
+        let temp = received(&store, &changed)?;
+        let err = store.import_received(&temp, &hash, data.len() as u64);
+        assert!(err.is_err());
+        // Nor a file of another length.
+        let short = received(&store, &data[1..])?;
+        assert!(
+            store
+                .import_received(&short, &hash, data.len() as u64)
+                .is_err()
+        );
+        assert!(!store.has_blob_file(&hash, data.len() as u64));
+        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
+        // Only the caller's own temporary files are left, for it to remove.
+        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_blob_stored_already_is_kept_and_a_damaged_one_replaced() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let data = pattern(40_000);
+        let (hash, size) = (BlobHash::of(&data), data.len() as u64);
+        store.import_received(&received(&store, &data)?, &hash, size)?;
+        let first = fs::metadata(store.layout().blob(&hash))?.ino();
+        let again = received(&store, &data)?;
+        assert!(!store.import_received(&again, &hash, size)?, "not new");
+        assert!(again.exists(), "a duplicate is left to the caller");
+        assert_eq!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
+
+        store.mark_damaged(&hash, "test");
+        let repair = received(&store, &data)?;
+        assert!(
+            store.import_received(&repair, &hash, size)?,
+            "written afresh"
+        );
+        assert!(!store.is_damaged(&hash));
+        assert_ne!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
+        assert_eq!(read_verified(&store, &hash, size)?, data);
+        Ok(())
     }
 }

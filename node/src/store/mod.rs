@@ -16,7 +16,6 @@ pub mod layout;
 mod maintenance;
 mod partial;
 mod partial_space;
-mod received;
 mod scrub;
 mod small;
 pub mod verify;
@@ -49,7 +48,6 @@ pub use layout::Layout;
 pub use maintenance::{CheckReport, Problem};
 pub use partial::PartialBlob;
 pub use partial_space::{MAX_PARTIAL_BLOBS, PartialUsage};
-pub use received::{BodyClosed, BodyPieces, BodySender};
 pub use scrub::{ScrubReport, ScrubSettings, scrub_forever};
 pub use verify::{BlobFiles, VerifyError, io_shows_damage};
 
