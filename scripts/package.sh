@@ -92,13 +92,14 @@ package() {
   local scratch="$stage/init-scratch" file="$stage/etc/cartable/$config"
   "$bins/$1" --data-dir "$scratch" init "$file" >/dev/null 2>&1
   rm -rf "$scratch"
-  grep -q '^#data_dir = ' "$file" || { echo "package.sh: no data_dir line in $1's template" >&2; return 1; }
+  # `init --data-dir` made the line live, with the scratch folder.
+  grep -q '^data_dir = ' "$file" || { echo "package.sh: no data_dir line in $1's template" >&2; return 1; }
   {
     echo "# Installed by the $pkg package. Edit it, then \`systemctl restart $pkg\`;"
     echo "# upgrades keep your edits. Run commands as the service's user:"
     echo "#   sudo -u $pkg $1 --config /etc/cartable/$config COMMAND"
     echo "#"
-    sed "s|^#data_dir = .*|data_dir = \"/var/lib/$pkg\"|" "$file"
+    sed "s|^data_dir = .*|data_dir = \"/var/lib/$pkg\"|" "$file"
   } >"$file.new"
   mv "$file.new" "$file"
   chmod 0640 "$file"

@@ -130,7 +130,8 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         if let Command::Init { file, force } = &self.command {
             let file = file.as_ref().or(self.config.as_ref());
-            return init(file.map_or(Path::new("cartable-node.toml"), |f| f), *force);
+            let file = file.map_or(Path::new("cartable-node.toml"), |f| f);
+            return init(file, self.data_dir.as_deref(), *force);
         }
         let mut overrides = Overrides {
             data_dir: self.data_dir,
@@ -214,8 +215,14 @@ impl Cli {
 }
 
 /// Writes the commented configuration file.
-fn init(file: &Path, force: bool) -> anyhow::Result<()> {
-    cartable_net::config::template::write_template(file, &crate::config::template(), force)?;
+fn init(file: &Path, data_dir: Option<&Path>, force: bool) -> anyhow::Result<()> {
+    use cartable_net::config::template::{with_data_dir, write_template};
+    let template = crate::config::template();
+    let template = match data_dir {
+        Some(dir) => with_data_dir(&template, dir)?,
+        None => template,
+    };
+    write_template(file, &template, force)?;
     cartable_net::say!(
         "wrote {0}: every setting, commented out at its default; edit it, then run \
          `cartable-node --config {0} serve`",

@@ -83,6 +83,56 @@ fn add_into_a_pipe_nobody_reads_ends_quietly_and_adds() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `init --data-dir D` writes D into the file it makes: a later `--config
+/// FILE` command, run from elsewhere (as a service is), uses D, not the
+/// default folder, for the node and for the coordinator.
+#[test]
+fn the_data_dir_given_to_init_is_the_one_the_config_file_uses() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let run = |binary: &Path, args: &[&str], cwd: &Path| -> anyhow::Result<String> {
+        let out = Command::new(binary).args(args).current_dir(cwd).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let node = node_binary();
+    run(
+        node,
+        &["--config", "n.toml", "--data-dir", "nd", "init"],
+        dir.path(),
+    )?;
+    let config = dir.path().join("n.toml");
+    let config = config.to_str().unwrap();
+    let id = run(node, &["--config", config, "id"], elsewhere.path())?;
+    assert_eq!(run(node, &["--data-dir", "nd", "id"], dir.path())?, id);
+    let coordinator = cartable_tests::node::binary("cartable-coordinator");
+    run(
+        &coordinator,
+        &["--config", "c.toml", "--data-dir", "cd", "init"],
+        dir.path(),
+    )?;
+    let backup = dir.path().join("c.backup");
+    let config = dir.path().join("c.toml");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "backup",
+        backup.to_str().unwrap(),
+    ];
+    run(&coordinator, &args, elsewhere.path())?;
+    assert!(backup.exists());
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path())?.count(),
+        0,
+        "nothing made in the default folder"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn add_list_and_remove_go_through_a_running_daemon() -> anyhow::Result<()> {
     let node = Node::start()?;

@@ -90,11 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Init { file, force } = &cli.command {
         let file = file.clone().or(config_file.clone());
         let file = file.unwrap_or_else(|| "cartable-coordinator.toml".into());
-        cartable_net::config::template::write_template(
-            &file,
-            &cartable_coordinator::config::template(),
-            *force,
-        )?;
+        let template = cartable_coordinator::config::template();
+        let template = match &cli.data_dir {
+            Some(dir) => cartable_net::config::template::with_data_dir(&template, dir)?,
+            None => template,
+        };
+        cartable_net::config::template::write_template(&file, &template, *force)?;
         cartable_net::say!(
             "wrote {}: every setting, commented out at its default",
             file.display()

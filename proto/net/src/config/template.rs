@@ -126,6 +126,31 @@ pub fn write_template(path: &Path, template: &str, force: bool) -> anyhow::Resul
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// `template` with its commented-out `data_dir` line made live with `dir`
+/// (made absolute): the folder given to `init --data-dir` is the one a later
+/// `--config FILE serve` uses, wherever it runs from, not the default.
+pub fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<String> {
+    let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let dir = dir
+        .to_str()
+        .with_context(|| format!("{}: not UTF-8", dir.display()))?;
+    let live = format!("data_dir = {}", toml::Value::String(dir.to_owned()));
+    let mut found = false;
+    let lines: Vec<&str> = template
+        .lines()
+        .map(|line| {
+            if !found && line.starts_with("#data_dir = ") {
+                found = true;
+                live.as_str()
+            } else {
+                line
+            }
+        })
+        .collect();
+    anyhow::ensure!(found, "the template has no data_dir line");
+    Ok(lines.join("\n") + "\n")
+}
+
 /// `doc` with the text between `<!-- begin NAME -->` and `<!-- end NAME -->`
 /// replaced by `text` in a TOML code block: how the reference embeds a template.
 pub fn embed(doc: &str, name: &str, text: &str) -> anyhow::Result<String> {
@@ -150,6 +175,21 @@ mod tests {
 
     const SAMPLE: &str = "# Prose = not a key.\n#top = 1\n[https]\n#listen = \"a\"\n\
                           # public_url = \"https://x\"\nlive = 2\n# [[regions]]\n# cidr = \"c\"\n";
+
+    #[test]
+    fn a_data_dir_given_to_init_is_written_live_and_absolute() -> anyhow::Result<()> {
+        let template = "# Where.\n#data_dir = \"./data\"\n[https]\n#data_dir = \"x\"\n";
+        let written = with_data_dir(template, Path::new("école \"A\""))?;
+        let table: toml::Table = written.parse()?;
+        let dir = std::env::current_dir()?.join("école \"A\"");
+        assert_eq!(table["data_dir"].as_str(), dir.to_str());
+        assert!(
+            written.contains("[https]\n#data_dir = \"x\"\n"),
+            "{written}"
+        );
+        assert!(with_data_dir("#other = 1\n", Path::new("d")).is_err());
+        Ok(())
+    }
 
     #[test]
     fn keys_are_read_with_their_table_and_line() {
