@@ -216,13 +216,8 @@ impl Cli {
 
 /// Writes the commented configuration file.
 fn init(file: &Path, data_dir: Option<&Path>, force: bool) -> anyhow::Result<()> {
-    use cartable_net::config::template::{with_data_dir, write_template};
     let template = crate::config::template();
-    let template = match data_dir {
-        Some(dir) => with_data_dir(&template, dir)?,
-        None => template,
-    };
-    write_template(file, &template, force)?;
+    cartable_net::config::template::write_template(file, &template, data_dir, force)?;
     cartable_net::say!(
         "wrote {0}: every setting, commented out at its default; edit it, then run \
          `cartable-node --config {0} serve`",

@@ -168,10 +168,7 @@ fn time_b3sum(file: &Path, extra: &[&str]) -> Result<(Duration, String)> {
 /// reporting hands memory freed for a few seconds back to its host, and writing
 /// 1 GiB into the page cache then costs several times more; see the README.)
 fn time_import(big: &BigFile, last_store: &mut Option<TempDir>) -> Result<(Duration, String)> {
-    drop(last_store.take());
-    let store_dir = tempfile::Builder::new()
-        .prefix("store-")
-        .tempdir_in(big.work.path())?;
+    let store_dir = fresh_dir(big, last_store, "store-")?;
     let start = Instant::now();
     let store = Store::open(store_dir.path())?;
     let added = store.add_folder(&big.lesson)?;
@@ -186,10 +183,7 @@ fn time_import(big: &BigFile, last_store: &mut Option<TempDir>) -> Result<(Durat
 /// hashed afterwards, untimed, to check it. Like the import, it first frees
 /// the previous round's copy or store.
 fn time_copy(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, String)> {
-    drop(last.take());
-    let dir = tempfile::Builder::new()
-        .prefix("copy-")
-        .tempdir_in(big.work.path())?;
+    let dir = fresh_dir(big, last, "copy-")?;
     let copy = dir.path().join("copy");
     let start = Instant::now();
     fs::copy(&big.path, &copy)?;
@@ -210,12 +204,9 @@ fn time_copy(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, Str
 /// import, it first frees the previous round's copy or store.
 fn time_upload(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, String)> {
     use std::io::Write;
-    drop(last.take());
-    let body = upload_body(big)?.clone();
-    let hash = cartable_proto::BlobHash::from(blake3::hash(&body));
-    let store_dir = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempdir_in(big.work.path())?;
+    let body = upload_body(big)?;
+    let hash = cartable_proto::BlobHash::from(blake3::hash(body));
+    let store_dir = fresh_dir(big, last, "upload-")?;
     let store = Store::open(store_dir.path())?;
     let start = Instant::now();
     let temp = store_dir.path().join("upload-body");
@@ -241,11 +232,8 @@ fn time_upload(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, S
 /// first frees the previous round's copy or store.
 fn time_write(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, String)> {
     use std::io::Write;
-    drop(last.take());
     let body = upload_body(big)?;
-    let dir = tempfile::Builder::new()
-        .prefix("write-")
-        .tempdir_in(big.work.path())?;
+    let dir = fresh_dir(big, last, "write-")?;
     let start = Instant::now();
     let mut file = fs::File::create(dir.path().join("written"))?;
     for step in body.chunks(4 << 20) {
@@ -255,6 +243,16 @@ fn time_write(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, St
     let elapsed = start.elapsed();
     *last = Some(dir);
     Ok((elapsed, blake3::hash(body).to_hex().to_string()))
+}
+
+/// A new folder beside the file, for one timed run, once the previous run's
+/// is removed (untimed): the page cache it frees is what the new run reuses.
+fn fresh_dir(big: &BigFile, last: &mut Option<TempDir>, prefix: &str) -> Result<TempDir> {
+    drop(last.take());
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(big.work.path())?;
+    Ok(dir)
 }
 
 /// The file's bytes in memory, read once for the whole run: 1 GiB allocated

@@ -91,11 +91,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let file = file.clone().or(config_file.clone());
         let file = file.unwrap_or_else(|| "cartable-coordinator.toml".into());
         let template = cartable_coordinator::config::template();
-        let template = match &cli.data_dir {
-            Some(dir) => cartable_net::config::template::with_data_dir(&template, dir)?,
-            None => template,
-        };
-        cartable_net::config::template::write_template(&file, &template, *force)?;
+        let data_dir = cli.data_dir.as_deref();
+        cartable_net::config::template::write_template(&file, &template, data_dir, *force)?;
         cartable_net::say!(
             "wrote {}: every setting, commented out at its default",
             file.display()

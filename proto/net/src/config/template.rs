@@ -105,8 +105,18 @@ pub fn uncomment_defaults(template: &str) -> String {
     out
 }
 
-/// Writes `template` to `path`; an existing file is kept unless `force`.
-pub fn write_template(path: &Path, template: &str, force: bool) -> anyhow::Result<()> {
+/// Writes `template` to `path`, with `data_dir` as its live `data_dir` if
+/// given (`init --data-dir`); an existing file is kept unless `force`.
+pub fn write_template(
+    path: &Path,
+    template: &str,
+    data_dir: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let template = match data_dir {
+        Some(dir) => with_data_dir(template, dir)?,
+        None => template.to_owned(),
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if force {
@@ -129,7 +139,7 @@ pub fn write_template(path: &Path, template: &str, force: bool) -> anyhow::Resul
 /// `template` with its commented-out `data_dir` line made live with `dir`
 /// (made absolute): the folder given to `init --data-dir` is the one a later
 /// `--config FILE serve` uses, wherever it runs from, not the default.
-pub fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<String> {
+fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<String> {
     let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
     let dir = dir
         .to_str()
@@ -222,11 +232,11 @@ mod tests {
     fn an_existing_file_is_kept_unless_forced() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("c.toml");
-        write_template(&path, "a = 1\n", false)?;
-        let e = write_template(&path, "a = 2\n", false).unwrap_err();
+        write_template(&path, "a = 1\n", None, false)?;
+        let e = write_template(&path, "a = 2\n", None, false).unwrap_err();
         assert!(e.to_string().contains("--force"), "{e}");
         assert_eq!(std::fs::read_to_string(&path)?, "a = 1\n");
-        write_template(&path, "a = 2\n", true)?;
+        write_template(&path, "a = 2\n", None, true)?;
         assert_eq!(std::fs::read_to_string(&path)?, "a = 2\n");
         Ok(())
     }
