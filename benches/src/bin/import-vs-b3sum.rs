@@ -196,30 +196,30 @@ fn time_copy(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, Str
 }
 
 /// Stores the file's bytes, held in memory as an upload's body arrives, as a
-/// node stores a blob uploaded to it (`node/src/serve/upload.rs`, whose
-/// route is async and needs a coordinator's grant, so its steps are taken
-/// here): pieces of [`PIECE`] written through a 1 MiB buffer to a file of
-/// the store while hashed, then `Store::import_received` (the outboard built
-/// from the file, both synced and renamed), into a fresh store. Like the
-/// import, it first frees the previous round's copy or store.
+/// node stores a blob uploaded to it (`node/src/serve/upload.rs`, whose route
+/// is async and needs a coordinator's grant, so its steps are taken here, on
+/// a runtime of one thread): pieces of [`PIECE`] given to `Store::incoming`,
+/// which builds the outboard as they come and writes them in batches on a
+/// blocking thread, then the hash checked and `Store::place_received` (both
+/// files synced and renamed), into a fresh store. Like the import, it first
+/// frees the previous round's copy or store.
 fn time_upload(big: &BigFile, last: &mut Option<TempDir>) -> Result<(Duration, String)> {
-    use std::io::Write;
     let body = upload_body(big)?;
     let hash = cartable_proto::BlobHash::from(blake3::hash(body));
     let store_dir = fresh_dir(big, last, "upload-")?;
-    let store = Store::open(store_dir.path())?;
+    let store = std::sync::Arc::new(Store::open(store_dir.path())?);
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let start = Instant::now();
-    let temp = store_dir.path().join("upload-body");
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&temp)?);
-    let mut hasher = blake3::Hasher::new();
-    for piece in body.chunks(PIECE) {
-        hasher.update(piece);
-        out.write_all(piece)?;
-    }
-    out.flush()?;
-    drop(out);
-    ensure!(cartable_proto::BlobHash::from(hasher.finalize()) == hash);
-    let new = store.import_received(&temp, &hash, big.size)?;
+    let new = runtime.block_on(async {
+        let mut incoming = store.incoming(big.size)?;
+        for piece in body.chunks(PIECE) {
+            incoming.push(piece).await?;
+        }
+        let received = incoming.finish().await?;
+        ensure!(received.hash() == hash, "the body hashes to its hash");
+        let placing = store.clone();
+        Ok(tokio::task::spawn_blocking(move || placing.place_received(received)).await??)
+    })?;
     let elapsed = start.elapsed();
     ensure!(new, "the blob was new");
     *last = Some(store_dir);

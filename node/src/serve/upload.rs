@@ -9,9 +9,10 @@
 //!   (less [`UploadLimits::disk_margin`]), beside the uploads in progress, is
 //!   refused with 507 before any byte is received.
 //! - `PUT /upload/{bundle}/{blob}`, body the blob's bytes, answers the same. The
-//!   body streams to a file in `tmp/` while it is hashed; only when it hashes to
-//!   `{blob}` is that file given its outboard, synced and renamed into place
-//!   (the bytes are written once); otherwise nothing is kept.
+//!   body streams to files in `tmp/` while its outboard is built
+//!   ([`Incoming`](crate::store::Incoming)); only when it hashes to `{blob}`
+//!   are they synced and renamed into place (the bytes are written once and
+//!   never read back); otherwise nothing is kept.
 //!
 //! Once nothing is missing the bundle is committed as held. Received blobs are
 //! stored at once, so after a restart (which forgets pending manifests) a new
@@ -21,7 +22,6 @@
 //! takes no uploads.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,17 +32,14 @@ use cartable_proto::wire::MAX_MANIFEST_BYTES;
 use cartable_proto::{BlobHash, BundleId, Manifest, NodeId};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 
 use super::body::Body;
 use super::error::{HttpError, text};
 use super::reserve::{Claim, Reservations, Room};
-use crate::store::{Store, disk_bytes, layout};
+use crate::store::{ReceiveError, Received, Store, disk_bytes};
 use cartable_net::https::watch::Progress;
 use cartable_net::identity::signed_by;
 
-/// Bytes of a received blob buffered before each write to its temporary file.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Disk space uploads leave free by default: room for the index, manifests and
 /// logs to go on growing when uploads have taken the rest.
 pub const DEFAULT_DISK_MARGIN: u64 = 256 << 20;
@@ -279,17 +276,18 @@ impl Uploads {
             let this = self.clone();
             blocking(move || this.check_disk(&blob, size)).await?;
         }
-        let received = receive(&self.store, body, &blob, size).await?;
-        // Hashing and syncing a large file is our work, not a stalled client.
+        let received = receive(&self.store, body, size, working.clone()).await?;
+        if received.hash() != blob {
+            return Err(HttpError::BadRequest(
+                "the body does not hash to the blob's hash: nothing kept",
+            ));
+        }
+        // Syncing a large file is our work, not a stalled client.
         Progress::while_working(working, blocking(move || {
-            let new = self
-                .store
-                .import_received(&received.0, &blob, size)
-                .map_err(|e| {
-                    tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
-                    HttpError::Internal
-                })?;
-            drop(received);
+            let new = self.store.place_received(received).map_err(|e| {
+                tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
+                HttpError::Internal
+            })?;
             // Only bytes new on disk leave the claim: a blob sent again must
             // not wear down the room reserved for the blobs still to come.
             if new {
@@ -384,58 +382,39 @@ fn parse_path(path: &str) -> Result<(BundleId, Option<BlobHash>), HttpError> {
     Ok((bundle, blob))
 }
 
-/// A file in `tmp/`, removed when dropped: whatever goes wrong, or when the
-/// client goes away mid-body, nothing received is left behind.
-#[derive(Debug)]
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = layout::remove_if_present(&self.0);
-    }
-}
-
-/// Streams a blob's body to a temporary file while hashing it; refuses a body
-/// of another length or hash.
+/// Stores a blob's body as it arrives ([`Incoming`]); refuses a body of
+/// another length. The caller checks the hash before placing it.
 async fn receive<B>(
-    store: &Store,
+    store: &Arc<Store>,
     body: B,
-    blob: &BlobHash,
     size: u64,
-) -> Result<TempFile, HttpError>
+    working: Option<Progress>,
+) -> Result<Received, HttpError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let temp = TempFile(store.layout().temp_path("upload"));
-    let disk = |e: std::io::Error| {
-        tracing::error!(path = %temp.0.display(), error = %e, "writing an uploaded blob");
-        HttpError::Internal
+    let refused = |e: ReceiveError| match e {
+        ReceiveError::Longer => HttpError::BadRequest("the body is longer than the blob"),
+        ReceiveError::Shorter => HttpError::BadRequest("the body is shorter than the blob"),
+        ReceiveError::Disk(e) => {
+            tracing::error!(error = %e, "writing an uploaded blob");
+            HttpError::Internal
+        }
     };
-    let file = tokio::fs::File::create(&temp.0).await.map_err(disk)?;
-    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut hasher = blake3::Hasher::new();
-    let mut received = 0;
+    let opening = store.clone();
+    let mut incoming =
+        blocking(move || opening.incoming(size).map_err(|e| refused(e.into()))).await?;
     let mut body = pin!(body);
     while let Some(data) = next_data(body.as_mut()).await? {
-        received += data.len() as u64;
-        if received > size {
-            return Err(HttpError::BadRequest("the body is longer than the blob"));
-        }
-        hasher.update(&data);
-        out.write_all(&data).await.map_err(disk)?;
+        // Waiting for the disk to take a batch is our work too.
+        Progress::while_working(working.clone(), incoming.push(&data))
+            .await
+            .map_err(refused)?;
     }
-    if received != size {
-        return Err(HttpError::BadRequest("the body is shorter than the blob"));
-    }
-    if BlobHash::from(hasher.finalize()) != *blob {
-        return Err(HttpError::BadRequest(
-            "the body does not hash to the blob's hash: nothing kept",
-        ));
-    }
-    out.flush().await.map_err(disk)?;
-    drop(out);
-    Ok(temp)
+    Progress::while_working(working, incoming.finish())
+        .await
+        .map_err(refused)
 }
 
 /// Reads a manifest body, refusing one over [`MAX_MANIFEST_BYTES`].

@@ -17,7 +17,8 @@ use super::{ServeContext, UploadLimits, Uploads, respond};
 use crate::store::Store;
 use cartable_net::identity::Identity;
 
-const BIG: usize = 200_000;
+/// Over two of the batches a received body is written in.
+const BIG: usize = (2 << 20) + 200_000;
 const SMALL: &[u8] = b"a small lesson file";
 /// Limits no test upload reaches.
 const ROOMY: UploadLimits = UploadLimits {

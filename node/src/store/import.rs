@@ -4,9 +4,8 @@
 //! temporary files are synced and renamed into place only when complete; a blob
 //! already stored is not written twice.
 //!
-//! A blob received over the network is already in a temporary file of the
-//! store: [`Store::import_received`] reads it once for its outboard and renames
-//! it into place, so its bytes are written once, not copied.
+//! A blob received over the network is stored as it arrives instead
+//! ([`super::incoming`]); both put their files in place with [`place`].
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -19,7 +18,6 @@ use bao_tree::io::sync::outboard_post_order;
 use cartable_proto::BlobHash;
 
 use super::layout::{self, Layout};
-use super::{Store, StoreError, io_at};
 use cartable_net::peer::exchange::BLOCK_SIZE;
 use cartable_proto::wire::GROUP_BYTES;
 
@@ -63,61 +61,6 @@ pub fn disk_bytes(size: u64) -> u64 {
         0
     };
     size.saturating_add(outboard)
-}
-
-impl Store {
-    /// Moves a blob already written to `temp` in the store's `tmp/` folder (so
-    /// on the same filesystem: an uploaded body, `size` bytes, hashed by the
-    /// caller to `hash`) into place as that blob, without copying it: builds the
-    /// outboard from the file, checks the root hash again, syncs both, renames
-    /// the outboard then the data into place and syncs the folder. A crash
-    /// leaves nothing under `hash` or a complete blob. A copy marked damaged is
-    /// replaced; a sound copy already stored is kept and `temp` left to the
-    /// caller. Returns whether the blob is new here. Fails with `InvalidData`,
-    /// keeping nothing, if the file is not `size` bytes hashing to `hash`.
-    pub fn import_received(
-        &self,
-        temp: &Path,
-        hash: &BlobHash,
-        size: u64,
-    ) -> Result<bool, StoreError> {
-        self.remove_if_damaged(hash)?;
-        let temp_outboard = self.layout.temp_path("obao");
-        let result = outboard_of(temp, size, &temp_outboard)
-            .and_then(|found| {
-                if found == *hash {
-                    Ok(())
-                } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "changed since it was hashed",
-                    ))
-                }
-            })
-            .and_then(|()| place(&self.layout, *hash, size, temp, &temp_outboard))
-            .and_then(|placed| {
-                layout::sync_dir(&self.layout.blobs_dir())?;
-                Ok(placed.new)
-            });
-        let _ = layout::remove_if_present(&temp_outboard);
-        let new = result.map_err(io_at(temp))?;
-        self.index()
-            .clear_damaged(hash)
-            .map_err(|e| self.index_err(e))?;
-        Ok(new)
-    }
-
-    /// Removes the files of a blob marked damaged: `place` keeps a stored file
-    /// of the right length, and this one must be replaced.
-    fn remove_if_damaged(&self, hash: &BlobHash) -> Result<(), StoreError> {
-        if self.index().is_damaged(hash) {
-            let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-            for path in [self.layout.blob(hash), self.layout.outboard(hash)] {
-                layout::remove_if_present(&path).map_err(io_at(&path))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Writes the temporary data and outboard files and returns the hash. A second
@@ -231,20 +174,6 @@ fn copy_in_steps(
     Ok(!longer)
 }
 
-/// Reads the file at `data`, which must be `size` bytes long, once to write its
-/// outboard to `temp_outboard`; syncs both files and returns the root hash.
-fn outboard_of(data: &Path, size: u64, temp_outboard: &Path) -> io::Result<BlobHash> {
-    let file = File::open(data)?;
-    if file.metadata()?.len() != size {
-        return Err(changed(data));
-    }
-    let outboard = File::create(temp_outboard)?;
-    let reader = io::BufReader::with_capacity(READ_BUFFER, &file);
-    let hash = write_outboard(reader, size, &outboard)?;
-    file.sync_all()?;
-    Ok(hash)
-}
-
 fn changed(source: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -253,7 +182,7 @@ fn changed(source: &Path) -> io::Error {
 }
 
 /// Renames the temporary files into place unless the blob is already stored.
-fn place(
+pub(super) fn place(
     layout: &Layout,
     hash: BlobHash,
     size: u64,
@@ -309,20 +238,9 @@ impl Read for Landed<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
-
     use super::*;
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 13 + i / 4099) as u8).collect()
-    }
-
-    /// Writes `data` where an upload's body lands: a file in the store's `tmp/`.
-    fn received(store: &Store, data: &[u8]) -> io::Result<std::path::PathBuf> {
-        let temp = store.layout().temp_path("upload");
-        fs::write(&temp, data)?;
-        Ok(temp)
-    }
+    use crate::store::Store;
+    use crate::store::tests::{pattern, read_all};
 
     /// Neither a temporary file nor a blob is left in the store.
     fn holds_nothing(store: &Store) -> anyhow::Result<()> {
@@ -331,27 +249,21 @@ mod tests {
         Ok(())
     }
 
-    fn read_verified(store: &Store, hash: &BlobHash, size: u64) -> anyhow::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        store.open_blob(hash, size)?.read_verified(0..size, |b| {
-            out.extend_from_slice(&b);
-            true
-        })?;
-        Ok(out)
-    }
-
     #[test]
     fn an_imported_file_is_stored_whole_with_the_hash_of_its_bytes() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path().join("store"))?;
         // Across copy steps, and empty, one group, and one byte over a group.
         for len in [0, 16 * 1024, 16 * 1024 + 1, 9 << 20] {
-            let data = pattern(len);
+            let data = pattern(len, 7);
             let source = dir.path().join("source");
             fs::write(&source, &data)?;
             let imported = import_file(store.layout(), &source, len as u64)?;
             assert_eq!(imported.hash, BlobHash::of(&data), "{len} bytes");
-            assert_eq!(read_verified(&store, &imported.hash, len as u64)?, data);
+            assert_eq!(
+                read_all(&store, &imported.hash, len as u64, 0..len as u64)?,
+                data
+            );
         }
         assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
         Ok(())
@@ -363,7 +275,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path().join("store"))?;
         let source = dir.path().join("source");
-        fs::write(&source, pattern(5 << 20))?;
+        fs::write(&source, pattern(5 << 20, 7))?;
         for listed in [(6 << 20) as u64, (5 << 20) - 1, 1] {
             let err = import_file(store.layout(), &source, listed).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{listed}: {err}");
@@ -398,78 +310,5 @@ mod tests {
             "{err}"
         );
         holds_nothing(&store)
-    }
-
-    #[test]
-    fn a_received_blob_is_moved_into_place_not_copied() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
-        for len in [10, 300_000] {
-            let data = pattern(len);
-            let (hash, size) = (BlobHash::of(&data), len as u64);
-            let temp = received(&store, &data)?;
-            let inode = fs::metadata(&temp)?.ino();
-            assert!(store.import_received(&temp, &hash, size)?, "new");
-            assert!(!temp.exists(), "renamed away");
-            let stored = fs::metadata(store.layout().blob(&hash))?;
-            assert_eq!(stored.ino(), inode, "the very file written, not a copy");
-            assert_eq!(read_verified(&store, &hash, size)?, data);
-            assert_eq!(disk_bytes(size), {
-                let outboard = fs::metadata(store.layout().outboard(&hash)).map_or(0, |m| m.len());
-                size + outboard
-            });
-        }
-        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 0);
-        Ok(())
-    }
-
-    #[test]
-    fn a_received_file_that_does_not_hash_right_leaves_nothing() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
-        let data = pattern(100_000);
-        let hash = BlobHash::of(&data);
-        let mut changed = data.clone();
-        changed[50_000] ^= 1;
-        let temp = received(&store, &changed)?;
-        let err = store.import_received(&temp, &hash, data.len() as u64);
-        assert!(err.is_err());
-        // Nor a file of another length.
-        let short = received(&store, &data[1..])?;
-        assert!(
-            store
-                .import_received(&short, &hash, data.len() as u64)
-                .is_err()
-        );
-        assert!(!store.has_blob_file(&hash, data.len() as u64));
-        assert_eq!(fs::read_dir(store.layout().blobs_dir())?.count(), 0);
-        // Only the caller's own temporary files are left, for it to remove.
-        assert_eq!(fs::read_dir(store.layout().tmp_dir())?.count(), 2);
-        Ok(())
-    }
-
-    #[test]
-    fn a_blob_stored_already_is_kept_and_a_damaged_one_replaced() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
-        let data = pattern(40_000);
-        let (hash, size) = (BlobHash::of(&data), data.len() as u64);
-        store.import_received(&received(&store, &data)?, &hash, size)?;
-        let first = fs::metadata(store.layout().blob(&hash))?.ino();
-        let again = received(&store, &data)?;
-        assert!(!store.import_received(&again, &hash, size)?, "not new");
-        assert!(again.exists(), "a duplicate is left to the caller");
-        assert_eq!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
-
-        store.mark_damaged(&hash, "test");
-        let repair = received(&store, &data)?;
-        assert!(
-            store.import_received(&repair, &hash, size)?,
-            "written afresh"
-        );
-        assert!(!store.is_damaged(&hash));
-        assert_ne!(fs::metadata(store.layout().blob(&hash))?.ino(), first);
-        assert_eq!(read_verified(&store, &hash, size)?, data);
-        Ok(())
     }
 }

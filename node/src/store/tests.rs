@@ -16,13 +16,13 @@ fn lesson(dir: &Path, files: &[(&str, Vec<u8>)]) {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
         .collect()
 }
 
-fn read_all(
+pub(super) fn read_all(
     store: &Store,
     hash: &BlobHash,
     size: u64,

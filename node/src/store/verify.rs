@@ -413,7 +413,7 @@ pub(crate) fn hash_group(start_chunk: ChunkNum, data: &[u8], is_root: bool) -> b
     blake3::Hash::from(cv)
 }
 
-fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3::Hash {
+pub(crate) fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3::Hash {
     let (l, r): (ChainingValue, ChainingValue) = (*left.as_bytes(), *right.as_bytes());
     if is_root {
         merge_subtrees_root(&l, &r, Mode::Hash)
