@@ -46,7 +46,9 @@
 //! - `PUT /upload/{bundle}/{blob}` with the blob's bytes → [`UploadState`]. The node
 //!   hashes what it receives and keeps it only when it matches `{blob}`; the bundle
 //!   becomes held (and is reported to the coordinator) once nothing is missing.
-//!   Re-running a publish skips what the node already has.
+//!   One body per blob at a time: a second `PUT` of a blob whose body is being
+//!   received answers 503 (`Retry-After`). Re-running a publish skips what the
+//!   node already has.
 
 use crate::{BlobHash, BundleId, NodeId};
 use serde::{Deserialize, Serialize};

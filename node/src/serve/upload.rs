@@ -63,6 +63,22 @@ pub struct Uploads {
     limits: UploadLimits,
     /// Manifests posted and not yet complete, and the room each has reserved.
     pending: Mutex<Reservations>,
+    /// Blobs whose body is being received. One body per blob at a time: the
+    /// room reserved counts each blob once, and bodies of one blob sent many
+    /// times at once would each write a copy past it before any is checked.
+    receiving: Mutex<HashSet<BlobHash>>,
+}
+
+/// A blob's entry in [`Uploads::receiving`], removed when dropped.
+struct Receiving {
+    uploads: Arc<Uploads>,
+    blob: BlobHash,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.uploads.receiving().remove(&self.blob);
+    }
 }
 
 /// The answer of both routes (the admin API's `UploadState`).
@@ -122,6 +138,7 @@ impl Uploads {
             coordinator,
             limits,
             pending: Mutex::new(Reservations::default()),
+            receiving: Mutex::new(HashSet::new()),
         }
     }
 
@@ -271,6 +288,7 @@ impl Uploads {
             }
             Some(_) => {}
         }
+        let receiving = self.clone().start_receiving(blob)?;
         if !pending {
             // A blob sent again for a bundle held here: no reservation covers it.
             let this = self.clone();
@@ -284,6 +302,7 @@ impl Uploads {
         }
         // Syncing a large file is our work, not a stalled client.
         Progress::while_working(working, blocking(move || {
+            let _receiving = receiving;
             let new = self.store.place_received(received).map_err(|e| {
                 tracing::error!(bundle = %bundle, blob = %blob, error = %e, "storing an uploaded blob");
                 HttpError::Internal
@@ -361,6 +380,23 @@ impl Uploads {
     fn pending(&self) -> MutexGuard<'_, Reservations> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn receiving(&self) -> MutexGuard<'_, HashSet<BlobHash>> {
+        self.receiving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `blob`'s body as being received, or refuses a second at once.
+    fn start_receiving(self: Arc<Self>, blob: BlobHash) -> Result<Receiving, HttpError> {
+        if !self.receiving().insert(blob) {
+            return Err(HttpError::Unavailable(
+                "this blob's body is being received by another request: retry later",
+            ));
+        }
+        Ok(Receiving {
+            uploads: self,
+            blob,
+        })
+    }
 }
 
 /// `/upload/{bundle}` or `/upload/{bundle}/{blob}`.
@@ -394,7 +430,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let refused = |e: ReceiveError| match e {
+    let answer = |e: ReceiveError| match e {
         ReceiveError::Longer => HttpError::BadRequest("the body is longer than the blob"),
         ReceiveError::Shorter => HttpError::BadRequest("the body is shorter than the blob"),
         ReceiveError::Disk(e) => {
@@ -404,17 +440,17 @@ where
     };
     let opening = store.clone();
     let mut incoming =
-        blocking(move || opening.incoming(size).map_err(|e| refused(e.into()))).await?;
+        blocking(move || opening.incoming(size).map_err(|e| answer(e.into()))).await?;
     let mut body = pin!(body);
     while let Some(data) = next_data(body.as_mut()).await? {
         // Waiting for the disk to take a batch is our work too.
         Progress::while_working(working.clone(), incoming.push(&data))
             .await
-            .map_err(refused)?;
+            .map_err(answer)?;
     }
     Progress::while_working(working, incoming.finish())
         .await
-        .map_err(refused)
+        .map_err(answer)
 }
 
 /// Reads a manifest body, refusing one over [`MAX_MANIFEST_BYTES`].
