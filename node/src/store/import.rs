@@ -23,10 +23,9 @@ use cartable_proto::wire::GROUP_BYTES;
 
 /// Bytes the hasher reads from the copy per system call.
 const READ_BUFFER: usize = 1 << 20;
-/// Bytes the copy thread copies before telling the hasher.
+/// Bytes the copy thread copies before telling the hasher and starting
+/// their way to disk.
 const COPY_STEP: u64 = 4 << 20;
-/// The copy thread syncs to disk after this many bytes.
-const SYNC_EVERY: u64 = 64 << 20;
 
 /// The outcome of importing one file.
 #[derive(Debug, Clone, Copy)]
@@ -144,27 +143,23 @@ fn open_regular(source: &Path) -> io::Result<File> {
 }
 
 /// The copy thread: `size` bytes from `input` to `data` in [`COPY_STEP`]s,
-/// each announced to the hasher once written, syncing every [`SYNC_EVERY`]
-/// bytes so the final sync has little left to do. Returns whether the source
-/// was exactly `size` bytes long.
+/// each announced to the hasher once written and sent on its way to disk
+/// without waiting, so the final sync has little left to do. Returns whether
+/// the source was exactly `size` bytes long.
 fn copy_in_steps(
     mut input: &File,
     mut data: &File,
     size: u64,
     progress: &mpsc::Sender<u64>,
 ) -> io::Result<bool> {
-    let (mut copied, mut unsynced) = (0, 0);
+    let mut copied = 0;
     while copied < size {
         let n = io::copy(&mut input.take(COPY_STEP.min(size - copied)), &mut data)?;
         if n == 0 {
             return Ok(false);
         }
+        layout::start_writeback(data, copied, n);
         copied += n;
-        unsynced += n;
-        if unsynced >= SYNC_EVERY {
-            data.sync_data()?;
-            unsynced = 0;
-        }
         if progress.send(copied).is_err() {
             return Err(io::Error::other("hashing stopped"));
         }

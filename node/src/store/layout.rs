@@ -131,6 +131,24 @@ pub(crate) fn commit(file: &File, temp: &Path, dest: &Path) -> io::Result<()> {
     fs::rename(temp, dest)
 }
 
+/// Asks the kernel to start writing `len` bytes of `file` from `at` to disk,
+/// without waiting: a large file written this way as it grows is mostly on
+/// disk when its final sync comes, instead of all of it waiting for that
+/// sync (an import of 1 GiB: 0.65 s against 1.0 s, see benches/README.md).
+/// Only a hint: a failure to write shows at the sync, which is checked.
+#[allow(unsafe_code)]
+pub(crate) fn start_writeback(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor is
+    // open for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// Syncs a folder, so that the renames into it survive a power cut.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
