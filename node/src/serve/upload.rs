@@ -63,21 +63,24 @@ pub struct Uploads {
     limits: UploadLimits,
     /// Manifests posted and not yet complete, and the room each has reserved.
     pending: Mutex<Reservations>,
-    /// Blobs whose body is being received. One body per blob at a time: the
-    /// room reserved counts each blob once, and bodies of one blob sent many
-    /// times at once would each write a copy past it before any is checked.
-    receiving: Mutex<HashSet<BlobHash>>,
+    /// Blobs of a bundle whose body is being received. One body per blob
+    /// and bundle at a time: the room a bundle reserved counts each of its
+    /// blobs once, and bodies of one blob sent many times at once would each
+    /// write a copy past it before any is checked. Per bundle, so that the
+    /// holder of one bundle's grant cannot hold up another's upload of a
+    /// blob both have.
+    receiving: Mutex<HashSet<(BundleId, BlobHash)>>,
 }
 
-/// A blob's entry in [`Uploads::receiving`], removed when dropped.
+/// A body's entry in [`Uploads::receiving`], removed when dropped.
 struct Receiving {
     uploads: Arc<Uploads>,
-    blob: BlobHash,
+    key: (BundleId, BlobHash),
 }
 
 impl Drop for Receiving {
     fn drop(&mut self) {
-        self.uploads.receiving().remove(&self.blob);
+        self.uploads.receiving().remove(&self.key);
     }
 }
 
@@ -288,7 +291,7 @@ impl Uploads {
             }
             Some(_) => {}
         }
-        let receiving = self.clone().start_receiving(blob)?;
+        let receiving = self.clone().start_receiving(bundle, blob)?;
         if !pending {
             // A blob sent again for a bundle held here: no reservation covers it.
             let this = self.clone();
@@ -381,21 +384,24 @@ impl Uploads {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn receiving(&self) -> MutexGuard<'_, HashSet<BlobHash>> {
+    fn receiving(&self) -> MutexGuard<'_, HashSet<(BundleId, BlobHash)>> {
         self.receiving.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `blob`'s body as being received, or refuses a second at once.
-    fn start_receiving(self: Arc<Self>, blob: BlobHash) -> Result<Receiving, HttpError> {
-        if !self.receiving().insert(blob) {
+    /// Marks `blob`'s body as being received for `bundle`, or refuses a
+    /// second at once.
+    fn start_receiving(
+        self: Arc<Self>,
+        bundle: BundleId,
+        blob: BlobHash,
+    ) -> Result<Receiving, HttpError> {
+        let key = (bundle, blob);
+        if !self.receiving().insert(key) {
             return Err(HttpError::Unavailable(
                 "this blob's body is being received by another request: retry later",
             ));
         }
-        Ok(Receiving {
-            uploads: self,
-            blob,
-        })
+        Ok(Receiving { uploads: self, key })
     }
 }
 

@@ -64,7 +64,7 @@ pub fn disk_bytes(size: u64) -> u64 {
 
 /// Writes the temporary data and outboard files and returns the hash. A second
 /// thread copies the source in the kernel (`io::copy` between files is
-/// `copy_file_range` on Linux) and syncs as it goes; this thread hashes the
+/// `copy_file_range` on Linux) and sends it to disk as it goes; this thread hashes the
 /// copy as it lands, from the page cache. The hash is thus of the bytes stored,
 /// whatever the source did meanwhile, and copying, hashing and the disk overlap.
 fn copy_and_hash(
@@ -144,8 +144,8 @@ fn open_regular(source: &Path) -> io::Result<File> {
 
 /// The copy thread: `size` bytes from `input` to `data` in [`COPY_STEP`]s,
 /// each announced to the hasher once written and sent on its way to disk
-/// without waiting, so the final sync has little left to do. Returns whether
-/// the source was exactly `size` bytes long.
+/// ([`layout::write_behind`]), so the final sync has little left to do.
+/// Returns whether the source was exactly `size` bytes long.
 fn copy_in_steps(
     mut input: &File,
     mut data: &File,
@@ -158,7 +158,7 @@ fn copy_in_steps(
         if n == 0 {
             return Ok(false);
         }
-        layout::start_writeback(data, copied, n);
+        layout::write_behind(data, copied, n);
         copied += n;
         if progress.send(copied).is_err() {
             return Err(io::Error::other("hashing stopped"));

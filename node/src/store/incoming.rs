@@ -138,7 +138,7 @@ impl Files {
         self.data
             .write_all_at(&batch.data, batch.at)
             .map_err(io_at(&self.data_path))?;
-        layout::start_writeback(&self.data, batch.at, batch.data.len() as u64);
+        layout::write_behind(&self.data, batch.at, batch.data.len() as u64);
         if let Some(file) = &self.outboard {
             file.write_all_at(&batch.outboard, batch.outboard_at)
                 .map_err(io_at(&self.outboard_path))?;
