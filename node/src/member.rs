@@ -50,6 +50,24 @@ const MIN_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// Counts reported to the coordinator: lies per peer, damaged blobs.
 type Reported = (BTreeMap<NodeId, u64>, u64);
 
+/// The coordinator's answer refusing this node, as opposed to no answer:
+/// retrying alone will not mend it, so the log says what will.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(
+        "the coordinator refused this node's join: {0}. A join token admits one node, once: \
+         make a new one (`cartable token create` where the coordinator runs), run \
+         `cartable-node join TOKEN` here, then restart this daemon"
+    )]
+    Join(String),
+    #[error(
+        "the coordinator refused this node's heartbeat: {0}. A node removed from the cluster \
+         (`cartable node remove`) comes back only with a new token: `cartable-node join TOKEN` \
+         here, then restart this daemon"
+    )]
+    Heartbeat(String),
+}
+
 /// What `cartable-node join` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Membership {
@@ -301,7 +319,14 @@ impl Member {
                 }
                 Err(e) => {
                     conn = None;
-                    tracing::warn!(coordinator = %self.coordinator, error = format!("{e:#}"), "no orders from the coordinator; going on with the last ones");
+                    let error = format!("{e:#}");
+                    if e.downcast_ref::<Refused>().is_some() {
+                        tracing::error!(coordinator = %self.coordinator, "{error}");
+                    } else if last.is_some() {
+                        tracing::warn!(coordinator = %self.coordinator, error, "no orders from the coordinator; going on with the last ones");
+                    } else {
+                        tracing::warn!(coordinator = %self.coordinator, error, "no orders from the coordinator yet; trying again at each beat");
+                    }
                 }
             }
             if let Some(orders) = last.clone() {
@@ -352,7 +377,7 @@ impl Member {
                     m.joined = true;
                     m.save(&self.data_dir)?;
                 }
-                ControlResponse::Refused { reason } => bail!("join refused: {reason}"),
+                ControlResponse::Refused { reason } => return Err(Refused::Join(reason).into()),
                 other => bail!("unexpected answer to a join: {other:?}"),
             }
         }
@@ -363,7 +388,7 @@ impl Member {
                 *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = counts;
                 Ok(orders)
             }
-            ControlResponse::Refused { reason } => bail!("heartbeat refused: {reason}"),
+            ControlResponse::Refused { reason } => Err(Refused::Heartbeat(reason).into()),
             other => bail!("unexpected answer to a heartbeat: {other:?}"),
         }
     }

@@ -125,6 +125,13 @@ impl Node {
         Self::spawn(Command::new(node_binary()), data_dir, extra)
     }
 
+    /// Like [`Node::start_in`], its logs (standard error) written to `log`.
+    pub fn start_logging_to(data_dir: &Path, extra: &[&str], log: &Path) -> anyhow::Result<Self> {
+        let mut command = Command::new(node_binary());
+        command.stderr(std::fs::File::create(log)?);
+        Self::spawn(command, data_dir, extra)
+    }
+
     /// Starts it again on the same folder and addresses, after a stop or a
     /// kill: a machine coming back (a node's address is fixed at join).
     pub fn restart(&mut self) -> anyhow::Result<()> {

@@ -302,13 +302,24 @@ fn names_keep_their_history_tokens_can_be_revoked_and_plans_are_previewed() -> a
     ensure_success(&c.cartable(&["token", "revoke", &id])?, "token revoke")?;
     let dir = tempfile::tempdir()?;
     ensure_success(&cli_in(dir.path(), &["join", &token])?, "join")?;
-    let _late = Node::start_in(dir.path(), &[])?;
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("node.log");
+    let _late = Node::start_logging_to(dir.path(), &[], &log)?;
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         c.json(&["nodes"])?.as_array().map(Vec::len),
         Some(4),
         "revoked"
     );
+    // The refused node says why and what mends it, not that it goes on.
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(
+        logged.lines().any(|l| l.contains("ERROR")
+            && l.contains("the coordinator refused this node's join")
+            && l.contains("cartable-node join TOKEN")),
+        "{logged}"
+    );
+    assert!(!logged.contains("going on with the last ones"), "{logged}");
 
     let holder = complete(c, &first)?[0].0.clone();
     let preview = c.json(&["plan", "--dry-run", "--without", &holder])?;
