@@ -203,8 +203,14 @@ impl Cli {
             Command::Join { token, capacity } => {
                 let id = Identity::load_or_create(&config.data_dir)?.id();
                 let token = crate::member::join(&config.data_dir, &token, capacity)?;
+                // A running daemon read its membership when it started.
+                let when = if AdminClient::connect(&config.data_dir).is_some() {
+                    "once the daemon running on this data folder is restarted"
+                } else {
+                    "when `cartable-node serve` starts"
+                };
                 cartable_net::say!(
-                    "node {id} will join coordinator {} at {} when `cartable-node serve` starts",
+                    "node {id} will join coordinator {} at {} {when}",
                     token.coordinator,
                     token.quic
                 )?;

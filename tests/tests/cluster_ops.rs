@@ -320,6 +320,16 @@ fn names_keep_their_history_tokens_can_be_revoked_and_plans_are_previewed() -> a
         "{logged}"
     );
     assert!(!logged.contains("going on with the last ones"), "{logged}");
+    // A new token given while the daemon runs is taken at its restart, and
+    // the command says so.
+    let fresh = c.token("sud", "nice")?;
+    let joined = cli_in(dir.path(), &["join", &fresh])?;
+    ensure_success(&joined, "join again")?;
+    let said = String::from_utf8(joined.stdout)?;
+    assert!(
+        said.contains("once the daemon running on this data folder is restarted"),
+        "{said}"
+    );
 
     let holder = complete(c, &first)?[0].0.clone();
     let preview = c.json(&["plan", "--dry-run", "--without", &holder])?;
