@@ -223,10 +223,9 @@ impl Cli {
 /// Writes the commented configuration file.
 fn init(file: &Path, data_dir: Option<&Path>, force: bool) -> anyhow::Result<()> {
     let template = crate::config::template();
-    cartable_net::config::template::write_template(file, &template, data_dir, force)?;
+    let written = cartable_net::config::template::write_template(file, &template, data_dir, force)?;
     cartable_net::say!(
-        "wrote {0}: every setting, commented out at its default; edit it, then run \
-         `cartable-node --config {0} serve`",
+        "{written}; edit it, then run `cartable-node --config {} serve`",
         file.display()
     )?;
     Ok(())

@@ -100,21 +100,27 @@ fn the_data_dir_given_to_init_is_the_one_the_config_file_uses() -> anyhow::Resul
         Ok(String::from_utf8(out.stdout)?)
     };
     let node = node_binary();
-    run(
+    let said = run(
         node,
         &["--config", "n.toml", "--data-dir", "nd", "init"],
         dir.path(),
     )?;
+    let nd = dir.path().join("nd");
+    let live = format!("but data_dir, set to {}", nd.display());
+    assert!(said.contains(&live), "{said}");
     let config = dir.path().join("n.toml");
     let config = config.to_str().unwrap();
     let id = run(node, &["--config", config, "id"], elsewhere.path())?;
     assert_eq!(run(node, &["--data-dir", "nd", "id"], dir.path())?, id);
     let coordinator = cartable_tests::node::binary("cartable-coordinator");
-    run(
+    let said = run(
         &coordinator,
         &["--config", "c.toml", "--data-dir", "cd", "init"],
         dir.path(),
     )?;
+    let cd = dir.path().join("cd");
+    let live = format!("but data_dir, set to {}", cd.display());
+    assert!(said.contains(&live), "{said}");
     let backup = dir.path().join("c.backup");
     let config = dir.path().join("c.toml");
     let args = [

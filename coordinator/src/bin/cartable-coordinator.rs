@@ -92,11 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let file = file.unwrap_or_else(|| "cartable-coordinator.toml".into());
         let template = cartable_coordinator::config::template();
         let data_dir = cli.data_dir.as_deref();
-        cartable_net::config::template::write_template(&file, &template, data_dir, *force)?;
-        cartable_net::say!(
-            "wrote {}: every setting, commented out at its default",
-            file.display()
-        )?;
+        let written =
+            cartable_net::config::template::write_template(&file, &template, data_dir, *force)?;
+        cartable_net::say!("{written}")?;
         config_file = Some(file);
     }
     let overrides = Overrides {

@@ -107,15 +107,29 @@ pub fn uncomment_defaults(template: &str) -> String {
 
 /// Writes `template` to `path`, with `data_dir` as its live `data_dir` if
 /// given (`init --data-dir`); an existing file is kept unless `force`.
+/// Returns what was written, in one line for the user.
 pub fn write_template(
     path: &Path,
     template: &str,
     data_dir: Option<&Path>,
     force: bool,
-) -> anyhow::Result<()> {
-    let template = match data_dir {
-        Some(dir) => with_data_dir(template, dir)?,
-        None => template.to_owned(),
+) -> anyhow::Result<String> {
+    let (template, written) = match data_dir {
+        Some(dir) => {
+            let (template, live) = with_data_dir(template, dir)?;
+            let written = format!(
+                "wrote {}: every setting commented out at its default but data_dir, set to {live}",
+                path.display()
+            );
+            (template, written)
+        }
+        None => {
+            let written = format!(
+                "wrote {}: every setting, commented out at its default",
+                path.display()
+            );
+            (template.to_owned(), written)
+        }
     };
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
@@ -133,13 +147,15 @@ pub fn write_template(
     };
     file.write_all(template.as_bytes())
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(written)
 }
 
 /// `template` with its commented-out `data_dir` line made live with `dir`
 /// (made absolute): the folder given to `init --data-dir` is the one a later
-/// `--config FILE serve` uses, wherever it runs from, not the default.
-fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<String> {
+/// `--config FILE serve` uses, wherever it runs from, not the default. Also
+/// that folder, as written.
+fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<(String, String)> {
     let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
     let dir = dir
         .to_str()
@@ -158,7 +174,7 @@ fn with_data_dir(template: &str, dir: &Path) -> anyhow::Result<String> {
         })
         .collect();
     anyhow::ensure!(found, "the template has no data_dir line");
-    Ok(lines.join("\n") + "\n")
+    Ok((lines.join("\n") + "\n", dir.to_owned()))
 }
 
 /// `doc` with the text between `<!-- begin NAME -->` and `<!-- end NAME -->`
@@ -189,10 +205,11 @@ mod tests {
     #[test]
     fn a_data_dir_given_to_init_is_written_live_and_absolute() -> anyhow::Result<()> {
         let template = "# Where.\n#data_dir = \"./data\"\n[https]\n#data_dir = \"x\"\n";
-        let written = with_data_dir(template, Path::new("école \"A\""))?;
+        let (written, live) = with_data_dir(template, Path::new("école \"A\""))?;
         let table: toml::Table = written.parse()?;
         let dir = std::env::current_dir()?.join("école \"A\"");
         assert_eq!(table["data_dir"].as_str(), dir.to_str());
+        assert_eq!(Some(live.as_str()), dir.to_str());
         assert!(
             written.contains("[https]\n#data_dir = \"x\"\n"),
             "{written}"
