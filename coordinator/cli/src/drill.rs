@@ -42,7 +42,7 @@ pub struct DrillArgs {
     /// Bytes per second one copy runs at, e.g. 20MiB: the nodes'
     /// `quic.fetch_rate_mib_s`, or a rate measured on a real copy. Without it
     /// the time left out is the transfer's.
-    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
     copy_rate: Option<u64>,
     #[command(flatten)]
     out: Output,
@@ -103,6 +103,18 @@ pub struct Estimate {
     pub copy_rate: Option<u64>,
     /// The model, in words.
     pub assumes: String,
+}
+
+/// A copy rate, a size with its unit (20MiB). A bare number is refused: the
+/// nodes' `fetch_rate_mib_s` is a bare number of MiB, and the same number
+/// read as bytes would estimate a repair of months.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit: give {text}MiB for the nodes' fetch_rate_mib_s = {text}"
+        ));
+    }
+    units::parse_size(text)
 }
 
 impl DrillCommand {

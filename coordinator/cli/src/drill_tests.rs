@@ -154,3 +154,11 @@ fn urgent_bundles_do_not_wait_and_no_rate_leaves_the_transfer_out() -> anyhow::R
     assert!(shown.contains("no --copy-rate"), "{shown}");
     Ok(())
 }
+
+#[test]
+fn a_copy_rate_needs_its_unit() {
+    let bare = parse_rate("20").unwrap_err();
+    assert!(bare.contains("20MiB"), "{bare}");
+    assert_eq!(parse_rate("20MiB"), Ok(20 << 20));
+    assert!(parse_rate("20 furlongs").is_err());
+}
