@@ -382,7 +382,7 @@ fn urgency(
 }
 
 fn describe(u: &cartable_placement::Unplaced) -> String {
-    format!("{} of {} copies placed: {:?}", u.placed, u.wanted, u.reason)
+    format!("{} of {} copies placed: {}", u.placed, u.wanted, u.reason)
 }
 
 fn apply_target(c: &mut Cluster, bundle: BundleId, target: &[NodeId]) -> anyhow::Result<()> {

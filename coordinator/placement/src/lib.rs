@@ -154,6 +154,17 @@ pub enum UnplacedReason {
     NoCapacity,
 }
 
+/// In words, as an operator reads it in `cartable bundles`.
+impl std::fmt::Display for UnplacedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TooFewNodes => "fewer nodes can take a copy than copies wanted",
+            Self::TooLarge => "too few nodes are large enough for it, even empty",
+            Self::NoCapacity => "the nodes large enough are too full",
+        })
+    }
+}
+
 /// Places `bundles` on the nodes of `topology`, keeping what `previous` already
 /// placed where the rules allow. Bundles in `previous` but not in `bundles` are
 /// dropped; nodes in `previous` but not in `topology` lose their replicas. See the

@@ -142,6 +142,11 @@ fn down_copies_with_nowhere_to_go_are_kept_for_their_return() -> anyhow::Result<
     }
     sim.run_for(sim.policy.repair_delay + sim.policy.down_after)?;
     assert_eq!(sim.c.unplaced.len(), 1, "nowhere to repair");
+    // What `cartable bundles` shows in its PROBLEM column, in words.
+    assert_eq!(
+        sim.c.unplaced[&b],
+        "1 of 3 copies placed: fewer nodes can take a copy than copies wanted"
+    );
     assert_eq!(sim.whole(&b), 3, "{:?}", sim.states(&b));
 
     for n in &placed[1..] {
