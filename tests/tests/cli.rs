@@ -99,28 +99,25 @@ fn the_data_dir_given_to_init_is_the_one_the_config_file_uses() -> anyhow::Resul
         );
         Ok(String::from_utf8(out.stdout)?)
     };
+    // `init` says the folder it wrote live.
+    let init = |binary: &Path, file: &str, data: &str| -> anyhow::Result<()> {
+        let said = run(
+            binary,
+            &["--config", file, "--data-dir", data, "init"],
+            dir.path(),
+        )?;
+        let live = format!("but data_dir, set to {}", dir.path().join(data).display());
+        assert!(said.contains(&live), "{said}");
+        Ok(())
+    };
     let node = node_binary();
-    let said = run(
-        node,
-        &["--config", "n.toml", "--data-dir", "nd", "init"],
-        dir.path(),
-    )?;
-    let nd = dir.path().join("nd");
-    let live = format!("but data_dir, set to {}", nd.display());
-    assert!(said.contains(&live), "{said}");
+    init(node, "n.toml", "nd")?;
     let config = dir.path().join("n.toml");
     let config = config.to_str().unwrap();
     let id = run(node, &["--config", config, "id"], elsewhere.path())?;
     assert_eq!(run(node, &["--data-dir", "nd", "id"], dir.path())?, id);
     let coordinator = cartable_tests::node::binary("cartable-coordinator");
-    let said = run(
-        &coordinator,
-        &["--config", "c.toml", "--data-dir", "cd", "init"],
-        dir.path(),
-    )?;
-    let cd = dir.path().join("cd");
-    let live = format!("but data_dir, set to {}", cd.display());
-    assert!(said.contains(&live), "{said}");
+    init(&coordinator, "c.toml", "cd")?;
     let backup = dir.path().join("c.backup");
     let config = dir.path().join("c.toml");
     let args = [

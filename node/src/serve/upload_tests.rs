@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use super::body::Body;
 use super::{ServeContext, UploadLimits, Uploads, respond};
 use crate::store::Store;
+use crate::store::tests::tmp_count_settled;
 use cartable_net::identity::Identity;
 
 /// Over two of the batches a received body is written in.
@@ -150,16 +151,8 @@ impl Fixture {
     /// files of refused bodies are removed (on a blocking thread, so shortly
     /// after the answer), or after 5 s.
     async fn files_kept(&self) -> anyhow::Result<usize> {
-        let count = |dir: &str| -> anyhow::Result<usize> {
-            Ok(fs::read_dir(self.dirs[0].path().join(dir))?.count())
-        };
-        for _ in 0..500 {
-            if count("tmp")? == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        Ok(count("blobs")? + count("tmp")?)
+        let blobs = fs::read_dir(self.store.layout().blobs_dir())?.count();
+        Ok(blobs + tmp_count_settled(&self.store).await?)
     }
 }
 

@@ -27,7 +27,7 @@ mod cached_tests;
 #[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::fs::{self, File};

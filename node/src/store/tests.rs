@@ -22,6 +22,19 @@ pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Files in the store's `tmp/` once those let go of are removed (on a
+/// blocking thread, so shortly after), or after 5 s.
+pub(crate) async fn tmp_count_settled(store: &Store) -> anyhow::Result<usize> {
+    let count = || Ok::<_, anyhow::Error>(fs::read_dir(store.layout().tmp_dir())?.count());
+    for _ in 0..500 {
+        if count()? == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    count()
+}
+
 pub(super) fn read_all(
     store: &Store,
     hash: &BlobHash,

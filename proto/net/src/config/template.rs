@@ -114,22 +114,12 @@ pub fn write_template(
     data_dir: Option<&Path>,
     force: bool,
 ) -> anyhow::Result<String> {
-    let (template, written) = match data_dir {
+    let (template, set) = match data_dir {
         Some(dir) => {
             let (template, live) = with_data_dir(template, dir)?;
-            let written = format!(
-                "wrote {}: every setting commented out at its default but data_dir, set to {live}",
-                path.display()
-            );
-            (template, written)
+            (template, format!(", but data_dir, set to {live}"))
         }
-        None => {
-            let written = format!(
-                "wrote {}: every setting, commented out at its default",
-                path.display()
-            );
-            (template.to_owned(), written)
-        }
+        None => (template.to_owned(), String::new()),
     };
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
@@ -148,7 +138,10 @@ pub fn write_template(
     file.write_all(template.as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(written)
+    Ok(format!(
+        "wrote {}: every setting, commented out at its default{set}",
+        path.display()
+    ))
 }
 
 /// `template` with its commented-out `data_dir` line made live with `dir`
