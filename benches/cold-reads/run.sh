@@ -29,12 +29,7 @@ environment (defaults):
 EOF
 }
 
-[[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
-(($# >= 1 && $# <= 2)) || { usage >&2; exit 2; }
-NODES=("$@")
-for n in "${NODES[@]}"; do
-    [[ -x $n ]] || { echo "run.sh: no executable node at '$n'" >&2; exit 2; }
-done
+source "$(dirname "$0")/../nodes.sh"
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-8}
 HOT_RPS=${HOT_RPS:-300}

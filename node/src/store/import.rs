@@ -169,7 +169,7 @@ fn copy_in_steps(
     Ok(!longer)
 }
 
-fn changed(source: &Path) -> io::Error {
+pub(super) fn changed(source: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("{} changed while being imported", source.display()),

@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use cartable_proto::{BlobHash, BundleId};
 
@@ -192,4 +193,14 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// What identifies the version of a file: a repair replaces a blob's file by a
+/// new one, with its own modification time.
+pub(crate) type Stamp = Option<(u64, Option<SystemTime>)>;
+
+/// The [`Stamp`] of the file at `path`; `None` if there is none.
+pub(crate) fn stamp(path: &Path) -> Stamp {
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
 }

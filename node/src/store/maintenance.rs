@@ -2,10 +2,18 @@
 //! every blob, drop orphans) and `rebuild-index` (a new index from the files alone).
 
 use std::fs;
+use std::time::{Duration, SystemTime};
 
 use cartable_proto::{BlobHash, BundleId};
 
 use super::{ReadFault, Store, StoreError, VerifyError, io_at, layout};
+
+/// How long `check` keeps a blob file the index does not know. Such a file is
+/// left by a crash between storing a blob and recording its bundle, or is a
+/// blob of an upload or a copy under way: an upload's blobs are stored as they
+/// arrive and recorded once the bundle is complete, which its grant allows for
+/// a day. Twice that, so that `check` never deletes one.
+const UNRECORDED_KEPT: Duration = Duration::from_secs(2 * 24 * 3600);
 
 /// One thing `check` found wrong.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -25,7 +33,8 @@ pub struct CheckReport {
     pub blobs_ok: u64,
     /// Bytes verified.
     pub bytes_verified: u64,
-    /// Unreferenced blobs deleted.
+    /// Blobs deleted that no bundle references: left by a crash or an
+    /// interrupted removal, or an abandoned upload's older than two days.
     pub orphans_removed: u64,
     /// Damaged or missing bundles and blobs; each damaged blob is marked for repair.
     pub problems: Vec<Problem>,
@@ -60,37 +69,49 @@ impl Store {
 
     /// Re-verifies every bundle manifest and every blob against its hash, marks
     /// damaged blobs for repair, and deletes blobs no bundle references.
+    ///
+    /// On a large store this reads for hours, so it reads without the store's
+    /// write lock: copies, uploads and browsers' fetches through this node
+    /// commit beside it. The lock is taken only to judge a blob that failed
+    /// (unless it changed meanwhile: repaired, or removed with its bundle) and,
+    /// at the end, to delete the orphans.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = CheckReport::default();
         for b in self.bundles()? {
             match self.read_manifest(&b.id) {
                 Ok(_) => report.bundles_ok += 1,
+                // Removed since it was listed: not a problem.
+                Err(_) if !self.holds(&b.id)? => {}
                 Err(e) => report.problems.push(Problem {
                     id: b.id.to_hex(),
                     what: e.to_string(),
                 }),
             }
         }
-        let indexed = self.index().blobs().map_err(|e| self.index_err(e))?;
-        let mut orphans = Vec::new();
-        for (hash, size) in &indexed {
-            if !self.index().is_referenced(hash) && !self.index().is_cached(hash) {
-                orphans.push(*hash);
+        for (hash, size) in self.index().blobs().map_err(|e| self.index_err(e))? {
+            if !self.index().is_referenced(&hash) && !self.index().is_cached(&hash) {
+                // An orphan, deleted below.
                 continue;
             }
-            match self.verify_blob(hash, *size) {
+            let seen = layout::stamp(&self.layout.blob(&hash));
+            match self.verify_blob(&hash, size) {
                 Ok(()) => {
                     report.blobs_ok += 1;
                     report.bytes_verified += size;
                     self.index()
-                        .clear_damaged(hash)
+                        .clear_damaged(&hash)
                         .map_err(|e| self.index_err(e))?;
                 }
                 Err(e) => {
+                    let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                    if layout::stamp(&self.layout.blob(&hash)) != seen
+                        || self.index().blob_size(&hash).is_none()
+                    {
+                        continue;
+                    }
                     // Marked only when the files are wrong or gone; a check
                     // run short of descriptors reports the blob, marks nothing.
-                    let what = match self.read_failed_holding_writes(hash, &e) {
+                    let what = match self.read_failed_holding_writes(&hash, &e) {
                         ReadFault::Damaged => e.to_string(),
                         ReadFault::Transient => format!("cannot read now: {e}"),
                     };
@@ -101,16 +122,36 @@ impl Store {
                 }
             }
         }
-        // Blob files the index does not know: left by a crash before indexing.
+        report.orphans_removed = self.remove_orphans(SystemTime::now())?;
+        Ok(report)
+    }
+
+    /// Deletes the blobs no bundle references and none keeps as cache, and
+    /// the blob files the index does not know that were last written more
+    /// than [`UNRECORDED_KEPT`] before `now`; returns how many.
+    fn remove_orphans(&self, now: SystemTime) -> Result<u64, StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let indexed = self.index().blobs().map_err(|e| self.index_err(e))?;
+        let mut orphans: Vec<BlobHash> = indexed
+            .iter()
+            .map(|(hash, _)| *hash)
+            .filter(|hash| !self.index().is_referenced(hash) && !self.index().is_cached(hash))
+            .collect();
         let blobs_dir = self.layout.blobs_dir();
         for hash in self.layout.blob_files().map_err(io_at(&blobs_dir))? {
-            if indexed.binary_search_by(|(h, _)| h.cmp(&hash)).is_err() {
+            if indexed.binary_search_by(|(h, _)| h.cmp(&hash)).is_ok() {
+                continue;
+            }
+            let written = fs::metadata(self.layout.blob(&hash))
+                .or_else(|_| fs::metadata(self.layout.outboard(&hash)))
+                .and_then(|m| m.modified());
+            let age = written.map(|at| now.duration_since(at).unwrap_or_default());
+            if age.is_ok_and(|age| age > UNRECORDED_KEPT) {
                 orphans.push(hash);
             }
         }
-        report.orphans_removed = orphans.len() as u64;
         self.delete_blobs(&orphans)?;
-        Ok(report)
+        Ok(orphans.len() as u64)
     }
 
     fn verify_blob(&self, hash: &BlobHash, size: u64) -> Result<(), VerifyError> {

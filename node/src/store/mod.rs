@@ -25,6 +25,8 @@ pub mod verify;
 #[cfg(test)]
 mod cached_tests;
 #[cfg(test)]
+mod maintenance_tests;
+#[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -212,23 +214,45 @@ impl Store {
     /// Imports every file of `dir` as one bundle. Refuses the whole folder, before
     /// importing anything, if one entry breaks the rules. Adding a folder twice
     /// gives the same id and writes nothing new.
+    ///
+    /// A large lesson takes minutes to copy, so the files are imported without
+    /// the store's write lock: copies, uploads and browsers' fetches through
+    /// this node commit meanwhile. Under the lock, each blob is then checked
+    /// still whole before the bundle is recorded.
     pub fn add_folder(&self, dir: &Path) -> Result<AddReport, StoreError> {
         let folder = Folder::read(dir)?;
-        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let mut new_bytes = 0;
+        let mut sources = Vec::with_capacity(folder.files().len());
         let manifest = folder.manifest(|f| {
-            let imported =
-                import::import_file(&self.layout, &f.source, f.size).map_err(io_at(&f.source))?;
+            let imported = self.import(&f.source, f.size)?;
             if imported.new {
                 new_bytes += imported.size;
-                // Written afresh from the source, perhaps where the scrub had
-                // removed a damaged copy.
-                self.index()
-                    .clear_damaged(&imported.hash)
-                    .map_err(|e| self.index_err(e))?;
             }
+            sources.push((f.source.clone(), imported));
             Ok::<_, StoreError>(imported.hash)
         })?;
+        let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, imported) in &sources {
+            // Found stored, and so not copied, then removed with the bundle
+            // that held it, or marked damaged since: copied again, now that
+            // nothing else can remove it.
+            if self.has_blob_file(&imported.hash, imported.size) {
+                continue;
+            }
+            for path in [
+                self.layout.blob(&imported.hash),
+                self.layout.outboard(&imported.hash),
+            ] {
+                layout::remove_if_present(&path).map_err(io_at(&path))?;
+            }
+            let again = self.import(source, imported.size)?;
+            if again.hash != imported.hash {
+                return Err(io_at(source)(import::changed(source)));
+            }
+            if !imported.new {
+                new_bytes += again.size;
+            }
+        }
         layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
         let id = manifest.id();
         let path = self.layout.bundle(&id);
@@ -242,6 +266,19 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::new(manifest));
         Ok(AddReport { summary, new_bytes })
+    }
+
+    /// Imports one file ([`import::import_file`]).
+    fn import(&self, source: &Path, size: u64) -> Result<import::Imported, StoreError> {
+        let imported = import::import_file(&self.layout, source, size).map_err(io_at(source))?;
+        if imported.new {
+            // Written afresh from the source, perhaps where the scrub had
+            // removed a damaged copy.
+            self.index()
+                .clear_damaged(&imported.hash)
+                .map_err(|e| self.index_err(e))?;
+        }
+        Ok(imported)
     }
 
     /// Every bundle held, by id.

@@ -12,16 +12,15 @@
 //! blob, so adds, fetches and reads go on beside it. Its pace caps the disk
 //! bandwidth it takes, so that it never competes with pupils.
 
-use std::fs;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cartable_proto::{BlobHash, BundleId};
 
-use super::{Store, StoreError, VerifyError, io_at, layout};
+use super::layout::{self, Stamp, stamp};
+use super::{Store, StoreError, VerifyError, io_at};
 use cartable_net::https::shed::{Level, Pressure};
 
 /// How long a scrub paused for browsers waits before it looks again.
@@ -69,15 +68,6 @@ enum Verdict {
     Removed,
     /// Not judged: changed while being read, or unreadable for now.
     Skipped,
-}
-
-/// What identifies the version of a file: a repair replaces a blob's file by a
-/// new one, with its own modification time.
-type Stamp = Option<(u64, Option<SystemTime>)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()))
 }
 
 /// Sets its flag when dropped: dropping [`scrub_forever`] stops the blocking

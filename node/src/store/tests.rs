@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn lesson(dir: &Path, files: &[(&str, Vec<u8>)]) {
+pub(super) fn lesson(dir: &Path, files: &[(&str, Vec<u8>)]) {
     for (path, data) in files {
         let p = dir.join(path);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
