@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copies beside a node's own maintenance: how long node A takes to copy a
 # small lesson from node B (`cartable-node fetch`, through A's daemon) alone,
-# while `cartable-node check` re-verifies a large lesson A holds, and while
-# `cartable-node add` copies a large lesson into A. A copy, an upload or a
+# while `cartable-node check` re-verifies a large lesson A holds, while
+# `cartable-node add` copies a large lesson into A, and while `cartable-node
+# rm` removes the large lesson. A copy, an upload or a
 # browser's fetch through a node commits under the store's write lock, so a
 # maintenance step that holds that lock while it reads holds them all up.
 # Rounds alternate between the cases and the builds. See benches/README.md,
@@ -19,6 +20,7 @@ environment (defaults):
   ROUNDS   rounds per binary and case                      (3)
   GIB      size of the large lesson, GiB                    (6)
   FILES    files of 4 KiB in the small lesson, copied       (20)
+  LEAD     seconds the maintenance runs before the copy     (0.2)
   DIR      where the data folders go: a disk, not tmpfs     (/var/tmp)
 USAGE
 }
@@ -27,10 +29,12 @@ source "$(dirname "$0")/../nodes.sh"
 ROUNDS=${ROUNDS:-3}
 GIB=${GIB:-6}
 FILES=${FILES:-20}
+LEAD=${LEAD:-0.2}
 DIR=${DIR:-/var/tmp}
 for v in ROUNDS GIB FILES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: $v must be a positive integer" >&2; exit 2; }
 done
+[[ $LEAD =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "run.sh: LEAD must be a number of seconds" >&2; exit 2; }
 
 log() { printf '[maintenance] %s\n' "$*" >&2; }
 
@@ -91,6 +95,8 @@ round() { # NODE INDEX CASE
     local a="$WORK/a" b="$WORK/b"
     rm -rf "$a" "$b" "$a".* "$b".*
     "$node" --data-dir "$a" add "$WORK/large" > /dev/null 2>&1
+    local large
+    large=$("$node" --data-dir "$a" bundles --json | sed -n 's/.*"id": *"\([0-9a-f]*\)".*/\1/p' | head -1)
     "$node" --data-dir "$b" add "$WORK/small" > /dev/null 2>&1
     local small
     small=$("$node" --data-dir "$b" bundles --json | sed -n 's/.*"id": *"\([0-9a-f]*\)".*/\1/p' | head -1)
@@ -107,9 +113,10 @@ round() { # NODE INDEX CASE
         alone) ;;
         check) "$node" --data-dir "$a" check > /dev/null & busy=$! ;;
         add) "$node" --data-dir "$a" add "$WORK/large2" > /dev/null 2>&1 & busy=$! ;;
+        rm) "$node" --data-dir "$a" rm "$large" > /dev/null 2>&1 & busy=$! ;;
     esac
     [[ -z $busy ]] || PIDS+=("$busy")
-    sleep 0.5
+    sleep "$LEAD"
     local t
     t=$(timed "$node" --data-dir "$a" fetch "$small" --from "$from")
     "$node" --data-dir "$a" bundles --json | grep -q "$small" ||
@@ -132,7 +139,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR
 spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
 
 for r in $(seq 1 "$ROUNDS"); do
-    for case in alone check add; do
+    for case in alone check add rm; do
         for n in "${!NODES[@]}"; do
             round "${NODES[$n]}" "$n" "$case"
         done
@@ -141,7 +148,7 @@ done
 
 printf '\n%-8s %-7s %-18s %s\n' node case "copy s (median)" "spread"
 for n in "${!NODES[@]}"; do
-    for case in alone check add; do
+    for case in alone check add rm; do
         printf '%-8s %-7s %-18s %s\n' "$n" "$case" \
             "$(median <<< "${TIMES[$n,$case]}")" "$(spread <<< "${TIMES[$n,$case]}")"
     done
