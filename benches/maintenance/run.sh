@@ -37,6 +37,8 @@ done
 [[ $LEAD =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "run.sh: LEAD must be a number of seconds" >&2; exit 2; }
 
 log() { printf '[maintenance] %s\n' "$*" >&2; }
+((EUID == 0)) ||
+    log "not root: the page cache cannot be dropped, so a check reads from memory, not the disk"
 
 WORK=$(mktemp -d "$DIR/cartable-maint.XXXXXX")
 PIDS=()

@@ -314,7 +314,7 @@ impl Fetch {
         let (mut queues, mut jobs, mut done) =
             ([VecDeque::new(), VecDeque::new()], HashMap::new(), 0);
         for (hash, size) in blobs {
-            if store.has_blob_file(&hash, size) {
+            if store.rely_on_blob(&hash, size) {
                 done += size;
                 continue;
             }

@@ -355,7 +355,7 @@ impl Uploads {
         manifest
             .entries()
             .iter()
-            .filter(|e| seen.insert(e.hash) && !self.store.has_blob_file(&e.hash, e.size))
+            .filter(|e| seen.insert(e.hash) && !self.store.rely_on_blob(&e.hash, e.size))
             .map(|e| (e.hash, e.size))
             .collect()
     }

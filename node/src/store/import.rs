@@ -38,17 +38,55 @@ pub struct Imported {
     pub new: bool,
 }
 
-/// Imports the file at `source`, which is expected to be `size` bytes long.
-/// Fails with `InvalidData` if the file changed length while being read.
-pub fn import_file(layout: &Layout, source: &Path, size: u64) -> io::Result<Imported> {
-    let temp_data = layout.temp_path("data");
-    let temp_outboard = layout.temp_path("obao");
-    let result = copy_and_hash(source, size, &temp_data, &temp_outboard)
-        .and_then(|hash| place(layout, hash, size, &temp_data, &temp_outboard));
-    // On success the temporary files were renamed or are leftovers of a duplicate.
-    let _ = layout::remove_if_present(&temp_data);
-    let _ = layout::remove_if_present(&temp_outboard);
-    result
+/// A file copied into `tmp/` with its outboard, and hashed: removed when
+/// dropped unless placed.
+#[derive(Debug)]
+pub(super) struct Copied {
+    /// The blob's hash.
+    pub hash: BlobHash,
+    /// Its size.
+    pub size: u64,
+    data: std::path::PathBuf,
+    outboard: std::path::PathBuf,
+}
+
+/// Copies the file at `source`, which is expected to be `size` bytes long,
+/// into `tmp/`, building its outboard. Fails with `InvalidData` if the file
+/// changed length while being read.
+pub(super) fn copy_in(layout: &Layout, source: &Path, size: u64) -> io::Result<Copied> {
+    let (data, outboard) = (layout.temp_path("data"), layout.temp_path("obao"));
+    match copy_and_hash(source, size, &data, &outboard) {
+        Ok(hash) => Ok(Copied {
+            hash,
+            size,
+            data,
+            outboard,
+        }),
+        Err(e) => {
+            remove_temps(&data, &outboard);
+            Err(e)
+        }
+    }
+}
+
+impl Copied {
+    /// Renames the copy into place unless the blob is already stored
+    /// ([`place`]).
+    pub(super) fn place(self, layout: &Layout) -> io::Result<Imported> {
+        place(layout, self.hash, self.size, &self.data, &self.outboard)
+    }
+}
+
+impl Drop for Copied {
+    fn drop(&mut self) {
+        // Renamed into place, or a duplicate's leftovers.
+        remove_temps(&self.data, &self.outboard);
+    }
+}
+
+fn remove_temps(data: &Path, outboard: &Path) {
+    let _ = layout::remove_if_present(data);
+    let _ = layout::remove_if_present(outboard);
 }
 
 /// Bytes a blob of `size` takes in the store: its data and, above one chunk
@@ -234,6 +272,10 @@ impl Read for Landed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn import_file(layout: &Layout, source: &Path, size: u64) -> io::Result<Imported> {
+        copy_in(layout, source, size)?.place(layout)
+    }
     use crate::store::Store;
     use crate::store::tests::{pattern, read_all};
 

@@ -8,11 +8,12 @@ use cartable_proto::{BlobHash, BundleId};
 
 use super::{ReadFault, Store, StoreError, VerifyError, io_at, layout};
 
-/// How long `check` keeps a blob file the index does not know. Such a file is
-/// left by a crash between storing a blob and recording its bundle, or is a
-/// blob of an upload or a copy under way: an upload's blobs are stored as they
-/// arrive and recorded once the bundle is complete, which its grant allows for
-/// a day. Twice that, so that `check` never deletes one.
+/// How long `check` keeps a blob no bundle records. Such a blob is left by a
+/// crash between storing a blob and recording its bundle, or in the middle
+/// of a removal, or is a blob of an upload or a copy under way: an upload's
+/// blobs are stored as they arrive and recorded once the bundle is complete,
+/// which its grant allows for a day. Twice that, counted from when the blob
+/// was written or last relied on ([`Store::rely_on_blob`]).
 const UNRECORDED_KEPT: Duration = Duration::from_secs(2 * 24 * 3600);
 
 /// One thing `check` found wrong.
@@ -126,32 +127,55 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes the blobs no bundle references and none keeps as cache, and
-    /// the blob files the index does not know that were last written more
+    /// Deletes the blobs no bundle references and none keeps as cache whose
+    /// files were last written, or relied on ([`Store::rely_on_blob`]), more
     /// than [`UNRECORDED_KEPT`] before `now`; returns how many.
     fn remove_orphans(&self, now: SystemTime) -> Result<u64, StoreError> {
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let indexed = self.index().blobs().map_err(|e| self.index_err(e))?;
-        let mut orphans: Vec<BlobHash> = indexed
+        let mut candidates: Vec<BlobHash> = indexed
             .iter()
             .map(|(hash, _)| *hash)
             .filter(|hash| !self.index().is_referenced(hash) && !self.index().is_cached(hash))
             .collect();
         let blobs_dir = self.layout.blobs_dir();
         for hash in self.layout.blob_files().map_err(io_at(&blobs_dir))? {
-            if indexed.binary_search_by(|(h, _)| h.cmp(&hash)).is_ok() {
-                continue;
-            }
-            let written = fs::metadata(self.layout.blob(&hash))
-                .or_else(|_| fs::metadata(self.layout.outboard(&hash)))
-                .and_then(|m| m.modified());
-            let age = written.map(|at| now.duration_since(at).unwrap_or_default());
-            if age.is_ok_and(|age| age > UNRECORDED_KEPT) {
-                orphans.push(hash);
+            if indexed.binary_search_by(|(h, _)| h.cmp(&hash)).is_err() {
+                candidates.push(hash);
             }
         }
-        self.delete_blobs(&orphans)?;
-        Ok(orphans.len() as u64)
+        let old = |hash: &BlobHash| {
+            let written = fs::metadata(self.layout.blob(hash))
+                .or_else(|_| fs::metadata(self.layout.outboard(hash)))
+                .and_then(|m| m.modified());
+            // A blob whose files are gone is forgotten at once.
+            written.map_or(true, |at| {
+                now.duration_since(at).unwrap_or_default() > UNRECORDED_KEPT
+            })
+        };
+        candidates.retain(old);
+        self.delete_blobs(&candidates)?;
+        Ok(candidates.len() as u64)
+    }
+
+    /// Whether a blob is stored whole, for a writer that is about to rely on
+    /// that (an upload told it need not send it, a copy that skips it): a
+    /// blob no bundle records yet has its time renewed, so that `check`
+    /// keeps it two more days. A check deleting it at that very instant may
+    /// still win: the writer then finds it gone when it records the bundle,
+    /// and fails without recording anything.
+    pub fn rely_on_blob(&self, hash: &BlobHash, size: u64) -> bool {
+        if !self.has_blob_file(hash, size) {
+            return false;
+        }
+        if !self.index().is_referenced(hash) && !self.index().is_cached(hash) {
+            let renewed = fs::File::open(self.layout.blob(hash))
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            if let Err(e) = renewed {
+                tracing::warn!(blob = %hash, error = %e, "cannot renew an unrecorded blob's time");
+            }
+        }
+        true
     }
 
     fn verify_blob(&self, hash: &BlobHash, size: u64) -> Result<(), VerifyError> {

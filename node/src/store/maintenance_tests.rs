@@ -56,14 +56,19 @@ fn waits_in_open(name: &str) -> bool {
     false
 }
 
-/// Lets a reader waiting to open the FIFO go on (it then finds no bytes).
-fn release(fifo: &Path) {
+/// Lets a reader waiting to open the FIFO go on (it then finds no bytes),
+/// until `done`; the reader may come to it later than it seemed.
+fn release_until(fifo: &Path, done: impl Fn() -> bool) {
     use std::os::unix::fs::OpenOptionsExt;
-    // Without a reader waiting, there is nothing to release.
-    let _ = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo);
+    let started = std::time::Instant::now();
+    while !done() && started.elapsed() < PROMPT {
+        // Without a reader waiting, this fails and releases nothing.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo);
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Runs `f` on a thread of its own; its result if it ends within [`PROMPT`].
@@ -109,7 +114,7 @@ fn a_check_lets_bundles_be_added_and_removed_while_it_reads() -> anyhow::Result<
         })
     };
     // Let the check go on, whatever the writers did.
-    release(&fifo);
+    release_until(&fifo, || checking.is_finished());
     let report = checking.join().expect("check panicked")?;
     assert!(waited, "the check never opened the slow blob");
     let added_id = writers.expect("an add and a removal waited for the check to end")?;
@@ -139,39 +144,97 @@ fn upload(store: &Store, bytes: &[u8]) -> anyhow::Result<BlobHash> {
     Ok(hash)
 }
 
-#[test]
-fn check_keeps_an_upload_under_way_and_deletes_old_leftovers() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let store = Store::open(data.path())?;
-    let (under_way, leftover) = (pattern(300_000, 4), pattern(300_000, 5));
-    let under_way_hash = upload(&store, &under_way)?;
-    let leftover_hash = upload(&store, &leftover)?;
-    // A blob stored by an upload three days ago that never completed.
-    let three_days = Duration::from_secs(3 * 24 * 3600);
-    for path in [
-        store.layout().blob(&leftover_hash),
-        store.layout().outboard(&leftover_hash),
-    ] {
+/// Sets the times of a blob's files to `ago` before now.
+fn written_ago(store: &Store, hash: &BlobHash, ago: Duration) -> anyhow::Result<()> {
+    for path in [store.layout().blob(hash), store.layout().outboard(hash)] {
         fs::File::options()
             .write(true)
             .open(path)?
-            .set_modified(SystemTime::now() - three_days)?;
+            .set_modified(SystemTime::now() - ago)?;
     }
+    Ok(())
+}
+
+/// A manifest of one file, `bytes`.
+fn one_file(bytes: &[u8]) -> anyhow::Result<Manifest> {
+    Ok(Manifest::new(vec![cartable_proto::ManifestEntry {
+        path: cartable_proto::BundlePath::new("video.bin")?,
+        content_type: "application/octet-stream".into(),
+        hash: BlobHash::of(bytes),
+        size: bytes.len() as u64,
+    }])?)
+}
+
+#[test]
+fn check_keeps_the_blobs_uploads_rely_on_and_deletes_old_leftovers() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let store = Store::open(data.path())?;
+    let (under_way, leftover, retried) = (
+        pattern(300_000, 4),
+        pattern(300_000, 5),
+        pattern(300_000, 10),
+    );
+    let three_days = Duration::from_secs(3 * 24 * 3600);
+    upload(&store, &under_way)?;
+    // Blobs stored by uploads three days ago that never completed; one of
+    // them is in a bundle published again now, whose upload is told the
+    // node has it.
+    let leftover_hash = upload(&store, &leftover)?;
+    written_ago(&store, &leftover_hash, three_days)?;
+    let retried_hash = upload(&store, &retried)?;
+    written_ago(&store, &retried_hash, three_days)?;
+    assert!(store.rely_on_blob(&retried_hash, retried.len() as u64));
     let report = store.check()?;
     assert_eq!(report.orphans_removed, 1);
     assert!(!store.layout().blob(&leftover_hash).exists());
     assert!(!store.layout().outboard(&leftover_hash).exists());
-    // The upload under way completes: its blob is still there.
-    let manifest = Manifest::new(vec![cartable_proto::ManifestEntry {
-        path: cartable_proto::BundlePath::new("video.bin")?,
-        content_type: "application/octet-stream".into(),
-        hash: under_way_hash,
-        size: under_way.len() as u64,
-    }])?;
-    store.add_fetched_bundle(&manifest)?;
+    // Both uploads complete: their blobs are still there.
+    for bytes in [&under_way, &retried] {
+        store.add_fetched_bundle(&one_file(bytes)?)?;
+        let hash = BlobHash::of(bytes);
+        assert_eq!(
+            &super::tests::read_all(&store, &hash, bytes.len() as u64, 0..300_000)?,
+            bytes
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_add_copies_its_files_while_another_writer_holds_the_lock() -> anyhow::Result<()> {
+    let (data, a) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let video = pattern(300_000, 6);
+    lesson(a.path(), &[("video.bin", video.clone())]);
+    let store = Arc::new(Store::open(data.path())?);
+    let writing = store.writes.lock().unwrap();
+    let adding = std::thread::spawn({
+        let (store, dir) = (store.clone(), a.path().to_owned());
+        move || store.add_folder(&dir)
+    });
+    // The whole copy lands in `tmp/`, waiting only to be renamed.
+    let copied = || {
+        fs::read_dir(store.layout().tmp_dir()).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|f| f.metadata().is_ok_and(|m| m.len() == video.len() as u64))
+        })
+    };
+    let started = std::time::Instant::now();
+    while !copied() && started.elapsed() < PROMPT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let copied_beside = copied();
+    drop(writing);
+    let report = adding.join().expect("add panicked")?;
+    assert!(
+        copied_beside,
+        "the add waited for the lock to copy its file"
+    );
+    let manifest = store.manifest(&report.summary.id)?.unwrap();
+    let e = &manifest.entries()[0];
     assert_eq!(
-        super::tests::read_all(&store, &under_way_hash, under_way.len() as u64, 0..300_000)?,
-        under_way
+        super::tests::read_all(&store, &e.hash, e.size, 0..e.size)?,
+        video
     );
     Ok(())
 }
@@ -189,34 +252,14 @@ fn a_blob_removed_while_its_folder_is_copied_in_is_copied_again() -> anyhow::Res
         second.path(),
         &[("a.bin", shared.clone()), ("b.bin", new.clone())],
     );
-    let store = Arc::new(Store::open(data.path())?);
-    store.add_folder(first.path())?;
-    let (shared_hash, new_hash) = (BlobHash::of(&shared), BlobHash::of(&new));
-    let writing = store.writes.lock().unwrap();
-    let adding = std::thread::spawn({
-        let (store, dir) = (store.clone(), second.path().to_owned());
-        move || store.add_folder(&dir)
-    });
-    // The add copies its files while another writer holds the lock: the
-    // shared file found stored, the new one copied in.
-    let started = std::time::Instant::now();
-    while !store.layout().blob(&new_hash).exists() && started.elapsed() < PROMPT {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let copied_beside = store.layout().blob(&new_hash).exists();
-    // That writer removes the shared blob (as the scrub removes a damaged one).
-    for path in [
-        store.layout().blob(&shared_hash),
-        store.layout().outboard(&shared_hash),
-    ] {
-        fs::remove_file(path)?;
-    }
-    drop(writing);
-    let report = adding.join().expect("add panicked")?;
-    assert!(
-        copied_beside,
-        "the add waited for the lock to copy its files"
-    );
+    let store = Store::open(data.path())?;
+    let first_id = store.add_folder(first.path())?.summary.id;
+    let copied = store.copy_folder(Folder::read(second.path())?)?;
+    // The shared blob, found stored, is removed before the bundle is
+    // recorded (its bundle removed, say).
+    store.remove(&first_id)?;
+    assert!(!store.layout().blob(&BlobHash::of(&shared)).exists());
+    let report = store.record_folder(copied)?;
     assert_eq!(report.new_bytes, (shared.len() + new.len()) as u64);
     let manifest = store.manifest(&report.summary.id)?.unwrap();
     for (e, bytes) in manifest.entries().iter().zip([&shared, &new]) {

@@ -102,6 +102,14 @@ impl From<FolderError> for StoreError {
     }
 }
 
+/// A folder whose files are all copied in, its bundle not yet recorded.
+struct CopiedFolder {
+    manifest: Manifest,
+    /// Each file and what its copy found.
+    sources: Vec<(PathBuf, import::Imported)>,
+    new_bytes: u64,
+}
+
 /// The result of adding a folder.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct AddReport {
@@ -215,42 +223,63 @@ impl Store {
     /// importing anything, if one entry breaks the rules. Adding a folder twice
     /// gives the same id and writes nothing new.
     ///
-    /// A large lesson takes minutes to copy, so the files are imported without
-    /// the store's write lock: copies, uploads and browsers' fetches through
-    /// this node commit meanwhile. Under the lock, each blob is then checked
-    /// still whole before the bundle is recorded.
+    /// A large lesson takes minutes to copy, so each file is copied and hashed
+    /// without the store's write lock, which is taken only to rename it into
+    /// place: copies, uploads and browsers' fetches through this node commit
+    /// meanwhile. Under the lock, each blob is then checked still whole before
+    /// the bundle is recorded.
     pub fn add_folder(&self, dir: &Path) -> Result<AddReport, StoreError> {
-        let folder = Folder::read(dir)?;
+        let copied = self.copy_folder(Folder::read(dir)?)?;
+        self.record_folder(copied)
+    }
+
+    /// [`Store::add_folder`]'s first half: each file copied in, without the
+    /// lock but for its rename.
+    fn copy_folder(&self, folder: Folder) -> Result<CopiedFolder, StoreError> {
         let mut new_bytes = 0;
         let mut sources = Vec::with_capacity(folder.files().len());
         let manifest = folder.manifest(|f| {
-            let imported = self.import(&f.source, f.size)?;
+            let copied =
+                import::copy_in(&self.layout, &f.source, f.size).map_err(io_at(&f.source))?;
+            let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            let imported = self.place_copied(copied, &f.source)?;
             if imported.new {
                 new_bytes += imported.size;
             }
             sources.push((f.source.clone(), imported));
             Ok::<_, StoreError>(imported.hash)
         })?;
+        Ok(CopiedFolder {
+            manifest,
+            sources,
+            new_bytes,
+        })
+    }
+
+    /// [`Store::add_folder`]'s second half, under the lock: each blob checked
+    /// still whole, then the bundle recorded.
+    fn record_folder(&self, copied: CopiedFolder) -> Result<AddReport, StoreError> {
+        let CopiedFolder {
+            manifest,
+            sources,
+            mut new_bytes,
+        } = copied;
         let _writing = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         for (source, imported) in &sources {
-            // Found stored, and so not copied, then removed with the bundle
+            // Found stored, and so not placed, then removed with the bundle
             // that held it, or marked damaged since: copied again, now that
-            // nothing else can remove it.
+            // nothing else can remove it (rare, so under the lock).
             if self.has_blob_file(&imported.hash, imported.size) {
                 continue;
             }
-            for path in [
-                self.layout.blob(&imported.hash),
-                self.layout.outboard(&imported.hash),
-            ] {
-                layout::remove_if_present(&path).map_err(io_at(&path))?;
-            }
-            let again = self.import(source, imported.size)?;
-            if again.hash != imported.hash {
+            let copied =
+                import::copy_in(&self.layout, source, imported.size).map_err(io_at(source))?;
+            if copied.hash != imported.hash {
                 return Err(io_at(source)(import::changed(source)));
             }
+            self.place_copied(copied, source)?;
             if !imported.new {
-                new_bytes += again.size;
+                new_bytes += imported.size;
             }
         }
         layout::sync_dir(&self.layout.blobs_dir()).map_err(io_at(&self.layout.blobs_dir()))?;
@@ -268,16 +297,34 @@ impl Store {
         Ok(AddReport { summary, new_bytes })
     }
 
-    /// Imports one file ([`import::import_file`]).
-    fn import(&self, source: &Path, size: u64) -> Result<import::Imported, StoreError> {
-        let imported = import::import_file(&self.layout, source, size).map_err(io_at(source))?;
-        if imported.new {
-            // Written afresh from the source, perhaps where the scrub had
-            // removed a damaged copy.
-            self.index()
-                .clear_damaged(&imported.hash)
-                .map_err(|e| self.index_err(e))?;
+    /// Puts a copy in place unless the blob is stored whole; the caller holds
+    /// the write lock.
+    fn place_copied(
+        &self,
+        copied: import::Copied,
+        source: &Path,
+    ) -> Result<import::Imported, StoreError> {
+        if self.has_blob_file(&copied.hash, copied.size) {
+            return Ok(import::Imported {
+                hash: copied.hash,
+                size: copied.size,
+                new: false,
+            });
         }
+        // What is under the name is damaged or incomplete, and `place` keeps
+        // a stored file of the right length.
+        for path in [
+            self.layout.blob(&copied.hash),
+            self.layout.outboard(&copied.hash),
+        ] {
+            layout::remove_if_present(&path).map_err(io_at(&path))?;
+        }
+        let imported = copied.place(&self.layout).map_err(io_at(source))?;
+        // Written afresh from the source, perhaps where the scrub had removed
+        // a damaged copy.
+        self.index()
+            .clear_damaged(&imported.hash)
+            .map_err(|e| self.index_err(e))?;
         Ok(imported)
     }
 
