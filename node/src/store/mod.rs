@@ -27,6 +27,8 @@ mod cached_tests;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
+mod partial_tests;
+#[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
 pub(crate) mod tests;
